@@ -1,0 +1,73 @@
+"""Dense matrices: no structure, the reference point for every other structure."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from structmat._numerics import dense_inverse
+from structmat.linear_structure import LinearStructure
+from structmat.registry import register
+
+
+@register
+class Dense(LinearStructure):
+    r"""A dense matrix :math:`A \in \mathbb{R}^{d \times d}`, stored as ``matrix`` (``d x d``).
+
+    Every kernel is the plain dense computation: ``A @ X`` costs :math:`O(d^2 n)`,
+    ``A @ B`` and ``inv`` :math:`O(d^3)`. ``from_dense`` keeps the matrix as it is.
+    """
+
+    name = "dense"
+
+    def __init__(self, matrix: Tensor) -> None:
+        super().__init__()
+        self._check_square(matrix, "matrix")
+        self.register_tensor("matrix", matrix)
+
+    @classmethod
+    def tensor_shapes(cls, dim: int) -> dict[str, tuple[int, ...]]:
+        """Return ``{"matrix": (dim, dim)}``."""
+        return {"matrix": (dim, dim)}
+
+    @property
+    def shape(self) -> torch.Size:
+        """``torch.Size([d, d])``."""
+        return self.matrix.shape
+
+    @classmethod
+    def from_dense(cls, sym_mat: Tensor) -> Dense:
+        """Return a copy of ``sym_mat``. :math:`O(d^2)`."""
+        return cls(cls._check_square(sym_mat).clone())
+
+    def to_dense(self) -> Tensor:
+        """Return the stored matrix (not a copy)."""
+        return self.matrix
+
+    def _matmul(self, other: Dense) -> Dense:
+        return Dense(self.matrix @ other.matrix)
+
+    def _matmat(self, X: Tensor) -> Tensor:
+        return self.matrix @ X
+
+    def _rmatmat(self, X: Tensor) -> Tensor:
+        return self.matrix.mT @ X
+
+    def _transpose(self) -> Dense:
+        return Dense(self.matrix.mT)
+
+    def _diag(self) -> Tensor:
+        return self.matrix.diagonal()
+
+    def _diag_add_(self, value: float | Tensor) -> None:
+        self.matrix.diagonal().add_(value)
+
+    def _inv(self) -> Dense:
+        return Dense(dense_inverse(self.matrix, "Dense matrix"))
+
+    @classmethod
+    def _from_mat_inner(cls, X: Tensor) -> Dense:
+        return cls(X @ X.mT)
+
+    def _from_inner_identity(self) -> Dense:
+        return Dense(self.matrix.mT @ self.matrix)

@@ -1,0 +1,76 @@
+"""Diagonal matrices."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from structmat._numerics import check_nonzero
+from structmat.linear_structure import LinearStructure
+from structmat.registry import register
+
+
+@register
+class Diagonal(LinearStructure):
+    r"""A diagonal matrix :math:`A = \operatorname{diag}(a)`, stored as ``diagonal`` (size ``d``).
+
+    ``from_dense`` keeps the diagonal. ``A @ X`` scales rows, :math:`O(dn)`;
+    ``A @ B``, ``inv`` and ``from_inner()`` are elementwise, :math:`O(d)`;
+    ``from_mat_inner(X)`` is :math:`\operatorname{diag}(XX^\top)_i = \sum_j X_{ij}^2`,
+    :math:`O(dn)`.
+    """
+
+    name = "diagonal"
+
+    def __init__(self, diagonal: Tensor) -> None:
+        super().__init__()
+        if not isinstance(diagonal, Tensor) or diagonal.ndim != 1 or diagonal.numel() == 0:
+            raise ValueError("diagonal must be a non-empty 1-d tensor")
+        self.register_tensor("diagonal", diagonal)
+
+    @classmethod
+    def tensor_shapes(cls, dim: int) -> dict[str, tuple[int, ...]]:
+        """Return ``{"diagonal": (dim,)}``."""
+        return {"diagonal": (dim,)}
+
+    @property
+    def shape(self) -> torch.Size:
+        """``torch.Size([d, d])``."""
+        return torch.Size((self.diagonal.shape[0],) * 2)
+
+    @classmethod
+    def from_dense(cls, sym_mat: Tensor) -> Diagonal:
+        """Keep the diagonal of ``sym_mat``. :math:`O(d)`."""
+        return cls(cls._check_square(sym_mat).diagonal().clone())
+
+    def to_dense(self) -> Tensor:
+        """Return ``torch.diag(diagonal)``."""
+        return torch.diag(self.diagonal)
+
+    def _matmul(self, other: Diagonal) -> Diagonal:
+        return Diagonal(self.diagonal * other.diagonal)
+
+    def _matmat(self, X: Tensor) -> Tensor:
+        return self.diagonal.unsqueeze(1) * X
+
+    _rmatmat = _matmat
+
+    def _transpose(self) -> Diagonal:
+        return self
+
+    def _diag(self) -> Tensor:
+        return self.diagonal
+
+    def _diag_add_(self, value: float | Tensor) -> None:
+        self.diagonal.add_(value)
+
+    def _inv(self) -> Diagonal:
+        check_nonzero(self.diagonal, "Diagonal matrix")
+        return Diagonal(self.diagonal.reciprocal())
+
+    @classmethod
+    def _from_mat_inner(cls, X: Tensor) -> Diagonal:
+        return cls(X.square().sum(1))
+
+    def _from_inner_identity(self) -> Diagonal:
+        return Diagonal(self.diagonal.square())
