@@ -61,7 +61,13 @@ def get_structure(name: str) -> type[StructuredMatrix]:
         for pattern, factory, _ in _FAMILIES:
             match = pattern.fullmatch(name)
             if match:
-                return factory(*(int(group) for group in match.groups()))
+                try:
+                    return factory(*(int(group) for group in match.groups()))
+                except ValueError as error:
+                    raise ValueError(
+                        f"invalid structure {name!r} ({error}); valid names are: "
+                        f"{', '.join(available_structures())}"
+                    ) from error
     raise ValueError(
         f"unknown structure {name!r}; valid names are: {', '.join(available_structures())}"
     )
