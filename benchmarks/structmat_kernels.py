@@ -114,12 +114,18 @@ def structure_times(
         "inv": dense["inv"],
     }
     return {
-        op: {"structured": structured[op], "dense": reference[op], "ratio": structured[op] / reference[op]}
+        op: {
+            "structured": structured[op],
+            "dense": reference[op],
+            "ratio": structured[op] / reference[op],
+        }
         for op in OPS
     }
 
 
-def check_targets(results: dict[str, dict[str, dict[str, dict[str, float]]]], dim: int) -> list[str]:
+def check_targets(
+    results: dict[str, dict[str, dict[str, dict[str, float]]]], dim: int
+) -> list[str]:
     """Return the missed targets at dimension ``dim`` (empty when all hold)."""
     missed = []
     key = str(dim)
@@ -130,7 +136,9 @@ def check_targets(results: dict[str, dict[str, dict[str, dict[str, float]]]], di
             if entry["ratio"] >= 1.0:
                 missed.append(f"{name} {op}: {entry['ratio']:.2f}x dense (target < 1)")
         if "toeplitz" in name and by_dim[key]["A@X"]["ratio"] > 1 / 3:
-            missed.append(f"{name} A@X: {1 / by_dim[key]['A@X']['ratio']:.1f}x faster (target >= 3x)")
+            missed.append(
+                f"{name} A@X: {1 / by_dim[key]['A@X']['ratio']:.1f}x faster (target >= 3x)"
+            )
         if by_dim[key]["from_inner"]["ratio"] > 1 / 10:
             speedup = 1 / by_dim[key]["from_inner"]["ratio"]
             missed.append(f"{name} from_inner: {speedup:.1f}x faster (target >= 10x)")
@@ -142,12 +150,16 @@ def main() -> None:
     parser.add_argument("--dims", type=int, nargs="+", default=[512, 2048, 4096])
     parser.add_argument("--structures", nargs="+", default=STRUCTURES)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per op (median)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "structmat_kernels.json")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "structmat_kernels.json"
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(1)
     generator = torch.Generator().manual_seed(0)
-    results: dict[str, dict[str, dict[str, dict[str, float]]]] = {name: {} for name in args.structures}
+    results: dict[str, dict[str, dict[str, dict[str, float]]]] = {
+        name: {} for name in args.structures
+    }
     header = f"{'structure':<28}{'d':>6}" + "".join(f"{op:>16}" for op in OPS)
     print("time structured / time dense (below 1 is faster); torch.set_num_threads(1)")
     print(header)
@@ -162,12 +174,19 @@ def main() -> None:
 
     target_dim = 2048 if 2048 in args.dims else args.dims[-1]
     missed = check_targets(results, target_dim)
-    print(f"\ntargets at d = {target_dim}: " + ("all met" if not missed else f"{len(missed)} missed"))
+    print(
+        f"\ntargets at d = {target_dim}: " + ("all met" if not missed else f"{len(missed)} missed")
+    )
     for line in missed:
         print("  missed:", line)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"torch": torch.__version__, "machine": platform.machine(), "threads": 1, "repeats": args.repeats}
+    meta = {
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "threads": 1,
+        "repeats": args.repeats,
+    }
     args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     print(f"wrote {args.out}")
 

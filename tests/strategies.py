@@ -111,7 +111,10 @@ def random_tensor(shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.
 
 def pattern(cls: type[StructuredMatrix], dim: int) -> Tensor:
     """The boolean sparsity pattern of ``cls`` (where a member may be non-zero)."""
-    ones = {name: torch.ones(shape, dtype=torch.float64) for name, shape in cls.tensor_shapes(dim).items()}
+    ones = {
+        name: torch.ones(shape, dtype=torch.float64)
+        for name, shape in cls.tensor_shapes(dim).items()
+    }
     return cls(**ones).to_dense() != 0
 
 

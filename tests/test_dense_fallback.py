@@ -48,9 +48,15 @@ def test_every_fallback_is_correct_and_warns() -> None:
         (lambda: A.diag(), a.diagonal()),
         (lambda: A.frobenius_norm(), torch.linalg.matrix_norm(a)),
         (lambda: A.T.to_dense(), a.T),
-        (lambda: A.from_inner(X).to_dense(), UpperBidiagonal.from_dense(a.T @ X @ X.T @ a).to_dense()),
+        (
+            lambda: A.from_inner(X).to_dense(),
+            UpperBidiagonal.from_dense(a.T @ X @ X.T @ a).to_dense(),
+        ),
         (lambda: A.from_inner().to_dense(), UpperBidiagonal.from_dense(a.T @ a).to_dense()),
-        (lambda: UpperBidiagonal.from_mat_inner(X).to_dense(), UpperBidiagonal.from_dense(X @ X.T).to_dense()),
+        (
+            lambda: UpperBidiagonal.from_mat_inner(X).to_dense(),
+            UpperBidiagonal.from_dense(X @ X.T).to_dense(),
+        ),
         (lambda: A.clone().diag_add_(1.5).to_dense(), a + 1.5 * torch.eye(5)),
         (lambda: A.clone().add_(B, alpha=2.0).to_dense(), a + 2 * b),
         (lambda: A.clone().mul_(3.0).to_dense(), 3 * a),

@@ -147,7 +147,10 @@ def test_from_dense_round_trips_members_and_is_linear(name: str, data: st.DataOb
     for key, tensor in A.named_tensors():
         close(getattr(recovered, key), tensor)
     S, R = (random_tensor((dim, dim), data.draw(seeds)) for _ in range(2))
-    same_matrix(cls.from_dense(2.0 * S - 3.0 * R), (2.0 * cls.from_dense(S) - 3.0 * cls.from_dense(R)).to_dense())
+    same_matrix(
+        cls.from_dense(2.0 * S - 3.0 * R),
+        (2.0 * cls.from_dense(S) - 3.0 * cls.from_dense(R)).to_dense(),
+    )
 
 
 @names
@@ -267,7 +270,7 @@ class LargestTensor(TorchDispatchMode):
         self.largest = 0
         self.op = ""
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, D105
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for tensor in tree_flatten(out)[0]:
             if isinstance(tensor, Tensor):
@@ -309,7 +312,9 @@ def test_no_op_allocates_a_dense_matrix(name: str, dim: int) -> None:
     for op, run in operations.items():
         with LargestTensor() as mode:
             run()
-        assert mode.largest < dim * dim, f"{name}.{op} allocated {mode.largest} elements in {mode.op}"
+        assert mode.largest < dim * dim, (
+            f"{name}.{op} allocated {mode.largest} elements in {mode.op}"
+        )
 
 
 # --------------------------------------------------------------- precisions
@@ -336,13 +341,18 @@ def test_low_precision_matches_float64_then_rounding(name: str, dtype: torch.dty
             "inv": (A.inv().to_dense(), A64.inv().to_dense()),
             "from_inner": (A.from_inner(X).to_dense(), A64.from_inner(X64).to_dense()),
             "from_inner_identity": (A.from_inner().to_dense(), A64.from_inner().to_dense()),
-            "from_mat_inner": (cls.from_mat_inner(X).to_dense(), cls.from_mat_inner(X64).to_dense()),
+            "from_mat_inner": (
+                cls.from_mat_inner(X).to_dense(),
+                cls.from_mat_inner(X64).to_dense(),
+            ),
             "add": ((A + B).to_dense(), (A64 + B64).to_dense()),
         }
         for op, (low, exact) in pairs.items():
             assert low.dtype == dtype, f"{name}.{op} returned {low.dtype}"
             error = torch.linalg.norm(low.double() - exact) / (1.0 + torch.linalg.norm(exact))
-            assert error <= 4 * eps, f"{name}.{op} in {dtype} at d={dim}: relative error {error:.2e}"
+            assert error <= 4 * eps, (
+                f"{name}.{op} in {dtype} at d={dim}: relative error {error:.2e}"
+            )
 
 
 # -------------------------------------------------------------- bad input
@@ -386,7 +396,9 @@ def test_inverse_of_singular_matrix_raises(name: str) -> None:
             singular.inv()
 
 
-@pytest.mark.parametrize("bad", ["", "blockdiagonal", "block0diagonal", "hierarchical0_3", "toeplitz", 3])
+@pytest.mark.parametrize(
+    "bad", ["", "blockdiagonal", "block0diagonal", "hierarchical0_3", "toeplitz", 3]
+)
 def test_unknown_structure_names_list_the_valid_ones(bad: object) -> None:
-    with pytest.raises(ValueError, match="valid names are: .*dense.*triltoeplitz"):
+    with pytest.raises(ValueError, match=r"valid names are: .*dense.*triltoeplitz"):
         structmat.get_structure(bad)  # type: ignore[arg-type]

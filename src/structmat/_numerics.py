@@ -26,7 +26,9 @@ def check_nonzero(diagonal: Tensor, what: str) -> None:
         what: Name of the matrix, for the message.
     """
     if diagonal.numel() and not bool(((diagonal != 0) & diagonal.isfinite()).all()):
-        raise SingularMatrixError(f"{what} is singular: its diagonal has a zero or non-finite entry")
+        raise SingularMatrixError(
+            f"{what} is singular: its diagonal has a zero or non-finite entry"
+        )
 
 
 def dense_inverse(mat: Tensor, what: str) -> Tensor:

@@ -301,9 +301,7 @@ class StructuredMatrix(ABC):
         return self._from_inner(X)
 
     @classmethod
-    def zeros(
-        cls: type[S], dim: int, dtype: torch.dtype | None = None, device: Any = None
-    ) -> S:
+    def zeros(cls: type[S], dim: int, dtype: torch.dtype | None = None, device: Any = None) -> S:
         """Return the ``dim x dim`` zero matrix of this structure."""
         cls._check_dim(dim)
         return cls._zeros(dim, dtype=dtype, device=device)
@@ -323,7 +321,9 @@ class StructuredMatrix(ABC):
         if not isinstance(mat, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(mat).__name__}")
         if mat.ndim != 2 or mat.shape[0] != mat.shape[1] or mat.shape[0] == 0:
-            raise ValueError(f"{name} must be a non-empty square 2-d tensor, got shape {tuple(mat.shape)}")
+            raise ValueError(
+                f"{name} must be a non-empty square 2-d tensor, got shape {tuple(mat.shape)}"
+            )
         return mat
 
     # ------------------------------------------- generic (dense) default kernels
