@@ -209,7 +209,8 @@ def main() -> None:
                         seconds, nbytes = step_time(kind, model_name, structure, T, args.blocks)
                     except Exception as error:  # the reference refuses some configurations
                         print(
-                            f"{kind:<12}{structure:<22}{T:>4}  failed: {type(error).__name__}: {error}"
+                            f"{kind:<12}{structure:<22}{T:>4}  failed: "
+                            f"{type(error).__name__}: {error}"
                         )
                         continue
                     row = {
