@@ -1,0 +1,10 @@
+"""singd_opt: the SINGD optimizer (structured inverse-free natural gradient descent).
+
+``from singd_opt import SINGD`` is a drop-in replacement for
+``from singd.optim.optimizer import SINGD``; the Kronecker factors are structured
+matrices from :mod:`structmat`.
+"""
+
+from singd_opt.optimizer import SINGD
+
+__all__ = ["SINGD"]

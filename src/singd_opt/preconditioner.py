@@ -1,0 +1,148 @@
+r"""The SINGD equations for one layer, written with structured-matrix operations only.
+
+Per layer the preconditioner is :math:`(C C^\top) \otimes (K K^\top)` with
+:math:`K \in \mathcal{S}_K^{d_K \times d_K}`, :math:`C \in \mathcal{S}_C^{d_C \times
+d_C}` members of structures :math:`\mathcal{S}_K, \mathcal{S}_C` and
+:math:`\Pi_K, \Pi_C` the projections onto them (``from_dense``). Notation:
+:math:`\bar{\operatorname{tr}}` is the average trace, :math:`\lambda` the damping,
+:math:`\alpha_1` the Riemannian momentum, :math:`\beta_1` the covariance learning rate.
+
+Curvature terms (accumulated over backward passes, see :mod:`singd_opt.hooks`):
+
+.. math::
+    H_K = \Pi_K(K^\top A^\top A K), \qquad H_C = \Pi_C(C^\top G_\text{out}^\top G_\text{out} C).
+
+Preconditioner update, with :math:`s = \frac{1}{2}` (times :math:`1 - \alpha_1` when
+``normalize_lr_cov``) and :math:`u` the remaining gradient-scaler un-scaling of
+:math:`H_C`:
+
+.. math::
+    m_K &\leftarrow \alpha_1 m_K + s\left[u\,\bar{\operatorname{tr}}(H_C) H_K
+        + \lambda \bar{\operatorname{tr}}(\Pi_C(C^\top C)) \Pi_K(K^\top K) - I\right] \\
+    m_C &\leftarrow \alpha_1 m_C + s\left[u\,\bar{\operatorname{tr}}(H_K) H_C
+        + \lambda \bar{\operatorname{tr}}(\Pi_K(K^\top K)) \Pi_C(C^\top C) - I\right] \\
+    K &\leftarrow K - \beta_1 K m_K, \qquad C \leftarrow C - \beta_1 C m_C,
+
+where ``kfac_like`` (IKFAC) drops the traces and the momentum:
+:math:`m_K = s[H_K + \lambda \Pi_K(K^\top K) - I]`,
+:math:`m_C = s[u H_C + \lambda \Pi_C(C^\top C) - I]`; and ``normalize_lr_cov`` divides
+:math:`\beta_1` by :math:`\max(1, \|m\|_\infty)` of the new momentum.
+
+Natural gradient of the ``(d_C, d_K)`` gradient matrix :math:`G`:
+:math:`N = C C^\top G K K^\top`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from structmat import StructuredMatrix
+
+
+@dataclass(frozen=True)
+class UpdateConfig:
+    r"""Hyper-parameters of one preconditioner update.
+
+    Attributes:
+        damping: :math:`\lambda`.
+        alpha1: :math:`\alpha_1` (0 disables the momenta).
+        kfac_like: Use the IKFAC update.
+        normalize_lr_cov: Normalise :math:`\beta_1` by the momentum's infinity norm.
+        lr_cov: :math:`\beta_1` for this step.
+        grad_unscaling: Factor :math:`u` that finishes un-scaling :math:`H_C`.
+    """
+
+    damping: float
+    alpha1: float
+    kfac_like: bool
+    normalize_lr_cov: bool
+    lr_cov: float
+    grad_unscaling: float = 1.0
+
+
+def all_finite(*matrices: StructuredMatrix) -> Tensor:
+    """Return a 0-dim boolean tensor: are all stored entries of all matrices finite."""
+    flags = [t.isfinite().all() for m in matrices for t in m.tensors().values()]
+    return torch.stack(flags).all()
+
+
+def update_preconditioner(
+    K: StructuredMatrix,
+    C: StructuredMatrix,
+    m_K: StructuredMatrix | None,
+    m_C: StructuredMatrix | None,
+    H_K: StructuredMatrix,
+    H_C: StructuredMatrix,
+    config: UpdateConfig,
+) -> tuple[StructuredMatrix, StructuredMatrix]:
+    r"""Update ``K`` and ``C`` in place by one Riemannian step; return the new momenta.
+
+    Consumes ``H_K`` and ``H_C`` (their storage becomes the new momenta).
+
+    Args:
+        K: Input-side factor, updated in place.
+        C: Output-side factor, updated in place.
+        m_K: Momentum of ``K`` (``None`` when ``alpha1 == 0``).
+        m_C: Momentum of ``C`` (``None`` when ``alpha1 == 0``).
+        H_K: Accumulated :math:`\Pi_K(K^\top A^\top A K)`.
+        H_C: Accumulated :math:`\Pi_C(C^\top G_\text{out}^\top G_\text{out} C)`,
+            still to be multiplied by ``config.grad_unscaling``.
+        config: The hyper-parameters.
+
+    Returns:
+        The new momenta ``(m_K, m_C)`` (to be stored when ``alpha1 != 0``).
+    """
+    damping, alpha1, u = config.damping, config.alpha1, config.grad_unscaling
+    K_tK = K.from_inner()
+    C_tC = C.from_inner()
+    if config.kfac_like:
+        coeff_H_K: float | Tensor = 1.0
+        coeff_H_C: float | Tensor = u
+        coeff_K_tK: float | Tensor = damping
+        coeff_C_tC: float | Tensor = damping
+    else:
+        coeff_H_K = u * H_C.average_trace()
+        coeff_H_C = u * H_K.average_trace()
+        coeff_K_tK = damping * C_tC.average_trace()
+        coeff_C_tC = damping * K_tK.average_trace()
+    scale = 0.5 * ((1.0 - alpha1) if config.normalize_lr_cov else 1.0)
+
+    new_m_K = H_K if isinstance(coeff_H_K, float) and coeff_H_K == 1.0 else H_K.mul_(coeff_H_K)
+    new_m_K.add_(K_tK, alpha=coeff_K_tK).diag_add_(-1.0).mul_(scale)
+    new_m_C = H_C if isinstance(coeff_H_C, float) and coeff_H_C == 1.0 else H_C.mul_(coeff_H_C)
+    new_m_C.add_(C_tC, alpha=coeff_C_tC).diag_add_(-1.0).mul_(scale)
+
+    if alpha1 != 0.0:
+        if m_K is not None:
+            new_m_K.add_(m_K, alpha=alpha1)
+        if m_C is not None:
+            new_m_C.add_(m_C, alpha=alpha1)
+
+    beta_K: float | Tensor = config.lr_cov
+    beta_C: float | Tensor = config.lr_cov
+    if config.normalize_lr_cov:
+        beta_K = beta_K / torch.clamp(new_m_K.infinity_vector_norm(), min=1.0)
+        beta_C = beta_C / torch.clamp(new_m_C.infinity_vector_norm(), min=1.0)
+
+    K.add_(K @ new_m_K, alpha=-beta_K)
+    C.add_(C @ new_m_C, alpha=-beta_C)
+    return new_m_K, new_m_C
+
+
+def natural_gradient(K: StructuredMatrix, C: StructuredMatrix, grad: Tensor) -> Tensor:
+    r"""Return :math:`C C^\top G K K^\top` in the dtype of ``grad``.
+
+    The ``K`` side is computed in ``K``'s dtype, the ``C`` side in ``C``'s.
+
+    Args:
+        K: Input-side factor (``d_K x d_K``).
+        C: Output-side factor (``d_C x d_C``).
+        grad: The gradient matrix :math:`G` of shape ``(d_C, d_K)``.
+    """
+    # G K K^T = (K (K^T G^T))^T
+    right = (K @ K.rmatmat(grad.mT.to(K.dtype))).mT
+    result = C @ C.rmatmat(right.to(C.dtype))
+    return result.to(grad.dtype)

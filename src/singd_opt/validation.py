@@ -1,0 +1,155 @@
+"""Checks of the optimizer's arguments and hyper-parameters, before any state changes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from numbers import Real
+from typing import Any
+
+import torch
+
+from singd_opt.layers import KFAC_APPROXIMATIONS, LOSS_AVERAGES
+from structmat import StructuredMatrix, available_structures, get_structure
+
+HYPERPARAMETERS: tuple[str, ...] = (
+    "lr",
+    "momentum",
+    "damping",
+    "alpha1",
+    "weight_decay",
+    "T",
+    "loss_average",
+    "lr_cov",
+    "structures",
+    "kfac_approx",
+    "kfac_like",
+    "preconditioner_dtype",
+    "normalize_lr_cov",
+)
+
+
+def _where(group_index: int | None) -> str:
+    return "" if group_index is None else f" (parameter group {group_index})"
+
+
+def _is_real(value: object) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1 and value.dtype.is_floating_point
+    return isinstance(value, Real)
+
+
+def check_nonnegative(name: str, value: object, group_index: int | None = None) -> None:
+    """Require a finite real number ``>= 0``.
+
+    Raises:
+        TypeError: If ``value`` is not a real number.
+        ValueError: If it is negative, NaN or infinite.
+    """
+    if not _is_real(value):
+        raise TypeError(f"{name} must be a real number{_where(group_index)}, got {value!r}")
+    number = float(value)  # type: ignore[arg-type]
+    if not (math.isfinite(number) and number >= 0.0):
+        raise ValueError(f"{name} must be finite and >= 0{_where(group_index)}, got {value!r}")
+
+
+def check_flag(name: str, value: object, group_index: int | None = None) -> None:
+    """Require a ``bool``.
+
+    Raises:
+        TypeError: If ``value`` is not a bool.
+    """
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False{_where(group_index)}, got {value!r}")
+
+
+def resolve_structure(name: object, argument: str = "structures") -> type[StructuredMatrix]:
+    """Return the structmat class for a structure name.
+
+    Raises:
+        TypeError: If ``name`` is not a string.
+        ValueError: If no structure has that name; the message lists the valid ones.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"{argument} entries must be structure names (str), got {name!r}")
+    try:
+        return get_structure(name)
+    except ValueError:
+        raise ValueError(
+            f"{argument}: unknown structure {name!r}; valid names are: "
+            f"{', '.join(available_structures())}"
+        ) from None
+
+
+def check_group(group: dict[str, Any], group_index: int | None = None) -> None:
+    """Validate every SINGD hyper-parameter of a (default-filled) parameter group.
+
+    Raises:
+        TypeError: For a value of the wrong type.
+        ValueError: For a value out of range or not among the valid choices.
+    """
+    where = _where(group_index)
+    for name in ("lr", "momentum", "damping", "weight_decay"):
+        check_nonnegative(name, group[name], group_index)
+    check_nonnegative("alpha1", group["alpha1"], group_index)
+    if float(group["alpha1"]) > 1.0:
+        raise ValueError(f"alpha1 must lie in [0, 1]{where}, got {group['alpha1']!r}")
+
+    T = group["T"]
+    if isinstance(T, bool) or not isinstance(T, int):
+        raise TypeError(f"T must be an int{where}, got {T!r}")
+    if T < 1:
+        raise ValueError(f"T must be >= 1{where}, got {T}")
+
+    lr_cov: float | Callable[[int], float] = group["lr_cov"]
+    if not callable(lr_cov):
+        check_nonnegative("lr_cov", lr_cov, group_index)
+
+    if group["loss_average"] not in LOSS_AVERAGES:
+        raise ValueError(
+            f"loss_average must be one of {LOSS_AVERAGES}{where}, got {group['loss_average']!r}"
+        )
+    if group["kfac_approx"] not in KFAC_APPROXIMATIONS:
+        raise ValueError(
+            f"kfac_approx must be one of {KFAC_APPROXIMATIONS}{where}, got {group['kfac_approx']!r}"
+        )
+
+    structures = group["structures"]
+    if isinstance(structures, str) or not isinstance(structures, tuple | list):
+        raise TypeError(
+            f"structures must be a pair (structure of K, structure of C){where}, got {structures!r}"
+        )
+    if len(structures) != 2:
+        raise ValueError(f"structures must have two entries{where}, got {structures!r}")
+    for name in structures:
+        resolve_structure(name)
+
+    dtypes = group["preconditioner_dtype"]
+    if not isinstance(dtypes, tuple | list) or len(dtypes) != 2:
+        raise TypeError(
+            f"preconditioner_dtype must be a pair (dtype of K, dtype of C), each a floating "
+            f"torch.dtype or None{where}, got {dtypes!r}"
+        )
+    for dtype in dtypes:
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(
+                f"preconditioner_dtype entries must be floating torch.dtypes or None{where}, "
+                f"got {dtype!r}"
+            )
+
+    check_flag("kfac_like", group["kfac_like"], group_index)
+    check_flag("normalize_lr_cov", group["normalize_lr_cov"], group_index)
+
+
+def check_init_grad_scale(value: object) -> None:
+    """Require a finite positive number.
+
+    Raises:
+        TypeError: If ``value`` is not a real number.
+        ValueError: If it is not finite and positive.
+    """
+    check_nonnegative("init_grad_scale", value)
+    if float(value) == 0.0:  # type: ignore[arg-type]
+        raise ValueError("init_grad_scale must be > 0, got 0")
