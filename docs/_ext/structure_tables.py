@@ -1,0 +1,172 @@
+"""Tables for the page on choosing a structure, written when the documentation builds.
+
+Three reST fragments go to ``docs/_generated/``:
+
+- ``storage.rst``: numbers stored per structure for several dimensions, counted from
+  each structure's :meth:`~structmat.LinearStructure.tensor_shapes`;
+- ``kernels.rst``: structured kernel time relative to the dense computation, read
+  from ``benchmarks/results/structmat_kernels.json``;
+- ``optimizer.rst``: SINGD step time and optimizer state relative to AdamW, read from
+  ``benchmarks/results/optimizer_step.json``.
+
+A missing results file yields a short note that says how to produce it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structmat
+
+STORAGE_DIMS = (16, 64, 256, 1024, 4096)
+KERNEL_OPS = ("A@X", "A.T@X", "A@A", "from_inner", "from_mat_inner", "inv")
+
+
+def singd_structures() -> list[str]:
+    """Return the structure names SINGD accepts, in its own order."""
+    from singd_opt import SINGD
+
+    return list(SINGD.SUPPORTED_STRUCTURES)
+
+
+def stored_numbers(name: str, dim: int) -> int:
+    """Return how many numbers a ``dim x dim`` member of structure ``name`` stores."""
+    shapes = structmat.get_structure(name).tensor_shapes(dim)
+    return sum(math.prod(shape) for shape in shapes.values())
+
+
+def list_table(header: Sequence[str], rows: Sequence[Sequence[str]], widths: str = "") -> str:
+    """Render a reST ``list-table`` with one header row.
+
+    Args:
+        header: Column titles.
+        rows: Cell texts, one sequence per row.
+        widths: Optional ``:widths:`` option value.
+
+    Returns:
+        The directive as reST text.
+    """
+    lines = [".. list-table::", "   :header-rows: 1"]
+    if widths:
+        lines.append(f"   :widths: {widths}")
+    lines.append("")
+    for row in [header, *rows]:
+        lines.append(f"   * - {row[0]}")
+        lines.extend(f"     - {cell}" for cell in row[1:])
+    return "\n".join(lines) + "\n"
+
+
+def storage_table(names: Sequence[str]) -> str:
+    """Stored numbers per structure and dimension, as a percentage of ``d * d``."""
+    header = ["structure", *(f"d = {d}" for d in STORAGE_DIMS)]
+    rows = []
+    for name in names:
+        cells = []
+        for dim in STORAGE_DIMS:
+            count = stored_numbers(name, dim)
+            cells.append(f"{count:,} ({100 * count / dim**2:.3g} %)")
+        rows.append([f"``{name}``", *cells])
+    return list_table(header, rows)
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def _missing(path: Path, script: str) -> str:
+    return (
+        ".. note::\n\n"
+        f"   No measurements yet: ``{path.name}`` does not exist. Run\n"
+        f"   ``python benchmarks/{script}`` and rebuild the documentation.\n"
+    )
+
+
+def _meta_line(meta: dict[str, Any]) -> str:
+    parts = [f"{key} {value}" for key, value in meta.items()]
+    return "Measured with " + ", ".join(parts) + "." if parts else ""
+
+
+def kernel_tables(path: Path) -> str:
+    """Structured/dense time ratios per structure and operation, one table per ``d``."""
+    data = _load(path)
+    if data is None:
+        return _missing(path, "structmat_kernels.py")
+    results: dict[str, dict[str, dict[str, dict[str, float]]]] = data.get("results", {})
+    dims = sorted({int(d) for by_dim in results.values() for d in by_dim})
+    out = [_meta_line(data.get("meta", {})), ""]
+    for dim in dims:
+        rows = []
+        for name, by_dim in results.items():
+            entry = by_dim.get(str(dim))
+            if entry is None:
+                continue
+            cells = [f"{entry[op]['ratio']:.3g}" if op in entry else "" for op in KERNEL_OPS]
+            rows.append([f"``{name}``", *cells])
+        out.append(f"**d = {dim}** (time structured / time dense; below 1 is faster)")
+        out.append("")
+        out.append(list_table(["structure", *(f"``{op}``" for op in KERNEL_OPS)], rows))
+    return "\n".join(out)
+
+
+def optimizer_tables(path: Path) -> str:
+    """SINGD step time and state relative to AdamW, one table per benchmark model."""
+    data = _load(path)
+    if data is None:
+        return _missing(path, "optimizer_step.py")
+    out = [_meta_line(data.get("meta", {})), ""]
+    for model, rows in data.get("results", {}).items():
+        adamw = rows.get("adamw", {})
+        table_rows = []
+        for key, row in rows.items():
+            parts = key.split("/")
+            if len(parts) != 3 or parts[0] != "singd_opt":
+                continue
+            _, structure, T = parts
+            table_rows.append(
+                [
+                    f"``{structure}``",
+                    T.removeprefix("T="),
+                    f"{row['time'] * 1e3:.3g}",
+                    f"{row['time_vs_adamw']:.2f}",
+                    f"{row['bytes'] / 2**20:.3g}",
+                    f"{row['bytes_vs_adamw']:.2f}",
+                ]
+            )
+        if not table_rows:
+            continue
+        summary = ""
+        if "time" in adamw and "bytes" in adamw:
+            summary = (
+                f" (AdamW: {adamw['time'] * 1e3:.3g} ms per step, "
+                f"{adamw['bytes'] / 2**20:.3g} MiB of state)"
+            )
+        out.append(f"**{model}**{summary}")
+        out.append("")
+        header = ["structure", "T", "ms / step", "time / AdamW", "state MiB", "state / AdamW"]
+        out.append(list_table(header, table_rows))
+    return "\n".join(out)
+
+
+def write_all(target: Path, results: Path) -> None:
+    """Write ``storage.rst``, ``kernels.rst`` and ``optimizer.rst`` into ``target``.
+
+    Args:
+        target: Output folder (created if needed).
+        results: The ``benchmarks/results`` folder.
+    """
+    target.mkdir(parents=True, exist_ok=True)
+    files = {
+        "storage.rst": storage_table(singd_structures()),
+        "kernels.rst": kernel_tables(results / "structmat_kernels.json"),
+        "optimizer.rst": optimizer_tables(results / "optimizer_step.json"),
+    }
+    for name, text in files.items():
+        path = target / name
+        if not path.is_file() or path.read_text() != text:  # keep mtimes of unchanged files
+            path.write_text(text)

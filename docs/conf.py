@@ -1,0 +1,97 @@
+"""Sphinx configuration for the singd-opt documentation.
+
+Build with ``make -C docs html`` or
+``python -m sphinx -W --keep-going -b html docs docs/_build/html``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("agg")
+
+DOCS = Path(__file__).resolve().parent
+ROOT = DOCS.parent
+sys.path.insert(0, str(DOCS / "_ext"))
+
+import structure_tables  # noqa: E402  (lives in docs/_ext)
+
+project = "singd-opt"
+author = "singd-opt contributors"
+copyright = "2025, singd-opt contributors"
+release = "0.1.0"
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.mathjax",
+    "sphinx.ext.viewcode",
+    "sphinx_gallery.gen_gallery",
+]
+
+templates_path = ["_templates"]
+exclude_patterns = [
+    "_build",
+    "_generated",
+    "examples/GALLERY_HEADER.rst",
+    "Thumbs.db",
+    ".DS_Store",
+]
+
+# -- autodoc / autosummary / napoleon ------------------------------------------------
+autosummary_generate = True
+autosummary_imported_members = True
+autodoc_default_options = {
+    "members": True,
+    "show-inheritance": True,
+    "member-order": "bysource",
+}
+autodoc_typehints = "description"
+autodoc_typehints_description_target = "documented_params"
+autodoc_class_signature = "separated"
+autodoc_inherit_docstrings = True
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+napoleon_use_rtype = False
+napoleon_attr_annotations = True
+# Section headings used by the structmat docstrings besides the standard ones.
+napoleon_custom_sections = [("Class attributes", "params_style"), "Storage", "Complexity"]
+# Types in signatures are rendered as text; cross-references into torch's own
+# documentation are not resolved (the build must work offline).
+nitpicky = False
+
+# -- sphinx-gallery -----------------------------------------------------------------
+sphinx_gallery_conf = {
+    "examples_dirs": "examples",
+    "gallery_dirs": "auto_examples",
+    "filename_pattern": r"/plot_",
+    "within_subsection_order": "FileNameSortKey",
+    "download_all_examples": False,
+    # Figures through matplotlib; GIF animations written by an example are moved
+    # next to them and shown inline (see docs/_ext/gif_scraper.py).
+    "image_scrapers": ("matplotlib", "gif_scraper.scrape_gifs"),
+    "matplotlib_animations": False,
+    "remove_config_comments": True,
+    "abort_on_example_error": True,
+    "only_warn_on_example_error": False,
+    "show_memory": False,
+    "plot_gallery": "True",
+}
+
+# -- HTML ---------------------------------------------------------------------------
+html_theme = "furo"
+html_title = "singd-opt"
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
+html_theme_options = {"navigation_with_keys": True}
+pygments_style = "friendly"
+pygments_dark_style = "monokai"
+
+
+def setup(app: object) -> None:
+    """Write the generated tables of the structure pages before reading sources."""
+    structure_tables.write_all(DOCS / "_generated", ROOT / "benchmarks" / "results")

@@ -1,0 +1,169 @@
+"""
+Structures overview
+===================
+
+SINGD keeps two Kronecker factors per layer, :math:`K` (input side) and :math:`C`
+(output side), together with their momenta :math:`m_K` and :math:`m_C`. The argument
+``structures=(structure_K, structure_C)`` restricts each pair to a structure: a set of
+matrices that is closed under addition and multiplication, so the update never leaves
+it. This example shows which structures there are and how each one approximates a
+symmetric matrix, first at one size and then as the size grows.
+"""
+
+# %%
+# The structures SINGD accepts
+# ----------------------------
+#
+# ``SINGD.SUPPORTED_STRUCTURES`` maps each name to its matrix class. Any name in it is a
+# valid entry of ``structures``, for all layers or, with parameter groups, per layer.
+
+import math
+
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.animation import FuncAnimation, PillowWriter
+from torch import Tensor
+
+from singd_opt import SINGD
+
+torch.manual_seed(0)
+
+names = list(SINGD.SUPPORTED_STRUCTURES)
+print(names)
+
+
+# %%
+# From a dense matrix to a structure and back
+# -------------------------------------------
+#
+# Every structure class projects a dense symmetric matrix onto the structure with
+# ``from_dense`` and returns the matrix it represents with ``to_dense``. The projection
+# keeps the entries the structure can store. Triangular and one-sided structures
+# (Toeplitz, arrow, hierarchical) also fold the mirrored entries of the other triangle
+# into the stored ones, so they can look "heavier" than the original near the diagonal.
+
+
+def random_symmetric(dim: int) -> Tensor:
+    """Return a random symmetric ``dim x dim`` matrix with standard normal entries."""
+    mat = torch.randn(dim, dim)
+    return (mat + mat.T) / math.sqrt(2)
+
+
+dim = 48
+dense = random_symmetric(dim)
+diagonal = SINGD.SUPPORTED_STRUCTURES["diagonal"].from_dense(dense).to_dense()
+print(torch.equal(diagonal, torch.diag(dense.diag())))
+
+# %%
+# Every structure at one size
+# ---------------------------
+#
+# Here is the same :math:`48 \times 48` matrix projected onto every structure. Zero
+# entries are white, so the sparsity pattern of each structure shows directly (the
+# colour scale is shared and clips at 2.5 standard deviations of the original); the
+# numbers in the titles count what each structure stores.
+
+
+def project(name: str, mat: Tensor) -> Tensor:
+    """Project ``mat`` onto the structure ``name`` and return the result as a dense matrix."""
+    return SINGD.SUPPORTED_STRUCTURES[name].from_dense(mat).to_dense()
+
+
+def stored(name: str, mat: Tensor) -> int:
+    """Count the numbers the structure ``name`` stores for a matrix of the size of ``mat``."""
+    structured = SINGD.SUPPORTED_STRUCTURES[name].from_dense(mat)
+    return sum(tensor.numel() for _, tensor in structured.named_tensors())
+
+
+columns = 4
+rows = math.ceil((len(names) + 1) / columns)
+panels = {"original": dense} | {name: project(name, dense) for name in names}
+limit = 2.5 * dense.std().item()  # shared colour scale; folded entries may saturate
+
+fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 3.0 * rows), layout="constrained")
+for ax in axes.flat:
+    ax.set_axis_off()
+for ax, (name, mat) in zip(axes.flat, panels.items(), strict=False):
+    ax.imshow(mat, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+    count = dim * dim if name == "original" else stored(name, dense)
+    ax.set_title(f"{name}\n{count} numbers", fontsize=9)
+fig.suptitle(f"Projections of a random symmetric {dim} x {dim} matrix")
+
+# %%
+# Reading the figure:
+#
+# - ``dense`` keeps everything and ``diagonal`` only the diagonal.
+# - ``block30diagonal`` keeps dense :math:`30 \times 30` blocks on the diagonal (plus
+#   a smaller last block when 30 does not divide :math:`d`).
+# - ``hierarchical15_15`` keeps the first 15 rows in full, the last 15 rows from
+#   column 16 on and a diagonal in between: about :math:`31 d` numbers instead of
+#   :math:`d^2`. ``transposedhierarchical15_15`` is its transpose.
+# - ``triltoeplitz`` and ``triutoeplitz`` are triangular with constant diagonals:
+#   :math:`d` numbers describe the whole matrix.
+# - Any further entries are triangular variants: full lower or upper triangles, and
+#   "arrow" matrices, a diagonal plus one dense row or column.
+#
+# How the structures grow with the dimension
+# ------------------------------------------
+#
+# Several sub-structures only appear once the matrix is large enough: a
+# ``block30diagonal`` matrix of size 16 is a single dense block, and a
+# ``hierarchical15_15`` matrix is dense up to size 30. The animation below walks
+# through :math:`d = 2, 4, \dots, 128`. Each matrix is drawn on the same square, so a
+# single entry of the :math:`2 \times 2` matrix fills a quarter of it.
+
+dims = [2**k for k in range(1, 8)]  # 2, 4, ..., 128
+frames = []
+for d in dims:
+    original = random_symmetric(d)
+    frames.append({"original": original} | {name: project(name, original) for name in names})
+
+
+def upsample(mat: Tensor, size: int = max(dims)) -> Tensor:
+    """Repeat every entry of ``mat`` so that it becomes ``size x size`` (``d`` divides ``size``)."""
+    factor = size // mat.shape[0]
+    return mat.repeat_interleave(factor, dim=0).repeat_interleave(factor, dim=1)
+
+
+fig, axes = plt.subplots(
+    rows, columns, figsize=(2.4 * columns, 2.5 * rows + 0.4), layout="constrained"
+)
+for ax in axes.flat:
+    ax.set_axis_off()
+images = {}
+for ax, name in zip(axes.flat, frames[0], strict=False):
+    blank = torch.zeros(max(dims), max(dims))
+    images[name] = ax.imshow(blank, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+    ax.set_title(name, fontsize=9)
+heading = fig.suptitle("", fontsize=14, fontweight="bold")
+
+
+def draw(index: int) -> list:
+    """Show the matrices of dimension ``dims[index]`` and return the updated artists."""
+    limit = 2.5 * frames[index]["original"].std().item()
+    for name, mat in frames[index].items():
+        images[name].set_data(upsample(mat))
+        images[name].set_clim(-limit, limit)
+    heading.set_text(f"d = {dims[index]}")
+    return [*images.values(), heading]
+
+
+animation = FuncAnimation(fig, draw, frames=len(dims))
+animation.save("structures.gif", writer=PillowWriter(fps=1), dpi=80)
+plt.close(fig)
+
+# %%
+# The animation is saved as ``structures.gif``:
+#
+# - from :math:`d = 32` on, ``block30diagonal`` splits into a :math:`30 \times 30`
+#   block and a remainder, and at :math:`d = 128` four full blocks and one of size 8
+#   run down the diagonal;
+# - ``hierarchical15_15`` is dense while :math:`d \le 30`; beyond that, the diagonal
+#   middle part and the thin off-diagonal strips appear between the two dense corners;
+# - the Toeplitz structures look the same at every size: one number per diagonal,
+#   repeated along it.
+#
+# To use a structure, pass its name for both factors,
+# ``SINGD(model, structures=("hierarchical15_15", "hierarchical15_15"))``, or different
+# names for :math:`K` and :math:`C`. :doc:`/choosing_a_structure` compares what each one
+# costs as the layer width grows.
