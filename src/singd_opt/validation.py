@@ -65,7 +65,9 @@ def check_flag(name: str, value: object, group_index: int | None = None) -> None
         raise TypeError(f"{name} must be True or False{_where(group_index)}, got {value!r}")
 
 
-def resolve_structure(name: object, argument: str = "structures") -> type[StructuredMatrix]:
+def resolve_structure(
+    name: object, argument: str = "structures", group_index: int | None = None
+) -> type[StructuredMatrix]:
     """Return the structmat class for a structure name.
 
     Raises:
@@ -73,12 +75,14 @@ def resolve_structure(name: object, argument: str = "structures") -> type[Struct
         ValueError: If no structure has that name; the message lists the valid ones.
     """
     if not isinstance(name, str):
-        raise TypeError(f"{argument} entries must be structure names (str), got {name!r}")
+        raise TypeError(
+            f"{argument} entries must be structure names (str){_where(group_index)}, got {name!r}"
+        )
     try:
         return get_structure(name)
     except ValueError:
         raise ValueError(
-            f"{argument}: unknown structure {name!r}; valid names are: "
+            f"{argument}: unknown structure {name!r}{_where(group_index)}; valid names are: "
             f"{', '.join(available_structures())}"
         ) from None
 
@@ -124,7 +128,7 @@ def check_group(group: dict[str, Any], group_index: int | None = None) -> None:
     if len(structures) != 2:
         raise ValueError(f"structures must have two entries{where}, got {structures!r}")
     for name in structures:
-        resolve_structure(name)
+        resolve_structure(name, group_index=group_index)
 
     dtypes = group["preconditioner_dtype"]
     if not isinstance(dtypes, tuple | list) or len(dtypes) != 2:

@@ -1,0 +1,169 @@
+"""Checkpoints: plain contents (``weights_only`` loading) and bitwise-exact resumption."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from singd_opt import SINGD
+from tests.optim._singd_helpers import assert_same_parameters, batches, dense_factors, mlp
+
+CONFIGS: list[dict[str, Any]] = [
+    {"T": 1},
+    {"T": 3, "structures": ("diagonal", "dense"), "weight_decay": 0.01},
+    {"T": 2, "kfac_like": True, "momentum": 0.0},
+    {"T": 3, "structures": ("triltoeplitz", "block3diagonal"), "normalize_lr_cov": True},
+]
+
+
+def _micro_batch_step(
+    model: nn.Module, optimizer: SINGD, x: Tensor, y: Tensor, scale: float, finish: bool = True
+) -> None:
+    """Two micro-batches with a (manual) loss scale, then (optionally) the step."""
+    optimizer.zero_grad()
+    for x_part, y_part in zip(x.chunk(2), y.chunk(2), strict=True):
+        (scale * nn.functional.cross_entropy(model(x_part), y_part) / 2).backward()
+    optimizer.set_current_grad_scale(scale)
+    if finish:
+        optimizer.step()
+
+
+def _scale(step: int) -> float:
+    return 4.0 * 2 ** (step % 3)
+
+
+def _make(config: dict[str, Any]) -> tuple[nn.Module, SINGD]:
+    model = mlp()
+    kwargs = {"lr": 0.1, "lr_cov": 0.05, "init_grad_scale": 4.0, **config}
+    if kwargs.get("kfac_like"):
+        kwargs["alpha1"] = 0.0
+    return model, SINGD(model, **kwargs)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("save_at", [4, 6])
+def test_resume_is_bitwise_identical(config: dict[str, Any], save_at: int, tmp_path: Path) -> None:
+    data = batches(9)
+    model, optimizer = _make(config)
+    for step, (x, y) in enumerate(data):
+        _micro_batch_step(model, optimizer, x, y, _scale(step))
+    uninterrupted = copy.deepcopy(model)
+    expected_factors = dense_factors(optimizer)
+
+    model, optimizer = _make(config)
+    for step, (x, y) in enumerate(data[:save_at]):
+        _micro_batch_step(model, optimizer, x, y, _scale(step))
+    torch.save({"model": model.state_dict(), "opt": optimizer.state_dict()}, tmp_path / "ckpt.pt")
+
+    checkpoint = torch.load(tmp_path / "ckpt.pt")  # weights_only=True by default
+    resumed_model, resumed_opt = _make(config)
+    resumed_model.load_state_dict(checkpoint["model"])
+    resumed_opt.load_state_dict(checkpoint["opt"])
+    assert resumed_opt.steps == save_at
+    for step, (x, y) in enumerate(data[save_at:], start=save_at):
+        _micro_batch_step(resumed_model, resumed_opt, x, y, _scale(step))
+    assert_same_parameters(resumed_model, uninterrupted)
+    for key, factor in dense_factors(resumed_opt).items():
+        assert torch.equal(factor, expected_factors[key]), key
+
+
+@pytest.mark.parametrize("config", CONFIGS[1:])
+def test_resume_with_pending_curvature(config: dict[str, Any], tmp_path: Path) -> None:
+    """Save between backward and step of an update step (curvature collected, not used)."""
+    data = batches(8)
+    model, optimizer = _make(config)
+    for step, (x, y) in enumerate(data):
+        _micro_batch_step(model, optimizer, x, y, _scale(step))
+    uninterrupted = copy.deepcopy(model)
+
+    model, optimizer = _make(config)
+    save_at = 6  # an update step for T in {1, 2, 3}
+    for step, (x, y) in enumerate(data[:save_at]):
+        _micro_batch_step(model, optimizer, x, y, _scale(step))
+    x, y = data[save_at]
+    _micro_batch_step(model, optimizer, x, y, _scale(save_at), finish=False)
+    assert optimizer.H_Ks and optimizer.H_counts
+    grads = [p.grad.clone() for p in model.parameters()]
+    torch.save(
+        {"model": model.state_dict(), "opt": optimizer.state_dict(), "grads": grads},
+        tmp_path / "c.pt",
+    )
+
+    checkpoint = torch.load(tmp_path / "c.pt")
+    resumed_model, resumed_opt = _make(config)
+    resumed_model.load_state_dict(checkpoint["model"])
+    resumed_opt.load_state_dict(checkpoint["opt"])
+    for p, grad in zip(resumed_model.parameters(), checkpoint["grads"], strict=True):
+        p.grad = grad
+    resumed_opt.step()
+    for step, (x, y) in enumerate(data[save_at + 1 :], start=save_at + 1):
+        _micro_batch_step(resumed_model, resumed_opt, x, y, _scale(step))
+    assert_same_parameters(resumed_model, uninterrupted)
+
+
+def test_state_dict_holds_only_plain_values() -> None:
+    model, optimizer = _make({"T": 1, "lr_cov": lambda step: 0.01})
+    for step, (x, y) in enumerate(batches(2)):
+        _micro_batch_step(model, optimizer, x, y, _scale(step))
+    state = optimizer.state_dict()
+
+    def check(value: object) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                assert isinstance(key, str | int)
+                check(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                check(item)
+        else:
+            assert value is None or isinstance(
+                value, Tensor | str | int | float | bool | torch.dtype
+            )
+
+    check(state)
+    assert state["Ks"]["0"]["structure"] == "dense"
+    assert state["param_groups"][0]["lr_cov"] == "<callable>"
+    assert callable(optimizer.param_groups[0]["lr_cov"])
+    # loading keeps this optimizer's callable
+    _, other = _make({"T": 1, "lr_cov": lambda step: 0.01})
+    other.load_state_dict(state)
+    assert callable(other.param_groups[0]["lr_cov"])
+    with pytest.raises(ValueError, match="callable lr_cov"):
+        _make({"T": 1})[1].load_state_dict(state)
+
+
+def test_bad_state_dict_changes_nothing() -> None:
+    model, optimizer = _make({"T": 1})
+    for step, (x, y) in enumerate(batches(2)):
+        _micro_batch_step(model, optimizer, x, y, _scale(step))
+    fresh_model, fresh = _make({"T": 1})
+    before = copy.deepcopy(fresh.state_dict())
+
+    broken = optimizer.state_dict()
+    broken["Ks"] = {k: v for k, v in broken["Ks"].items() if k != "0"}
+    with pytest.raises(ValueError, match="Ks"):
+        fresh.load_state_dict(broken)
+    wrong_shape = optimizer.state_dict()
+    wrong_shape["Cs"] = dict(wrong_shape["Cs"])
+    wrong_shape["Cs"]["0"] = {"structure": "dense", "tensors": {"matrix": torch.eye(3)}}
+    with pytest.raises(ValueError, match="shape"):
+        fresh.load_state_dict(wrong_shape)
+    unknown = optimizer.state_dict()
+    unknown["Ks"] = dict(unknown["Ks"])
+    unknown["Ks"]["0"] = {"structure": "nope", "tensors": {"matrix": torch.eye(7)}}
+    with pytest.raises(ValueError, match="unknown structure"):
+        fresh.load_state_dict(unknown)
+    with pytest.raises(ValueError, match="missing"):
+        fresh.load_state_dict(torch.optim.SGD(fresh_model.parameters(), lr=0.1).state_dict())
+
+    after = fresh.state_dict()
+    assert after["steps"] == before["steps"] == 0
+    for key in ("Ks", "Cs", "m_Ks", "m_Cs"):
+        for name, entry in before[key].items():
+            for tname, tensor in entry["tensors"].items():
+                assert torch.equal(after[key][name]["tensors"][tname], tensor)
