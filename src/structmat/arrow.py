@@ -1,0 +1,229 @@
+r"""Triangular arrow matrices: a diagonal plus one dense row or column through a corner.
+
+A ``d x d`` member has one *corner* index :math:`k` (the first or the last index) and
+stores
+
+- ``diagonal``, shape ``(d - 1,)``: the diagonal entries :math:`D = (A_{ii})_{i \ne k}`,
+- ``arrow``, shape ``(d - 1,)``: the off-diagonal entries of row :math:`k` (a *row
+  arrow*) or of column :math:`k` (a *column arrow*), :math:`b`, in index order,
+- ``corner``, shape ``(1,)``: the entry :math:`c = A_{kk}`.
+
+Every other entry is zero. Ordering the indices as (the other indices, :math:`k`), a row
+arrow reads :math:`\begin{pmatrix} D & 0 \\ b^\top & c \end{pmatrix}` and a column arrow
+:math:`\begin{pmatrix} D & b \\ 0 & c \end{pmatrix}`, its transpose. This reordering is
+a permutation similarity, so sums, products and inverses follow from these two block
+forms whichever index is the corner. For ``d = 1`` the matrix is the corner alone.
+
+The four registered variants (:mod:`structmat.arrow_variants`) pick the triangle and the
+corner; the arrow lies in the triangle, so a lower triangular matrix with its corner at
+the bottom right has a row arrow (its last row) and one with its corner at the top left a
+column arrow (its first column), and the other way round for upper triangular ones.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, TypeVar
+
+import torch
+from torch import Tensor
+
+from structmat._numerics import check_nonzero
+from structmat.base import Scalar
+from structmat.linear_structure import LinearStructure
+
+Arrow = TypeVar("Arrow", bound="ArrowMatrix")
+
+
+class ArrowMatrix(LinearStructure):
+    r"""Template of the triangular arrow structures (see the module docstring).
+
+    Subclasses set the class attributes
+
+    - ``upper``: whether the matrix is upper (``True``) or lower triangular,
+    - ``corner_first``: whether the corner is the first index (top left, ``True``) or
+      the last one (bottom right).
+
+    Args:
+        diagonal: The diagonal without the corner, :math:`D`, shape ``(d - 1,)``.
+        arrow: The off-diagonal entries of the corner's row or column, :math:`b`, shape
+            ``(d - 1,)``.
+        corner: The corner entry :math:`c`, shape ``(1,)``.
+
+    With :math:`b_1, b_2` and so on for the operands, in the block forms of the module
+    docstring (:math:`\odot` the elementwise product):
+
+    - ``A @ B``: :math:`D_1 \odot D_2`, corner :math:`c_1 c_2`, arrow
+      :math:`b_1 \odot D_2 + c_1 b_2` (row arrow) or :math:`D_1 \odot b_2 + c_2 b_1`
+      (column arrow); :math:`O(d)`.
+    - ``inv``: :math:`D^{-1}`, :math:`c^{-1}`, arrow :math:`-b / (c D)`; :math:`O(d)`.
+    - ``A @ X``, ``A^T @ X``: one row of :math:`X` times :math:`b` plus row scalings;
+      :math:`O(dn)`.
+    - ``from_dense(S)``: :math:`D`, :math:`c` from the diagonal of :math:`S`, and
+      :math:`b = S_{k,\bar k} + S_{\bar k,k}` (row and column :math:`k` off the
+      diagonal, :math:`\bar k` the other indices); :math:`O(d)` reads.
+    - ``from_mat_inner(X)``: squared row norms of :math:`X` and
+      :math:`b = 2 X_{\bar k} x_k`; :math:`O(dn)`.
+    - ``from_inner()`` (projection of :math:`A^\top A`): row arrow
+      :math:`(D^2 + b^2, 2 c b, c^2)`, column arrow :math:`(D^2, 2 D b, c^2 + b^\top b)`;
+      :math:`O(d)`.
+    - ``from_inner(X)``: ``from_mat_inner(A^T @ X)``; :math:`O(dn)`.
+    - ``+``, ``*``, ``diag``, ``diag_add_``, Frobenius norm: :math:`O(d)`;
+      ``transpose``: the paired variant on the same tensors, :math:`O(1)`.
+    """
+
+    upper: ClassVar[bool | None] = None
+    corner_first: ClassVar[bool | None] = None
+    _variants: ClassVar[dict[tuple[bool, bool], type[ArrowMatrix]]] = {}
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "upper" in cls.__dict__ and "corner_first" in cls.__dict__:
+            ArrowMatrix._variants[(cls.upper, cls.corner_first)] = cls
+
+    def __init__(self, diagonal: Tensor, arrow: Tensor, corner: Tensor) -> None:
+        if (type(self).upper, type(self).corner_first) not in ArrowMatrix._variants:
+            raise TypeError(
+                "ArrowMatrix is a template; instantiate a subclass that sets 'upper' and "
+                "'corner_first' (e.g. structmat.TrilTopLeftDiag)"
+            )
+        super().__init__()
+        for name, value in (("diagonal", diagonal), ("arrow", arrow), ("corner", corner)):
+            if not isinstance(value, Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        if diagonal.ndim != 1:
+            raise ValueError(f"diagonal must be a 1-d tensor, got shape {tuple(diagonal.shape)}")
+        if arrow.shape != diagonal.shape:
+            raise ValueError(
+                f"arrow must have the shape of diagonal, {tuple(diagonal.shape)}, "
+                f"got {tuple(arrow.shape)}"
+            )
+        if corner.shape != (1,):
+            raise ValueError(f"corner must have shape (1,), got {tuple(corner.shape)}")
+        for name, value in (("arrow", arrow), ("corner", corner)):
+            if value.dtype != diagonal.dtype or value.device != diagonal.device:
+                raise ValueError(
+                    f"{name} must have the dtype and device of diagonal "
+                    f"({diagonal.dtype}, {diagonal.device}), got ({value.dtype}, {value.device})"
+                )
+        self.register_tensor("diagonal", diagonal)
+        self.register_tensor("arrow", arrow)
+        self.register_tensor("corner", corner)
+
+    @classmethod
+    def tensor_shapes(cls, dim: int) -> dict[str, tuple[int, ...]]:
+        """Return ``{"diagonal": (dim - 1,), "arrow": (dim - 1,), "corner": (1,)}``."""
+        return {"diagonal": (dim - 1,), "arrow": (dim - 1,), "corner": (1,)}
+
+    @property
+    def shape(self) -> torch.Size:
+        """``torch.Size([d, d])``."""
+        return torch.Size((self.diagonal.shape[0] + 1,) * 2)
+
+    @classmethod
+    def _row_arrow(cls) -> bool:
+        """Whether the arrow is the corner's row (else its column)."""
+        return cls.upper == cls.corner_first
+
+    # -------------------------------------------- corner / other indices split
+    @classmethod
+    def _split(cls, X: Tensor) -> tuple[Tensor, Tensor]:
+        """Split the rows of ``X`` (shape ``(d, ...)``) into the others and the corner."""
+        if cls.corner_first:
+            return X[1:], X[:1]
+        return X[:-1], X[-1:]
+
+    @classmethod
+    def _join(cls, rest: Tensor, corner: Tensor) -> Tensor:
+        """Inverse of :meth:`_split`: stack the other rows and the corner row."""
+        return torch.cat([corner, rest] if cls.corner_first else [rest, corner], 0)
+
+    # ---------------------------------------------------------- conversions
+    @classmethod
+    def from_dense(cls: type[Arrow], sym_mat: Tensor) -> Arrow:
+        """Keep the diagonal and fold row and column of the corner into the arrow. :math:`O(d)`."""
+        cls._check_square(sym_mat)
+        k = 0 if cls.corner_first else sym_mat.shape[0] - 1
+        diagonal, corner = cls._split(sym_mat.diagonal())
+        row, _ = cls._split(sym_mat[k])
+        column, _ = cls._split(sym_mat[:, k])
+        return cls(diagonal=diagonal.clone(), arrow=row + column, corner=corner.clone())
+
+    def to_dense(self) -> Tensor:
+        """Return the ``d x d`` matrix. :math:`O(d^2)`."""
+        zero = self.corner.new_zeros(1)
+        unit = self._join(self.arrow.new_zeros(self.arrow.shape), self.corner.new_ones(1))
+        arrow = torch.outer(unit, self._join(self.arrow, zero))
+        if not self._row_arrow():
+            arrow = arrow.mT
+        return torch.diag(self._diag()) + arrow
+
+    # -------------------------------------------------------------- kernels
+    def _parts(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self.diagonal, self.arrow, self.corner
+
+    @staticmethod
+    def _apply_row(D: Tensor, b: Tensor, c: Tensor, X: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``[[D, 0], [b^T, c]] @ [X; x]`` as (other rows, corner row)."""
+        return D.unsqueeze(1) * X, b.unsqueeze(0) @ X + c.unsqueeze(1) * x
+
+    @staticmethod
+    def _apply_column(
+        D: Tensor, b: Tensor, c: Tensor, X: Tensor, x: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """``[[D, b], [0, c]] @ [X; x]`` as (other rows, corner row)."""
+        return D.unsqueeze(1) * X + b.unsqueeze(1) * x, c.unsqueeze(1) * x
+
+    def _matmat(self, X: Tensor) -> Tensor:
+        apply = self._apply_row if self._row_arrow() else self._apply_column
+        return self._join(*apply(*self._parts(), *self._split(X)))
+
+    def _rmatmat(self, X: Tensor) -> Tensor:
+        apply = self._apply_column if self._row_arrow() else self._apply_row
+        return self._join(*apply(*self._parts(), *self._split(X)))
+
+    def _matmul(self: Arrow, other: Arrow) -> Arrow:
+        D1, b1, c1 = self._parts()
+        D2, b2, c2 = other._parts()
+        arrow = b1 * D2 + c1 * b2 if self._row_arrow() else D1 * b2 + c2 * b1
+        return type(self)(diagonal=D1 * D2, arrow=arrow, corner=c1 * c2)
+
+    def _transpose(self) -> ArrowMatrix:
+        cls = ArrowMatrix._variants[(not self.upper, self.corner_first)]
+        return cls(diagonal=self.diagonal, arrow=self.arrow, corner=self.corner)
+
+    def _diag(self) -> Tensor:
+        return self._join(self.diagonal, self.corner)
+
+    def _diag_add_(self, value: Scalar) -> None:
+        self.diagonal.add_(value)
+        self.corner.add_(value)
+
+    def _inv(self: Arrow) -> Arrow:
+        what = f"{type(self).__name__} matrix"
+        check_nonzero(self.diagonal, what)
+        check_nonzero(self.corner, what)
+        D, b, c = self._parts()
+        return type(self)(diagonal=D.reciprocal(), arrow=-b / (c * D), corner=c.reciprocal())
+
+    @classmethod
+    def _from_mat_inner(cls: type[Arrow], X: Tensor) -> Arrow:
+        if X.shape[0] == 0:
+            raise ValueError("from_mat_inner: X must have at least one row")
+        rest, x = cls._split(X)
+        return cls(
+            diagonal=rest.square().sum(1),
+            arrow=2 * (rest @ x.squeeze(0)),
+            corner=x.square().sum(1),
+        )
+
+    def _from_inner(self: Arrow, X: Tensor) -> Arrow:
+        return self._from_mat_inner(self._rmatmat(X))
+
+    def _from_inner_identity(self: Arrow) -> Arrow:
+        D, b, c = self._parts()
+        if self._row_arrow():
+            # [[D, b], [0, c]] [[D, 0], [b^T, c]] = [[D^2 + b b^T, c b], [c b^T, c^2]]
+            return type(self)(diagonal=D.square() + b.square(), arrow=2 * c * b, corner=c.square())
+        # [[D, 0], [b^T, c]] [[D, b], [0, c]] = [[D^2, D b], [b^T D, b^T b + c^2]]
+        corner = c.square() + b.square().sum().unsqueeze(0)
+        return type(self)(diagonal=D.square(), arrow=2 * D * b, corner=corner)
