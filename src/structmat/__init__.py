@@ -13,21 +13,27 @@ from structmat.arrow_variants import (
     TriuTopLeftDiag,
 )
 from structmat.base import StructuredMatrix
+from structmat.block_diagonal import BlockDiagonal
 from structmat.dense import Dense
 from structmat.diagonal import Diagonal
 from structmat.exceptions import DenseFallbackWarning, SingularMatrixError
+from structmat.hierarchical import Hierarchical
 from structmat.linear_structure import LinearStructure
 from structmat.registry import available_structures, get_structure, register, register_family
+from structmat.transposed_hierarchical import TransposedHierarchical
 from structmat.triangular import TriangularMatrix, Tril, Triu
 
 __all__ = [
     "ArrowMatrix",
+    "BlockDiagonal",
     "Dense",
     "DenseFallbackWarning",
     "Diagonal",
+    "Hierarchical",
     "LinearStructure",
     "SingularMatrixError",
     "StructuredMatrix",
+    "TransposedHierarchical",
     "TriangularMatrix",
     "Tril",
     "TrilBottomRightDiag",

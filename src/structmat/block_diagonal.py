@@ -1,0 +1,243 @@
+r"""Block-diagonal matrices with dense (general, non-symmetric) blocks of a fixed size.
+
+The family ``block{b}diagonal`` holds, for every block size :math:`b \ge 1`, the matrices
+
+.. math::
+
+    A = \operatorname{blockdiag}(K_1, \dots, K_N, L),
+    \qquad K_i \in \mathbb{R}^{b \times b},\ L \in \mathbb{R}^{r \times r},
+
+of size :math:`d = N b + r` with :math:`N = \lfloor d / b \rfloor` and
+:math:`r = d \bmod b` (the last block ``L`` is smaller than ``b`` and empty when ``b``
+divides ``d``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from structmat._numerics import dense_inverse
+from structmat.base import Scalar
+from structmat.linear_structure import LinearStructure
+from structmat.registry import register_family
+
+
+class BlockDiagonal(LinearStructure):
+    r"""Block-diagonal matrix :math:`\operatorname{blockdiag}(K_1, \dots, K_N, L)`.
+
+    This class is the template of the family; the concrete class for block size ``b``
+    is ``BlockDiagonal.with_block_size(b)`` (registered as ``"block{b}diagonal"``).
+
+    Stored tensors, for a ``d x d`` member with ``N = d // b`` and ``r = d % b``:
+
+    - ``blocks``: the full blocks :math:`K_1, \dots, K_N`, shape ``(N, b, b)``;
+    - ``last_block``: the trailing block :math:`L`, shape ``(r, r)`` (possibly empty).
+
+    Every kernel works block by block (batched over the ``N`` full blocks), so with
+    :math:`d/b` blocks: ``A @ X`` and ``A^T @ X`` cost :math:`O(d b n)`; ``A @ B``,
+    ``inv`` and ``from_inner()`` :math:`O(d b^2)`; ``from_mat_inner(X)`` :math:`O(d b n)`;
+    ``from_dense`` reads the :math:`O(d b)` entries of the diagonal blocks.
+
+    Class attributes:
+        block_size: The block size :math:`b`.
+    """
+
+    block_size: ClassVar[int]
+
+    def __init__(self, blocks: Tensor, last_block: Tensor) -> None:
+        super().__init__()
+        b = self._require_block_size()
+        for arg, tensor in (("blocks", blocks), ("last_block", last_block)):
+            if not isinstance(tensor, Tensor):
+                raise TypeError(f"{arg} must be a torch.Tensor, got {type(tensor).__name__}")
+        if blocks.ndim != 3 or blocks.shape[1:] != (b, b):
+            raise ValueError(
+                f"blocks must have shape (N, {b}, {b}) for block size {b}, "
+                f"got {tuple(blocks.shape)}"
+            )
+        if last_block.ndim != 2 or last_block.shape[0] != last_block.shape[1]:
+            raise ValueError(
+                f"last_block must be a square 2-d tensor, got {tuple(last_block.shape)}"
+            )
+        if last_block.shape[0] >= b:
+            raise ValueError(
+                f"last_block must be smaller than the block size {b}, "
+                f"got {tuple(last_block.shape)}"
+            )
+        if blocks.shape[0] * b + last_block.shape[0] == 0:
+            raise ValueError("blocks and last_block are both empty: the matrix needs d >= 1")
+        if blocks.dtype != last_block.dtype or blocks.device != last_block.device:
+            raise ValueError(
+                f"blocks ({blocks.dtype}, {blocks.device}) and last_block "
+                f"({last_block.dtype}, {last_block.device}) must share dtype and device"
+            )
+        self.register_tensor("blocks", blocks)
+        self.register_tensor("last_block", last_block)
+
+    # ------------------------------------------------------------------ family
+    @classmethod
+    def with_block_size(cls, block_size: int) -> type[BlockDiagonal]:
+        """Return the (cached) block-diagonal structure with blocks of size ``block_size``.
+
+        Raises:
+            TypeError: If ``block_size`` is not an integer.
+            ValueError: If ``block_size`` is not positive.
+        """
+        if not isinstance(block_size, int) or isinstance(block_size, bool):
+            raise TypeError(f"block_size must be an int, got {block_size!r}")
+        if block_size < 1:
+            raise ValueError(f"block_size must be a positive integer, got {block_size}")
+        return _block_diagonal_class(block_size)
+
+    @classmethod
+    def _require_block_size(cls) -> int:
+        size = getattr(cls, "block_size", None)
+        if size is None:
+            raise TypeError(
+                "BlockDiagonal is a template; use BlockDiagonal.with_block_size(b) "
+                "or get_structure('block{b}diagonal')"
+            )
+        return size
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild, (self.block_size, self.tensors())
+
+    # ----------------------------------------------------------------- layout
+    @classmethod
+    def tensor_shapes(cls, dim: int) -> dict[str, tuple[int, ...]]:
+        """Return ``{"blocks": (dim // b, b, b), "last_block": (dim % b, dim % b)}``."""
+        b = cls._require_block_size()
+        count, rest = divmod(dim, b)
+        return {"blocks": (count, b, b), "last_block": (rest, rest)}
+
+    @property
+    def shape(self) -> torch.Size:
+        """``torch.Size([d, d])`` with ``d = N b + r``."""
+        dim = self.blocks.shape[0] * self.block_size + self.last_block.shape[0]
+        return torch.Size((dim, dim))
+
+    def _split_rows(self, X: Tensor) -> tuple[Tensor, Tensor]:
+        """Split ``X`` of shape ``(d, n)`` into ``(N, b, n)`` row blocks and the last ``r`` rows."""
+        count, b = self.blocks.shape[0], self.block_size
+        return X[: count * b].reshape(count, b, X.shape[1]), X[count * b :]
+
+    @staticmethod
+    def _join_rows(blocks: Tensor, last: Tensor) -> Tensor:
+        """Inverse of :meth:`_split_rows`: stack ``(N, b, n)`` and ``(r, n)`` into ``(d, n)``."""
+        return torch.cat([blocks.reshape(-1, blocks.shape[-1]), last], 0)
+
+    # --------------------------------------------------------- dense round trip
+    @classmethod
+    def from_dense(cls, sym_mat: Tensor) -> BlockDiagonal:
+        """Keep the diagonal blocks of ``sym_mat`` (every entry's mirror is in the pattern).
+
+        Gathers only the :math:`N b^2 + r^2` entries of the diagonal blocks.
+        """
+        sym_mat = cls._check_square(sym_mat)
+        b = cls._require_block_size()
+        count = sym_mat.shape[0] // b
+        offsets = torch.arange(count, device=sym_mat.device).mul_(b).view(count, 1, 1)
+        local = torch.arange(b, device=sym_mat.device)
+        rows = offsets + local.view(1, b, 1)
+        cols = offsets + local.view(1, 1, b)
+        start = count * b
+        return cls(blocks=sym_mat[rows, cols], last_block=sym_mat[start:, start:].clone())
+
+    def to_dense(self) -> Tensor:
+        """Assemble the ``d x d`` block-diagonal matrix."""
+        return torch.block_diag(*self.blocks.unbind(0), self.last_block)
+
+    # ---------------------------------------------------------------- kernels
+    def _matmul(self, other: BlockDiagonal) -> BlockDiagonal:
+        """Blockwise product :math:`K_i K'_i`, :math:`O(d b^2)`."""
+        return type(self)(
+            blocks=self.blocks @ other.blocks, last_block=self.last_block @ other.last_block
+        )
+
+    def _matmat(self, X: Tensor) -> Tensor:
+        """Batched product of each block with its rows of ``X``, :math:`O(d b n)`."""
+        X_blocks, X_last = self._split_rows(X)
+        return self._join_rows(self.blocks @ X_blocks, self.last_block @ X_last)
+
+    def _rmatmat(self, X: Tensor) -> Tensor:
+        """Batched product of each transposed block with its rows of ``X``, :math:`O(d b n)`."""
+        X_blocks, X_last = self._split_rows(X)
+        return self._join_rows(self.blocks.mT @ X_blocks, self.last_block.mT @ X_last)
+
+    def _transpose(self) -> BlockDiagonal:
+        """Transpose every block (views, no copy)."""
+        return type(self)(blocks=self.blocks.mT, last_block=self.last_block.mT)
+
+    def _diag(self) -> Tensor:
+        return torch.cat(
+            [self.blocks.diagonal(dim1=-2, dim2=-1).reshape(-1), self.last_block.diagonal()]
+        )
+
+    def _diag_add_(self, value: Scalar) -> None:
+        self.blocks.diagonal(dim1=-2, dim2=-1).add_(value)
+        self.last_block.diagonal().add_(value)
+
+    def _inv(self) -> BlockDiagonal:
+        """Batched dense inverse of the blocks, :math:`O(d b^2)`.
+
+        Raises:
+            SingularMatrixError: If any block is singular.
+        """
+        what = f"{type(self).__name__} matrix (a diagonal block)"
+        return type(self)(
+            blocks=dense_inverse(self.blocks, what),
+            last_block=dense_inverse(self.last_block, what),
+        )
+
+    @classmethod
+    def _from_mat_inner(cls, X: Tensor) -> BlockDiagonal:
+        r"""Diagonal blocks :math:`X_i X_i^\top` of :math:`X X^\top`, :math:`O(d b n)`."""
+        b = cls._require_block_size()
+        count = X.shape[0] // b
+        X_blocks = X[: count * b].reshape(count, b, X.shape[1])
+        X_last = X[count * b :]
+        return cls(blocks=X_blocks @ X_blocks.mT, last_block=X_last @ X_last.mT)
+
+    def _from_inner(self, X: Tensor) -> BlockDiagonal:
+        r"""Blocks :math:`(K_i^\top X_i)(K_i^\top X_i)^\top`, :math:`O(d b n)`."""
+        X_blocks, X_last = self._split_rows(X)
+        S_blocks = self.blocks.mT @ X_blocks
+        S_last = self.last_block.mT @ X_last
+        return type(self)(blocks=S_blocks @ S_blocks.mT, last_block=S_last @ S_last.mT)
+
+    def _from_inner_identity(self) -> BlockDiagonal:
+        r""":math:`A^\top A` is blockdiag(:math:`K_i^\top K_i`), :math:`O(d b^2)`."""
+        return type(self)(
+            blocks=self.blocks.mT @ self.blocks,
+            last_block=self.last_block.mT @ self.last_block,
+        )
+
+
+@functools.cache
+def _block_diagonal_class(block_size: int) -> type[BlockDiagonal]:
+    """Create the subclass of :class:`BlockDiagonal` for ``block_size`` (once per size)."""
+    name = f"Block{block_size}Diagonal"
+    return type(
+        name,
+        (BlockDiagonal,),
+        {
+            "block_size": block_size,
+            "name": f"block{block_size}diagonal",
+            "__module__": __name__,
+            "__qualname__": name,
+            "__doc__": f"Block-diagonal matrices with {block_size} x {block_size} blocks; "
+            "see :class:`BlockDiagonal`.",
+        },
+    )
+
+
+def _rebuild(block_size: int, tensors: dict[str, Tensor]) -> BlockDiagonal:
+    """Unpickle a member of ``block{block_size}diagonal``."""
+    return BlockDiagonal.with_block_size(block_size)(**tensors)
+
+
+register_family(r"block(\d+)diagonal", BlockDiagonal.with_block_size, "block{b}diagonal")
