@@ -10,8 +10,12 @@ import sys
 from pathlib import Path
 
 import matplotlib
+import torch
 
 matplotlib.use("agg")
+# The examples train tiny models, for which one thread is fastest; one thread also keeps
+# the build from oversubscribing a shared machine.
+torch.set_num_threads(1)
 
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent

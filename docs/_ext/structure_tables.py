@@ -27,10 +27,16 @@ KERNEL_OPS = ("A@X", "A.T@X", "A@A", "from_inner", "from_mat_inner", "inv")
 
 
 def singd_structures() -> list[str]:
-    """Return the structure names SINGD accepts, in its own order."""
+    """Return SINGD's standard structure names, then the other concrete structmat names.
+
+    Parametric families are represented by the members SINGD uses by default
+    (``block30diagonal``, ``hierarchical15_15``) and ``transposedhierarchical15_15``.
+    """
     from singd_opt import SINGD
 
-    return list(SINGD.SUPPORTED_STRUCTURES)
+    standard = list(SINGD.SUPPORTED_STRUCTURES)
+    more = [n for n in structmat.available_structures() if "{" not in n and n not in standard]
+    return [*standard, *more, "transposedhierarchical15_15"]
 
 
 def stored_numbers(name: str, dim: int) -> int:

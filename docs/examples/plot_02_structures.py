@@ -14,8 +14,12 @@ symmetric matrix, first at one size and then as the size grows.
 # The structures SINGD accepts
 # ----------------------------
 #
-# ``SINGD.SUPPORTED_STRUCTURES`` maps each name to its matrix class. Any name in it is a
-# valid entry of ``structures``, for all layers or, with parameter groups, per layer.
+# ``SINGD.SUPPORTED_STRUCTURES`` maps the standard structure names to their matrix
+# classes. SINGD accepts every other structure that :mod:`structmat` registers as well:
+# full triangles, triangular "arrow" matrices, the transposed hierarchical structure,
+# and any block size or corner sizes of the parametric families (``block64diagonal``,
+# ``hierarchical8_24``, ...). Any of these names is a valid entry of ``structures``,
+# for all layers or, with parameter groups, per layer.
 
 import math
 
@@ -24,12 +28,25 @@ import torch
 from matplotlib.animation import FuncAnimation, PillowWriter
 from torch import Tensor
 
+import structmat
 from singd_opt import SINGD
 
 torch.manual_seed(0)
 
-names = list(SINGD.SUPPORTED_STRUCTURES)
-print(names)
+standard = list(SINGD.SUPPORTED_STRUCTURES)
+more = [n for n in structmat.available_structures() if "{" not in n and n not in standard]
+more = sorted(more, key=lambda n: (n not in ("tril", "triu"), n))  # full triangles first
+more.append("transposedhierarchical15_15")
+names = standard + more
+print("standard:", standard)
+print("also accepted:", more)
+
+
+def structure(name: str) -> type[structmat.StructuredMatrix]:
+    """Return the matrix class of the structure ``name``."""
+    if name in SINGD.SUPPORTED_STRUCTURES:
+        return SINGD.SUPPORTED_STRUCTURES[name]
+    return structmat.get_structure(name)
 
 
 # %%
@@ -59,31 +76,39 @@ print(torch.equal(diagonal, torch.diag(dense.diag())))
 # ---------------------------
 #
 # Here is the same :math:`48 \times 48` matrix projected onto every structure. Zero
-# entries are white, so the sparsity pattern of each structure shows directly (the
-# colour scale is shared and clips at 2.5 standard deviations of the original); the
-# numbers in the titles count what each structure stores.
+# entries are white, so the sparsity pattern of each structure shows directly; the
+# numbers in the titles count what each structure stores. Only the pattern matters
+# here, so every panel gets its own colour scale, symmetric around zero and clipped at
+# 2.5 standard deviations of its nonzero entries (averaging along a diagonal, as the
+# Toeplitz projection does, shrinks the entries a lot).
 
 
 def project(name: str, mat: Tensor) -> Tensor:
     """Project ``mat`` onto the structure ``name`` and return the result as a dense matrix."""
-    return SINGD.SUPPORTED_STRUCTURES[name].from_dense(mat).to_dense()
+    return structure(name).from_dense(mat).to_dense()
 
 
 def stored(name: str, mat: Tensor) -> int:
     """Count the numbers the structure ``name`` stores for a matrix of the size of ``mat``."""
-    structured = SINGD.SUPPORTED_STRUCTURES[name].from_dense(mat)
+    structured = structure(name).from_dense(mat)
     return sum(tensor.numel() for _, tensor in structured.named_tensors())
+
+
+def colour_limit(mat: Tensor) -> float:
+    """Return 2.5 standard deviations of the nonzero entries of ``mat`` (1 if too few)."""
+    nonzero = mat[mat != 0]
+    return 2.5 * nonzero.std().item() if nonzero.numel() > 1 else 1.0
 
 
 columns = 4
 rows = math.ceil((len(names) + 1) / columns)
 panels = {"original": dense} | {name: project(name, dense) for name in names}
-limit = 2.5 * dense.std().item()  # shared colour scale; folded entries may saturate
 
 fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 3.0 * rows), layout="constrained")
 for ax in axes.flat:
     ax.set_axis_off()
 for ax, (name, mat) in zip(axes.flat, panels.items(), strict=False):
+    limit = colour_limit(mat)
     ax.imshow(mat, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
     count = dim * dim if name == "original" else stored(name, dense)
     ax.set_title(f"{name}\n{count} numbers", fontsize=9)
@@ -100,8 +125,8 @@ fig.suptitle(f"Projections of a random symmetric {dim} x {dim} matrix")
 #   :math:`d^2`. ``transposedhierarchical15_15`` is its transpose.
 # - ``triltoeplitz`` and ``triutoeplitz`` are triangular with constant diagonals:
 #   :math:`d` numbers describe the whole matrix.
-# - Any further entries are triangular variants: full lower or upper triangles, and
-#   "arrow" matrices, a diagonal plus one dense row or column.
+# - ``tril`` and ``triu`` keep a full triangle (and store a full square tensor), the
+#   four arrow structures a diagonal plus one dense row or column inside a triangle.
 #
 # How the structures grow with the dimension
 # ------------------------------------------
@@ -140,8 +165,8 @@ heading = fig.suptitle("", fontsize=14, fontweight="bold")
 
 def draw(index: int) -> list:
     """Show the matrices of dimension ``dims[index]`` and return the updated artists."""
-    limit = 2.5 * frames[index]["original"].std().item()
     for name, mat in frames[index].items():
+        limit = colour_limit(mat)
         images[name].set_data(upsample(mat))
         images[name].set_clim(-limit, limit)
     heading.set_text(f"d = {dims[index]}")
