@@ -22,7 +22,7 @@ from typing import Any
 
 import structmat
 
-STORAGE_DIMS = (16, 64, 256, 1024, 4096)
+STORAGE_DIMS = (64, 256, 1024, 4096)
 KERNEL_OPS = ("A@X", "A.T@X", "A@A", "from_inner", "from_mat_inner", "inv")
 
 
@@ -66,16 +66,25 @@ def list_table(header: Sequence[str], rows: Sequence[Sequence[str]], widths: str
     return "\n".join(lines) + "\n"
 
 
+def compact(count: int) -> str:
+    """Format a count with at most three significant digits above 10,000 (``31.5 k``)."""
+    if count < 10_000:
+        return f"{count:,}"
+    if count < 1_000_000:
+        return f"{count / 1e3:.3g} k"
+    return f"{count / 1e6:.3g} M"
+
+
 def storage_table(names: Sequence[str]) -> str:
-    """Stored numbers per structure and dimension, as a percentage of ``d * d``."""
-    header = ["structure", *(f"d = {d}" for d in STORAGE_DIMS)]
+    """Stored numbers per structure and dimension, and the share of ``d * d`` at the largest."""
+    largest = STORAGE_DIMS[-1]
+    header = ["structure", *(f"d = {d}" for d in STORAGE_DIMS), f"share of d² at d = {largest}"]
     rows = []
     for name in names:
-        cells = []
-        for dim in STORAGE_DIMS:
-            count = stored_numbers(name, dim)
-            cells.append(f"{count:,} ({100 * count / dim**2:.3g} %)")
-        rows.append([f"``{name}``", *cells])
+        counts = [stored_numbers(name, dim) for dim in STORAGE_DIMS]
+        percent = 100 * counts[-1] / largest**2
+        share = f"{percent:.0f} %" if percent >= 10 else f"{percent:.2g} %"
+        rows.append([f"``{name}``", *(compact(c) for c in counts), share])
     return list_table(header, rows)
 
 
