@@ -1,9 +1,11 @@
 """Tables for the page on choosing a structure, written when the documentation builds.
 
-Three reST fragments go to ``docs/_generated/``:
+Four reST fragments go to ``docs/_generated/``:
 
 - ``storage.rst``: numbers stored per structure for several dimensions, counted from
   each structure's :meth:`~structmat.LinearStructure.tensor_shapes`;
+- ``modules.rst``: the docstrings of the modules that define the structures, which
+  hold the math of each structure (for the API reference);
 - ``kernels.rst``: structured kernel time relative to the dense computation, read
   from ``benchmarks/results/structmat_kernels.json``;
 - ``optimizer.rst``: SINGD step time and optimizer state relative to AdamW, read from
@@ -168,16 +170,55 @@ def optimizer_tables(path: Path) -> str:
     return "\n".join(out)
 
 
+def structure_modules(names: Sequence[str]) -> list[str]:
+    """Return the public structmat modules that define the structures ``names``.
+
+    For each structure its own module comes after the modules of the templates it
+    derives from (``structmat.toeplitz`` before ``structmat.tril_toeplitz``); the
+    abstract base modules and private helper modules are left out.
+    """
+    skip = {"structmat.base", "structmat.linear_structure"}
+    modules: list[str] = []
+    for name in names:
+        for cls in reversed(structmat.get_structure(name).__mro__):
+            module = cls.__module__
+            private = module.rsplit(".", 1)[-1].startswith("_")
+            public = module.startswith("structmat.") and module not in skip and not private
+            if public and module not in modules:
+                modules.append(module)
+    return modules
+
+
+def module_docs(names: Sequence[str]) -> str:
+    """One section per structure module: its docstring, then those of its classes.
+
+    The classes are the public ones of :mod:`structmat` defined in that module; their
+    full entries (with methods) are on the API pages, so here they are not indexed.
+    """
+    public = [getattr(structmat, name) for name in structmat.__all__]
+    out = []
+    for module in structure_modules(names):
+        out += [f"``{module}``", "-" * (len(module) + 4), "", f".. automodule:: {module}"]
+        out += ["   :no-members:", ""]
+        for cls in public:
+            if isinstance(cls, type) and cls.__module__ == module:
+                out += [f".. autoclass:: structmat.{cls.__name__}", "   :no-index:"]
+                out += ["   :no-members:", "   :no-show-inheritance:", ""]
+    return "\n".join(out)
+
+
 def write_all(target: Path, results: Path) -> None:
-    """Write ``storage.rst``, ``kernels.rst`` and ``optimizer.rst`` into ``target``.
+    """Write the generated fragments into ``target``.
 
     Args:
         target: Output folder (created if needed).
         results: The ``benchmarks/results`` folder.
     """
     target.mkdir(parents=True, exist_ok=True)
+    names = singd_structures()
     files = {
-        "storage.rst": storage_table(singd_structures()),
+        "storage.rst": storage_table(names),
+        "modules.rst": module_docs(names),
         "kernels.rst": kernel_tables(results / "structmat_kernels.json"),
         "optimizer.rst": optimizer_tables(results / "optimizer_step.json"),
     }

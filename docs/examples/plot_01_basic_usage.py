@@ -63,7 +63,8 @@ loss_function = nn.CrossEntropyLoss()
 
 for name in optimizer.Ks:
     K, C = optimizer.Ks[name], optimizer.Cs[name]
-    print(f"layer {name}: K {tuple(K.shape)} and C {tuple(C.shape)}, both {type(K).__name__}")
+    kind = type(K).__name__
+    print(f"layer {name}: K {tuple(K.shape)} and C {tuple(C.shape)}, both {kind}")
 
 # %%
 # The training loop
@@ -82,25 +83,31 @@ def accuracy(inputs: torch.Tensor, targets: torch.Tensor) -> float:
 
 
 batch_size, epochs = 64, 5
+steps_per_epoch = len(x_train) // batch_size  # drop the incomplete last batch
 losses = []
 for epoch in range(epochs):
     permutation = torch.randperm(len(x_train))
-    for start in range(0, len(x_train), batch_size):
-        batch = permutation[start : start + batch_size]
+    for step in range(steps_per_epoch):
+        batch = permutation[step * batch_size : (step + 1) * batch_size]
         optimizer.zero_grad()
         loss = loss_function(model(x_train[batch]), y_train[batch])
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    test_accuracy = accuracy(x_test, y_test)
-    print(f"epoch {epoch + 1}: last loss {losses[-1]:.4f}, test accuracy {test_accuracy:.3f}")
+    mean_loss = sum(losses[-steps_per_epoch:]) / steps_per_epoch
+    test = accuracy(x_test, y_test)
+    print(f"epoch {epoch + 1}: mean loss {mean_loss:.4f}, test accuracy {test:.3f}")
 
 # %%
 # The loss per step:
 
 fig, ax = plt.subplots(figsize=(6, 3.5))
 ax.semilogy(losses)
-ax.set(xlabel="step", ylabel="training loss (mini-batch)", title="SINGD, triltoeplitz factors")
+ax.set(
+    xlabel="step",
+    ylabel="training loss (mini-batch)",
+    title="SINGD, triltoeplitz factors",
+)
 ax.grid(True, alpha=0.3)
 fig.tight_layout()
 
@@ -108,6 +115,7 @@ fig.tight_layout()
 # After training, ``K`` is no longer the identity. It is still a lower-triangular
 # Toeplitz matrix: the update stays in the structure.
 
+torch.set_printoptions(precision=4)
 K = optimizer.Ks["0"]
 print(type(K).__name__, K.to_dense()[:4, :4])
 

@@ -34,8 +34,14 @@ from singd_opt import SINGD
 torch.manual_seed(0)
 
 standard = list(SINGD.SUPPORTED_STRUCTURES)
-more = [n for n in structmat.available_structures() if "{" not in n and n not in standard]
-more = sorted(more, key=lambda n: (n not in ("tril", "triu"), n))  # full triangles first
+more = [
+    n
+    for n in structmat.available_structures()
+    if "{" not in n and n not in standard
+]
+more = sorted(
+    more, key=lambda n: (n not in ("tril", "triu"), n)
+)  # full triangles first
 more.append("transposedhierarchical15_15")
 names = standard + more
 print("standard:", standard)
@@ -61,7 +67,7 @@ def structure(name: str) -> type[structmat.StructuredMatrix]:
 
 
 def random_symmetric(dim: int) -> Tensor:
-    """Return a random symmetric ``dim x dim`` matrix with standard normal entries."""
+    """Return a random symmetric ``dim x dim`` matrix (normal entries)."""
     mat = torch.randn(dim, dim)
     return (mat + mat.T) / math.sqrt(2)
 
@@ -84,18 +90,18 @@ print(torch.equal(diagonal, torch.diag(dense.diag())))
 
 
 def project(name: str, mat: Tensor) -> Tensor:
-    """Project ``mat`` onto the structure ``name`` and return the result as a dense matrix."""
+    """Project ``mat`` onto the structure ``name``; return it as a dense matrix."""
     return structure(name).from_dense(mat).to_dense()
 
 
 def stored(name: str, mat: Tensor) -> int:
-    """Count the numbers the structure ``name`` stores for a matrix of the size of ``mat``."""
+    """Count the numbers the structure ``name`` stores at the size of ``mat``."""
     structured = structure(name).from_dense(mat)
     return sum(tensor.numel() for _, tensor in structured.named_tensors())
 
 
 def colour_limit(mat: Tensor) -> float:
-    """Return 2.5 standard deviations of the nonzero entries of ``mat`` (1 if too few)."""
+    """Return 2.5 standard deviations of the nonzero entries of ``mat``."""
     nonzero = mat[mat != 0]
     return 2.5 * nonzero.std().item() if nonzero.numel() > 1 else 1.0
 
@@ -104,7 +110,10 @@ columns = 4
 rows = math.ceil((len(names) + 1) / columns)
 panels = {"original": dense} | {name: project(name, dense) for name in names}
 
-fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 3.0 * rows), layout="constrained")
+fig, axes = plt.subplots(
+    rows, columns, figsize=(2.6 * columns, 3.0 * rows), layout="constrained"
+)
+fig.suptitle(f"Projections of a random symmetric {dim} x {dim} matrix")
 for ax in axes.flat:
     ax.set_axis_off()
 for ax, (name, mat) in zip(axes.flat, panels.items(), strict=False):
@@ -112,7 +121,6 @@ for ax, (name, mat) in zip(axes.flat, panels.items(), strict=False):
     ax.imshow(mat, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
     count = dim * dim if name == "original" else stored(name, dense)
     ax.set_title(f"{name}\n{count} numbers", fontsize=9)
-fig.suptitle(f"Projections of a random symmetric {dim} x {dim} matrix")
 
 # %%
 # Reading the figure:
@@ -141,11 +149,13 @@ dims = [2**k for k in range(1, 8)]  # 2, 4, ..., 128
 frames = []
 for d in dims:
     original = random_symmetric(d)
-    frames.append({"original": original} | {name: project(name, original) for name in names})
+    frames.append(
+        {"original": original} | {name: project(name, original) for name in names}
+    )
 
 
 def upsample(mat: Tensor, size: int = max(dims)) -> Tensor:
-    """Repeat every entry of ``mat`` so that it becomes ``size x size`` (``d`` divides ``size``)."""
+    """Repeat every entry of ``mat`` so that it becomes ``size x size``."""
     factor = size // mat.shape[0]
     return mat.repeat_interleave(factor, dim=0).repeat_interleave(factor, dim=1)
 
@@ -158,13 +168,15 @@ for ax in axes.flat:
 images = {}
 for ax, name in zip(axes.flat, frames[0], strict=False):
     blank = torch.zeros(max(dims), max(dims))
-    images[name] = ax.imshow(blank, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+    images[name] = ax.imshow(
+        blank, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest"
+    )
     ax.set_title(name, fontsize=9)
 heading = fig.suptitle("", fontsize=14, fontweight="bold")
 
 
 def draw(index: int) -> list:
-    """Show the matrices of dimension ``dims[index]`` and return the updated artists."""
+    """Show the matrices of dimension ``dims[index]``; return changed artists."""
     for name, mat in frames[index].items():
         limit = colour_limit(mat)
         images[name].set_data(upsample(mat))

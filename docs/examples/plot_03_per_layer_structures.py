@@ -57,8 +57,15 @@ first, second = model[0], model[2]
 optimizer = SINGD(
     model,
     params=[
-        {"params": first.parameters(), "structures": ("dense", "hierarchical15_15")},
-        {"params": second.parameters(), "structures": ("hierarchical15_15", "dense"), "lr": 0.02},
+        {
+            "params": first.parameters(),
+            "structures": ("dense", "hierarchical15_15"),
+        },
+        {
+            "params": second.parameters(),
+            "structures": ("hierarchical15_15", "dense"),
+            "lr": 0.02,
+        },
     ],
     lr=0.05,
     lr_cov=0.01,
@@ -90,7 +97,9 @@ def factor_numbers(optimizer: SINGD) -> int:
 
 dense_optimizer = SINGD(make_model(), structures=("dense", "dense"))
 print(f"per-layer structures: {factor_numbers(optimizer):,} numbers in K and C")
-print(f"dense everywhere:     {factor_numbers(dense_optimizer):,} numbers in K and C")
+print(
+    f"dense everywhere:     {factor_numbers(dense_optimizer):,} numbers in K and C"
+)
 
 # %%
 # Training
@@ -101,7 +110,7 @@ print(f"dense everywhere:     {factor_numbers(dense_optimizer):,} numbers in K a
 
 
 def train(optimizer: SINGD, model: nn.Module, epochs: int = 4) -> list[float]:
-    """Train ``model`` with ``optimizer`` and return the test accuracy after each epoch."""
+    """Train ``model``; return the test accuracy after each epoch."""
     torch.manual_seed(0)
     accuracies = []
     for _ in range(epochs):
@@ -109,16 +118,23 @@ def train(optimizer: SINGD, model: nn.Module, epochs: int = 4) -> list[float]:
         for start in range(0, len(x_train), 64):
             batch = permutation[start : start + 64]
             optimizer.zero_grad()
-            nn.functional.cross_entropy(model(x_train[batch]), y_train[batch]).backward()
+            nn.functional.cross_entropy(
+                model(x_train[batch]), y_train[batch]
+            ).backward()
             optimizer.step()
         with torch.no_grad():
-            accuracies.append((model(x_test).argmax(1) == y_test).float().mean().item())
+            accuracies.append(
+                (model(x_test).argmax(1) == y_test).float().mean().item()
+            )
     return accuracies
 
 
 mixed = train(optimizer, model)
 dense_model = make_model()
-dense = train(SINGD(dense_model, lr=0.05, lr_cov=0.01, structures=("dense", "dense")), dense_model)
+dense = train(
+    SINGD(dense_model, lr=0.05, lr_cov=0.01, structures=("dense", "dense")),
+    dense_model,
+)
 print("per-layer structures:", [f"{a:.3f}" for a in mixed])
 print("dense everywhere:    ", [f"{a:.3f}" for a in dense])
 

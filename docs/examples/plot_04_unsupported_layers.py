@@ -15,6 +15,7 @@ alongside SINGD.
 
 import warnings
 
+import matplotlib.pyplot as plt
 import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
@@ -66,12 +67,20 @@ probe.remove_hooks()  # this optimizer is not used; detach it from the model
 # Split the parameters: SINGD for the layers it supports, AdamW for the rest. Passing
 # ``warn_unsupported=False`` says the skipped layers are taken care of.
 
-supported_layers = [m for m in model.modules() if isinstance(m, SINGD.SUPPORTED_MODULES)]
+supported_layers = [
+    m for m in model.modules() if isinstance(m, SINGD.SUPPORTED_MODULES)
+]
 supported = [p for layer in supported_layers for p in layer.parameters()]
 others = [p for p in model.parameters() if all(p is not q for q in supported)]
 print(f"{len(supported)} tensors for SINGD, {len(others)} for AdamW")
 
-singd = SINGD(model, lr=0.05, lr_cov=0.01, warn_unsupported=False, structures=("dense", "dense"))
+singd = SINGD(
+    model,
+    lr=0.05,
+    lr_cov=0.01,
+    warn_unsupported=False,
+    structures=("dense", "dense"),
+)
 adamw = torch.optim.AdamW(others, lr=1e-2)
 optimizers = [singd, adamw]
 
@@ -80,16 +89,19 @@ optimizers = [singd, adamw]
 # optimizers. The norm layers' parameters change only because of AdamW:
 
 bn_scale_before = model[1].weight.detach().clone()
+losses = []
 for epoch in range(3):
     model.train()
     permutation = torch.randperm(len(x_train))
-    for start in range(0, len(x_train), 64):
+    for start in range(0, len(x_train) - 63, 64):  # full batches of 64
         batch = permutation[start : start + 64]
         for optimizer in optimizers:
             optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x_train[batch]), y_train[batch]).backward()
+        loss = nn.functional.cross_entropy(model(x_train[batch]), y_train[batch])
+        loss.backward()
         for optimizer in optimizers:
             optimizer.step()
+        losses.append(loss.item())
     model.eval()
     with torch.no_grad():
         accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
@@ -97,6 +109,12 @@ for epoch in range(3):
 
 change = (model[1].weight.detach() - bn_scale_before).abs().max().item()
 print(f"largest change of a BatchNorm scale: {change:.3f}")
+
+fig, ax = plt.subplots(figsize=(6, 3.5))
+ax.semilogy(losses)
+ax.set(xlabel="step", ylabel="training loss", title="SINGD and AdamW together")
+ax.grid(True, alpha=0.3)
+fig.tight_layout()
 
 # %%
 # Calling both optimizers in a loop keeps the code short. The same pattern works with a

@@ -91,14 +91,16 @@ def train_step(
     scaler: torch.amp.GradScaler,
     generator: torch.Generator,
 ) -> float:
-    """Run one optimizer step over ``accumulation`` micro-batches; return the mean loss."""
+    """Run one step over ``accumulation`` micro-batches; return the loss."""
     optimizer.zero_grad()
     total = 0.0
     for _ in range(accumulation):
         batch = torch.randint(len(x_train), (micro_batch,), generator=generator)
         inputs, targets = x_train[batch].to(device), y_train[batch].to(device)
         with torch.autocast(device_type=device, dtype=torch.bfloat16):
-            loss = nn.functional.cross_entropy(model(inputs), targets) / accumulation
+            loss = (
+                nn.functional.cross_entropy(model(inputs), targets) / accumulation
+            )
         scaler.scale(loss).backward()
         total += loss.item()
     scaler.step(optimizer)
@@ -108,8 +110,12 @@ def train_step(
 
 
 generator = torch.Generator().manual_seed(0)
-losses = [train_step(model, optimizer, scheduler, scaler, generator) for _ in range(steps // 2)]
-print(f"after {steps // 2} steps: loss {losses[-1]:.3f}, lr {scheduler.get_last_lr()[0]:.4f}")
+losses = [
+    train_step(model, optimizer, scheduler, scaler, generator)
+    for _ in range(steps // 2)
+]
+lr = scheduler.get_last_lr()[0]
+print(f"after {steps // 2} steps: loss {losses[-1]:.3f}, learning rate {lr:.4f}")
 
 # %%
 # Checkpoint
@@ -167,7 +173,12 @@ print(f"test accuracy after {steps} steps: {accuracy:.3f}")
 
 fig, ax = plt.subplots(figsize=(6, 3.5))
 ax.semilogy(range(1, steps + 1), losses, label="original run")
-ax.semilogy(range(steps // 2 + 1, steps + 1), resumed_losses, "--", label="resumed from step 30")
+ax.semilogy(
+    range(steps // 2 + 1, steps + 1),
+    resumed_losses,
+    "--",
+    label="resumed from step 30",
+)
 ax.set(xlabel="optimizer step", ylabel="training loss")
 ax.grid(True, alpha=0.3)
 ax.legend()

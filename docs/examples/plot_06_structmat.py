@@ -17,6 +17,7 @@ product against the dense one.
 # ``hierarchical{k1}_{k2}``, ...) are listed as templates; any concrete size works.
 
 import time
+from collections.abc import Callable
 
 import matplotlib.pyplot as plt
 import torch
@@ -39,7 +40,9 @@ A = Toeplitz.from_dense(torch.randn(d, d))
 print(Toeplitz.tensor_shapes(d))
 print(A.to_dense())
 
-B = Blocks(**{name: torch.randn(shape) for name, shape in Blocks.tensor_shapes(d).items()})
+B = Blocks(
+    **{name: torch.randn(shape) for name, shape in Blocks.tensor_shapes(d).items()}
+)
 print(B.to_dense())
 print(Blocks.eye(d).to_dense().equal(torch.eye(d)))
 
@@ -57,7 +60,8 @@ for label, result, expected in [
     ("A @ A2", A @ A2, A.to_dense() @ A2.to_dense()),
 ]:
     matches = torch.allclose(result.to_dense(), expected, atol=1e-5)
-    print(f"{label:>7} is a {type(result).__name__}, equal to the dense result: {matches}")
+    kind = type(result).__name__
+    print(f"{label:>7}: {kind}, equal to the dense result: {matches}")
 
 # %%
 # A product with a plain tensor returns a tensor: ``A @ X`` and ``X @ A``; ``A.rmatmat(X)``
@@ -75,7 +79,13 @@ print(torch.allclose(A.rmatmat(X), A.to_dense().T @ X, atol=1e-5))
 # belongs to the *paired* structure, with the same stored numbers. Symmetric
 # structures (dense, diagonal, block diagonal) are their own pair.
 
-for name in ["triltoeplitz", "tril", "hierarchical15_15", "triltopleftdiag", "block30diagonal"]:
+for name in [
+    "triltoeplitz",
+    "tril",
+    "hierarchical15_15",
+    "triltopleftdiag",
+    "block30diagonal",
+]:
     M = structmat.get_structure(name).from_dense(torch.randn(40, 40))
     same = torch.equal(M.T.to_dense(), M.to_dense().T)
     print(f"{name:>18} -> {M.T.name:<28} transpose matches: {same}")
@@ -114,16 +124,8 @@ except structmat.SingularMatrixError as error:
 # (the absolute numbers depend on the machine this page was built on).
 
 
-def best_time(fn: object, repeats: int = 7) -> float:
-    """Return the fastest of ``repeats`` runs of ``fn()`` in seconds, after a warm-up.
-
-    Args:
-        fn: A callable without arguments.
-        repeats: Timed runs.
-
-    Returns:
-        The minimum wall time.
-    """
+def best_time(fn: Callable[[], object], repeats: int = 7) -> float:
+    """Time ``repeats`` runs of ``fn()`` after a warm-up; return the fastest (s)."""
     fn()
     times = []
     for _ in range(repeats):
@@ -147,9 +149,15 @@ torch.set_num_threads(threads)
 
 fig, ax = plt.subplots(figsize=(6, 4))
 ax.loglog(dims, [t * 1e3 for t in dense_times], "o-", label="dense a @ X")
-ax.loglog(dims, [t * 1e3 for t in toeplitz_times], "s-", label="triltoeplitz A @ X (FFT)")
+ax.loglog(
+    dims, [t * 1e3 for t in toeplitz_times], "s-", label="triltoeplitz A @ X (FFT)"
+)
 ax.set_xscale("log", base=2)
-ax.set(xlabel="dimension d", ylabel="time [ms]", title="Product with a d x 32 matrix, 1 thread")
+ax.set(
+    xlabel="dimension d",
+    ylabel="time [ms]",
+    title="Product with a d x 32 matrix, 1 thread",
+)
 ax.grid(True, which="both", alpha=0.3)
 ax.legend()
 fig.tight_layout()

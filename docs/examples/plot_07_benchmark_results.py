@@ -34,7 +34,7 @@ import numpy as np
 
 
 def find_results() -> Path:
-    """Return ``benchmarks/results`` of the repository containing the working directory."""
+    """Return ``benchmarks/results`` of the repository around the working dir."""
     for folder in [Path.cwd(), *Path.cwd().parents]:
         if (folder / "benchmarks").is_dir():
             return folder / "benchmarks" / "results"
@@ -42,10 +42,11 @@ def find_results() -> Path:
 
 
 def load(name: str) -> dict | None:
-    """Load ``benchmarks/results/<name>``, or return ``None`` (with a note) if missing."""
+    """Load ``benchmarks/results/<name>``; ``None`` (with a note) if missing."""
     path = find_results() / name
     if not path.is_file():
-        print(f"{path} does not exist yet: run benchmarks/{name.replace('.json', '.py')}")
+        script = "benchmarks/" + name.replace(".json", ".py")
+        print(f"{path} does not exist yet: run {script}")
         return None
     data = json.loads(path.read_text())
     print(f"{name}: measured with {data.get('meta', {})}")
@@ -57,7 +58,7 @@ kernels = load("structmat_kernels.json")
 
 
 def singd_rows(rows: dict) -> dict[str, dict[str, dict]]:
-    """Group the SINGD entries of one model as ``{structure: {"T=1": row, ...}}``."""
+    """Group one model's SINGD entries as ``{structure: {"T=1": row, ...}}``."""
     grouped: dict[str, dict[str, dict]] = {}
     for key, row in rows.items():
         parts = key.split("/")
@@ -76,7 +77,9 @@ def singd_rows(rows: dict) -> dict[str, dict[str, dict]]:
 
 if steps is not None:
     models = list(steps["results"])
-    fig, axes = plt.subplots(len(models), 1, figsize=(8, 3.2 * len(models)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(models), 1, figsize=(8, 3.2 * len(models)), squeeze=False
+    )
     for ax, model in zip(axes[:, 0], models, strict=True):
         rows = steps["results"][model]
         grouped = singd_rows(rows)
@@ -85,8 +88,16 @@ if steps is not None:
         width = 0.8 / max(len(intervals), 1)
         positions = np.arange(len(structures))
         for i, T in enumerate(intervals):
-            ratios = [grouped[s].get(T, {}).get("time_vs_adamw", np.nan) for s in structures]
-            ax.bar(positions + (i - (len(intervals) - 1) / 2) * width, ratios, width, label=T)
+            ratios = [
+                grouped[s].get(T, {}).get("time_vs_adamw", np.nan)
+                for s in structures
+            ]
+            ax.bar(
+                positions + (i - (len(intervals) - 1) / 2) * width,
+                ratios,
+                width,
+                label=T,
+            )
         ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="AdamW")
         if "sgd" in rows and "adamw" in rows:
             sgd = rows["sgd"]["time"] / rows["adamw"]["time"]
@@ -108,8 +119,12 @@ if steps is not None:
 if steps is not None:
     fig, ax = plt.subplots(figsize=(8, 3.5))
     models = list(steps["results"])
-    grouped_by_model = {model: singd_rows(steps["results"][model]) for model in models}
-    structures = list(dict.fromkeys(s for g in grouped_by_model.values() for s in g))
+    grouped_by_model = {
+        model: singd_rows(steps["results"][model]) for model in models
+    }
+    structures = list(
+        dict.fromkeys(s for g in grouped_by_model.values() for s in g)
+    )
     width = 0.8 / len(models)
     positions = np.arange(len(structures))
     for i, model in enumerate(models):
@@ -118,7 +133,12 @@ if steps is not None:
             by_T = grouped_by_model[model].get(structure, {})
             row = next(iter(by_T.values()), {})
             ratios.append(row.get("bytes_vs_adamw", np.nan))
-        ax.bar(positions + (i - (len(models) - 1) / 2) * width, ratios, width, label=model)
+        ax.bar(
+            positions + (i - (len(models) - 1) / 2) * width,
+            ratios,
+            width,
+            label=model,
+        )
     ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="AdamW")
     ax.set_xticks(positions, structures, rotation=20, ha="right")
     ax.set(ylabel="state bytes / AdamW", title="Optimizer state")
@@ -141,7 +161,11 @@ if kernels is not None:
     columns = 3
     rows_count = -(-len(operations) // columns)
     fig, axes = plt.subplots(
-        rows_count, columns, figsize=(11, 3.2 * rows_count), sharey=True, squeeze=False
+        rows_count,
+        columns,
+        figsize=(11, 3.2 * rows_count),
+        sharey=True,
+        squeeze=False,
     )
     for ax, op in zip(axes.flat, operations, strict=False):
         for structure, by_d in results.items():
