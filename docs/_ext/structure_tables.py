@@ -47,20 +47,17 @@ def stored_numbers(name: str, dim: int) -> int:
     return sum(math.prod(shape) for shape in shapes.values())
 
 
-def list_table(header: Sequence[str], rows: Sequence[Sequence[str]], widths: str = "") -> str:
-    """Render a reST ``list-table`` with one header row.
+def list_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Render a reST ``list-table`` with one header row, in the compact table style.
 
     Args:
         header: Column titles.
         rows: Cell texts, one sequence per row.
-        widths: Optional ``:widths:`` option value.
 
     Returns:
         The directive as reST text.
     """
-    lines = [".. list-table::", "   :header-rows: 1"]
-    if widths:
-        lines.append(f"   :widths: {widths}")
+    lines = [".. list-table::", "   :header-rows: 1", "   :class: compact-table"]
     lines.append("")
     for row in [header, *rows]:
         lines.append(f"   * - {row[0]}")
@@ -104,6 +101,11 @@ def _missing(path: Path, script: str) -> str:
     )
 
 
+def _number(value: float) -> str:
+    """Three significant digits, without an exponent for values up to a million."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def _meta_line(meta: dict[str, Any]) -> str:
     parts = [f"{key} {value}" for key, value in meta.items()]
     return "Measured with " + ", ".join(parts) + "." if parts else ""
@@ -123,7 +125,7 @@ def kernel_tables(path: Path) -> str:
             entry = by_dim.get(str(dim))
             if entry is None:
                 continue
-            cells = [f"{entry[op]['ratio']:.3g}" if op in entry else "" for op in KERNEL_OPS]
+            cells = [f"{entry[op]['ratio']:.2g}" if op in entry else "" for op in KERNEL_OPS]
             rows.append([f"``{name}``", *cells])
         out.append(f"**d = {dim}** (time structured / time dense; below 1 is faster)")
         out.append("")
@@ -149,7 +151,7 @@ def optimizer_tables(path: Path) -> str:
                 [
                     f"``{structure}``",
                     T.removeprefix("T="),
-                    f"{row['time'] * 1e3:.3g}",
+                    _number(row["time"] * 1e3),
                     f"{row['time_vs_adamw']:.2f}",
                     f"{row['bytes'] / 2**20:.3g}",
                     f"{row['bytes_vs_adamw']:.2f}",
@@ -160,7 +162,7 @@ def optimizer_tables(path: Path) -> str:
         summary = ""
         if "time" in adamw and "bytes" in adamw:
             summary = (
-                f" (AdamW: {adamw['time'] * 1e3:.3g} ms per step, "
+                f" (AdamW: {_number(adamw['time'] * 1e3)} ms per step, "
                 f"{adamw['bytes'] / 2**20:.3g} MiB of state)"
             )
         out.append(f"**{model}**{summary}")

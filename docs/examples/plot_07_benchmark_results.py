@@ -168,10 +168,11 @@ if kernels is not None:
         squeeze=False,
     )
     for ax, op in zip(axes.flat, operations, strict=False):
-        for structure, by_d in results.items():
+        for i, (structure, by_d) in enumerate(results.items()):
             dims = sorted(int(d) for d in by_d if op in by_d[d])
             ratios = [by_d[str(d)][op]["ratio"] for d in dims]
-            ax.loglog(dims, ratios, "o-", markersize=3, label=structure)
+            style = "o-" if i < 10 else "s--"  # ten colours, then dashed lines
+            ax.loglog(dims, ratios, style, markersize=3, label=structure)
         ax.axhline(1.0, color="black", linestyle="--", linewidth=1)
         ax.set_xscale("log", base=2)
         ax.set(title=op, xlabel="dimension d")
