@@ -80,3 +80,12 @@ def test_choosing_a_structure_page(html: Path) -> None:
     assert "<table" in page
     for name in ("dense", "diagonal", "triltoeplitz"):
         assert name in page
+
+
+def test_benchmark_page_plots_the_results_present(html: Path) -> None:
+    page = read(html / "auto_examples" / "plot_07_benchmark_results.html")
+    results = ROOT / "benchmarks" / "results"
+    figures = re.findall(r'<img[^>]+src="[^"]+plot_07_benchmark_results_\d+\.png"', page)
+    expected = 2 * (results / "optimizer_step.json").is_file()
+    expected += (results / "structmat_kernels.json").is_file()
+    assert len(figures) == expected, f"{len(figures)} figures for {expected} expected"
