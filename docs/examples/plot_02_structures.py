@@ -63,7 +63,8 @@ def structure(name: str) -> type[structmat.StructuredMatrix]:
 # ``from_dense`` and returns the matrix it represents with ``to_dense``. The projection
 # keeps the entries the structure can store. Triangular and one-sided structures
 # (Toeplitz, arrow, hierarchical) also fold the mirrored entries of the other triangle
-# into the stored ones, so they can look "heavier" than the original near the diagonal.
+# into the stored ones, so their off-diagonal entries are sums of two entries of the
+# original.
 
 
 def random_symmetric(dim: int) -> Tensor:

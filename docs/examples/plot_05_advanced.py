@@ -13,7 +13,7 @@ puts them together with :class:`~singd_opt.SINGD`:
 - saving a checkpoint and resuming from it, bit for bit.
 
 SINGD never inverts a matrix: its factors are updated with products and sums only,
-which is what makes low-precision factors usable at all.
+which is why it can keep them in low precision.
 """
 
 # %%

@@ -76,8 +76,9 @@ print(torch.allclose(A.rmatmat(X), A.to_dense().T @ X, atol=1e-5))
 # ---------------
 #
 # The transpose of a lower triangular structure is upper triangular, so ``A.T``
-# belongs to the *paired* structure, with the same stored numbers. Symmetric
-# structures (dense, diagonal, block diagonal) are their own pair.
+# belongs to the *paired* structure, with the same stored numbers. Structures that
+# contain the transposes of their members (dense, diagonal, block diagonal) are their
+# own pair.
 
 for name in [
     "triltoeplitz",
