@@ -32,6 +32,7 @@ from singd_opt.layers import preconditioner_dims as _preconditioner_dims
 from singd_opt.preconditioner import (
     UpdateConfig,
     all_finite,
+    gram,
     natural_gradient,
     update_preconditioner,
 )
@@ -235,6 +236,9 @@ class SINGD(Optimizer):
         self.m_Ks: dict[str, StructuredMatrix] = {}
         self.m_Cs: dict[str, StructuredMatrix] = {}
         self._pending = PendingTerms()
+        # (K, C, K K^T, C C^T) per layer name, the products only for structures closed
+        # under transposition; dropped whenever K or C changes.
+        self._grams: dict[str, tuple[StructuredMatrix, StructuredMatrix, Any, Any]] = {}
         # Gradient scale of the backward passes of each step; -1 is the initial guess.
         self._grad_scales: dict[int, float] = {-1: float(init_grad_scale)}
         self._warned_unscaled = False
@@ -468,6 +472,7 @@ class SINGD(Optimizer):
         )
         if config.alpha1 != 0.0:
             self.m_Ks[name], self.m_Cs[name] = m_K, m_C
+        self._grams.pop(name, None)
 
     def _update_parameters(
         self, layer: Layer, group: Mapping[str, Any], grad_factor: float
@@ -477,7 +482,11 @@ class SINGD(Optimizer):
             return
         if grad_factor != 1.0:
             grad = grad / grad_factor
-        nat_grad = natural_gradient(self.Ks[layer.name], self.Cs[layer.name], grad)
+        K, C = self.Ks[layer.name], self.Cs[layer.name]
+        cached = self._grams.get(layer.name)
+        if cached is None or cached[0] is not K or cached[1] is not C:
+            cached = self._grams[layer.name] = (K, C, gram(K), gram(C))
+        nat_grad = natural_gradient(K, C, grad, cached[2], cached[3])
         lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]
         for param, update in layer.split(nat_grad):
             if weight_decay != 0.0:
@@ -619,6 +628,7 @@ class SINGD(Optimizer):
         }
         self.Ks, self.Cs = loaded["Ks"], loaded["Cs"]
         self.m_Ks, self.m_Cs = loaded["m_Ks"], loaded["m_Cs"]
+        self._grams.clear()
         self._pending.clear()
         for name in loaded["H_Ks"]:
             self._pending.H_Ks[name] = loaded["H_Ks"][name]

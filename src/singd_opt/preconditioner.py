@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from structmat import StructuredMatrix
+from structmat import Dense, StructuredMatrix
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,29 @@ def update_preconditioner(
     return new_m_K, new_m_C
 
 
-def natural_gradient(K: StructuredMatrix, C: StructuredMatrix, grad: Tensor) -> Tensor:
+def gram(K: StructuredMatrix) -> StructuredMatrix | None:
+    r"""Return :math:`K K^\top` when it is a member of ``K``'s structure, else ``None``.
+
+    That is the case when the structure is closed under transposition (diagonal,
+    block-diagonal, ...); then the natural gradient needs one structured product
+    per side instead of two. Dense factors return ``None``: their product costs as
+    much as the two products it saves at ``T = 1`` and would double their memory.
+    """
+    if isinstance(K, Dense):
+        return None
+    K_T = K.T
+    if type(K_T) is not type(K):
+        return None
+    return K @ K_T
+
+
+def natural_gradient(
+    K: StructuredMatrix,
+    C: StructuredMatrix,
+    grad: Tensor,
+    gram_K: StructuredMatrix | None = None,
+    gram_C: StructuredMatrix | None = None,
+) -> Tensor:
     r"""Return :math:`C C^\top G K K^\top` in the dtype of ``grad``.
 
     The ``K`` side is computed in ``K``'s dtype, the ``C`` side in ``C``'s.
@@ -141,8 +163,12 @@ def natural_gradient(K: StructuredMatrix, C: StructuredMatrix, grad: Tensor) -> 
         K: Input-side factor (``d_K x d_K``).
         C: Output-side factor (``d_C x d_C``).
         grad: The gradient matrix :math:`G` of shape ``(d_C, d_K)``.
+        gram_K: :math:`K K^\top` from :func:`gram`, if available.
+        gram_C: :math:`C C^\top` from :func:`gram`, if available.
     """
-    # G K K^T = (K (K^T G^T))^T
-    right = (K @ K.rmatmat(grad.mT.to(K.dtype))).mT
-    result = C @ C.rmatmat(right.to(C.dtype))
+    grad_T = grad.mT.to(K.dtype)
+    # G K K^T = (K K^T G^T)^T
+    right = (gram_K @ grad_T if gram_K is not None else K @ K.rmatmat(grad_T)).mT
+    right = right.to(C.dtype)
+    result = gram_C @ right if gram_C is not None else C @ C.rmatmat(right)
     return result.to(grad.dtype)
