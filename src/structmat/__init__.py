@@ -20,8 +20,11 @@ from structmat.exceptions import DenseFallbackWarning, SingularMatrixError
 from structmat.hierarchical import Hierarchical
 from structmat.linear_structure import LinearStructure
 from structmat.registry import available_structures, get_structure, register, register_family
+from structmat.toeplitz import TriangularToeplitz
 from structmat.transposed_hierarchical import TransposedHierarchical
 from structmat.triangular import TriangularMatrix, Tril, Triu
+from structmat.tril_toeplitz import TrilToeplitz
+from structmat.triu_toeplitz import TriuToeplitz
 
 __all__ = [
     "ArrowMatrix",
@@ -35,11 +38,14 @@ __all__ = [
     "StructuredMatrix",
     "TransposedHierarchical",
     "TriangularMatrix",
+    "TriangularToeplitz",
     "Tril",
     "TrilBottomRightDiag",
+    "TrilToeplitz",
     "TrilTopLeftDiag",
     "Triu",
     "TriuBottomRightDiag",
+    "TriuToeplitz",
     "TriuTopLeftDiag",
     "available_structures",
     "get_structure",

@@ -1,0 +1,225 @@
+r"""Triangular Toeplitz matrices: the template shared by the lower and upper structures.
+
+A lower-triangular Toeplitz matrix is determined by its first column
+:math:`c \in \mathbb{R}^d`, :math:`A_{ij} = c_{i-j}` for :math:`i \ge j` and 0 otherwise;
+the upper one by its first row, :math:`A_{ij} = c_{j-i}` for :math:`j \ge i`. Each is
+the transpose of the other with the same coefficients. Both are commutative algebras
+isomorphic to power series modulo :math:`z^d`, so products and inverses are again
+triangular Toeplitz. :class:`TriangularToeplitz` holds every kernel;
+:class:`~structmat.TrilToeplitz` and :class:`~structmat.TriuToeplitz` only set the class
+attributes in which they differ.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, TypeVar
+
+import torch
+from torch import Tensor
+from torch.nn.functional import pad
+
+from structmat._numerics import check_nonzero, compute_dtype
+from structmat._toeplitz_kernels import (
+    anticausal_correlation,
+    average_diagonal_pairs,
+    causal_convolution,
+    diagonal_sums,
+    filtered_lag_sums,
+    inverse_series,
+    lag_sums,
+)
+from structmat.base import Scalar, StructuredMatrix
+from structmat.exceptions import SingularMatrixError
+from structmat.linear_structure import LinearStructure
+from structmat.registry import get_structure
+
+T = TypeVar("T", bound="TriangularToeplitz")
+
+
+class TriangularToeplitz(LinearStructure):
+    r"""A triangular Toeplitz matrix stored as its coefficient vector :math:`c` (size ``d``).
+
+    Template for :class:`~structmat.TrilToeplitz` (``upper = False``, coefficients
+    ``column``, :math:`A_{ij} = c_{i-j}`) and :class:`~structmat.TriuToeplitz`
+    (``upper = True``, coefficients ``row``, :math:`A_{ij} = c_{j-i}`).
+
+    ``from_dense(S)`` sets :math:`c_k` to the sum of the ``k``-th lower and the ``k``-th
+    upper diagonal of :math:`S` divided by :math:`d - k`, and :math:`c_0 =
+    \operatorname{tr}(S) / d`: on symmetric :math:`S` twice the mean of the ``k``-th
+    diagonal, and the identity on members of either triangular Toeplitz structure.
+
+    Kernels (no ``d x d`` intermediate; zero-padded real FFTs of a fast length
+    :math:`N \ge 2d - 1`, see :mod:`structmat._toeplitz_kernels`; a single vector of
+    length :math:`d \le 128` is convolved directly in :math:`O(d^2)`):
+
+    - ``A @ X``, ``A^T @ X``: causal convolution resp. correlation of every column
+      of ``X`` (shape ``(d, n)``) with :math:`c`, :math:`O(n d \log d)`.
+    - ``A @ B``: truncated convolution of the coefficient vectors, :math:`O(d \log d)`.
+    - ``inv``: Newton's iteration for :math:`1/c(z) \bmod z^d`, :math:`O(d \log d)`.
+    - ``from_mat_inner(X)``: the ``k``-th diagonal sum of :math:`X X^\top` is the
+      lag-``k`` autocorrelation of the columns of ``X`` summed over the columns,
+      :math:`O(n d \log d)`; ``from_inner(X)`` applies it to :math:`A^\top X` (three
+      FFTs of the ``n`` columns). The last 64 lags, which the projection divides by
+      small :math:`d - k`, are summed exactly.
+    - ``from_inner()``: the ``k``-th diagonal sum of :math:`A^\top A` is
+      :math:`\sum_p (d - k - p) c_p c_{p+k}` (the same for :math:`A A^\top`), one
+      correlation, :math:`O(d \log d)`.
+    - ``diag``, ``diag_add_`` (on :math:`c_0`), the Frobenius norm
+      :math:`(\sum_k (d - k) c_k^2)^{1/2}`, ``+`` and scalar ``*``: :math:`O(d)`;
+      ``transpose``: :math:`O(1)`, the same coefficient tensor in the other structure.
+    - ``from_dense``: :math:`O(d^2)`, one pass over :math:`S` without copying it.
+
+    Half types are computed in float32 and rounded once at the end.
+
+    Class attributes:
+        upper: Whether the matrix is upper triangular.
+        coefficients_name: Name of the stored coefficient tensor (constructor keyword).
+        transpose_name: Registry name of the transposed structure.
+    """
+
+    upper: ClassVar[bool]
+    coefficients_name: ClassVar[str]
+    transpose_name: ClassVar[str]
+
+    def __init__(self, coefficients: Tensor) -> None:
+        super().__init__()
+        name = self.coefficients_name
+        if not isinstance(coefficients, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(coefficients).__name__}")
+        if coefficients.ndim != 1 or coefficients.numel() == 0:
+            raise ValueError(
+                f"{name} must be a non-empty 1-d tensor of shape (d,), "
+                f"got shape {tuple(coefficients.shape)}"
+            )
+        if not coefficients.is_floating_point():
+            raise TypeError(f"{name} must have a floating-point dtype, got {coefficients.dtype}")
+        self.register_tensor(name, coefficients)
+
+    @property
+    def coefficients(self) -> Tensor:
+        """The stored coefficient vector :math:`c` (shape ``(d,)``), not a copy."""
+        return getattr(self, self.coefficients_name)
+
+    @classmethod
+    def tensor_shapes(cls, dim: int) -> dict[str, tuple[int, ...]]:
+        """Return ``{coefficients_name: (dim,)}``."""
+        return {cls.coefficients_name: (dim,)}
+
+    @property
+    def shape(self) -> torch.Size:
+        """``torch.Size([d, d])``."""
+        return torch.Size((self.coefficients.shape[0],) * 2)
+
+    # ------------------------------------------------------------- conversions
+    @classmethod
+    def from_dense(cls: type[T], sym_mat: Tensor) -> T:
+        r"""Average mirrored diagonal pairs of ``sym_mat`` (see the class docstring).
+
+        Args:
+            sym_mat: Square matrix :math:`S`, shape ``(d, d)``; need not be symmetric.
+
+        Returns:
+            The member with :math:`c_k = (\sum_i S_{i+k,i} + \sum_i S_{i,i+k}) / (d - k)`
+            for :math:`k \ge 1` and :math:`c_0 = \operatorname{tr}(S) / d`.
+
+        Complexity:
+            :math:`O(d^2)`, one pass over :math:`S` without copying it.
+        """
+        mat = cls._check_square(sym_mat)
+        if not mat.is_floating_point():
+            raise TypeError(f"sym_mat must have a floating-point dtype, got {mat.dtype}")
+        upper, lower = diagonal_sums(mat, compute_dtype(mat.dtype))
+        return cls(average_diagonal_pairs(upper + lower).to(mat.dtype))
+
+    def to_dense(self) -> Tensor:
+        """Return the represented ``d x d`` matrix. :math:`O(d^2)`."""
+        c = self.coefficients
+        d = c.shape[0]
+        # hankel[i, j] = c[d - 1 - i - j] (zero where the index is negative); flipping
+        # rows gives c[i - j] (lower), flipping columns c[j - i] (upper).
+        hankel = pad(c.flip(0), (0, d - 1)).unfold(0, d, 1)
+        return hankel.flip(1) if self.upper else hankel.flip(0)
+
+    # ----------------------------------------------------------------- kernels
+    def _rebuild(self: T, coefficients: Tensor) -> T:
+        return type(self)(coefficients)
+
+    def _apply(self, signals: Tensor, transpose: bool) -> Tensor:
+        """Rows of ``signals`` (shape ``(n, d)``, compute dtype) times ``A^T`` (or ``A``).
+
+        Returns ``(A X)^T`` for ``signals = X^T`` (``(A^T X)^T`` with ``transpose``).
+        """
+        kernel = self.coefficients.to(signals.dtype)
+        if self.upper == transpose:
+            return causal_convolution(kernel, signals)
+        return anticausal_correlation(kernel, signals)
+
+    def _product(self, X: Tensor, transpose: bool) -> Tensor:
+        out_dtype = torch.promote_types(self.dtype, X.dtype)
+        signals = X.mT.to(compute_dtype(out_dtype))
+        # The kernels may return a slice of a longer FFT buffer: copy it out compactly.
+        return self._apply(signals, transpose).to(out_dtype).contiguous().mT
+
+    def _matmat(self, X: Tensor) -> Tensor:
+        return self._product(X, transpose=False)
+
+    def _rmatmat(self, X: Tensor) -> Tensor:
+        return self._product(X, transpose=True)
+
+    def _matmul(self: T, other: T) -> T:
+        work = compute_dtype(self.dtype)
+        first, second = self.coefficients.to(work), other.coefficients.to(work)
+        product = causal_convolution(first, second.unsqueeze(0))[0]
+        return self._rebuild(product.to(self.dtype))
+
+    def _transpose(self) -> StructuredMatrix:
+        return get_structure(self.transpose_name)(self.coefficients)
+
+    def _diag(self) -> Tensor:
+        return self.coefficients[:1].repeat(self.coefficients.shape[0])
+
+    def _diag_add_(self, value: Scalar) -> None:
+        if isinstance(value, Tensor):
+            value = value.reshape(())
+        self.coefficients[:1].add_(value)
+
+    def _frobenius_norm(self) -> Tensor:
+        c = self.coefficients
+        d = c.shape[0]
+        work = c.to(compute_dtype(c.dtype))
+        counts = torch.arange(d, 0, -1, dtype=work.dtype, device=work.device)
+        return (counts * work.square()).sum().sqrt().to(c.dtype)
+
+    def _inv(self: T) -> T:
+        c = self.coefficients
+        what = f"{type(self).__name__} matrix"
+        check_nonzero(c[:1], what)
+        inverse = inverse_series(c.to(compute_dtype(c.dtype))).to(c.dtype)
+        if not bool(inverse.isfinite().all()):
+            raise SingularMatrixError(
+                f"{what} is numerically singular: its inverse overflows in {c.dtype}"
+            )
+        return self._rebuild(inverse)
+
+    @classmethod
+    def _from_mat_inner(cls: type[T], X: Tensor) -> T:
+        dtype = X.dtype if X.is_floating_point() else torch.get_default_dtype()
+        lags = lag_sums(X.mT.to(compute_dtype(dtype)))
+        return cls(average_diagonal_pairs(2 * lags).to(dtype))
+
+    def _from_inner(self: T, X: Tensor) -> T:
+        out_dtype = torch.promote_types(self.dtype, X.dtype)
+        signals = X.mT.to(compute_dtype(out_dtype))
+        # A^T X: a convolution for upper A, a correlation for lower A.
+        lags = filtered_lag_sums(self.coefficients.to(signals.dtype), signals, self.upper)
+        return self._rebuild(average_diagonal_pairs(2 * lags).to(out_dtype))
+
+    def _from_inner_identity(self: T) -> T:
+        c = self.coefficients
+        d = c.shape[0]
+        work = c.to(compute_dtype(c.dtype))
+        # sum_j (A^T A)[j + k, j] = sum_p c_p (d - p - k) c_{p + k}: correlate c with
+        # u_q = (d - q) c_q.
+        weighted = torch.arange(d, 0, -1, dtype=work.dtype, device=work.device) * work
+        lags = lag_sums(work.unsqueeze(0), weighted.unsqueeze(0))
+        return self._rebuild(average_diagonal_pairs(2 * lags).to(c.dtype))
