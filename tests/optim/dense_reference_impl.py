@@ -25,7 +25,8 @@ Every step then applies ``theta <- theta - lr * buffer`` with
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from math import sqrt
 
 import torch
@@ -35,6 +36,24 @@ from torch.nn.functional import unfold
 SUPPORTED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 _ARROW_NAMES = ("triltopleftdiag", "trilbottomrightdiag", "triutopleftdiag", "triubottomrightdiag")
+
+
+@contextmanager
+def single_intra_op_thread() -> Iterator[None]:
+    """Run torch operations on one thread, restoring the thread count afterwards.
+
+    The tests work with matrices of size at most ~40, for which a thread pool only
+    adds synchronisation overhead (and heavy slow-downs on a busy machine).
+
+    Yields:
+        Nothing; the body runs single-threaded.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 # ----------------------------------------------------------------- projections

@@ -13,14 +13,19 @@ Layer widths are chosen so that structure boundaries matter: ``d_K = 33`` splits
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
 from torch import Tensor, nn
 
 from singd_opt import SINGD
-from tests.optim.dense_reference_impl import DenseSINGD, pattern_mask, project
+from tests.optim.dense_reference_impl import (
+    DenseSINGD,
+    pattern_mask,
+    project,
+    single_intra_op_thread,
+)
 
 DTYPE = torch.float64
 RTOL, ATOL = 1e-10, 1e-12
@@ -70,6 +75,14 @@ IKFAC_CONFIG = {
 
 
 # ------------------------------------------------------------------- harness
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread() -> Iterator[None]:
+    with single_intra_op_thread():
+        yield
+
+
 def mlp() -> nn.Module:
     """Three linear layers with d_K = 33, 21, 16 and d_C = 20, 16, 3.
 

@@ -33,7 +33,7 @@ bound at every step.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from math import ceil, log, sqrt
 
 import pytest
@@ -41,12 +41,18 @@ import torch
 from torch import Tensor, nn
 
 from singd_opt import SINGD
-from tests.optim.dense_reference_impl import DenseSINGD
+from tests.optim.dense_reference_impl import DenseSINGD, single_intra_op_thread
 
 DTYPE = torch.float64
 DAMPING = 0.5
 TARGET = 1e-8
 MAX_STEPS = 400
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread() -> Iterator[None]:
+    with single_intra_op_thread():
+        yield
 
 
 def covariances(

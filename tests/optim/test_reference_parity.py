@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import ClassVar
 
 import pytest
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from singd_opt import SINGD
-from tests.optim.dense_reference_impl import DenseSINGD
+from tests.optim.dense_reference_impl import DenseSINGD, single_intra_op_thread
 from tests.optim.test_dense_reference import (
     IKFAC_CONFIG,
     SINGD_CONFIG,
@@ -52,6 +52,12 @@ PARITY_STRUCTURES = ["dense", "diagonal", "hierarchical15_15", "triltoeplitz", "
 # trajectories well conditioned, so rounding differences stay near 1e-7.
 MILD_SINGD_CONFIG = {**SINGD_CONFIG, "lr": 0.02, "lr_cov": 0.05}
 MILD_IKFAC_CONFIG = {**IKFAC_CONFIG, "lr": 0.02, "lr_cov": 0.1, "damping": 0.1}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread() -> Iterator[None]:
+    with single_intra_op_thread():
+        yield
 
 
 def make_batches(
