@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -237,6 +238,7 @@ class ConvLayer(Layer):
             self._pad = [p for pair in reversed(pads) for p in pair]
         mode = module.padding_mode
         self._pad_mode: str = "constant" if mode == "zeros" else mode
+        self._patterns: dict[tuple[Any, ...], Tensor] = {}
 
     def _output_positions(self, spatial_in: Sequence[int]) -> tuple[int, ...]:
         sizes = []
@@ -247,12 +249,17 @@ class ConvLayer(Layer):
             sizes.append((size + left + right - span) // self._stride[i] + 1)
         return tuple(sizes)
 
-    def _patches(self, x: Tensor) -> Tensor:
-        """Return a strided view ``(batch, C_in / groups, *out_positions, *kernel)``."""
+    def _group_mean_padded(self, x: Tensor) -> Tensor:
+        """Average the channel groups and pad: ``(batch, C_in / groups, *padded)``."""
         if self._groups > 1:
             x = x.unflatten(1, (self._groups, -1)).mean(dim=1)
         if self._pad is not None:
             x = functional.pad(x, self._pad, mode=self._pad_mode)
+        return x
+
+    def _patches(self, x: Tensor) -> Tensor:
+        """Return a strided view ``(batch, C_in / groups, *out_positions, *kernel)``."""
+        x = self._group_mean_padded(x)
         for i in range(self._spatial):
             span = self._dilation[i] * (self._kernel[i] - 1) + 1
             x = x.unfold(2 + i, span, self._stride[i])
@@ -260,8 +267,31 @@ class ConvLayer(Layer):
                 x = x[..., :: self._dilation[i]]
         return x
 
+    def _position_means(self, size: int, i: int, like: Tensor) -> Tensor:
+        """Return ``P`` (``kernel x size``) with ``(P x)_k`` the mean of kernel tap ``k``.
+
+        ``P[k, j] = 1 / O`` for every output position ``o`` that reads padded input
+        index ``j = o * stride + k * dilation`` through tap ``k`` (``O`` positions).
+        """
+        key = (size, i, like.dtype, like.device)
+        pattern = self._patterns.get(key)
+        if pattern is None:
+            span = self._dilation[i] * (self._kernel[i] - 1) + 1
+            positions = (size - span) // self._stride[i] + 1
+            pattern = like.new_zeros((self._kernel[i], size))
+            index = torch.arange(positions, device=like.device) * self._stride[i]
+            for k in range(self._kernel[i]):
+                pattern[k, index + k * self._dilation[i]] = 1.0 / positions
+            self._patterns[key] = pattern
+        return pattern
+
     def input_matrix(self, x: Tensor, kfac_approx: str) -> Tensor:
-        """See :meth:`Layer.input_matrix`."""
+        """See :meth:`Layer.input_matrix`.
+
+        With ``"expand"`` the result is the transpose of a contiguous
+        ``(dim_K, n)`` matrix: gathering the patches in that order reads and writes
+        along output positions, an order of magnitude faster than row-major patches.
+        """
         if x.ndim == self._spatial + 1:  # unbatched input
             x = x.unsqueeze(0)
         batch = x.shape[0]
@@ -269,27 +299,32 @@ class ConvLayer(Layer):
             positions = math.prod(self._output_positions(x.shape[2:]))
             n = batch * positions if kfac_approx == "expand" else batch
             return self._finish_input(None, n, x)
-        patches = self._patches(x)
         s = self._spatial
         if kfac_approx == "reduce":
-            rows = patches.mean(dim=tuple(range(2, 2 + s))).reshape(batch, -1)
-            return self._finish_input(rows, batch, x)
-        # (batch, *positions, C_in / groups, *kernel), copied straight into the result
-        patches = patches.permute(0, *range(2, 2 + s), 1, *range(2 + s, 2 + 2 * s))
-        positions = patches.shape[1 : 1 + s]
-        n = batch * math.prod(positions)
+            # mean over output positions of the patches, one kernel dimension at a time
+            y = self._group_mean_padded(x)
+            for i in range(s):
+                y = torch.tensordot(y, self._position_means(y.shape[2], i, y), dims=([2], [1]))
+            return self._finish_input(y.reshape(batch, -1), batch, x)
+        patches = self._patches(x)
+        # (C_in / groups, *kernel, batch, *positions)
+        patches = patches.permute(1, *range(2 + s, 2 + 2 * s), 0, *range(2, 2 + s))
+        n = batch * math.prod(patches.shape[2 + s :])
         scale = math.sqrt(n)
-        out = x.new_empty((n, self.dim_K))
-        target = out[:, : self._dim_weight].view(patches.shape)
-        torch.div(patches, scale, out=target)
+        out_T = x.new_empty((self.dim_K, n))
+        torch.div(patches, scale, out=out_T[: self._dim_weight].view(patches.shape))
         if self.bias is not None:
-            out[:, self._dim_weight :].fill_(1.0).div_(scale)
-        return out
+            out_T[self._dim_weight :].fill_(1.0).div_(scale)
+        return out_T.mT
 
     def grad_output_matrix(
         self, g: Tensor, loss_average: str | None, kfac_approx: str
     ) -> tuple[Tensor, int]:
-        """See :meth:`Layer.grad_output_matrix`."""
+        """See :meth:`Layer.grad_output_matrix`.
+
+        With ``"expand"`` the result is the transpose of a contiguous ``(dim_C, n)``
+        matrix (see :meth:`input_matrix`).
+        """
         if g.ndim == self._spatial + 1:  # unbatched
             g = g.unsqueeze(0)
         positions = g.shape[2:].numel()
@@ -298,13 +333,13 @@ class ConvLayer(Layer):
         if kfac_approx == "reduce":
             g = g.sum(dim=tuple(range(2, g.ndim)))
             return (g * scale if terms != 1 else g), terms
-        moved = g.movedim(1, -1)
-        out = g.new_empty((g.shape[0] * positions, g.shape[1]))
+        moved = g.transpose(0, 1)  # (C_out, batch, *positions)
+        out_T = g.new_empty((g.shape[1], g.shape[0] * positions))
         if terms != 1:
-            torch.mul(moved, scale, out=out.view(moved.shape))
+            torch.mul(moved, scale, out=out_T.view(moved.shape))
         else:
-            out.view(moved.shape).copy_(moved)
-        return out, terms
+            out_T.view(moved.shape).copy_(moved)
+        return out_T.mT, terms
 
 
 def make_layer(

@@ -69,7 +69,7 @@ def test_conv_expand_matrices_reproduce_the_gradient(
     assert torch.equal(layer.gradient_matrix(), expected)
 
 
-@pytest.mark.parametrize(("cls", "kwargs", "spatial"), CONVS[:6])
+@pytest.mark.parametrize(("cls", "kwargs", "spatial"), CONVS)
 def test_conv_reduce_averages_expand_rows(
     cls: type[nn.Module], kwargs: dict[str, Any], spatial: tuple[int, ...]
 ) -> None:
