@@ -20,6 +20,7 @@ union of the mini-batches:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -46,7 +47,9 @@ def install_hooks(
         The hook handles (``handle.remove()`` detaches a hook).
     """
     return [
-        layer.module.register_forward_hook(_make_forward_hook(layer, should_record, record))
+        layer.module.register_forward_hook(
+            _make_forward_hook(layer, should_record, record), with_kwargs=True
+        )
         for layer in layers
     ]
 
@@ -55,13 +58,18 @@ def _make_forward_hook(
     layer: Layer,
     should_record: Callable[[Layer], bool],
     record: Callable[[Layer, Tensor, Tensor], None],
-) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
-    def forward_hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+) -> Callable[[nn.Module, tuple[Any, ...], dict[str, Any], Any], None]:
+    def forward_hook(
+        module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> None:
         if not (torch.is_grad_enabled() and isinstance(output, Tensor) and output.requires_grad):
             return
         if not should_record(layer):
             return
-        saved_input = inputs[0].detach()
+        x = args[0] if args else kwargs.get("input")
+        if not isinstance(x, Tensor):
+            return
+        saved_input = x.detach()
 
         def tensor_hook(grad_output: Tensor) -> None:
             record(layer, saved_input, grad_output.detach())

@@ -235,3 +235,13 @@ def test_weight_decay_and_momentum_zero() -> None:
     decayed, _ = trained_copy(mlp(), data, weight_decay=0.5, momentum=0.0, T=1, lr=0.1)
     plain, _ = trained_copy(mlp(), data, weight_decay=0.0, momentum=0.0, T=1, lr=0.1)
     assert decayed[0].weight.norm() < plain[0].weight.norm()
+
+
+def test_layer_called_with_keyword_input() -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(4, 2)
+    optimizer = SINGD(layer, T=1)
+    layer(input=torch.randn(5, 4)).square().sum().backward()
+    assert optimizer.H_counts == {"": (5, 5)}
+    optimizer.step()
+    assert not torch.equal(optimizer.Ks[""].to_dense(), torch.eye(5))
