@@ -341,13 +341,16 @@ def _block_diagonal_sums(
         (rows * d, d + 1, 1),
         flat.storage_offset() + start * d + d - rows + 1,
     )
-    # With the rows reversed (a = rows - 1 - r), upper entries are those with r > e.
-    mixed = corners.to(dtype).flip(1)
+    index = torch.arange(rows, device=device)
+    in_upper = (index[:, None] + index[None, : rows - 1] <= rows - 2).to(dtype)
+    mixed = corners.to(dtype)
+    mixed_upper = (mixed * in_upper).sum(1)
+    mixed_lower = (mixed * (1 - in_upper)).sum(1)
     # Corner k covers columns [split_k, split_k + rows - 1); one zero column each makes
     # the corners, in reversed order, tile [split_{count-1}, split_0 + rows) = [.., d - start].
     left = d - start - count * rows + 1
-    for part, total in ((mixed.tril(-1), upper), (mixed.triu(), lower)):
-        tiled = pad(part.sum(1), (0, 1)).flip(0).reshape(-1)
+    for part, total in ((mixed_upper, upper), (mixed_lower, lower)):
+        tiled = pad(part, (0, 1)).flip(0).reshape(-1)
         total += pad(tiled, (left, start))
     return upper, lower
 
