@@ -140,8 +140,8 @@ def gram(K: StructuredMatrix) -> StructuredMatrix | None:
     per side instead of two. Dense factors return ``None``: their product costs as
     much as the two products it saves at ``T = 1`` and would double their memory.
     """
-    if isinstance(K, Dense):
-        return None
+    if isinstance(K, Dense) or type(K)._transpose is StructuredMatrix._transpose:
+        return None  # dense, or no structured transpose (it would go through dense)
     K_T = K.T
     if type(K_T) is not type(K):
         return None
