@@ -89,3 +89,9 @@ def test_benchmark_page_plots_the_results_present(html: Path) -> None:
     expected = 2 * (results / "optimizer_step.json").is_file()
     expected += (results / "structmat_kernels.json").is_file()
     assert len(figures) == expected, f"{len(figures)} figures for {expected} expected"
+
+
+def test_command_page_shows_the_help(html: Path) -> None:
+    page = read(html / "api" / "command.html")
+    assert "usage: singd-opt" in page
+    assert "--structures" in page

@@ -1,6 +1,6 @@
 """Tables for the page on choosing a structure, written when the documentation builds.
 
-Four reST fragments go to ``docs/_generated/``:
+These fragments go to ``docs/_generated/``:
 
 - ``storage.rst``: numbers stored per structure for several dimensions, counted from
   each structure's :meth:`~structmat.LinearStructure.tensor_shapes`;
@@ -9,7 +9,8 @@ Four reST fragments go to ``docs/_generated/``:
 - ``kernels.rst``: structured kernel time relative to the dense computation, read
   from ``benchmarks/results/structmat_kernels.json``;
 - ``optimizer.rst``: SINGD step time and optimizer state relative to AdamW, read from
-  ``benchmarks/results/optimizer_step.json``.
+  ``benchmarks/results/optimizer_step.json``;
+- ``command_help.txt``: the ``--help`` text of the ``singd-opt`` command.
 
 A missing results file yields a short note that says how to produce it.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -209,6 +211,21 @@ def module_docs(names: Sequence[str]) -> str:
     return "\n".join(out)
 
 
+def command_help(width: int = 88) -> str:
+    """Return ``singd-opt --help`` as printed in a terminal ``width`` columns wide."""
+    from singd_opt.cli import build_parser
+
+    previous = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(width)  # argparse wraps to the terminal width
+    try:
+        return build_parser().format_help()
+    finally:
+        if previous is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = previous
+
+
 def write_all(target: Path, results: Path) -> None:
     """Write the generated fragments into ``target``.
 
@@ -223,6 +240,7 @@ def write_all(target: Path, results: Path) -> None:
         "modules.rst": module_docs(names),
         "kernels.rst": kernel_tables(results / "structmat_kernels.json"),
         "optimizer.rst": optimizer_tables(results / "optimizer_step.json"),
+        "command_help.txt": command_help(),
     }
     for name, text in files.items():
         path = target / name
