@@ -226,6 +226,7 @@ class SINGD(Optimizer):
                 group["alpha1"] = 0.0
 
         super().__init__(groups, defaults)
+        self._constructed = True
 
         self.steps: int = 0
         self._layers: list[Layer] = layers
@@ -266,6 +267,20 @@ class SINGD(Optimizer):
         if group["alpha1"] != 0.0:
             self.m_Ks[layer.name] = cls_K.zeros(layer.dim_K, dtype=dtype_K, device=device)
             self.m_Cs[layer.name] = cls_C.zeros(layer.dim_C, dtype=dtype_C, device=device)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a parameter group; only possible while the optimizer is being created.
+
+        Raises:
+            NotImplementedError: After construction: the layers, hooks and
+                preconditioners are set up once; create a new optimizer instead.
+        """
+        if getattr(self, "_constructed", False):
+            raise NotImplementedError(
+                "SINGD sets up its layers and preconditioners at construction; pass every "
+                "parameter group to the constructor"
+            )
+        super().add_param_group(param_group)
 
     @staticmethod
     def preconditioner_dims(module: nn.Module) -> tuple[int, int]:

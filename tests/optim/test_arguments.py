@@ -223,3 +223,11 @@ def test_shared_parameter_between_layers_is_rejected() -> None:
     model = nn.Sequential(first, second)
     with pytest.raises(ValueError, match="shared by layers"):
         SINGD(model)
+
+
+def test_param_groups_cannot_be_added_later() -> None:
+    model = mlp()
+    optimizer = SINGD(model, [{"params": model[0].parameters()}])
+    with pytest.raises(NotImplementedError, match="constructor"):
+        optimizer.add_param_group({"params": model[2].parameters()})
+    assert len(optimizer.param_groups) == 1
