@@ -16,8 +16,8 @@ class Diagonal(LinearStructure):
 
     ``from_dense`` keeps the diagonal. ``A @ X`` scales rows, :math:`O(dn)`;
     ``A @ B``, ``inv`` and ``from_inner()`` are elementwise, :math:`O(d)`;
-    ``from_mat_inner(X)`` is :math:`\operatorname{diag}(XX^\top)_i = \sum_j X_{ij}^2`,
-    :math:`O(dn)`.
+    ``from_mat_inner(X)`` is :math:`\operatorname{diag}(XX^\top)_i = \sum_j X_{ij}^2`
+    and ``from_inner(X)`` is :math:`a_i^2 \sum_j X_{ij}^2`, both :math:`O(dn)`.
     """
 
     name = "diagonal"
@@ -71,6 +71,10 @@ class Diagonal(LinearStructure):
     @classmethod
     def _from_mat_inner(cls, X: Tensor) -> Diagonal:
         return cls(X.square().sum(1))
+
+    def _from_inner(self, X: Tensor) -> Diagonal:
+        # diag((aX)(aX)^T)_i = a_i^2 sum_j X_ij^2: one pass over X, no scaled copy of it
+        return Diagonal(X.square().sum(1) * self.diagonal.square())
 
     def _from_inner_identity(self) -> Diagonal:
         return Diagonal(self.diagonal.square())
