@@ -98,7 +98,8 @@ def _tensors(obj: Any) -> Iterable[Tensor]:
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes of every tensor the optimizer holds, each storage counted once."""
     sources: list[Any] = [optimizer.state_dict()]
-    for attribute in ("Ks", "Cs", "m_Ks", "m_Cs"):  # factors held outside the state_dict
+    # factors held outside the state_dict, and cached products of them
+    for attribute in ("Ks", "Cs", "m_Ks", "m_Cs", "_grams"):
         sources.append(getattr(optimizer, attribute, {}))
     seen: dict[int, int] = {}
     for tensor in _tensors(sources):
