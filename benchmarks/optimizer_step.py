@@ -16,6 +16,7 @@ Usage::
 
     python benchmarks/optimizer_step.py                  # singd_opt only
     python benchmarks/optimizer_step.py --reference      # also singd 0.0.5, if installed
+    python benchmarks/optimizer_step.py --reference dense diagonal   # for these only
 """
 
 from __future__ import annotations
@@ -179,7 +180,12 @@ def main() -> None:
     parser.add_argument("--structures", nargs="+", default=STRUCTURES)
     parser.add_argument("--T", type=int, nargs="+", default=[1, 10])
     parser.add_argument("--blocks", type=int, default=5, help="timed blocks of 10 steps (median)")
-    parser.add_argument("--reference", action="store_true", help="also time singd 0.0.5")
+    parser.add_argument(
+        "--reference",
+        nargs="*",
+        metavar="STRUCTURE",
+        help="also time singd 0.0.5 (for the given structures; all when none given)",
+    )
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "optimizer_step.json"
     )
@@ -202,8 +208,10 @@ def main() -> None:
             f"{'optimizer':<12}{'structure':<22}{'T':>4}{'ms/step':>10}"
             f"{'/AdamW':>9}{'/SGD':>8}{'state/AdamW':>13}"
         )
-        kinds = ["singd_opt"] + (["reference"] if args.reference else [])
         for structure in args.structures:
+            kinds = ["singd_opt"]
+            if args.reference is not None and (not args.reference or structure in args.reference):
+                kinds.append("reference")
             for T in args.T:
                 for kind in kinds:
                     try:
