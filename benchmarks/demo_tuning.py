@@ -16,14 +16,14 @@ size, cosine learning-rate decay), once per seed (0 and 1 by default):
 
 The baselines take the setting with the best validation accuracy (mean over seeds);
 SINGD takes one setting for all structures, the one with the best validation accuracy
-averaged over structures and seeds. Ties go to the lower mean validation loss. The script prints the
-validation accuracies, the chosen settings and whether they equal the demo's
-defaults (:data:`singd_opt.demo.training.HYPERPARAMETERS`).
+averaged over structures and seeds. Ties go to the lower mean validation loss. The
+script prints the validation accuracies, the chosen settings and whether they equal
+the demo's defaults (:data:`singd_opt.demo.training.HYPERPARAMETERS`).
 
 Usage::
 
-    python benchmarks/demo_tuning.py              # the full grid (a few minutes)
-    python benchmarks/demo_tuning.py --threads 1  # faster on a busy machine
+    python benchmarks/demo_tuning.py              # the full grid (about 6 minutes, 2 cores)
+    python benchmarks/demo_tuning.py --threads 1  # one thread
     python benchmarks/demo_tuning.py --epochs 2 --structures dense  # a quick look
 """
 
@@ -32,8 +32,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import os
 import time
 import warnings
+
+# Before torch loads OpenMP: idle threads sleep instead of spinning, which keeps the
+# many small kernels fast when other processes share the cores (as singd-opt does).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
