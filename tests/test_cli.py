@@ -166,7 +166,8 @@ def test_short_run_prints_table_writes_figure_and_trains(tmp_path: Path) -> None
 def test_runs_are_deterministic_and_state_bytes_count_preconditioners() -> None:
     split = load_split()
     spec = OptimizerSpec.default("singd", "diagonal")
-    first, second = (train(spec, split, epochs=1, batch_size=256) for _ in range(2))
+    runs = (train(spec, split, epochs=1, batch_size=256, evaluations=2) for _ in range(2))
+    first, second = runs
     assert first.losses == second.losses
     assert first.eval_accuracies == second.eval_accuracies
     # Momentum buffers alone are one float32 per parameter; the diagonal factors K, C
@@ -182,7 +183,7 @@ def test_runs_are_deterministic_and_state_bytes_count_preconditioners() -> None:
 
 def test_bfloat16_autocast_run(tmp_path: Path) -> None:
     args = ["--structures", "triltoeplitz", "--baselines", "none", "--epochs", "1"]
-    args += ["--precision", "bfloat16", "--batch-size", "256", "--no-progress"]
+    args += ["--precision", "bfloat16", "--batch-size", "512", "--no-progress"]
     # With the wait policy already set, the command does not restart itself.
     environment = {**os.environ, cli.WAIT_POLICY_VARIABLE: "PASSIVE"}
     process = subprocess.run(
