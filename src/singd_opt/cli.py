@@ -138,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
             f"{hyperparameter_lines}\n\n"
             "optimizer-state bytes: bytes of every tensor in optimizer.state_dict() except\n"
             "param_groups (momentum buffers, Adam moments; for SINGD also the\n"
-            "preconditioner factors K, C and their momenta m_K, m_C).\n\n"
+            "preconditioner factors K, C and their momenta m_K, m_C) plus SINGD's cached\n"
+            "products K K^T, C C^T; each storage counted once.\n\n"
             "example: singd-opt --structures dense,diagonal --epochs 5 --out results"
         ),
     )
@@ -455,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  {spec.label}: {_format_hyperparameters(dict(spec.hyperparameters))}")
     print(
         "Optimizer state: bytes of every tensor in optimizer.state_dict() except "
-        "param_groups (SINGD: incl. preconditioners K, C, m_K, m_C)."
+        "param_groups (for SINGD: K, C, m_K, m_C) plus SINGD's cached K K^T, C C^T."
     )
     figure_path = out / FIGURE_NAME
     write_figure(results, figure_path, setting)

@@ -134,13 +134,13 @@ def _tensors_in(obj: Any) -> Iterator[Tensor]:
 def optimizer_state_bytes(optimizer: Optimizer) -> int:
     """Count the bytes of the optimizer's state.
 
-    Sums ``numel * element_size`` over every tensor reachable from
-    ``optimizer.state_dict()`` except its ``param_groups`` (which hold only
-    hyper-parameters): the per-parameter state in ``["state"]`` (momentum buffers,
-    Adam's moments and step counters) and, for SINGD, the preconditioner factors
-    ``K, C``, their momenta ``m_K, m_C`` and any pending accumulators, each counted
-    through the tensors that store the structured matrix. A tensor reached twice is
-    counted once.
+    Sums the bytes of every tensor reachable from ``optimizer.state_dict()`` except
+    its ``param_groups`` (which hold only hyper-parameters): the per-parameter state in
+    ``["state"]`` (momentum buffers, Adam's moments and step counters) and, for SINGD,
+    the preconditioner factors ``K, C``, their momenta ``m_K, m_C`` and any pending
+    curvature accumulators, each through the tensors that store the structured matrix.
+    For SINGD it adds the products ``K K^T, C C^T`` that the optimizer caches between
+    steps (not part of its ``state_dict``). Each storage is counted once, whole.
 
     Args:
         optimizer: The optimizer, usually after training.
@@ -149,16 +149,14 @@ def optimizer_state_bytes(optimizer: Optimizer) -> int:
         The number of bytes.
     """
     state_dict = optimizer.state_dict()
-    seen: set[int] = set()
-    total = 0
-    for key, value in state_dict.items():
-        if key == "param_groups":
-            continue
-        for tensor in _tensors_in(value):
-            if id(tensor) not in seen:
-                seen.add(id(tensor))
-                total += tensor.numel() * tensor.element_size()
-    return total
+    sources = [value for key, value in state_dict.items() if key != "param_groups"]
+    sources.append(getattr(optimizer, "_grams", {}))  # SINGD's cached K K^T, C C^T
+    storages: dict[int, int] = {}
+    for tensor in _tensors_in(sources):
+        storage = tensor.untyped_storage()
+        pointer = storage.data_ptr()
+        storages[pointer] = max(storages.get(pointer, 0), storage.nbytes())
+    return sum(storages.values())
 
 
 @dataclass
