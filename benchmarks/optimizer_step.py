@@ -192,8 +192,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    results: dict[str, Any] = {}
+    # runs for some models update an existing file, keeping the other models' rows
+    stored = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    results: dict[str, Any] = stored.get("results", {})
+    blocks_per_model: dict[str, int] = stored.get("meta", {}).get("blocks_per_model", {})
     for model_name in args.models:
+        blocks_per_model[model_name] = args.blocks
         adamw_time, adamw_bytes = step_time("adamw", model_name, "", 1, args.blocks)
         sgd_time, sgd_bytes = step_time("sgd", model_name, "", 1, args.blocks)
         rows = {
@@ -246,7 +250,7 @@ def main() -> None:
         "torch": torch.__version__,
         "machine": platform.machine(),
         "threads": 1,
-        "blocks": args.blocks,
+        "blocks_per_model": blocks_per_model,
         "steps_per_block": BLOCK,
     }
     args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
