@@ -272,11 +272,11 @@ class SINGD(Optimizer):
         """Add a parameter group; only possible while the optimizer is being created.
 
         Raises:
-            NotImplementedError: After construction: the layers, hooks and
+            RuntimeError: After construction: the layers, hooks and
                 preconditioners are set up once; create a new optimizer instead.
         """
         if getattr(self, "_constructed", False):
-            raise NotImplementedError(
+            raise RuntimeError(
                 "SINGD sets up its layers and preconditioners at construction; pass every "
                 "parameter group to the constructor"
             )
