@@ -161,25 +161,30 @@ class ArrowMatrix(LinearStructure):
     def _parts(self) -> tuple[Tensor, Tensor, Tensor]:
         return self.diagonal, self.arrow, self.corner
 
-    @staticmethod
-    def _apply_row(D: Tensor, b: Tensor, c: Tensor, X: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``[[D, 0], [b^T, c]] @ [X; x]`` as (other rows, corner row)."""
-        return D.unsqueeze(1) * X, b.unsqueeze(0) @ X + c.unsqueeze(1) * x
+    def _apply(self, X: Tensor, row_arrow: bool) -> Tensor:
+        """Return ``[[D, 0], [b^T, c]] @ X`` (``row_arrow``) or ``[[D, b], [0, c]] @ X``.
 
-    @staticmethod
-    def _apply_column(
-        D: Tensor, b: Tensor, c: Tensor, X: Tensor, x: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """``[[D, b], [0, c]] @ [X; x]`` as (other rows, corner row)."""
-        return D.unsqueeze(1) * X + b.unsqueeze(1) * x, c.unsqueeze(1) * x
+        Rows are in the original index order. The diagonal part scales all rows in one
+        elementwise product, which keeps the memory layout of ``X`` (a transposed view
+        stays cheap); the arrow then adds a rank-one correction to the corner row
+        (``row_arrow``) or to the other rows. :math:`O(dn)`.
+        """
+        D, b, c = self._parts()
+        full_diagonal = self._join(D, c)
+        rest, corner = self._split(X)
+        out = full_diagonal.unsqueeze(1) * X
+        out_rest, out_corner = self._split(out)
+        if row_arrow:
+            out_corner.add_(b.unsqueeze(0) @ rest)
+        else:
+            out_rest.add_(b.unsqueeze(1) * corner)
+        return out
 
     def _matmat(self, X: Tensor) -> Tensor:
-        apply = self._apply_row if self._row_arrow() else self._apply_column
-        return self._join(*apply(*self._parts(), *self._split(X)))
+        return self._apply(X, self._row_arrow())
 
     def _rmatmat(self, X: Tensor) -> Tensor:
-        apply = self._apply_column if self._row_arrow() else self._apply_row
-        return self._join(*apply(*self._parts(), *self._split(X)))
+        return self._apply(X, not self._row_arrow())
 
     def _matmul(self: Arrow, other: Arrow) -> Arrow:
         D1, b1, c1 = self._parts()
