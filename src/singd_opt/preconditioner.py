@@ -63,12 +63,6 @@ class UpdateConfig:
     grad_unscaling: float = 1.0
 
 
-def all_finite(*matrices: StructuredMatrix) -> Tensor:
-    """Return a 0-dim boolean tensor: are all stored entries of all matrices finite."""
-    flags = [t.isfinite().all() for m in matrices for t in m.tensors().values()]
-    return torch.stack(flags).all()
-
-
 def update_preconditioner(
     K: StructuredMatrix,
     C: StructuredMatrix,
@@ -77,14 +71,15 @@ def update_preconditioner(
     H_K: StructuredMatrix,
     H_C: StructuredMatrix,
     config: UpdateConfig,
-) -> tuple[StructuredMatrix, StructuredMatrix]:
-    r"""Update ``K`` and ``C`` in place by one Riemannian step; return the new momenta.
+) -> tuple[StructuredMatrix, StructuredMatrix, StructuredMatrix, StructuredMatrix]:
+    r"""Return ``(K, C, m_K, m_C)`` after one Riemannian step; the inputs are kept.
 
-    Consumes ``H_K`` and ``H_C`` (their storage becomes the new momenta).
+    Consumes ``H_K`` and ``H_C`` (their storage becomes the new momenta); ``K``,
+    ``C`` and the old momenta are not changed.
 
     Args:
-        K: Input-side factor, updated in place.
-        C: Output-side factor, updated in place.
+        K: Input-side factor.
+        C: Output-side factor.
         m_K: Momentum of ``K`` (``None`` when ``alpha1 == 0``).
         m_C: Momentum of ``C`` (``None`` when ``alpha1 == 0``).
         H_K: Accumulated :math:`\Pi_K(K^\top A^\top A K)`.
@@ -93,7 +88,7 @@ def update_preconditioner(
         config: The hyper-parameters.
 
     Returns:
-        The new momenta ``(m_K, m_C)`` (to be stored when ``alpha1 != 0``).
+        The new factors and momenta (the momenta to be stored when ``alpha1 != 0``).
     """
     damping, alpha1, u = config.damping, config.alpha1, config.grad_unscaling
     K_tK = K.from_inner()
@@ -127,9 +122,9 @@ def update_preconditioner(
         beta_K = beta_K / torch.clamp(new_m_K.infinity_vector_norm(), min=1.0)
         beta_C = beta_C / torch.clamp(new_m_C.infinity_vector_norm(), min=1.0)
 
-    K.add_(K @ new_m_K, alpha=-beta_K)
-    C.add_(C @ new_m_C, alpha=-beta_C)
-    return new_m_K, new_m_C
+    new_K = K.clone().add_(K @ new_m_K, alpha=-beta_K)
+    new_C = C.clone().add_(C @ new_m_C, alpha=-beta_C)
+    return new_K, new_C, new_m_K, new_m_C
 
 
 def gram(K: StructuredMatrix) -> StructuredMatrix | None:
