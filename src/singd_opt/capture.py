@@ -77,9 +77,10 @@ def install_module_hook(module: nn.Module, block: Recordable, record: RecordFn) 
     """
 
     def forward_hook(
-        module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+        called: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> None:
-        if not _should_record(block, output):
+        # a copy of the module (``copy.deepcopy`` copies hooks) is not recorded
+        if called is not module or not _should_record(block, output):
             return
         x = args[0] if args else kwargs.get("input")
         if isinstance(x, Tensor):
@@ -236,8 +237,8 @@ def install_functional_scope(
     """
     contexts: list[Any] = []
 
-    def pre_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if torch.is_grad_enabled() and is_recording():
+    def pre_hook(called: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if called is owner and torch.is_grad_enabled() and is_recording():
             if before is not None:
                 before(args, kwargs)
             context = recording_functionals(targets)
@@ -247,7 +248,7 @@ def install_functional_scope(
             contexts.append(None)
 
     def post_hook(
-        module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+        called: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> None:
         context = contexts.pop() if contexts else None
         if context is not None:
