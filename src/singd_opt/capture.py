@@ -128,21 +128,46 @@ _patch_lock = threading.Lock()
 _patch_depth = 0
 
 
-def _active_scopes() -> list[dict[int, FunctionalTarget]]:
+class Scope:
+    """The tracked weights of one owner's forward pass, as they are during that pass.
+
+    Weights are looked up when the forward pass starts (``getattr(module, name)``),
+    so a parameter that is swapped for another tensor during the forward pass (FSDP2
+    gathers the full weight into a new tensor) is still found. A call's weight matches
+    when it is the tracked tensor or a block of its rows (a view into its storage).
+    """
+
+    def __init__(self, weights: list[tuple[Tensor, FunctionalTarget]]) -> None:
+        self.by_id = {id(weight): (weight, target) for weight, target in weights}
+        self.weights = weights
+
+    def match(self, weight: Tensor) -> tuple[FunctionalTarget, tuple[int, int]] | None:
+        """Return the target of ``weight`` and the rows of the tracked tensor it covers."""
+        found = self.by_id.get(id(weight))
+        if found is not None:
+            return found[1], (0, weight.shape[0])
+        if weight._base is None or weight.ndim == 0:
+            return None
+        storage = weight.untyped_storage().data_ptr()
+        for tracked, target in self.weights:
+            if (
+                tracked.ndim == weight.ndim
+                and tracked.untyped_storage().data_ptr() == storage
+                and tracked.stride() == weight.stride()
+                and tracked.shape[1:] == weight.shape[1:]
+            ):
+                offset = weight.storage_offset() - tracked.storage_offset()
+                start, remainder = divmod(offset, tracked.stride(0))
+                if remainder == 0 and start >= 0 and start + weight.shape[0] <= tracked.shape[0]:
+                    return target, (start, start + weight.shape[0])
+        return None
+
+
+def _active_scopes() -> list[Scope]:
     scopes = getattr(_state, "scopes", None)
     if scopes is None:
         scopes = _state.scopes = []
     return scopes
-
-
-def _row_range(weight: Tensor) -> tuple[Tensor, tuple[int, int]]:
-    """Return the parameter a weight belongs to and the rows of it that it covers."""
-    base = weight._base if weight._base is not None else weight
-    if base is weight:
-        return weight, (0, weight.shape[0])
-    row_stride = base.stride(0) if base.ndim else 1
-    start = (weight.storage_offset() - base.storage_offset()) // max(row_stride, 1)
-    return base, (start, start + weight.shape[0])
 
 
 def _dispatch(function: str, x: Any, weight: Any, output: Tensor, options: dict[str, Any]) -> None:
@@ -150,10 +175,10 @@ def _dispatch(function: str, x: Any, weight: Any, output: Tensor, options: dict[
         return
     if not (torch.is_grad_enabled() and output.requires_grad):
         return
-    param, rows = _row_range(weight)
     for scope in reversed(_active_scopes()):
-        target = scope.get(id(param))
-        if target is not None:
+        found = scope.match(weight)
+        if found is not None:
+            target, rows = found
             target.capture(FunctionalCall(function, x, weight, rows, output, options))
             return
 
@@ -196,11 +221,11 @@ _RECORDING: dict[str, Callable[..., Tensor]] = {
 
 
 @contextmanager
-def recording_functionals(targets: dict[int, FunctionalTarget]) -> Iterator[None]:
-    """Record functional calls whose weight is among ``targets`` (by parameter id)."""
+def recording_functionals(scope: Scope) -> Iterator[None]:
+    """Record the functional calls whose weight ``scope`` tracks."""
     global _patch_depth
     scopes = _active_scopes()
-    scopes.append(targets)
+    scopes.append(scope)
     with _patch_lock:
         if _patch_depth == 0:
             for name, wrapper in _RECORDING.items():
@@ -219,7 +244,7 @@ def recording_functionals(targets: dict[int, FunctionalTarget]) -> Iterator[None
 
 def install_functional_scope(
     owner: nn.Module,
-    targets: dict[int, FunctionalTarget],
+    targets: list[tuple[nn.Module, str, FunctionalTarget]],
     is_recording: Callable[[], bool],
     before: Callable[[tuple[Any, ...], dict[str, Any]], None] | None = None,
 ) -> list[RemovableHandle]:
@@ -227,7 +252,8 @@ def install_functional_scope(
 
     Args:
         owner: The module whose forward pass uses the tracked weights.
-        targets: Receivers by the ``id`` of their parameter.
+        targets: ``(module, attribute, receiver)``: the weight ``getattr(module,
+            attribute)`` (read when the forward pass starts) and its receiver.
         is_recording: Whether any target records now (read once per forward pass).
         before: Called with the forward's ``(args, kwargs)`` before it runs on a
             recording step (e.g. to note the batch layout).
@@ -241,7 +267,8 @@ def install_functional_scope(
         if called is owner and torch.is_grad_enabled() and is_recording():
             if before is not None:
                 before(args, kwargs)
-            context = recording_functionals(targets)
+            weights = [(getattr(module, name), target) for module, name, target in targets]
+            context = recording_functionals(Scope([(w, t) for w, t in weights if w is not None]))
             context.__enter__()
             contexts.append(context)
         else:

@@ -14,14 +14,24 @@ union of the mini-batches when
 
 with :math:`N = \sum_i N_i`. :class:`CurvatureSums` merges the calls of one process that way.
 
-Across processes of a data-parallel run, each process's loss is the mean (or sum)
-over its own samples, the loss of one process over all samples. With
-:math:`H_K^{(r)}, H_C^{(r)}` the merged curvature of process :math:`r`, the exact
-combination is weighted by the numbers of loss terms,
-:math:`H_C = \sum_r N_r H_C^{(r)} / \sum_r N_r` (mean loss) or
-:math:`\sum_r H_C^{(r)}` (summed loss), and :math:`H_K` by the numbers of rows. Both are
-sums of per-process quantities (:meth:`CurvatureSums.reducible`): one all-reduce
-combines them (:mod:`singd_opt.distributed`).
+Across the :math:`R` processes of a data-parallel run the same rule holds one level up:
+the loss being minimised is the *average* of the processes' losses (data-parallel
+gradients are averaged), each process's loss being the sum of its backward passes'
+losses. That is the one-process loss when every process computes the mean over its
+own samples from shards of equal size; with shards of sizes :math:`B_r` a process
+scales its mean loss by :math:`R B_r / B` (the usual data-parallel convention, which
+makes the averaged gradient exact), and a summed loss by :math:`R`. Then, with
+:math:`H_K^{(r)}, H_C^{(r)}, n_r, N_r` the merged terms and counts of process
+:math:`r`,
+
+.. math::
+    H_K = \frac{\sum_r n_r H_K^{(r)}}{\sum_r n_r}, \qquad
+    H_C = \frac{N}{R^2} \sum_r \frac{H_C^{(r)}}{N_r} \text{ (mean loss)}, \qquad
+    H_C = \frac{1}{R^2} \sum_r H_C^{(r)} \text{ (summed loss)},
+
+with :math:`N = \sum_r N_r`: sums of per-process quantities
+(:meth:`CurvatureSums.reducible`), so one all-reduce combines them
+(:mod:`singd_opt.distributed`).
 """
 
 from __future__ import annotations
@@ -87,26 +97,28 @@ class CurvatureSums:
         r"""Turn this process's terms into summands of a cross-process sum, in place.
 
         ``H_K`` becomes :math:`n_r H_K^{(r)}` and ``H_C`` becomes
-        :math:`N_r H_C^{(r)}` (mean loss) or stays :math:`H_C^{(r)}` (summed loss);
+        :math:`H_C^{(r)} / N_r` (mean loss) or stays :math:`H_C^{(r)}` (summed loss);
         the counts are ``[n_r, N_r]``. After the tensors and counts are summed over
-        the processes, :meth:`set_reduced` divides by the totals.
+        the processes, :meth:`set_reduced` finishes the combination.
 
         Returns:
             The tensors (to be summed in place) and the counts.
         """
         self.H_K.mul_(float(self.rows))
         if self.mean_loss:
-            self.H_C.mul_(float(self.terms))
+            self.H_C.mul_(1.0 / self.terms)
         return self.tensors(), [float(self.rows), float(self.terms)]
 
-    def set_reduced(self, counts: list[float]) -> None:
-        """Divide the summed tensors by the summed counts (after :meth:`reducible`).
+    def set_reduced(self, counts: list[float], processes: int) -> None:
+        """Finish the combination of :meth:`reducible`'s summed tensors and counts.
 
         Args:
             counts: The summed counts ``[rows, terms]``.
+            processes: The number :math:`R` of processes.
         """
         rows, terms = round(counts[0]), round(counts[1])
         self.H_K.mul_(1.0 / rows)
-        if self.mean_loss:
-            self.H_C.mul_(1.0 / terms)
+        scale = (terms if self.mean_loss else 1.0) / processes**2
+        if scale != 1.0:
+            self.H_C.mul_(scale)
         self.rows, self.terms = rows, terms

@@ -107,10 +107,12 @@ class _Planner:
         # modules (by kind) that hold each parameter directly
         self.holders: dict[int, list[tuple[str, nn.Module]]] = defaultdict(list)
         self.param_names: dict[int, str] = {}
+        self.attribute_names: dict[int, str] = {}
         for name, module in model.named_modules():
             for pname, param in module.named_parameters(recurse=False):
                 self.holders[id(param)].append((name, module))
                 self.param_names.setdefault(id(param), _joined(name, pname))
+                self.attribute_names.setdefault(id(param), pname)
         self.model = model
 
     # -------------------------------------------------------------- helpers
@@ -209,20 +211,18 @@ class _Planner:
         layout = AttentionLayout(module.batch_first)
         bias = module.in_proj_bias if self.trained(module.in_proj_bias) else None
         if module.in_proj_weight is not None:
-            projections = [
-                (module.in_proj_weight, slice(i * embed, (i + 1) * embed)) for i in range(3)
-            ]
+            projections = [("in_proj_weight", slice(i * embed, (i + 1) * embed)) for i in range(3)]
         else:
             projections = [
-                (module.q_proj_weight, None),
-                (module.k_proj_weight, None),
-                (module.v_proj_weight, None),
+                ("q_proj_weight", None),
+                ("k_proj_weight", None),
+                ("v_proj_weight", None),
             ]
-        parts: dict[int, list[ProjectionPart]] = defaultdict(list)
-        weights: dict[int, nn.Parameter] = {}
-        for i, (role, (weight, rows)) in enumerate(
+        parts: dict[str, list[ProjectionPart]] = defaultdict(list)
+        for i, (role, (attribute, rows)) in enumerate(
             zip(("q_proj", "k_proj", "v_proj"), projections, strict=True)
         ):
+            weight = getattr(module, attribute)
             weight_rows = ParameterRows(weight, rows) if self.trained(weight) else None
             bias_rows = (
                 ParameterRows(bias, slice(i * embed, (i + 1) * embed)) if bias is not None else None
@@ -232,9 +232,11 @@ class _Planner:
             full = weight if rows is None else weight[rows]
             block = self.kronecker(_joined(name, role), LinearLayer(weight_rows, bias_rows, full))
             start = 0 if rows is None else rows.start
-            parts[id(weight)].append(ProjectionPart(start, start + embed, block))
-            weights[id(weight)] = weight
-        targets = [(weights[key], found, layout.input_projection) for key, found in parts.items()]
+            parts[attribute].append(ProjectionPart(start, start + embed, block))
+        targets = [
+            (module, attribute, found, layout.input_projection)
+            for attribute, found in parts.items()
+        ]
 
         out = module.out_proj
         out_params = [p if self.trained(p) else None for p in (out.weight, out.bias)]
@@ -242,19 +244,25 @@ class _Planner:
             block = self.kronecker(_joined(name, "out_proj"), make_layer(out, *out_params))
             self.plan.module_names[out] = block.name
             targets.append(
-                (out.weight, [ProjectionPart(0, out.out_features, block)], layout.output_projection)
+                (
+                    out,
+                    "weight",
+                    [ProjectionPart(0, out.out_features, block)],
+                    layout.output_projection,
+                )
             )
         for extra in (module.bias_k, module.bias_v):
             if self.trained(extra):
                 self.add_elementwise(extra)
         if not targets:
             return
-        blocks = [part.block for _, found, _ in targets for part in found]
+        blocks = [part.block for *_, found, _ in targets for part in found]
 
         def install(record: BlockRecordFn) -> list[RemovableHandle]:
-            scope: dict[int, FunctionalTarget] = {
-                id(weight): ProjectionTarget(found, record, lay) for weight, found, lay in targets
-            }
+            scope: list[tuple[nn.Module, str, FunctionalTarget]] = [
+                (owner, attribute, ProjectionTarget(found, record, lay))
+                for owner, attribute, found, lay in targets
+            ]
             return install_functional_scope(
                 module, scope, lambda: any(b.recording for b in blocks), layout.note_call
             )
@@ -281,9 +289,10 @@ class _Planner:
         if deferred:
 
             def install(record: BlockRecordFn) -> list[RemovableHandle]:
-                scope: dict[int, FunctionalTarget] = {
-                    id(b.params[0].param): DeferredTarget(b, record) for b in deferred
-                }
+                scope: list[tuple[nn.Module, str, FunctionalTarget]] = [
+                    (module, self.attribute_names[id(b.params[0].param)], DeferredTarget(b, record))
+                    for b in deferred
+                ]
                 return install_functional_scope(
                     module, scope, lambda: any(b.recording for b in deferred)
                 )

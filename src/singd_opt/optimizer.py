@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 from torch.optim import Optimizer
@@ -27,6 +28,8 @@ from torch.utils.hooks import RemovableHandle
 from singd_opt import checkpoint
 from singd_opt.blocks import KroneckerBlock, PreconditionerBlock, Proposal, StepContext
 from singd_opt.discovery import parameter_groups, plan_blocks
+from singd_opt.distributed import CommunicationStats
+from singd_opt.distributed.setup import check_distribute, make_sync
 from singd_opt.foreign_updates import ForeignUpdateWatch
 from singd_opt.grad_scale import GradScales
 from singd_opt.layers import LOSS_AVERAGES, SUPPORTED_MODULES
@@ -115,6 +118,9 @@ class SINGD(BlockViews, Optimizer):
         elementwise_beta2: float = 0.999,
         elementwise_eps: float = 1e-8,
         max_update_rms: float | None = None,
+        process_group: dist.ProcessGroup | None = None,
+        distribute: str = "replicate",
+        average_gradients: bool | None = None,
     ) -> None:
         r"""Create the optimizer and install its recording hooks on ``model``.
 
@@ -158,6 +164,16 @@ class SINGD(BlockViews, Optimizer):
             elementwise_eps: :math:`\epsilon > 0` of the element-wise blocks.
             max_update_rms: If set, each block's directions are scaled down to this
                 root mean square (before momentum); ``None`` disables clipping.
+            process_group: The data-parallel processes; ``None`` means the default
+                group when one is initialised (see :mod:`singd_opt.distributed`).
+            distribute: ``"replicate"`` (every process updates every preconditioner)
+                or ``"split"`` (each Kronecker block's work is done by one process,
+                whose results reach the others).
+            average_gradients: Whether the optimizer averages the gradients over the
+                processes itself; ``None`` means yes unless ``model`` is wrapped in
+                ``DistributedDataParallel`` or sharded by FSDP2 (which average them).
+                Pass ``False`` for a bare model that is wrapped in
+                ``DistributedDataParallel`` after the optimizer was created.
 
         Raises:
             TypeError: For a ``DataParallel`` model, or an argument of the wrong type.
@@ -169,7 +185,8 @@ class SINGD(BlockViews, Optimizer):
                 "model: DataParallel is not supported; use DistributedDataParallel or pass "
                 "the wrapped module"
             )
-        if isinstance(model, DistributedDataParallel):
+        wrapped = isinstance(model, DistributedDataParallel)
+        if wrapped:
             model = model.module
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -199,7 +216,10 @@ class SINGD(BlockViews, Optimizer):
             ("skip_nonfinite", skip_nonfinite),
         ):
             check_flag(flag, value)
+        if average_gradients is not None:
+            check_flag("average_gradients", average_gradients)
         check_init_grad_scale(init_grad_scale)
+        check_distribute(distribute, process_group)
 
         groups = parameter_groups(model, params, defaults, train_all_parameters, warn_unsupported)
         for index, group in enumerate(groups):
@@ -218,6 +238,14 @@ class SINGD(BlockViews, Optimizer):
                 )
                 group["alpha1"] = 0.0
         plan = plan_blocks(model, groups, train_all_parameters, warn_unsupported)
+        sync = make_sync(
+            plan.blocks,
+            [p for group in groups for p in group["params"]],
+            process_group,
+            distribute,
+            average_gradients,
+            wrapped,
+        )
 
         super().__init__(groups, defaults)
         self._constructed = True
@@ -232,6 +260,8 @@ class SINGD(BlockViews, Optimizer):
         self._grad_scales = GradScales(init_grad_scale)
         self._foreign_updates = ForeignUpdateWatch(self.blocks)
         self._unrecorded: set[str] = set()  # Kronecker blocks already warned about
+        self._sync = sync
+        self._gradients_synchronized = False
         self._set_recording()
         self.hook_handles: list[RemovableHandle] = plan.install(self._record)
         self.register_state_dict_post_hook(checkpoint.add_block_state)
@@ -331,32 +361,62 @@ class SINGD(BlockViews, Optimizer):
         self._foreign_updates.remember()
         return loss
 
+    @property
+    def communication(self) -> CommunicationStats | None:
+        """Collectives issued so far (calls and payload bytes), ``None`` without processes."""
+        return self._sync.collectives.stats if self._sync is not None else None
+
+    def synchronize_gradients(self) -> None:
+        """Average the gradients over the processes now, instead of in :meth:`step`.
+
+        For a model the optimizer averages the gradients of (see
+        ``average_gradients``): call it after the backward passes when something
+        reads the gradients before :meth:`step`, such as gradient clipping or
+        ``GradScaler.unscale_``, so that every process sees the averaged ones. Does
+        nothing in a single process or when the gradients are averaged elsewhere.
+        """
+        sync = self._sync
+        if sync is not None and sync.average_gradients and not self._gradients_synchronized:
+            sync.synchronize_gradients(self._trained_parameters())
+            self._gradients_synchronized = True
+
+    def _trained_parameters(self) -> list[nn.Parameter]:
+        return [p for group in self.param_groups for p in group["params"]]
+
     def _step(self, grad_factor: float) -> bool:
         """Propose, check, commit and apply; return whether the step was taken."""
+        sync = self._sync
+        gradients = None
+        if sync is not None:
+            self.synchronize_gradients()
+            sync.reduce_curvature(self.blocks, self.param_groups)
+            if sync.sharded:
+                gradients = sync.gather_gradients(self.blocks)
+        self._gradients_synchronized = False
         self._warn_unrecorded()
+        updating = {block.name for block in self.blocks if block.has_curvature()}
         context = StepContext(
             step=self.steps,
             grad_factor=grad_factor,
-            grad_unscaling=(
-                self._grad_scales.unscaling(self.steps)
-                if any(block.has_curvature() for block in self.blocks)
-                else 1.0
-            ),
+            grad_unscaling=self._grad_scales.unscaling(self.steps) if updating else 1.0,
+            gradients=gradients,
         )
-        proposals: list[tuple[PreconditionerBlock, Proposal]] = []
+        proposals: dict[str, Proposal] = {}
         for block in self.blocks:
-            proposal = block.propose(self.param_groups[block.group_index], context)
-            if not self.skip_nonfinite:
-                proposal.commit()
-            proposals.append((block, proposal))
+            if sync is None or sync.computes(block):
+                proposals[block.name] = block.propose(self.param_groups[block.group_index], context)
+        finite = torch.tensor(True)
         if self.skip_nonfinite:
-            checked = [t for _, proposal in proposals for t in proposal.checked]
-            if checked and not bool(all_finite(checked)):
-                self._skip("a preconditioned gradient or a new preconditioner is not finite")
-                return False
-            for _, proposal in proposals:
-                proposal.commit()
-        apply_directions(self, proposals)
+            finite = all_finite([t for p in proposals.values() for t in p.checked])
+        if sync is not None:
+            finite = sync.exchange(self.blocks, proposals, finite, updating, self.skip_nonfinite)
+        if self.skip_nonfinite and not bool(finite):
+            self._skip("a preconditioned gradient or a new preconditioner is not finite")
+            return False
+        taken = [(block, proposals[block.name]) for block in self.blocks]
+        for _, proposal in taken:
+            proposal.commit()
+        apply_directions(self, taken)
         return True
 
     def _skip(self, reason: str) -> None:
@@ -381,7 +441,7 @@ class SINGD(BlockViews, Optimizer):
                 and block.recording
                 and not inner.has_curvature()
                 and inner.name not in self._unrecorded
-                and inner.layer.gradient_matrix() is not None
+                and any(rows.param.grad is not None for rows in inner.layer.params)
                 and not inner.updated
             ):
                 missing.append(inner.name)

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from singd_opt.blocks import ElementwiseBlock, PreconditionerBlock, Proposal
+from singd_opt.distributed.sharding import is_sharded, local_tensor, shard_like
 
 
 def all_finite(tensors: Sequence[Tensor]) -> Tensor:
@@ -34,6 +35,7 @@ def all_finite(tensors: Sequence[Tensor]) -> Tensor:
     """
     by_dtype: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
     for tensor in tensors:
+        tensor = local_tensor(tensor)
         if tensor.numel():
             by_dtype.setdefault((tensor.dtype, tensor.device), []).append(tensor)
     if not by_dtype:
@@ -66,7 +68,12 @@ def clip_directions(directions: list[Tensor], max_rms: float) -> None:
 def apply_update(
     optimizer: Optimizer, param: nn.Parameter, update: Tensor, group: Mapping[str, Any], lr: float
 ) -> None:
-    """Apply weight decay, momentum and the learning rate to one parameter (in place)."""
+    """Apply weight decay, momentum and the learning rate to one parameter (in place).
+
+    A whole-tensor ``update`` of a sharded parameter is cut to the rows it holds.
+    """
+    if is_sharded(param) and not is_sharded(update):
+        update = shard_like(param, update)
     momentum, weight_decay = group["momentum"], group["weight_decay"]
     if weight_decay != 0.0:
         update = update.add_(param, alpha=weight_decay)
@@ -100,7 +107,9 @@ def apply_directions(
                 continue
             entry = assembled.get(rows.param)
             if entry is None:
-                entry = assembled[rows.param] = (torch.zeros_like(rows.param), group, lr)
+                param = rows.param
+                whole = torch.zeros(param.shape, dtype=param.dtype, device=direction.device)
+                entry = assembled[param] = (whole, group, lr)
             entry[0][rows.rows] = direction
     for param, (update, group, lr) in assembled.items():
         apply_update(optimizer, param, update, group, lr)

@@ -25,9 +25,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from singd_opt.layers import ParameterRows
+from structmat import StructuredMatrix
 
 
 @dataclass(frozen=True)
@@ -40,11 +41,14 @@ class StepContext:
             scale, else 1); directions are computed from ``grad / grad_factor``.
         grad_unscaling: Factor that finishes un-scaling the recorded output-side
             curvature of this step (see :mod:`singd_opt.grad_scale`).
+        gradients: The full gradients of sharded parameters, to be used instead of
+            their ``.grad`` (``None`` without sharding).
     """
 
     step: int
     grad_factor: float = 1.0
     grad_unscaling: float = 1.0
+    gradients: Mapping[nn.Parameter, Tensor] | None = None
 
 
 @dataclass
@@ -56,11 +60,14 @@ class Proposal:
         checked: Tensors that must be finite for the step to be taken (the new
             preconditioner's and the directions).
         commit: Makes the proposed preconditioner the block's state.
+        matrices: The proposed new structured matrices by name (``K``, ``C``, ``m_K``,
+            ``m_C`` of an updated Kronecker block), for sharing with other processes.
     """
 
     directions: list[tuple[ParameterRows, Tensor]]
     checked: list[Tensor] = field(default_factory=list)
     commit: Callable[[], None] = lambda: None
+    matrices: dict[str, StructuredMatrix] = field(default_factory=dict)
 
 
 class PreconditionerBlock(ABC):

@@ -175,7 +175,7 @@ class KroneckerBlock(PreconditionerBlock):
             for matrix in (K, C):
                 checked.extend(matrix.tensors().values())
         directions = []
-        grad = self.layer.gradient_matrix()
+        grad = self.layer.gradient_matrix(context.gradients)
         gram_K = gram_C = None
         if grad is not None:
             if context.grad_factor != 1.0:
@@ -190,7 +190,19 @@ class KroneckerBlock(PreconditionerBlock):
             if grad is not None:
                 self._grams = (K, C, gram_K, gram_C)
 
-        return Proposal(directions, checked + [d for _, d in directions], commit)
+        matrices: dict[str, StructuredMatrix] = {}
+        if updated:
+            found = {"K": K, "C": C, "m_K": m_K, "m_C": m_C}
+            matrices = {key: matrix for key, matrix in found.items() if matrix is not None}
+        return Proposal(directions, checked + [d for _, d in directions], commit, matrices)
+
+    def adopt(self, matrices: dict[str, StructuredMatrix]) -> None:
+        """Take over factors (and momenta) updated by another process."""
+        self.K = matrices.get("K", self.K)
+        self.C = matrices.get("C", self.C)
+        self.m_K = matrices.get("m_K", self.m_K)
+        self.m_C = matrices.get("m_C", self.m_C)
+        self.updated = True
 
     # ---------------------------------------------------------------- state
     def matrices(self) -> dict[str, StructuredMatrix]:

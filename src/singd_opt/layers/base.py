@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -58,7 +59,18 @@ class ParameterRows:
     @property
     def grad(self) -> Tensor | None:
         """The (view of the) parameter's gradient, or ``None`` without a gradient."""
+        return self.grad_in(None)
+
+    def grad_in(self, gradients: Mapping[nn.Parameter, Tensor] | None) -> Tensor | None:
+        """The (view of the) gradient: from ``gradients`` if it has one for the parameter.
+
+        Args:
+            gradients: Replacement gradients by parameter (the gathered full
+                gradients of sharded parameters), or ``None``.
+        """
         grad = self.param.grad
+        if gradients is not None and self.param in gradients:
+            grad = gradients[self.param]
         if grad is None or self.rows is None:
             return grad
         return grad[self.rows]
@@ -179,13 +191,18 @@ class Layer(ABC):
         assert self.weight is not None
         return columns.reshape(self.weight.value.shape)
 
-    def gradient_matrix(self) -> Tensor | None:
+    def gradient_matrix(
+        self, gradients: Mapping[nn.Parameter, Tensor] | None = None
+    ) -> Tensor | None:
         """Return the ``(dim_C, dim_K)`` gradient matrix, or ``None`` without gradients.
 
         A trained parameter without a gradient contributes zeros.
+
+        Args:
+            gradients: Replacement gradients by parameter (see :meth:`ParameterRows.grad_in`).
         """
-        weight_grad = self.weight.grad if self.weight is not None else None
-        bias_grad = self.bias.grad if self.bias is not None else None
+        weight_grad = self.weight.grad_in(gradients) if self.weight is not None else None
+        bias_grad = self.bias.grad_in(gradients) if self.bias is not None else None
         if weight_grad is None and bias_grad is None:
             return None
         columns = []

@@ -1,0 +1,349 @@
+r"""Exact data parallelism: what the optimizer communicates, and when.
+
+Per step, with :math:`R` processes (see :mod:`singd_opt.curvature` for why the
+combination is exact):
+
+1. **Gradients** (only when the optimizer averages them itself, i.e. for a model that
+   is neither wrapped in ``DistributedDataParallel`` nor sharded by FSDP2): one
+   all-reduce per dtype of all gradients together, divided by :math:`R`, with one
+   extra number per parameter counting the processes that have a gradient for it.
+2. **Curvature** (steps that update a preconditioner only): one all-reduce per dtype
+   of every recording Kronecker block's :math:`n_r H_K^{(r)}` and :math:`H_C^{(r)}/N_r`
+   with the counts :math:`n_r, N_r` (a block without curvature on a process sends zeros).
+3. **FSDP2 gradients**: the row shards of the Kronecker blocks' gradients are gathered
+   (one all-gather per dtype, each shard padded to the largest) so that
+   :math:`C C^\top G K K^\top`, which mixes rows, sees the whole gradient matrix; each
+   process then applies the rows it holds.
+4. **Split work** (``distribute="split"``): each Kronecker block belongs to one
+   process (:mod:`singd_opt.distributed.ownership`), which alone updates its factors
+   and computes its directions. One all-gather per dtype then hands every process the
+   directions of every block and, on update steps, the new ``K, C, m_K, m_C``, so that
+   every process keeps the complete state (checkpoints need no communication) and can
+   compute its curvature on the next update step. The finiteness flag of each process
+   travels along, so all processes agree on skipping a step.
+
+The number of collectives per step does not depend on the number of layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from singd_opt.blocks import KroneckerBlock, PreconditionerBlock, Proposal
+from singd_opt.curvature import CurvatureSums
+from singd_opt.distributed.buckets import Buckets, Key
+from singd_opt.distributed.collectives import Collectives
+from singd_opt.distributed.ownership import assign_owners
+from singd_opt.distributed.sharding import (
+    full_from_gathered,
+    is_sharded,
+    local_tensor,
+    padded_rows,
+)
+from singd_opt.layers import ParameterRows
+from structmat import StructuredMatrix
+
+DISTRIBUTE_MODES: tuple[str, ...] = ("replicate", "split")
+
+
+class DataParallelSync:
+    """The communication of one optimizer across the processes of a group.
+
+    Attributes:
+        collectives: The process group and the counted collectives.
+        split: Whether each Kronecker block's work is done by one process.
+        owners: The process of each Kronecker block, by name (``split`` only).
+        average_gradients: Whether the optimizer averages the gradients itself.
+        sharded: Whether some parameters are FSDP2 DTensors.
+    """
+
+    def __init__(
+        self,
+        collectives: Collectives,
+        blocks: Sequence[PreconditionerBlock],
+        distribute: str,
+        average_gradients: bool,
+        sharded: bool,
+    ) -> None:
+        self.collectives = collectives
+        self.split = distribute == "split"
+        self.owners = assign_owners(blocks, collectives.world_size) if self.split else {}
+        self.average_gradients = average_gradients
+        self.sharded = sharded
+
+    # ------------------------------------------------------------ ownership
+    def computes(self, block: PreconditionerBlock) -> bool:
+        """Whether this process proposes ``block``'s step (always, unless split off)."""
+        if not self.split or not isinstance(block.effective, KroneckerBlock):
+            return True
+        return self.owners.get(block.name, 0) == self.collectives.rank
+
+    # ------------------------------------------------------------ gradients
+    def synchronize_gradients(self, params: Sequence[nn.Parameter]) -> None:
+        """Average the (non-sharded) gradients over the processes, in place."""
+        params = [p for p in params if not is_sharded(p)]
+        if not params:
+            return
+        layout = Buckets()
+        slots = [layout.add_like(p) for p in params]
+        # presence counts (small integers, exact in every float dtype) share a bucket
+        count_slot = layout.add((len(params),), params[0].dtype, params[0].device)
+        buffers = layout.empty()
+        counts = layout.view(buffers, count_slot)
+        for index, (param, slot) in enumerate(zip(params, slots, strict=True)):
+            if param.grad is not None:
+                layout.pack(buffers, slot, param.grad)
+                counts[index] = 1.0
+        for buffer in buffers.values():
+            self.collectives.all_reduce(buffer)
+        world = self.collectives.world_size
+        for index, (param, slot) in enumerate(zip(params, slots, strict=True)):
+            if counts[index] == 0:
+                continue
+            average = layout.view(buffers, slot).div_(world)
+            if param.grad is None:
+                param.grad = average
+            else:
+                param.grad.copy_(average)
+
+    def gather_gradients(self, blocks: Sequence[PreconditionerBlock]) -> dict[nn.Parameter, Tensor]:
+        """Return the full gradients of the Kronecker blocks' sharded parameters."""
+        params: dict[nn.Parameter, None] = {}
+        for block in blocks:  # every process holds a shard of every parameter
+            if isinstance(block.effective, KroneckerBlock):
+                for rows in block.params:
+                    if is_sharded(rows.param) and rows.param.grad is not None:
+                        params[rows.param] = None
+        if not params:
+            return {}
+        layout = Buckets()
+        slots = []
+        for param in params:
+            local = local_tensor(param.grad)
+            slots.append(
+                layout.add((padded_rows(param), *local.shape[1:]), local.dtype, local.device)
+            )
+        buffers = layout.empty()
+        for param, slot in zip(params, slots, strict=True):
+            local = local_tensor(param.grad)
+            layout.view(buffers, slot)[: local.shape[0]].copy_(local)
+        gathered = {key: self.collectives.all_gather(b) for key, b in buffers.items()}
+        world = self.collectives.world_size
+        full = {}
+        for param, slot in zip(params, slots, strict=True):
+            key, offset, shape = layout.slot(slot)
+            size = shape.numel()
+            total = layout.sizes[key]
+            pieces = torch.cat(
+                [
+                    gathered[key][r * total + offset : r * total + offset + size]
+                    for r in range(world)
+                ]
+            )
+            full[param] = full_from_gathered(param, pieces.view(world * shape[0], *shape[1:]))
+        return full
+
+    # ------------------------------------------------------------ curvature
+    def reduce_curvature(
+        self, blocks: Sequence[PreconditionerBlock], groups: list[dict[str, Any]]
+    ) -> None:
+        """Combine the recording Kronecker blocks' curvature over the processes, in place."""
+        recording = [
+            block.effective
+            for block in blocks
+            if block.recording and isinstance(block.effective, KroneckerBlock)
+        ]
+        if not recording:
+            return
+        layout = Buckets()
+        slots = []
+        for block in recording:
+            matrix_slots = [
+                layout.add_like(t) for m in (block.K, block.C) for t in m.tensors().values()
+            ]
+            slots.append(matrix_slots)
+        count_slot = layout.add((2 * len(recording),), torch.float64, recording[0].K.device)
+        buffers = layout.empty()
+        counts = layout.view(buffers, count_slot)
+        for index, (block, matrix_slots) in enumerate(zip(recording, slots, strict=True)):
+            if block.curvature is None:
+                continue
+            tensors, block_counts = block.curvature.reducible()
+            for slot, tensor in zip(matrix_slots, tensors, strict=True):
+                layout.pack(buffers, slot, tensor)
+            counts[2 * index : 2 * index + 2] = torch.tensor(block_counts, dtype=torch.float64)
+        for buffer in buffers.values():
+            self.collectives.all_reduce(buffer)
+        world = self.collectives.world_size
+        for index, (block, matrix_slots) in enumerate(zip(recording, slots, strict=True)):
+            rows, terms = counts[2 * index].item(), counts[2 * index + 1].item()
+            if rows == 0:
+                block.curvature = None
+                continue
+            views = iter(layout.view(buffers, slot) for slot in matrix_slots)
+            H_K = type(block.K).from_tensors({n: next(views) for n in block.K.tensors()})
+            H_C = type(block.C).from_tensors({n: next(views) for n in block.C.tensors()})
+            mean_loss = groups[block.group_index]["loss_average"] is not None
+            curvature = CurvatureSums(H_K, H_C, 1, 1, mean_loss)
+            curvature.set_reduced([rows, terms], world)
+            block.curvature = curvature
+
+    # ------------------------------------------------------------- exchange
+    def exchange(
+        self,
+        blocks: Sequence[PreconditionerBlock],
+        proposals: dict[str, Proposal],
+        local_finite: Tensor,
+        updating: set[str],
+        check: bool = True,
+    ) -> Tensor:
+        """Share the owners' proposals (``split``); return whether all processes are finite.
+
+        Adds to ``proposals`` (by block name) the proposals of the blocks other
+        processes own: their directions and, when updated, their new state.
+
+        Args:
+            blocks: The optimizer's blocks.
+            proposals: This process's proposals by block name (completed in place).
+            local_finite: Whether this process's proposals are all finite.
+            updating: Names of the blocks whose preconditioner is updated in this step.
+            check: Whether the finiteness flags matter (else no collective is spent on
+                them without ``split``).
+        """
+        if not self.split:
+            if not (self.sharded and check):
+                return local_finite
+            flag = (~local_finite).to(torch.float32).reshape(1)
+            self.collectives.all_reduce(flag)
+            return flag[0] == 0
+        world, rank = self.collectives.world_size, self.collectives.rank
+        plan = _ExchangePlan(world)
+        for block in blocks:
+            if isinstance(block.effective, KroneckerBlock):
+                plan.add(block, self.owners.get(block.name, 0), block.name in updating)
+        gathered = plan.gather(self.collectives, rank, proposals, local_finite)
+        for entry in plan.entries:
+            if entry.owner != rank:
+                proposals[entry.block.name] = plan.received(entry, gathered)
+        return plan.all_finite(gathered)
+
+
+@dataclass
+class _Entry:
+    """A Kronecker block's slots in its owner's part of the exchange."""
+
+    owner: int
+    block: PreconditionerBlock
+    params: list[ParameterRows]
+    directions: list[int]
+    state: list[tuple[str, str, int]]
+
+
+class _ExchangePlan:
+    """The layout of every process's part of the split-mode all-gather.
+
+    Process :math:`r`'s part holds the directions of the blocks it owns, their new
+    ``K, C, m_K, m_C`` when they are updated, and its finiteness flag; every part is
+    padded to the largest, per dtype.
+    """
+
+    def __init__(self, world: int) -> None:
+        self.layouts = [Buckets() for _ in range(world)]
+        self.entries: list[_Entry] = []
+        self.flags: list[int] = []
+
+    def add(self, block: PreconditionerBlock, owner: int, updating: bool) -> None:
+        effective = block.effective
+        assert isinstance(effective, KroneckerBlock)
+        layout = self.layouts[owner]
+        params = [rows for rows in effective.layer.params if rows.param.grad is not None]
+        directions = [
+            layout.add(rows.value.shape, rows.value.dtype, rows.value.device) for rows in params
+        ]
+        state = []
+        if updating:
+            for key, matrix in effective.matrices().items():
+                for name, tensor in matrix.tensors().items():
+                    state.append((key, name, layout.add_like(tensor)))
+        self.entries.append(_Entry(owner, block, params, directions, state))
+
+    def gather(
+        self,
+        collectives: Collectives,
+        rank: int,
+        proposals: Mapping[str, Proposal],
+        local_finite: Tensor,
+    ) -> list[dict[Key, Tensor]]:
+        """All-gather the parts; return each process's part."""
+        # the flags (0 or 1, exact in every float dtype) share the first block's bucket
+        first = self.entries[0].params[0].value if self.entries else torch.empty(0)
+        self.flags = [layout.add((1,), first.dtype, first.device) for layout in self.layouts]
+        sizes: dict[Key, int] = {}
+        for layout in self.layouts:
+            for key, size in layout.sizes.items():
+                sizes[key] = max(sizes.get(key, 0), size)
+        mine = self.layouts[rank]
+        buffers = mine.empty(sizes)
+        mine.view(buffers, self.flags[rank]).copy_(local_finite)
+        for entry in self.entries:
+            if entry.owner != rank:
+                continue
+            proposal = proposals[entry.block.name]
+            for slot, (_, direction) in zip(entry.directions, proposal.directions, strict=True):
+                mine.pack(buffers, slot, direction)
+            for key, name, slot in entry.state:
+                mine.pack(buffers, slot, proposal.matrices[key].tensors()[name])
+        for key in sizes:
+            buffers.setdefault(key, torch.zeros(sizes[key], dtype=key[0], device=key[1]))
+        gathered = {key: collectives.all_gather(buffers[key]) for key in sizes}
+        return [
+            {key: gathered[key][r * size : (r + 1) * size] for key, size in sizes.items()}
+            for r in range(len(self.layouts))
+        ]
+
+    def received(self, entry: _Entry, gathered: list[dict[Key, Tensor]]) -> Proposal:
+        """The proposal of a block another process owns, from its part."""
+        layout, part = self.layouts[entry.owner], gathered[entry.owner]
+        directions = [
+            (rows, layout.view(part, slot))
+            for rows, slot in zip(entry.params, entry.directions, strict=True)
+        ]
+        state: dict[str, dict[str, Tensor]] = {}
+        for key, name, slot in entry.state:
+            state.setdefault(key, {})[name] = layout.view(part, slot).clone()
+        effective = entry.block.effective
+        assert isinstance(effective, KroneckerBlock)
+        return received_proposal(effective, directions, state)
+
+    def all_finite(self, gathered: list[dict[Key, Tensor]]) -> Tensor:
+        """Whether every process's proposals were finite."""
+        flags = [
+            layout.view(part, slot)[0]
+            for layout, part, slot in zip(self.layouts, gathered, self.flags, strict=True)
+        ]
+        return (torch.stack(flags) == 1.0).all()
+
+
+def received_proposal(
+    block: KroneckerBlock,
+    directions: list[tuple[ParameterRows, Tensor]],
+    state: dict[str, dict[str, Tensor]],
+) -> Proposal:
+    """The proposal of a block whose owner is another process."""
+    matrices: dict[str, StructuredMatrix] = {
+        key: type(getattr(block, key)).from_tensors(tensors)
+        for key, tensors in state.items()
+        if getattr(block, key) is not None
+    }
+
+    def commit() -> None:
+        block.curvature = None  # the owner used it
+        if matrices:
+            block.adopt(matrices)
+
+    return Proposal(directions, [], commit, matrices)
