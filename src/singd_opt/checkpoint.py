@@ -12,7 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import Tensor
 
+from singd_opt.distributed.sharding import is_sharded, shard_like
 from singd_opt.grad_scale import GradScales
 from singd_opt.validation import check_group, resolve_structure
 from structmat import StructuredMatrix
@@ -182,8 +184,33 @@ def validate_block_state(optimizer: Any, state_dict: dict[str, Any]) -> dict[str
 
 
 def load_block_state(optimizer: Any) -> None:
-    """Load-state-dict post hook: apply what :func:`validate_block_state` prepared."""
+    """Load-state-dict post hook: apply what :func:`validate_block_state` prepared.
+
+    Whole-tensor states of sharded (FSDP2) parameters, as saved by a single process
+    or by :meth:`~singd_opt.SINGD.full_state_dict`, are cut to the rows this process
+    holds.
+    """
     finish = optimizer.__dict__.pop("_finish_loading", None)
     if finish is not None:
         finish()
+    for param, param_state in optimizer.state.items():
+        if not is_sharded(param):
+            continue
+        for key, value in param_state.items():
+            if isinstance(value, Tensor) and not is_sharded(value) and value.shape == param.shape:
+                param_state[key] = shard_like(param, value)
     optimizer._set_recording()
+
+
+def full_tensors(state: Any) -> Any:
+    """Return ``state`` with every sharded tensor replaced by the whole tensor.
+
+    Gathering a sharded tensor is a collective: every process must call this.
+    """
+    if is_sharded(state):
+        return state.full_tensor()
+    if isinstance(state, dict):
+        return {key: full_tensors(value) for key, value in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(full_tensors(value) for value in state)
+    return state

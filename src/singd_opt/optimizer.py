@@ -28,7 +28,7 @@ from torch.utils.hooks import RemovableHandle
 from singd_opt import checkpoint
 from singd_opt.blocks import KroneckerBlock, PreconditionerBlock, Proposal, StepContext
 from singd_opt.discovery import parameter_groups, plan_blocks
-from singd_opt.distributed import CommunicationStats
+from singd_opt.distributed.collectives import CommunicationStats
 from singd_opt.distributed.setup import check_distribute, make_sync
 from singd_opt.foreign_updates import ForeignUpdateWatch
 from singd_opt.grad_scale import GradScales
@@ -297,6 +297,15 @@ class SINGD(BlockViews, Optimizer):
         for handle in self.hook_handles:
             handle.remove()
         self.hook_handles = []
+
+    def full_state_dict(self) -> dict[str, Any]:
+        """Return :meth:`state_dict` with the whole tensors of sharded (FSDP2) parameters.
+
+        Loads into an optimizer on any number of processes, sharded or not. With FSDP2
+        this gathers the shards: every process must call it. Without sharding it equals
+        :meth:`state_dict`.
+        """
+        return checkpoint.full_tensors(self.state_dict())
 
     def describe(self) -> str:
         """Return a table of the blocks: parameters, kind, structures and state bytes."""

@@ -45,6 +45,8 @@ class Case:
         dtype: Parameter dtype.
         resume_at: Save the optimizer's state after this many steps and continue
             with a new optimizer that loads it (``None``: no interruption).
+        resume_from_single: Load, instead of its own, the state that one process
+            training on the whole batches saved at ``resume_at``.
     """
 
     name: str
@@ -56,6 +58,7 @@ class Case:
     steps: int = 5
     dtype: torch.dtype = torch.float64
     resume_at: int | None = None
+    resume_from_single: bool = False
 
 
 BASE = {"lr": 0.05, "lr_cov": 0.1, "damping": 0.1, "T": 2}
@@ -152,19 +155,45 @@ def state_of(model: nn.Module, optimizer: SINGD) -> dict[str, Tensor]:
     return state
 
 
-def run_case(case: Case, rank: int = 0, world: int = 1) -> dict[str, Any]:
-    """Train the case's model; return its final state and what was communicated."""
+def run_case(
+    case: Case,
+    rank: int = 0,
+    world: int = 1,
+    checkpoint: dict[str, Any] | None = None,
+    process_group: dist.ProcessGroup | None = None,
+) -> dict[str, Any]:
+    """Train the case's model; return its final state and what was communicated.
+
+    Args:
+        case: The run.
+        rank: This process's rank.
+        world: Number of processes (1: no process group is used).
+        checkpoint: A state to load at ``case.resume_at`` instead of the own one.
+        process_group: Passed to the optimizer.
+
+    Returns:
+        ``state`` (see :func:`state_of`), ``calls`` (collectives per step) and, with
+        ``resume_at``, ``checkpoint`` (the whole-tensor state saved then).
+    """
+    if case.resume_from_single and world > 1 and checkpoint is None:
+        solo = [dist.new_group([r]) for r in range(world)][rank]  # every process joins each
+        single = replace(case, resume_at=None, resume_from_single=False, steps=case.resume_at)
+        checkpoint = run_case(single, rank, 1, process_group=solo)["final"]
     model = _wrap(case, make_model(case), world)
     options = {**BASE, **case.options}
+    if process_group is not None:
+        options["process_group"] = process_group
 
     def new_optimizer() -> SINGD:
         return SINGD(model, **options)
 
     optimizer = new_optimizer()
     calls_per_step = []
+    result: dict[str, Any] = {}
     for step, (x, y) in enumerate(make_batches(case)):
         if case.resume_at is not None and step == case.resume_at:
-            saved = copy.deepcopy(optimizer.state_dict())
+            result["checkpoint"] = copy.deepcopy(optimizer.full_state_dict())
+            saved = copy.deepcopy(optimizer.state_dict()) if checkpoint is None else checkpoint
             optimizer.remove_hooks()
             optimizer = new_optimizer()
             optimizer.load_state_dict(saved)
@@ -179,7 +208,12 @@ def run_case(case: Case, rank: int = 0, world: int = 1) -> dict[str, Any]:
         optimizer.step()
         after = optimizer.communication.total_calls if optimizer.communication else 0
         calls_per_step.append(after - before)
-    return {"state": state_of(model, optimizer), "calls": calls_per_step}
+    result.update(
+        state=state_of(model, optimizer),
+        calls=calls_per_step,
+        final=copy.deepcopy(optimizer.full_state_dict()),
+    )
+    return result
 
 
 # --------------------------------------------------------------------- processes

@@ -34,7 +34,7 @@ CASES = [
     Case("sequence-batch+sequence", model="sequence", options={"loss_average": "batch+sequence"}),
     Case("sequence-reduce", model="sequence", options={"kfac_approx": "reduce"}),
     Case("sum-loss", options={"loss_average": None, "lr": 0.005}),
-    Case("kfac-like-T1", options={"kfac_like": True, "T": 1}),
+    Case("kfac-like-T1", options={"kfac_like": True, "alpha1": 0.0, "T": 1}),
     Case("uneven", shards=(5, 11)),
     Case(
         "uneven-split-sum",
@@ -58,7 +58,18 @@ CASES = [
         resume_at=3,
         options={"distribute": "split"},
     ),
+    Case("resume-fsdp-transformer", model="transformer", wrapper="fsdp", resume_at=3),
+    Case("from-single-ddp", wrapper="ddp", resume_at=3, resume_from_single=True),
+    Case(
+        "from-single-fsdp-transformer",
+        model="transformer",
+        wrapper="fsdp",
+        resume_at=3,
+        resume_from_single=True,
+    ),
 ]
+#: Cases whose checkpoint (taken with two processes) is resumed by one process.
+TO_SINGLE = ["resume-split-transformer", "resume-fsdp-transformer"]
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +107,14 @@ def test_collectives_per_step_do_not_grow_with_the_layers(results: dict[str, Any
     assert results["ddp"][0]["calls"] == [1, 0, 1, 0, 1]
     # the transformer has 15 blocks and still the same number of collectives
     assert results["transformer"][0]["calls"] == [2, 1, 2, 1, 2]
+
+
+@pytest.mark.parametrize("name", TO_SINGLE)
+def test_a_checkpoint_of_two_processes_resumes_in_one(name: str, results: dict[str, Any]) -> None:
+    case = next(c for c in CASES if c.name == name)
+    assert "error" not in results[name][0], results[name][0].get("error")
+    checkpoint = results[name][0]["checkpoint"]
+    single = run_case(case, checkpoint=checkpoint)["state"]
+    expected = run_case(case)["state"]
+    for key, value in expected.items():
+        assert _relative_error(single[key], value) < 1e-12, key

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from singd_opt.blocks.base import PreconditionerBlock, Proposal, StepContext
+from singd_opt.distributed.sharding import is_sharded, shard_like
 from singd_opt.layers import ParameterRows
 
 
@@ -99,6 +100,8 @@ class ElementwiseBlock(PreconditionerBlock):
             second_moment = second_moment.to(
                 device=value.device, dtype=moment_dtype(value.dtype), copy=True
             )
+            if is_sharded(value) and not is_sharded(second_moment):
+                second_moment = shard_like(value, second_moment)
         elif updates:
             raise ValueError(f"{what} has {updates} updates but no second_moment")
 
