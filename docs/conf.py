@@ -21,6 +21,7 @@ DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
 sys.path.insert(0, str(DOCS / "_ext"))
 
+import distributed_table  # noqa: E402  (lives in docs/_ext)
 import structure_tables  # noqa: E402  (lives in docs/_ext)
 
 project = "singd-opt"
@@ -103,3 +104,4 @@ pygments_dark_style = "monokai"
 def setup(app: object) -> None:
     """Write the generated tables of the structure pages before reading sources."""
     structure_tables.write_all(DOCS / "_generated", ROOT / "benchmarks" / "results")
+    distributed_table.write(DOCS / "_generated", ROOT / "benchmarks" / "results")
