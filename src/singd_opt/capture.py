@@ -24,6 +24,7 @@ is read on other steps):
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -54,14 +55,14 @@ def _should_record(block: Recordable, output: Any) -> bool:
     )
 
 
+def _record_gradient(record: RecordFn, saved_input: Tensor, grad_output: Tensor) -> None:
+    """The tensor hook: hand the input and output gradient over."""
+    record(saved_input, grad_output.detach())
+
+
 def _hook_output(output: Tensor, x: Tensor, record: RecordFn) -> None:
     """Call ``record(x, grad_output)`` when the gradient of ``output`` is computed."""
-    saved_input = x.detach()
-
-    def tensor_hook(grad_output: Tensor) -> None:
-        record(saved_input, grad_output.detach())
-
-    output.register_hook(tensor_hook)
+    output.register_hook(functools.partial(_record_gradient, record, x.detach()))
 
 
 def install_module_hook(module: nn.Module, block: Recordable, record: RecordFn) -> RemovableHandle:
@@ -76,6 +77,7 @@ def install_module_hook(module: nn.Module, block: Recordable, record: RecordFn) 
         The hook's handle.
     """
 
+    @torch._dynamo.disable
     def forward_hook(
         called: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> None:
@@ -263,6 +265,7 @@ def install_functional_scope(
     """
     contexts: list[Any] = []
 
+    @torch._dynamo.disable
     def pre_hook(called: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if called is owner and torch.is_grad_enabled() and is_recording():
             if before is not None:
@@ -274,6 +277,7 @@ def install_functional_scope(
         else:
             contexts.append(None)
 
+    @torch._dynamo.disable
     def post_hook(
         called: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> None:

@@ -12,7 +12,14 @@ union of the mini-batches when
     H_C = N \sum_i \frac{H_C^{(i)}}{N_i} \text{ (mean loss)}, \qquad
     H_C = \sum_i H_C^{(i)} \text{ (summed loss)},
 
-with :math:`N = \sum_i N_i`. :class:`CurvatureSums` merges the calls of one process that way.
+with :math:`N = \sum_i N_i`. :class:`CurvatureSums` merges the backward passes of one process that way.
+
+Within one backward pass, a weight used by several calls (a layer applied twice in one
+forward pass, like weight sharing over sequence positions) contributes like one call
+on the calls' inputs stacked as extra positions: :math:`H_K` is the mean over all their
+rows, and :math:`H_C` the sum of the calls' :math:`H_C^{(i)}` (the loss terms are those
+of the one loss, counted once, taken from the first call). Calls belong to the same
+backward pass when autograd runs their hooks in the same graph task.
 
 Across the :math:`R` processes of a data-parallel run the same rule holds one level up:
 the loss being minimised is the *average* of the processes' losses (data-parallel
@@ -62,6 +69,7 @@ class CurvatureSums:
         rows: int,
         terms: int,
         mean_loss: bool,
+        backward_pass: int | None = None,
     ) -> None:
         """Start with one call's terms (``H_K, H_C`` are taken over, not copied).
 
@@ -71,23 +79,40 @@ class CurvatureSums:
             rows: Number of rows of the call's input matrix.
             terms: Number of loss terms the call's :math:`H_C` was scaled for.
             mean_loss: Whether the loss is a mean.
+            backward_pass: Identifies the backward pass of the call (``None``: unknown).
         """
         self.H_K = H_K
         self.H_C = H_C
         self.rows = rows
         self.terms = terms
         self.mean_loss = mean_loss
+        self._pass = backward_pass
+        self._pass_terms = terms
 
-    def add(self, H_K: StructuredMatrix, H_C: StructuredMatrix, rows: int, terms: int) -> None:
+    def add(
+        self,
+        H_K: StructuredMatrix,
+        H_C: StructuredMatrix,
+        rows: int,
+        terms: int,
+        backward_pass: int | None = None,
+    ) -> None:
         """Merge one more call's terms (see :meth:`__init__`)."""
         total_rows = self.rows + rows
         self.H_K.mul_(self.rows / total_rows).add_(H_K, alpha=rows / total_rows)
+        self.rows = total_rows
+        if backward_pass is not None and backward_pass == self._pass:
+            # another call in the same pass: its H_C adds to this pass's, whose weight
+            # in the merged H_C is N / N_p
+            self.H_C.add_(H_C, alpha=self.terms / self._pass_terms if self.mean_loss else 1.0)
+            return
         total_terms = self.terms + terms
         if self.mean_loss:
             self.H_C.mul_(total_terms / self.terms).add_(H_C, alpha=total_terms / terms)
         else:
             self.H_C.add_(H_C)
-        self.rows, self.terms = total_rows, total_terms
+        self.terms = total_terms
+        self._pass, self._pass_terms = backward_pass, terms
 
     def tensors(self) -> list[Tensor]:
         """Return the stored tensors of ``H_K`` and ``H_C``."""

@@ -342,7 +342,7 @@ class SINGD(BlockViews, Optimizer):
         :class:`torch.amp.GradScaler` found non-finite gradients or (with
         ``skip_nonfinite``) a direction or a new ``K, C`` is not finite; the curvature
         recorded for it is dropped, :attr:`skipped_steps` counts it and :attr:`steps`
-        does not.
+        does not. A warning reports the 1st, 2nd, 4th, 8th, ... skipped step.
 
         Args:
             closure: Optional callable that re-evaluates the model (forward and
@@ -434,11 +434,12 @@ class SINGD(BlockViews, Optimizer):
             block.drop_curvature()
         self._grad_scales.scales.pop(self.steps, None)
         self.skipped_steps += 1
-        warnings.warn(
-            f"{reason}; skipping step {self.steps} (the state is unchanged; "
-            f"{self.skipped_steps} step(s) skipped so far)",
-            stacklevel=3,
-        )
+        if self.skipped_steps & (self.skipped_steps - 1) == 0:  # 1st, 2nd, 4th, 8th, ...
+            warnings.warn(
+                f"{reason}; skipping step {self.steps} (the state is unchanged; "
+                f"{self.skipped_steps} step(s) skipped so far, see optimizer.skipped_steps)",
+                stacklevel=3,
+            )
 
     def _warn_unrecorded(self) -> None:
         """Warn once about Kronecker blocks that have never recorded at an update step."""

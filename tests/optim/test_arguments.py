@@ -181,6 +181,16 @@ BAD_ARGUMENTS: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"warn_unsupported": None}, TypeError, "warn_unsupported"),
     ({"init_grad_scale": 0.0}, ValueError, "init_grad_scale"),
     ({"lr": "0.1"}, TypeError, "lr"),
+    ({"momentum": 1.5}, ValueError, r"momentum must lie in \[0, 1\)"),
+    ({"momentum": 1.0}, ValueError, r"momentum must lie in \[0, 1\)"),
+    ({"elementwise_beta2": 1.0}, ValueError, r"elementwise_beta2 must lie in \[0, 1\)"),
+    ({"elementwise_eps": 0.0}, ValueError, "elementwise_eps must be finite and > 0"),
+    ({"elementwise_lr": -1.0}, ValueError, "elementwise_lr"),
+    ({"max_update_rms": 0.0}, ValueError, "max_update_rms must be finite and > 0"),
+    ({"train_all_parameters": "no"}, TypeError, "train_all_parameters"),
+    ({"skip_nonfinite": 0}, TypeError, "skip_nonfinite"),
+    ({"distribute": "shard"}, ValueError, r"distribute must be one of \('replicate', 'split'\)"),
+    ({"average_gradients": "auto"}, TypeError, "average_gradients"),
 ]
 
 
@@ -267,3 +277,15 @@ def test_param_groups_cannot_be_added_later() -> None:
     with pytest.raises(RuntimeError, match="constructor"):
         optimizer.add_param_group({"params": model[2].parameters()})
     assert len(optimizer.param_groups) == 1
+
+
+@pytest.mark.parametrize("case", ["parameter-free", "frozen", "empty-list", "empty-groups"])
+def test_nothing_to_train_is_an_error(case: str) -> None:
+    model = nn.Sequential(nn.ReLU(), nn.Flatten()) if case == "parameter-free" else mlp()
+    if case == "frozen":
+        model.requires_grad_(False)
+    params = {"empty-list": [], "empty-groups": [{"params": []}]}.get(case)
+    with pytest.raises(ValueError, match="no parameter to train"):
+        SINGD(model, params)
+    for module in model.modules():
+        assert not module._forward_hooks

@@ -26,6 +26,12 @@ from singd_opt.validation import resolve_structure
 from structmat import StructuredMatrix
 
 _FACTORS = ("K", "C", "m_K", "m_C")
+_GRAPH_TASK_ID = getattr(torch._C, "_current_graph_task_id", None)
+
+
+def _current_backward_pass() -> int | None:
+    """Identify the running backward pass (autograd's graph task), ``None`` if unknown."""
+    return _GRAPH_TASK_ID() if _GRAPH_TASK_ID is not None else None
 
 
 class KroneckerBlock(PreconditionerBlock):
@@ -118,12 +124,13 @@ class KroneckerBlock(PreconditionerBlock):
             if grad_prescale != 1.0:
                 G = G / math.sqrt(grad_prescale)
             H_C = C.from_inner(G.mT)
+            backward_pass = _current_backward_pass()
             if self.curvature is None:
                 self.curvature = CurvatureSums(
-                    H_K, H_C, rows, terms, mean_loss=loss_average is not None
+                    H_K, H_C, rows, terms, loss_average is not None, backward_pass
                 )
             else:
-                self.curvature.add(H_K, H_C, rows, terms)
+                self.curvature.add(H_K, H_C, rows, terms, backward_pass)
 
     def has_curvature(self) -> bool:
         """See :meth:`PreconditionerBlock.has_curvature`."""
