@@ -12,7 +12,8 @@ union of the mini-batches when
     H_C = N \sum_i \frac{H_C^{(i)}}{N_i} \text{ (mean loss)}, \qquad
     H_C = \sum_i H_C^{(i)} \text{ (summed loss)},
 
-with :math:`N = \sum_i N_i`. :class:`CurvatureSums` merges the backward passes of one process that way.
+with :math:`N = \sum_i N_i`. :class:`CurvatureSums` merges the backward passes of one
+process that way.
 
 Within one backward pass, a weight used by several calls (a layer applied twice in one
 forward pass, like weight sharing over sequence positions) contributes like one call

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor, nn
+from torch.nn.parallel import DataParallel, DistributedDataParallel
 from torch.utils.hooks import RemovableHandle
 
 from singd_opt.blocks import ElementwiseBlock, KroneckerBlock, PreconditionerBlock
@@ -54,6 +55,7 @@ from singd_opt.layers import (
     ParameterRows,
     make_layer,
 )
+from singd_opt.validation import check_group
 
 #: Module types whose weight (and bias) form a Kronecker block recorded by a module hook.
 KRONECKER_MODULES: tuple[type[nn.Module], ...] = (*SUPPORTED_MODULES, nn.Embedding)
@@ -330,6 +332,25 @@ class _Planner:
         return self.plan
 
 
+def unwrap_model(model: object) -> tuple[nn.Module, bool]:
+    """Return the module to train and whether it came wrapped in ``DistributedDataParallel``.
+
+    Raises:
+        TypeError: For ``DataParallel`` (use ``DistributedDataParallel``) or a
+            ``model`` that is not a module.
+    """
+    if isinstance(model, DataParallel):
+        raise TypeError(
+            "model: DataParallel is not supported; use DistributedDataParallel or pass "
+            "the wrapped module"
+        )
+    if isinstance(model, DistributedDataParallel):
+        return model.module, True
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return model, False
+
+
 def plan_blocks(
     model: nn.Module,
     groups: list[dict[str, Any]],
@@ -359,9 +380,39 @@ def parameter_groups(
     ``train_all=False``: those of ``Linear`` and ``Conv1d/2d/3d`` modules, warning about
     the others unless ``warn_unsupported`` is false).
 
+    Every group is validated; ``kfac_like`` groups get ``alpha1 = 0`` (with a warning
+    if it was set).
+
     Raises:
-        TypeError: If ``params`` is malformed.
+        TypeError: If ``params`` is malformed, or a hyper-parameter has the wrong type.
+        ValueError: For an invalid hyper-parameter, or nothing to train.
     """
+    groups = _raw_groups(model, params, defaults, train_all, warn_unsupported)
+    for index, group in enumerate(groups):
+        check_group(group, index)
+    if not any(group["params"] for group in groups):
+        raise ValueError(
+            "params: there is no parameter to train (the model has no trainable "
+            "parameters, or params is empty)"
+        )
+    for index, group in enumerate(groups):
+        if group["kfac_like"] and group["alpha1"] != 0.0:
+            warnings.warn(
+                f"parameter group {index}: kfac_like=True ignores the Riemannian momentum; "
+                f"setting alpha1={group['alpha1']} to 0",
+                stacklevel=4,
+            )
+            group["alpha1"] = 0.0
+    return groups
+
+
+def _raw_groups(
+    model: nn.Module,
+    params: Iterable[nn.Parameter] | Iterable[dict[str, Any]] | None,
+    defaults: Mapping[str, Any],
+    train_all: bool,
+    warn_unsupported: bool,
+) -> list[dict[str, Any]]:
     if params is None:
         if train_all:
             trainable = [p for p in model.parameters() if p.requires_grad]
@@ -380,7 +431,7 @@ def parameter_groups(
                     f"layer {name!r} ({type(module).__name__}) is not supported by SINGD; its "
                     "parameters will not be trained (warn_unsupported=False silences this; "
                     "train_all_parameters=True trains them)",
-                    stacklevel=4,
+                    stacklevel=5,
                 )
         return [{**defaults, "params": trainable}]
     if isinstance(params, Tensor):

@@ -21,22 +21,26 @@ from typing import Any, ClassVar
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.nn.parallel import DataParallel, DistributedDataParallel
 from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
 from singd_opt import checkpoint
 from singd_opt.blocks import KroneckerBlock, PreconditionerBlock, Proposal, StepContext
-from singd_opt.discovery import parameter_groups, plan_blocks
+from singd_opt.diagnostics import ForeignUpdateWatch, warn_unrecorded
+from singd_opt.discovery import parameter_groups, plan_blocks, unwrap_model
 from singd_opt.distributed.collectives import CommunicationStats
 from singd_opt.distributed.setup import check_distribute, make_sync
-from singd_opt.foreign_updates import ForeignUpdateWatch
 from singd_opt.grad_scale import GradScales
 from singd_opt.layers import LOSS_AVERAGES, SUPPORTED_MODULES
 from singd_opt.layers import preconditioner_dims as _preconditioner_dims
 from singd_opt.summary import describe_blocks
 from singd_opt.update import all_finite, apply_directions
-from singd_opt.validation import check_flag, check_group, check_init_grad_scale
+from singd_opt.validation import (
+    HYPERPARAMETERS,
+    check_flag,
+    check_group,
+    check_init_grad_scale,
+)
 from singd_opt.views import BlockViews, StructureTable
 from structmat import StructuredMatrix
 
@@ -180,35 +184,11 @@ class SINGD(BlockViews, Optimizer):
             ValueError: For an invalid hyper-parameter, no parameter to train, or a
                 map whose parameters are in different groups. Nothing changes on error.
         """
-        if isinstance(model, DataParallel):
-            raise TypeError(
-                "model: DataParallel is not supported; use DistributedDataParallel or pass "
-                "the wrapped module"
-            )
-        wrapped = isinstance(model, DistributedDataParallel)
-        if wrapped:
-            model = model.module
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        defaults: dict[str, Any] = {
-            "lr": lr,
-            "momentum": momentum,
-            "damping": damping,
-            "alpha1": alpha1,
-            "weight_decay": weight_decay,
-            "T": T,
-            "loss_average": loss_average,
-            "lr_cov": lr_cov,
-            "structures": tuple(structures) if isinstance(structures, list) else structures,
-            "kfac_approx": kfac_approx,
-            "kfac_like": kfac_like,
-            "preconditioner_dtype": preconditioner_dtype,
-            "normalize_lr_cov": normalize_lr_cov,
-            "elementwise_lr": elementwise_lr,
-            "elementwise_beta2": elementwise_beta2,
-            "elementwise_eps": elementwise_eps,
-            "max_update_rms": max_update_rms,
-        }
+        # the hyper-parameters that parameter groups may set, by their argument names
+        defaults: dict[str, Any] = {k: v for k, v in locals().items() if k in HYPERPARAMETERS}
+        if isinstance(structures, list):
+            defaults["structures"] = tuple(structures)
+        model, wrapped = unwrap_model(model)
         check_group(defaults)
         for flag, value in (
             ("warn_unsupported", warn_unsupported),
@@ -222,21 +202,6 @@ class SINGD(BlockViews, Optimizer):
         check_distribute(distribute, process_group)
 
         groups = parameter_groups(model, params, defaults, train_all_parameters, warn_unsupported)
-        for index, group in enumerate(groups):
-            check_group(group, index)
-        if not any(group["params"] for group in groups):
-            raise ValueError(
-                "params: there is no parameter to train (the model has no trainable "
-                "parameters, or params is empty)"
-            )
-        for index, group in enumerate(groups):
-            if group["kfac_like"] and group["alpha1"] != 0.0:
-                warnings.warn(
-                    f"parameter group {index}: kfac_like=True ignores the Riemannian momentum; "
-                    f"setting alpha1={group['alpha1']} to 0",
-                    stacklevel=2,
-                )
-                group["alpha1"] = 0.0
         plan = plan_blocks(model, groups, train_all_parameters, warn_unsupported)
         sync = make_sync(
             plan.blocks,
@@ -261,7 +226,6 @@ class SINGD(BlockViews, Optimizer):
         self._foreign_updates = ForeignUpdateWatch(self.blocks)
         self._unrecorded: set[str] = set()  # Kronecker blocks already warned about
         self._sync = sync
-        self._gradients_synchronized = False
         self._set_recording()
         self.hook_handles: list[RemovableHandle] = plan.install(self._record)
         self.register_state_dict_post_hook(checkpoint.add_block_state)
@@ -384,25 +348,14 @@ class SINGD(BlockViews, Optimizer):
         ``GradScaler.unscale_``, so that every process sees the averaged ones. Does
         nothing in a single process or when the gradients are averaged elsewhere.
         """
-        sync = self._sync
-        if sync is not None and sync.average_gradients and not self._gradients_synchronized:
-            sync.synchronize_gradients(self._trained_parameters())
-            self._gradients_synchronized = True
-
-    def _trained_parameters(self) -> list[nn.Parameter]:
-        return [p for group in self.param_groups for p in group["params"]]
+        if self._sync is not None:
+            self._sync.synchronize_gradients(self.param_groups)
 
     def _step(self, grad_factor: float) -> bool:
         """Propose, check, commit and apply; return whether the step was taken."""
         sync = self._sync
-        gradients = None
-        if sync is not None:
-            self.synchronize_gradients()
-            sync.reduce_curvature(self.blocks, self.param_groups)
-            if sync.sharded:
-                gradients = sync.gather_gradients(self.blocks)
-        self._gradients_synchronized = False
-        self._warn_unrecorded()
+        gradients = sync.prepare_step(self.blocks, self.param_groups) if sync else None
+        warn_unrecorded(self.blocks, self._unrecorded)
         updating = {block.name for block in self.blocks if block.has_curvature()}
         context = StepContext(
             step=self.steps,
@@ -439,27 +392,4 @@ class SINGD(BlockViews, Optimizer):
                 f"{reason}; skipping step {self.steps} (the state is unchanged; "
                 f"{self.skipped_steps} step(s) skipped so far, see optimizer.skipped_steps)",
                 stacklevel=3,
-            )
-
-    def _warn_unrecorded(self) -> None:
-        """Warn once about Kronecker blocks that have never recorded at an update step."""
-        missing = []
-        for block in self.blocks:
-            inner = block.effective
-            if (
-                isinstance(inner, KroneckerBlock)
-                and block.recording
-                and not inner.has_curvature()
-                and inner.name not in self._unrecorded
-                and any(rows.param.grad is not None for rows in inner.layer.params)
-                and not inner.updated
-            ):
-                missing.append(inner.name)
-        if missing:
-            self._unrecorded.update(missing)
-            warnings.warn(
-                f"no curvature was recorded for {missing} before their first preconditioner "
-                "update (their K and C stay the identity until it is); the weight is not "
-                "used through its module or through torch.nn.functional",
-                stacklevel=4,
             )

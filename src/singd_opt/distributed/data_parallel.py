@@ -75,6 +75,7 @@ class DataParallelSync:
         self.owners = assign_owners(blocks, collectives.world_size) if self.split else {}
         self.average_gradients = average_gradients
         self.sharded = sharded
+        self._gradients_synchronized = False
 
     # ------------------------------------------------------------ ownership
     def computes(self, block: PreconditionerBlock) -> bool:
@@ -83,10 +84,30 @@ class DataParallelSync:
             return True
         return self.owners.get(block.name, 0) == self.collectives.rank
 
+    # ----------------------------------------------------------------- step
+    def prepare_step(
+        self, blocks: Sequence[PreconditionerBlock], groups: list[dict[str, Any]]
+    ) -> dict[nn.Parameter, Tensor] | None:
+        """Average the gradients and the curvature of this step; gather sharded gradients.
+
+        Returns:
+            The full gradients of sharded parameters (``None`` without sharding).
+        """
+        self.synchronize_gradients(groups)
+        self._gradients_synchronized = False  # the next step averages again
+        self.reduce_curvature(blocks, groups)
+        return self.gather_gradients(blocks) if self.sharded else None
+
     # ------------------------------------------------------------ gradients
-    def synchronize_gradients(self, params: Sequence[nn.Parameter]) -> None:
-        """Average the (non-sharded) gradients over the processes, in place."""
-        params = [p for p in params if not is_sharded(p)]
+    def synchronize_gradients(self, groups: list[dict[str, Any]]) -> None:
+        """Average the (non-sharded) gradients of the groups' parameters, once per step.
+
+        Does nothing when the gradients are averaged elsewhere or already were.
+        """
+        if not self.average_gradients or self._gradients_synchronized:
+            return
+        self._gradients_synchronized = True
+        params = [p for group in groups for p in group["params"] if not is_sharded(p)]
         if not params:
             return
         layout = Buckets()
