@@ -196,7 +196,7 @@ def test_a_bad_step_under_a_gradient_scaler() -> None:
             losses.append(loss.item())
         return net, optimizer, losses
 
-    clean_net, clean, clean_losses = run(False)
+    clean_net, clean, _ = run(False)
     net, optimizer, losses = run(True)
     assert optimizer.skipped_steps == 1 and optimizer.steps == clean.steps
     expected = state(clean_net, clean)
