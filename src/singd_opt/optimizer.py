@@ -353,10 +353,10 @@ class SINGD(BlockViews, Optimizer):
 
     def _step(self, grad_factor: float) -> bool:
         """Propose, check, commit and apply; return whether the step was taken."""
+        warn_unrecorded(self.blocks, self._unrecorded)
         sync = self._sync
         gradients = sync.prepare_step(self.blocks, self.param_groups) if sync else None
-        warn_unrecorded(self.blocks, self._unrecorded)
-        updating = {block.name for block in self.blocks if block.has_curvature()}
+        updating = any(block.has_curvature() for block in self.blocks)
         context = StepContext(
             step=self.steps,
             grad_factor=grad_factor,
@@ -371,7 +371,7 @@ class SINGD(BlockViews, Optimizer):
         if self.skip_nonfinite:
             finite = all_finite([t for p in proposals.values() for t in p.checked])
         if sync is not None:
-            finite = sync.exchange(self.blocks, proposals, finite, updating, self.skip_nonfinite)
+            finite = sync.exchange(self.blocks, proposals, finite, self.skip_nonfinite)
         if self.skip_nonfinite and not bool(finite):
             self._skip("a preconditioned gradient or a new preconditioner is not finite")
             return False

@@ -62,3 +62,49 @@ class Buckets:
     def nbytes(self) -> int:
         """Bytes of all buckets together."""
         return sum(size * key[0].itemsize for key, size in self.sizes.items())
+
+
+class Segments:
+    """One :class:`Buckets` layout per process, laid end to end in shared buffers.
+
+    Segment :math:`r` of each dtype's buffer is padded to the largest segment, so that
+    a reduce-scatter or an all-gather hands process :math:`r` exactly segment :math:`r`.
+
+    Attributes:
+        layouts: The layout of each segment.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.layouts = [Buckets() for _ in range(count)]
+        self._sizes: dict[Key, int] | None = None
+
+    def sizes(self) -> dict[Key, int]:
+        """The padded size of one segment, per dtype (fixed by the first call)."""
+        if self._sizes is None:
+            sizes: dict[Key, int] = {}
+            for layout in self.layouts:
+                for key, size in layout.sizes.items():
+                    sizes[key] = max(sizes.get(key, 0), size)
+            self._sizes = sizes
+        return self._sizes
+
+    def empty(self) -> dict[Key, Tensor]:
+        """Zero-filled buffers holding every segment (no slot may be added after)."""
+        count = len(self.layouts)
+        return {
+            key: torch.zeros(count * size, dtype=key[0], device=key[1])
+            for key, size in self.sizes().items()
+        }
+
+    def part(self, buffers: dict[Key, Tensor], segment: int) -> dict[Key, Tensor]:
+        """Segment ``segment`` of each of the full ``buffers``."""
+        return {
+            key: buffers[key][segment * size : (segment + 1) * size]
+            for key, size in self.sizes().items()
+        }
+
+    def view(self, buffers: dict[Key, Tensor], segment: int, slot: int) -> Tensor:
+        """The view of ``slot`` of segment ``segment`` in the full ``buffers``."""
+        key, offset, shape = self.layouts[segment].slot(slot)
+        start = segment * self.sizes()[key] + offset
+        return buffers[key][start : start + shape.numel()].view(shape)

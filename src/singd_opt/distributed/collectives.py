@@ -1,10 +1,12 @@
 """The collectives the optimizer issues, counted by kind and payload bytes.
 
 Every collective goes through :class:`Collectives`, which records the number of calls
-and the payload bytes per kind (the bytes a process contributes: the tensor of an
-all-reduce, the local chunk of an all-gather). The counts are public
-(``optimizer.communication``) so that tests and benchmarks can check how often and how
-much the optimizer communicates.
+and the bytes each process sends per kind, counted as the bandwidth-optimal (ring)
+algorithms send them with :math:`R` processes: an all-reduce of :math:`S` bytes sends
+:math:`2 (R - 1) S / R`, a reduce-scatter of :math:`S` bytes :math:`(R - 1) S / R`, and an
+all-gather of :math:`c` bytes from each process :math:`(R - 1) c`. The counts are
+public (``optimizer.communication``) so that tests and benchmarks can check how often
+and how much the optimizer communicates.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from torch import Tensor
 
 @dataclass
 class CommunicationStats:
-    """Calls and payload bytes per collective kind since the last :meth:`reset`.
+    """Calls and bytes sent per collective kind since the last :meth:`reset`.
 
     Attributes:
-        calls: Number of collectives per kind (``"all_reduce"``, ``"all_gather"``).
-        bytes: Payload bytes per kind (what this process contributes).
+        calls: Number of collectives per kind (``"all_reduce"``, ``"reduce_scatter"``,
+            ``"all_gather"``).
+        bytes: Bytes this process sends per kind (see the module docstring).
     """
 
     calls: Counter[str] = field(default_factory=Counter)
@@ -40,7 +43,7 @@ class CommunicationStats:
 
     @property
     def total_bytes(self) -> int:
-        """All payload bytes together."""
+        """All bytes sent together."""
         return sum(self.bytes.values())
 
 
@@ -60,16 +63,27 @@ class Collectives:
         self.rank = dist.get_rank(group)
         self.stats = CommunicationStats()
 
+    def _count(self, kind: str, sent: float) -> None:
+        self.stats.calls[kind] += 1
+        self.stats.bytes[kind] += round(sent)
+
     def all_reduce(self, tensor: Tensor) -> None:
         """Sum ``tensor`` over the processes, in place."""
-        self.stats.calls["all_reduce"] += 1
-        self.stats.bytes["all_reduce"] += tensor.numel() * tensor.element_size()
+        world = self.world_size
+        self._count("all_reduce", 2 * (world - 1) / world * tensor.numel() * tensor.element_size())
         dist.all_reduce(tensor, group=self.group)
+
+    def reduce_scatter(self, tensor: Tensor) -> Tensor:
+        """Sum ``tensor`` over the processes; return this process's ``1/R`` part of it."""
+        world = self.world_size
+        self._count("reduce_scatter", (world - 1) / world * tensor.numel() * tensor.element_size())
+        out = tensor.new_empty((tensor.numel() // world,))
+        dist.reduce_scatter_tensor(out, tensor, group=self.group)
+        return out
 
     def all_gather(self, local: Tensor) -> Tensor:
         """Return the processes' ``local`` tensors (all of one size) concatenated."""
-        self.stats.calls["all_gather"] += 1
-        self.stats.bytes["all_gather"] += local.numel() * local.element_size()
+        self._count("all_gather", (self.world_size - 1) * local.numel() * local.element_size())
         out = local.new_empty((self.world_size * local.numel(),))
         dist.all_gather_into_tensor(out, local.reshape(-1), group=self.group)
         return out

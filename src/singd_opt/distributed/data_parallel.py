@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from singd_opt.blocks import KroneckerBlock, PreconditionerBlock, Proposal
 from singd_opt.curvature import CurvatureSums
-from singd_opt.distributed.buckets import Buckets, Key
+from singd_opt.distributed.buckets import Buckets, Key, Segments
 from singd_opt.distributed.collectives import Collectives
 from singd_opt.distributed.ownership import assign_owners
 from singd_opt.distributed.sharding import (
@@ -173,7 +173,13 @@ class DataParallelSync:
     def reduce_curvature(
         self, blocks: Sequence[PreconditionerBlock], groups: list[dict[str, Any]]
     ) -> None:
-        """Combine the recording Kronecker blocks' curvature over the processes, in place."""
+        """Combine the recording Kronecker blocks' curvature over the processes, in place.
+
+        In replicate mode one all-reduce per dtype leaves every process with every
+        block's curvature. In split mode only a block's owner needs it: the sums are
+        laid out by owner and one reduce-scatter per dtype hands each process its part
+        (half the traffic of an all-reduce); other processes drop theirs.
+        """
         recording = [
             block.effective
             for block in blocks
@@ -181,32 +187,44 @@ class DataParallelSync:
         ]
         if not recording:
             return
-        layout = Buckets()
+        world, rank = self.collectives.world_size, self.collectives.rank
+        segments = Segments(world if self.split else 1)
         slots = []
         for block in recording:
+            segment = self.owners.get(block.name, 0) if self.split else 0
+            layout = segments.layouts[segment]
             matrix_slots = [
                 layout.add_like(t) for m in (block.K, block.C) for t in m.tensors().values()
             ]
-            slots.append(matrix_slots)
-        count_slot = layout.add((2 * len(recording),), torch.float64, recording[0].K.device)
-        buffers = layout.empty()
-        counts = layout.view(buffers, count_slot)
-        for index, (block, matrix_slots) in enumerate(zip(recording, slots, strict=True)):
+            count_slot = layout.add((2,), torch.float64, block.K.device)
+            slots.append((segment, matrix_slots, count_slot))
+        buffers = segments.empty()
+        for block, (segment, matrix_slots, count_slot) in zip(recording, slots, strict=True):
             if block.curvature is None:
                 continue
             tensors, block_counts = block.curvature.reducible()
             for slot, tensor in zip(matrix_slots, tensors, strict=True):
-                layout.pack(buffers, slot, tensor)
-            counts[2 * index : 2 * index + 2] = torch.tensor(block_counts, dtype=torch.float64)
-        for buffer in buffers.values():
-            self.collectives.all_reduce(buffer)
-        world = self.collectives.world_size
-        for index, (block, matrix_slots) in enumerate(zip(recording, slots, strict=True)):
-            rows, terms = counts[2 * index].item(), counts[2 * index + 1].item()
+                segments.view(buffers, segment, slot).copy_(tensor)
+            segments.view(buffers, segment, count_slot).copy_(
+                torch.tensor(block_counts, dtype=torch.float64)
+            )
+        if self.split:
+            mine = {key: self.collectives.reduce_scatter(b) for key, b in buffers.items()}
+        else:
+            for buffer in buffers.values():
+                self.collectives.all_reduce(buffer)
+            mine = buffers
+        own = rank if self.split else 0
+        for block, (segment, matrix_slots, count_slot) in zip(recording, slots, strict=True):
+            if segment != own:
+                block.curvature = None  # its owner combines it
+                continue
+            layout = segments.layouts[segment]
+            rows, terms = layout.view(mine, count_slot).tolist()
             if rows == 0:
                 block.curvature = None
                 continue
-            views = iter(layout.view(buffers, slot) for slot in matrix_slots)
+            views = iter(layout.view(mine, slot) for slot in matrix_slots)
             H_K = type(block.K).from_tensors({n: next(views) for n in block.K.tensors()})
             H_C = type(block.C).from_tensors({n: next(views) for n in block.C.tensors()})
             mean_loss = groups[block.group_index]["loss_average"] is not None
@@ -220,7 +238,6 @@ class DataParallelSync:
         blocks: Sequence[PreconditionerBlock],
         proposals: dict[str, Proposal],
         local_finite: Tensor,
-        updating: set[str],
         check: bool = True,
     ) -> Tensor:
         """Share the owners' proposals (``split``); return whether all processes are finite.
@@ -232,7 +249,6 @@ class DataParallelSync:
             blocks: The optimizer's blocks.
             proposals: This process's proposals by block name (completed in place).
             local_finite: Whether this process's proposals are all finite.
-            updating: Names of the blocks whose preconditioner is updated in this step.
             check: Whether the finiteness flags matter (else no collective is spent on
                 them without ``split``).
         """
@@ -246,7 +262,7 @@ class DataParallelSync:
         plan = _ExchangePlan(world)
         for block in blocks:
             if isinstance(block.effective, KroneckerBlock):
-                plan.add(block, self.owners.get(block.name, 0), block.name in updating)
+                plan.add(block, self.owners.get(block.name, 0))
         gathered = plan.gather(self.collectives, rank, proposals, local_finite)
         for entry in plan.entries:
             if entry.owner != rank:
@@ -256,42 +272,45 @@ class DataParallelSync:
 
 @dataclass
 class _Entry:
-    """A Kronecker block's slots in its owner's part of the exchange."""
+    """A Kronecker block's slots in its owner's segment of the exchange."""
 
     owner: int
     block: PreconditionerBlock
     params: list[ParameterRows]
     directions: list[int]
     state: list[tuple[str, str, int]]
+    updated: int | None
 
 
 class _ExchangePlan:
-    """The layout of every process's part of the split-mode all-gather.
+    """The layout of the split-mode all-gather: one segment per process.
 
-    Process :math:`r`'s part holds the directions of the blocks it owns, their new
-    ``K, C, m_K, m_C`` when they are updated, and its finiteness flag; every part is
-    padded to the largest, per dtype.
+    Segment :math:`r` holds the directions of the blocks process :math:`r` owns and,
+    for those that record curvature in this step, room for their new ``K, C, m_K,
+    m_C`` with a flag saying whether they were updated (a block without curvature on
+    any process is not), and process :math:`r`'s finiteness flag.
     """
 
     def __init__(self, world: int) -> None:
-        self.layouts = [Buckets() for _ in range(world)]
+        self.segments = Segments(world)
         self.entries: list[_Entry] = []
         self.flags: list[int] = []
 
-    def add(self, block: PreconditionerBlock, owner: int, updating: bool) -> None:
+    def add(self, block: PreconditionerBlock, owner: int) -> None:
         effective = block.effective
         assert isinstance(effective, KroneckerBlock)
-        layout = self.layouts[owner]
+        layout = self.segments.layouts[owner]
         params = [rows for rows in effective.layer.params if rows.param.grad is not None]
         directions = [
             layout.add(rows.value.shape, rows.value.dtype, rows.value.device) for rows in params
         ]
-        state = []
-        if updating:
+        state, updated = [], None
+        if block.recording:
             for key, matrix in effective.matrices().items():
                 for name, tensor in matrix.tensors().items():
                     state.append((key, name, layout.add_like(tensor)))
-        self.entries.append(_Entry(owner, block, params, directions, state))
+            updated = layout.add((1,), effective.K.dtype, effective.K.device)
+        self.entries.append(_Entry(owner, block, params, directions, state, updated))
 
     def gather(
         self,
@@ -299,54 +318,47 @@ class _ExchangePlan:
         rank: int,
         proposals: Mapping[str, Proposal],
         local_finite: Tensor,
-    ) -> list[dict[Key, Tensor]]:
-        """All-gather the parts; return each process's part."""
+    ) -> dict[Key, Tensor]:
+        """Fill this process's segment, all-gather; return the full buffers."""
         # the flags (0 or 1, exact in every float dtype) share the first block's bucket
         first = self.entries[0].params[0].value if self.entries else torch.empty(0)
-        self.flags = [layout.add((1,), first.dtype, first.device) for layout in self.layouts]
-        sizes: dict[Key, int] = {}
-        for layout in self.layouts:
-            for key, size in layout.sizes.items():
-                sizes[key] = max(sizes.get(key, 0), size)
-        mine = self.layouts[rank]
-        buffers = mine.empty(sizes)
-        mine.view(buffers, self.flags[rank]).copy_(local_finite)
+        self.flags = [
+            layout.add((1,), first.dtype, first.device) for layout in self.segments.layouts
+        ]
+        segments = self.segments
+        buffers = segments.empty()
+        segments.view(buffers, rank, self.flags[rank]).copy_(local_finite)
         for entry in self.entries:
             if entry.owner != rank:
                 continue
             proposal = proposals[entry.block.name]
             for slot, (_, direction) in zip(entry.directions, proposal.directions, strict=True):
-                mine.pack(buffers, slot, direction)
-            for key, name, slot in entry.state:
-                mine.pack(buffers, slot, proposal.matrices[key].tensors()[name])
-        for key in sizes:
-            buffers.setdefault(key, torch.zeros(sizes[key], dtype=key[0], device=key[1]))
-        gathered = {key: collectives.all_gather(buffers[key]) for key in sizes}
-        return [
-            {key: gathered[key][r * size : (r + 1) * size] for key, size in sizes.items()}
-            for r in range(len(self.layouts))
-        ]
+                segments.view(buffers, rank, slot).copy_(direction)
+            if proposal.matrices and entry.updated is not None:
+                for key, name, slot in entry.state:
+                    segments.view(buffers, rank, slot).copy_(proposal.matrices[key].tensors()[name])
+                segments.view(buffers, rank, entry.updated).fill_(1.0)
+        mine = segments.part(buffers, rank)
+        return {key: collectives.all_gather(part) for key, part in mine.items()}
 
-    def received(self, entry: _Entry, gathered: list[dict[Key, Tensor]]) -> Proposal:
-        """The proposal of a block another process owns, from its part."""
-        layout, part = self.layouts[entry.owner], gathered[entry.owner]
+    def received(self, entry: _Entry, gathered: dict[Key, Tensor]) -> Proposal:
+        """The proposal of a block another process owns, from its segment."""
+        view = self.segments.view
         directions = [
-            (rows, layout.view(part, slot))
+            (rows, view(gathered, entry.owner, slot))
             for rows, slot in zip(entry.params, entry.directions, strict=True)
         ]
         state: dict[str, dict[str, Tensor]] = {}
-        for key, name, slot in entry.state:
-            state.setdefault(key, {})[name] = layout.view(part, slot).clone()
+        if entry.updated is not None and view(gathered, entry.owner, entry.updated)[0] == 1.0:
+            for key, name, slot in entry.state:
+                state.setdefault(key, {})[name] = view(gathered, entry.owner, slot).clone()
         effective = entry.block.effective
         assert isinstance(effective, KroneckerBlock)
         return received_proposal(effective, directions, state)
 
-    def all_finite(self, gathered: list[dict[Key, Tensor]]) -> Tensor:
+    def all_finite(self, gathered: dict[Key, Tensor]) -> Tensor:
         """Whether every process's proposals were finite."""
-        flags = [
-            layout.view(part, slot)[0]
-            for layout, part, slot in zip(self.layouts, gathered, self.flags, strict=True)
-        ]
+        flags = [self.segments.view(gathered, r, slot)[0] for r, slot in enumerate(self.flags)]
         return (torch.stack(flags) == 1.0).all()
 
 
