@@ -1,0 +1,147 @@
+"""The storage check shared by the constructors of every structure.
+
+A structure declares its storage layout once, in
+:meth:`~structmat.StructuredMatrix.tensor_shapes`. :func:`check_storage` validates the
+tensors given to a constructor against it, in this order, and names the offending
+argument in each error:
+
+1. every tensor is a :class:`torch.Tensor` (``TypeError``) of a floating dtype
+   (``TypeError``), and exactly the declared names are given (``TypeError``);
+2. every tensor has the declared number of dimensions (``ValueError``);
+3. all tensors share the dtype and device of the first (``ValueError``);
+4. the shapes are those of ``tensor_shapes(d)`` for the dimension ``d`` that
+   :meth:`~structmat.StructuredMatrix.dim_from_shapes` reads off them, and
+   ``d >= 1`` (``ValueError``).
+
+The outcome of step 4 is cached per structure and shapes, so a constructor call costs a
+few attribute reads once a layout has been seen.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from structmat.base import StructuredMatrix
+
+Shapes = tuple[tuple[int, ...], ...]
+
+
+@functools.lru_cache(maxsize=None)
+def declared_ndims(cls: type[StructuredMatrix]) -> dict[str, int]:
+    """Return ``{name: ndim}`` of the stored tensors of ``cls`` (the same for every ``d``)."""
+    return {name: len(shape) for name, shape in cls.tensor_shapes(1).items()}
+
+
+def check_storage(cls: type[StructuredMatrix], tensors: Mapping[str, object]) -> int:
+    """Validate the constructor tensors of a member of ``cls``; return its dimension ``d``.
+
+    Args:
+        cls: The structure.
+        tensors: ``{name: tensor}`` as passed to the constructor.
+
+    Returns:
+        The dimension ``d`` of the ``d x d`` member the tensors store.
+
+    Raises:
+        TypeError: If a value is not a floating-point tensor or the names differ from
+            the declared ones.
+        ValueError: If the number of dimensions, the dtype or device, or the shapes do
+            not fit the declared layout, or they describe an empty matrix.
+    """
+    owner = cls.__name__
+    for name, tensor in tensors.items():
+        if not isinstance(tensor, Tensor):
+            raise TypeError(f"{owner}: {name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if not tensor.is_floating_point():
+            raise TypeError(f"{owner}: {name} must have a floating-point dtype, got {tensor.dtype}")
+    ndims = declared_ndims(cls)
+    if tensors.keys() != ndims.keys():
+        raise TypeError(
+            f"{owner} stores the tensors {', '.join(ndims)}; got {', '.join(tensors)}"
+        )
+    first_name = next(iter(ndims))
+    first = tensors[first_name]
+    assert isinstance(first, Tensor)
+    for name, ndim in ndims.items():
+        tensor = tensors[name]
+        assert isinstance(tensor, Tensor)
+        if tensor.ndim != ndim:
+            raise ValueError(
+                f"{owner}: {name} must be a {ndim}-d tensor, got shape {tuple(tensor.shape)}"
+            )
+        if tensor.dtype != first.dtype or tensor.device != first.device:
+            raise ValueError(
+                f"{owner}: {name} must have the dtype and device of {first_name} "
+                f"({first.dtype}, {first.device}), got ({tensor.dtype}, {tensor.device})"
+            )
+    shapes = tuple(tuple(tensors[name].shape) for name in ndims)  # type: ignore[union-attr]
+    return layout_dimension(cls, shapes)
+
+
+@functools.lru_cache(maxsize=4096)
+def layout_dimension(cls: type[StructuredMatrix], shapes: Shapes) -> int:
+    """Return ``d`` such that ``cls.tensor_shapes(d)`` lists ``shapes`` (in declared order).
+
+    Raises:
+        ValueError: If no ``d >= 1`` fits; the message names the tensors whose shapes
+            differ from the layout at the dimension the shapes suggest.
+    """
+    names = list(declared_ndims(cls))
+    given = dict(zip(names, shapes, strict=True))
+    dim = cls.dim_from_shapes(given)
+    if dim < 1:
+        raise ValueError(
+            f"{cls.__name__}: the tensors ({', '.join(names)}) of shapes {shapes} describe a "
+            f"{dim} x {dim} matrix; a member needs d >= 1"
+        )
+    expected = cls.tensor_shapes(dim)
+    wrong = [name for name in names if tuple(expected[name]) != given[name]]
+    if wrong:
+        details = "; ".join(
+            f"{name} must have shape {tuple(expected[name])}, got {given[name]}" for name in wrong
+        )
+        raise ValueError(
+            f"{cls.__name__}: {details} (a {dim} x {dim} member stores "
+            f"{', '.join(f'{name} {tuple(shape)}' for name, shape in expected.items())})"
+        )
+    return dim
+
+
+def search_dimension(
+    cls: type[StructuredMatrix], shapes: Mapping[str, tuple[int, ...]]
+) -> int:
+    """Find ``d`` with ``cls.tensor_shapes(d) == shapes`` by trying likely sizes first.
+
+    Tries every size ``s`` in ``shapes`` and ``s +- 1``, then ``d = 1, 2, ...`` up to
+    the number of stored elements plus one. If none fits, returns the candidate whose
+    layout differs from ``shapes`` in the fewest tensors (so that the caller can say
+    which tensors are wrong).
+    """
+    target = {name: tuple(shape) for name, shape in shapes.items()}
+    sizes = {size for shape in target.values() for size in shape}
+    candidates = sorted({c for s in sizes for c in (s - 1, s, s + 1) if c >= 1} or {1})
+
+    def mismatches(dim: int) -> int:
+        layout = cls.tensor_shapes(dim)
+        return sum(tuple(layout.get(name, ())) != shape for name, shape in target.items())
+
+    for dim in candidates:
+        if mismatches(dim) == 0:
+            return dim
+    total = sum(_numel(shape) for shape in target.values())
+    for dim in range(1, total + 2):
+        if dim not in candidates and mismatches(dim) == 0:
+            return dim
+    return min(candidates, key=mismatches)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
