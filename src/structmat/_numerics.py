@@ -90,7 +90,9 @@ def stable_sum(values: Tensor, mean: bool = False) -> Tensor:
     return torch.where(usable, total, plain).to(values.dtype)
 
 
-def stable_norm(tensors: Sequence[Tensor], weights: Sequence[Tensor | None] | None = None) -> Tensor:
+def stable_norm(
+    tensors: Sequence[Tensor], weights: Sequence[Tensor | None] | None = None
+) -> Tensor:
     r"""The 2-norm :math:`(\sum_t \sum_i w_{ti} x_{ti}^2)^{1/2}` over several tensors.
 
     float32 and float64 use :func:`torch.linalg.vector_norm` per tensor. Half types are

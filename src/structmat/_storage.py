@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 Shapes = tuple[tuple[int, ...], ...]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def declared_ndims(cls: type[StructuredMatrix]) -> dict[str, int]:
     """Return ``{name: ndim}`` of the stored tensors of ``cls`` (the same for every ``d``)."""
     return {name: len(shape) for name, shape in cls.tensor_shapes(1).items()}
@@ -61,9 +61,7 @@ def check_storage(cls: type[StructuredMatrix], tensors: Mapping[str, object]) ->
             raise TypeError(f"{owner}: {name} must have a floating-point dtype, got {tensor.dtype}")
     ndims = declared_ndims(cls)
     if tensors.keys() != ndims.keys():
-        raise TypeError(
-            f"{owner} stores the tensors {', '.join(ndims)}; got {', '.join(tensors)}"
-        )
+        raise TypeError(f"{owner} stores the tensors {', '.join(ndims)}; got {', '.join(tensors)}")
     first_name = next(iter(ndims))
     first = tensors[first_name]
     assert isinstance(first, Tensor)
@@ -112,9 +110,7 @@ def layout_dimension(cls: type[StructuredMatrix], shapes: Shapes) -> int:
     return dim
 
 
-def search_dimension(
-    cls: type[StructuredMatrix], shapes: Mapping[str, tuple[int, ...]]
-) -> int:
+def search_dimension(cls: type[StructuredMatrix], shapes: Mapping[str, tuple[int, ...]]) -> int:
     """Find ``d`` with ``cls.tensor_shapes(d) == shapes`` by trying likely sizes first.
 
     Tries every size ``s`` in ``shapes`` and ``s +- 1``, then ``d = 1, 2, ...`` up to

@@ -84,8 +84,7 @@ class ArrowMatrix(LinearStructure):
     corner_first: ClassVar[bool | None] = None
     parameters = ("upper", "corner_first")
     template_hint = (
-        "instantiate a variant that sets 'upper' and 'corner_first', e.g. "
-        "structmat.TrilTopLeftDiag"
+        "instantiate a variant that sets 'upper' and 'corner_first', e.g. structmat.TrilTopLeftDiag"
     )
 
     def __init__(self, diagonal: Tensor, arrow: Tensor, corner: Tensor) -> None:
