@@ -14,15 +14,15 @@ argument in each error:
    ``d >= 1`` (``ValueError``).
 
 The outcome of step 4 is cached per structure and shapes, so a constructor call costs a
-few attribute reads once a layout has been seen.
+few attribute reads per tensor once a layout has been seen.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
@@ -31,21 +31,43 @@ if TYPE_CHECKING:
 Shapes = tuple[tuple[int, ...], ...]
 
 
-@functools.cache
+_LAYOUTS: dict[type, tuple[tuple[str, int], ...]] = {}
+_SIZES: dict[tuple[object, ...], torch.Size] = {}
+_MAX_CACHED_LAYOUTS = 4096
+_MISSING = object()
+
+
+def _wrong_names(
+    cls: type[StructuredMatrix], layout: tuple[tuple[str, int], ...], tensors: Mapping[str, object]
+) -> None:
+    raise TypeError(
+        f"{cls.__name__} stores the tensors {', '.join(name for name, _ in layout)}; "
+        f"got {', '.join(tensors)}"
+    )
+
+
 def declared_ndims(cls: type[StructuredMatrix]) -> dict[str, int]:
     """Return ``{name: ndim}`` of the stored tensors of ``cls`` (the same for every ``d``)."""
-    return {name: len(shape) for name, shape in cls.tensor_shapes(1).items()}
+    return dict(_declared_layout(cls))
 
 
-def check_storage(cls: type[StructuredMatrix], tensors: Mapping[str, object]) -> int:
-    """Validate the constructor tensors of a member of ``cls``; return its dimension ``d``.
+def _declared_layout(cls: type[StructuredMatrix]) -> tuple[tuple[str, int], ...]:
+    layout = _LAYOUTS.get(cls)
+    if layout is None:
+        shapes = cls.tensor_shapes(1)
+        layout = _LAYOUTS[cls] = tuple((name, len(shape)) for name, shape in shapes.items())
+    return layout
+
+
+def check_storage(cls: type[StructuredMatrix], tensors: Mapping[str, object]) -> torch.Size:
+    """Validate the constructor tensors of a member of ``cls``; return its shape ``(d, d)``.
 
     Args:
         cls: The structure.
         tensors: ``{name: tensor}`` as passed to the constructor.
 
     Returns:
-        The dimension ``d`` of the ``d x d`` member the tensors store.
+        The shape ``torch.Size([d, d])`` of the member the tensors store.
 
     Raises:
         TypeError: If a value is not a floating-point tensor or the names differ from
@@ -53,35 +75,46 @@ def check_storage(cls: type[StructuredMatrix], tensors: Mapping[str, object]) ->
         ValueError: If the number of dimensions, the dtype or device, or the shapes do
             not fit the declared layout, or they describe an empty matrix.
     """
-    owner = cls.__name__
-    for name, tensor in tensors.items():
+    layout = _LAYOUTS.get(cls) or _declared_layout(cls)
+    if len(tensors) != len(layout):
+        _wrong_names(cls, layout, tensors)
+    key: list[object] = [cls]
+    first: Tensor | None = None
+    for name, ndim in layout:
+        tensor = tensors.get(name, _MISSING)
+        if tensor is _MISSING:
+            _wrong_names(cls, layout, tensors)
         if not isinstance(tensor, Tensor):
-            raise TypeError(f"{owner}: {name} must be a torch.Tensor, got {type(tensor).__name__}")
-        if not tensor.is_floating_point():
-            raise TypeError(f"{owner}: {name} must have a floating-point dtype, got {tensor.dtype}")
-    ndims = declared_ndims(cls)
-    if tensors.keys() != ndims.keys():
-        raise TypeError(f"{owner} stores the tensors {', '.join(ndims)}; got {', '.join(tensors)}")
-    first_name = next(iter(ndims))
-    first = tensors[first_name]
-    assert isinstance(first, Tensor)
-    for name, ndim in ndims.items():
-        tensor = tensors[name]
-        assert isinstance(tensor, Tensor)
-        if tensor.ndim != ndim:
-            raise ValueError(
-                f"{owner}: {name} must be a {ndim}-d tensor, got shape {tuple(tensor.shape)}"
+            raise TypeError(
+                f"{cls.__name__}: {name} must be a torch.Tensor, got {type(tensor).__name__}"
             )
-        if tensor.dtype != first.dtype or tensor.device != first.device:
+        if not tensor.is_floating_point():
+            raise TypeError(
+                f"{cls.__name__}: {name} must have a floating-point dtype, got {tensor.dtype}"
+            )
+        shape = tensor.shape
+        if len(shape) != ndim:
             raise ValueError(
-                f"{owner}: {name} must have the dtype and device of {first_name} "
+                f"{cls.__name__}: {name} must be a {ndim}-d tensor, got shape {tuple(shape)}"
+            )
+        if first is None:
+            first = tensor
+        elif tensor.dtype != first.dtype or tensor.device != first.device:
+            raise ValueError(
+                f"{cls.__name__}: {name} must have the dtype and device of {layout[0][0]} "
                 f"({first.dtype}, {first.device}), got ({tensor.dtype}, {tensor.device})"
             )
-    shapes = tuple(tuple(tensors[name].shape) for name in ndims)  # type: ignore[union-attr]
-    return layout_dimension(cls, shapes)
+        key.append(shape)
+    cache_key = tuple(key)
+    size = _SIZES.get(cache_key)
+    if size is None:
+        dim = layout_dimension(cls, tuple(tuple(shape) for shape in key[1:]))  # type: ignore[arg-type]
+        if len(_SIZES) >= _MAX_CACHED_LAYOUTS:
+            _SIZES.clear()
+        size = _SIZES[cache_key] = torch.Size((dim, dim))
+    return size
 
 
-@functools.lru_cache(maxsize=4096)
 def layout_dimension(cls: type[StructuredMatrix], shapes: Shapes) -> int:
     """Return ``d`` such that ``cls.tensor_shapes(d)`` lists ``shapes`` (in declared order).
 

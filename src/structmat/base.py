@@ -88,9 +88,12 @@ class StructuredMatrix(ABC):
     transpose_name: ClassVar[str | None] = None
     parameters: ClassVar[tuple[str, ...]] = ()
     template_hint: ClassVar[str] = ""
+    _template: ClassVar[bool] = False
+    _transposes: ClassVar[dict[type, type]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        cls._template = cls.is_template()
         if cls.closed_under_transpose and cls.transpose_name not in (None, cls.name):
             raise TypeError(
                 f"{cls.__name__} declares closed_under_transpose = True and transpose_name "
@@ -110,15 +113,13 @@ class StructuredMatrix(ABC):
             ValueError: If dimensions, dtypes, devices or shapes do not fit the layout.
         """
         cls = type(self)
-        cls._require_concrete()
-        self._tensor_names: list[str] = []
+        if cls._template:
+            cls._require_concrete()
+        self._tensor_names: list[str] = list(tensors)
         self._shape: torch.Size | None = None
         if tensors:
-            dim = check_storage(cls, tensors)
-            for name, tensor in tensors.items():
-                setattr(self, name, tensor)
-                self._tensor_names.append(name)
-            self._shape = torch.Size((dim, dim))
+            self._shape = check_storage(cls, tensors)
+            self.__dict__.update(tensors)
 
     # ------------------------------------------------------- declared structure
     @classmethod
@@ -147,14 +148,20 @@ class StructuredMatrix(ABC):
         ``cls`` itself if :attr:`closed_under_transpose`, else the structure registered
         as :attr:`transpose_name`, else :class:`~structmat.Dense`.
         """
+        cached = StructuredMatrix._transposes.get(cls)
+        if cached is not None:
+            return cached
         cls._require_concrete()
         if cls.closed_under_transpose:
-            return cls
-        if cls.transpose_name is not None:
-            return get_structure(cls.transpose_name)
-        from structmat.dense import Dense
+            result: type[StructuredMatrix] = cls
+        elif cls.transpose_name is not None:
+            result = get_structure(cls.transpose_name)
+        else:
+            from structmat.dense import Dense
 
-        return Dense
+            result = Dense
+        StructuredMatrix._transposes[cls] = result
+        return result
 
     @classmethod
     def is_template(cls) -> bool:
@@ -164,7 +171,7 @@ class StructuredMatrix(ABC):
     @classmethod
     def _require_concrete(cls) -> None:
         """Raise ``TypeError`` if ``cls`` is a template (the one guard for templates)."""
-        if cls.is_template():
+        if cls._template:
             unset = [p for p in cls.parameters if getattr(cls, p, None) is None]
             raise TypeError(
                 f"{cls.__name__} is a template, not a structure (it leaves "

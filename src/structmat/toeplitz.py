@@ -88,7 +88,9 @@ class TriangularToeplitz(LinearStructure):
     template_hint = "instantiate structmat.TrilToeplitz or structmat.TriuToeplitz"
 
     def __init__(self, coefficients: Tensor) -> None:
-        super().__init__(**{type(self)._coefficients_name(): coefficients})
+        if type(self)._template:
+            type(self)._require_concrete()
+        super().__init__(**{self.coefficients_name: coefficients})  # type: ignore[dict-item]
 
     @classmethod
     def _coefficients_name(cls) -> str:
@@ -99,7 +101,7 @@ class TriangularToeplitz(LinearStructure):
     @property
     def coefficients(self) -> Tensor:
         """The stored coefficient vector :math:`c` (shape ``(d,)``), not a copy."""
-        return getattr(self, self._coefficients_name())
+        return getattr(self, self.coefficients_name)  # type: ignore[arg-type]
 
     @classmethod
     def tensor_shapes(cls, dim: int) -> dict[str, tuple[int, ...]]:
