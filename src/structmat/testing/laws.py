@@ -103,7 +103,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -754,19 +754,32 @@ class StructureLaws:
         return [name for name in names if callable(getattr(cls, name, None))]
 
     def check(
-        self, max_examples: int = 10, raise_on_failure: bool = True
+        self,
+        max_examples: int = 10,
+        raise_on_failure: bool = True,
+        laws: Iterable[str] | None = None,
     ) -> LawReport:
-        """Run every law, each hypothesis law with ``max_examples`` examples.
+        """Run the laws, each hypothesis law with ``max_examples`` examples.
 
         Runs without pytest, with a fixed seed and no example database.
 
         Args:
             max_examples: Examples per hypothesis law.
             raise_on_failure: Raise ``AssertionError`` (with the report) if a law fails.
+            laws: Names of the laws to run (default: all of :meth:`law_names`).
 
         Returns:
             The report: which laws hold and which fail, with their errors.
+
+        Raises:
+            ValueError: If ``laws`` names a law this class does not have.
         """
+        names = self.law_names()
+        if laws is not None:
+            unknown = sorted(set(laws) - set(names))
+            if unknown:
+                raise ValueError(f"unknown laws {unknown}; the laws are {names}")
+            names = [name for name in names if name in set(laws)]
         report = LawReport(self.structure.__name__)
         run_settings = settings(
             max_examples=max_examples,
@@ -776,7 +789,7 @@ class StructureLaws:
             verbosity=Verbosity.quiet,
             suppress_health_check=list(HealthCheck),
         )
-        for name in self.law_names():
+        for name in names:
             law = getattr(type(self), name)
             inner = _hypothesis_inner(law)
             try:
