@@ -495,7 +495,13 @@ class StructuredMatrix(ABC):
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
 
     @staticmethod
-    def _check_square(mat: object, name: str = "sym_mat") -> Tensor:
+    def check_square(mat: object, name: str = "sym_mat") -> Tensor:
+        """Return ``mat`` if it is a non-empty square 2-d tensor; for ``from_dense`` inputs.
+
+        Raises:
+            TypeError: If ``mat`` is not a tensor.
+            ValueError: If it is not a non-empty square matrix (the message names ``name``).
+        """
         if not isinstance(mat, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(mat).__name__}")
         if mat.ndim != 2 or mat.shape[0] != mat.shape[1] or mat.shape[0] == 0:
@@ -503,6 +509,8 @@ class StructuredMatrix(ABC):
                 f"{name} must be a non-empty square 2-d tensor, got shape {tuple(mat.shape)}"
             )
         return mat
+
+    _check_square = check_square
 
     # ------------------------------------------- generic (dense) default kernels
     @classmethod
