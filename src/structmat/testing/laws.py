@@ -15,83 +15,62 @@ random ``d x d`` matrix, :math:`S` a random (symmetric or general) ``d x d`` mat
 :math:`P` the reference projection :meth:`StructureLaws.project`. "Matches" means
 entrywise agreement within ``rtol`` relative to the largest entry, in float64.
 
-=================================================  =====================================
-law                                                statement
-=================================================  =====================================
-``test_declared_structure``                        not a template;
-                                                   ``closed_under_transpose`` iff
-                                                   ``transpose_structure() is cls``;
-                                                   the transpose of the transpose
-                                                   structure is ``cls``; a registered
-                                                   ``name`` resolves to ``cls``
-``test_storage_layout``                            the tensors have the shapes of
-                                                   ``tensor_shapes(d)``, ``shape`` is
-                                                   ``(d, d)``, ``cls(**A.tensors())``
-                                                   rebuilds :math:`A`, ``clone`` copies,
-                                                   ``to`` converts
-``test_from_dense_is_the_projection``              ``from_dense`` :math:`= P` on
-                                                   symmetric and general :math:`S`;
-                                                   :math:`P(P(S)) = P(S)`; linear;
-                                                   recovers the tensors of members
-``test_arithmetic_matches_dense``                  :math:`A \pm B`, :math:`cA`,
-                                                   :math:`A/c`, :math:`-A`, :math:`AB`,
-                                                   :math:`A^\top` match dense; sums,
-                                                   multiples and products are members
-                                                   (closure)
-``test_in_place_operations_match_dense``           ``add_``, ``mul_``, ``diag_add_``
-                                                   match and return ``self``
-``test_products_with_tensors_match_dense``         :math:`AX`, :math:`X^\top A`,
-                                                   :math:`A^\top X` (matrices, vectors)
-``test_reductions_match_dense``                    diagonal, trace, average trace,
-                                                   :math:`\|A\|_F`,
-                                                   :math:`\max_{ij} |a_{ij}|`
-``test_projected_products_match_dense``            ``from_inner(X)`` :math:`=
-                                                   P(a^\top X X^\top a)`,
-                                                   ``from_inner()`` :math:`= P(a^\top
-                                                   a)`, ``from_mat_inner(X)`` :math:`=
-                                                   P(X X^\top)`, ``from_inner2(M)``
-                                                   :math:`= P(a^\top M a)`; all are
-                                                   members (closure)
-``test_transpose_is_the_declared_structure``       ``type(A.T) is
-                                                   cls.transpose_structure()``,
-                                                   :math:`(A^\top)^\top = A`
-``test_algebraic_laws``                            :math:`(AB)^\top = B^\top A^\top`,
-                                                   :math:`(A+B)^\top = A^\top + B^\top`,
-                                                   :math:`(AB)C = A(BC)`, distributivity,
-                                                   :math:`AI = IA = A`, trace linear,
-                                                   :math:`\operatorname{tr} A^\top =
-                                                   \operatorname{tr} A`,
-                                                   :math:`\operatorname{tr} AB =
-                                                   \operatorname{tr} BA`
-``test_inverse``                                   closed under inversion: :math:`A^{-1}`
-                                                   matches, :math:`AA^{-1} = A^{-1}A =
-                                                   I`; else ``inv`` raises ``TypeError``
-``test_singular_inverse_raises``                   ``zeros(d).inv()`` raises
-                                                   :class:`~structmat.SingularMatrixError`
-``test_zeros_and_eye``                             :math:`0` and :math:`I` at every
-                                                   boundary dimension, dtype and device
-``test_gradients``                                 ``torch.autograd.gradcheck`` of
-                                                   :math:`AX`, ``from_inner(X)``,
-                                                   ``from_inner2(M)``, :math:`A^{-1}`
-``test_low_precision_accuracy``                    float32, bfloat16, float16 within a
-                                                   few unit roundoffs of the exact result
-                                                   of the rounded inputs
-``test_half_precision_reductions_do_not_overflow``  :math:`\|A\|_F`, trace, average trace
-                                                   of members whose squares overflow are
-                                                   finite and accurate when
-                                                   representable
-``test_bad_operands_are_rejected``                 other structures, shapes, scalars
-                                                   raise and leave :math:`A` unchanged
-``test_bad_storage_is_rejected``                   the constructor rejects non-tensors,
-                                                   integer dtypes, wrong dimensions,
-                                                   dtypes and shapes, naming the tensor
-``test_bad_dense_input_is_rejected``               non-square ``from_dense`` input and
-                                                   ``zeros(0)`` raise ``ValueError``
-``test_every_operation_is_structured``             no operation falls back to dense
-                                                   (:class:`~structmat.DenseFallbackWarning`)
-                                                   or allocates a ``d x d`` tensor unless
-                                                   the storage has that size
-=================================================  =====================================
+``test_declared_structure``
+    not a template; ``closed_under_transpose`` iff ``transpose_structure() is cls``;
+    the transpose of the transpose structure is ``cls``; a registered ``name``
+    resolves to ``cls``
+``test_storage_layout``
+    the tensors have the shapes of ``tensor_shapes(d)``, ``shape`` is ``(d, d)``,
+    ``cls(**A.tensors())`` rebuilds :math:`A`, ``clone`` copies, ``to`` converts
+``test_from_dense_is_the_projection``
+    ``from_dense`` :math:`= P` on symmetric and general :math:`S`; :math:`P(P(S)) =
+    P(S)`; linear; recovers the tensors of members
+``test_arithmetic_matches_dense``
+    :math:`A \pm B`, :math:`cA`, :math:`A/c`, :math:`-A`, :math:`AB`, :math:`A^\top`
+    match dense; sums, multiples and products are members (closure)
+``test_in_place_operations_match_dense``
+    ``add_``, ``mul_``, ``diag_add_`` match and return ``self``
+``test_products_with_tensors_match_dense``
+    :math:`AX`, :math:`X^\top A`, :math:`A^\top X` (matrices, vectors)
+``test_reductions_match_dense``
+    diagonal, trace, average trace, :math:`\|A\|_F`, :math:`\max_{ij} |a_{ij}|`
+``test_projected_products_match_dense``
+    ``from_inner(X)`` :math:`= P(a^\top X X^\top a)`, ``from_inner()`` :math:`=
+    P(a^\top a)`, ``from_mat_inner(X)`` :math:`= P(X X^\top)`, ``from_inner2(M)``
+    :math:`= P(a^\top M a)`; all are members (closure)
+``test_transpose_is_the_declared_structure``
+    ``type(A.T) is cls.transpose_structure()``, :math:`(A^\top)^\top = A`
+``test_algebraic_laws``
+    :math:`(AB)^\top = B^\top A^\top`, :math:`(A+B)^\top = A^\top + B^\top`,
+    :math:`(AB)C = A(BC)`, distributivity, :math:`AI = IA = A`, trace linear,
+    :math:`\operatorname{tr} A^\top = \operatorname{tr} A`, :math:`\operatorname{tr}
+    AB = \operatorname{tr} BA`
+``test_inverse``
+    closed under inversion: :math:`A^{-1}` matches, :math:`AA^{-1} = A^{-1}A = I`;
+    else ``inv`` raises ``TypeError``
+``test_singular_inverse_raises``
+    ``zeros(d).inv()`` raises :class:`~structmat.SingularMatrixError`
+``test_zeros_and_eye``
+    :math:`0` and :math:`I` at every boundary dimension, dtype and device
+``test_gradients``
+    ``torch.autograd.gradcheck`` of :math:`AX`, ``from_inner(X)``,
+    ``from_inner2(M)``, :math:`A^{-1}`
+``test_low_precision_accuracy``
+    float32, bfloat16, float16 within a few unit roundoffs of the exact result of
+    the rounded inputs
+``test_half_precision_reductions_do_not_overflow``
+    :math:`\|A\|_F`, trace, average trace of members whose squares overflow are
+    finite and accurate when representable
+``test_bad_operands_are_rejected``
+    other structures, shapes, scalars raise and leave :math:`A` unchanged
+``test_bad_storage_is_rejected``
+    the constructor rejects non-tensors, integer dtypes, wrong dimensions, dtypes
+    and shapes, naming the tensor
+``test_bad_dense_input_is_rejected``
+    non-square ``from_dense`` input and ``zeros(0)`` raise ``ValueError``
+``test_every_operation_is_structured``
+    no operation falls back to dense (:class:`~structmat.DenseFallbackWarning`) or
+    allocates a ``d x d`` tensor unless the storage has that size
 
 The laws with hypothesis draw the dimension (boundaries included, see
 :func:`~structmat.testing.interesting_dims`) and the random seeds; the others loop over
