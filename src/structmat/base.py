@@ -15,27 +15,28 @@ and declares its structural facts as class attributes (:attr:`~StructuredMatrix.
 dense ``d x d`` matrix that emits a :class:`~structmat.DenseFallbackWarning`, until the
 structure overrides the kernel hook of that operation:
 
-==========================  ===============================================
-hook                        computes
-==========================  ===============================================
-``_add(B, alpha)``          ``A + alpha B`` (new member)
-``_scale(c)``               ``c A`` (new member)
-``_add_(B, alpha)``         ``A <- A + alpha B`` (in place)
-``_mul_(c)``                ``A <- c A`` (in place)
-``_diag_add_(c)``           ``A <- A + c I`` (in place)
-``_matmul(B)``              ``A @ B`` (same structure)
-``_matmat(X)``              ``A @ X`` for ``X`` of shape ``(d, n)``
-``_rmatmat(X)``             ``A^T @ X`` for ``X`` of shape ``(d, n)``
-``_transpose()``            ``A^T``, a member of :meth:`~StructuredMatrix.transpose_structure`
-``_diag()``                 the diagonal, shape ``(d,)``
-``_frobenius_norm()``       the Frobenius norm
-``_inv()``                  ``A^{-1}``
-``_from_mat_inner(X)``      ``from_dense(X X^T)`` (class method)
-``_from_inner(X)``          ``from_dense((A^T X)(A^T X)^T)``
-``_from_inner_identity()``  ``from_dense(A^T A)``
-``_from_inner2(M)``         ``from_dense(A^T M A)`` for a ``d x d`` matrix ``M``
-``_zeros(d, dtype, dev)``   the zero member (class method)
-==========================  ===============================================
+===========================  =============================================
+hook                         computes
+===========================  =============================================
+``_add(B, alpha)``           ``A + alpha B`` (new member)
+``_scale(c)``                ``c A`` (new member)
+``_add_(B, alpha)``          ``A <- A + alpha B`` (in place)
+``_mul_(c)``                 ``A <- c A`` (in place)
+``_diag_add_(c)``            ``A <- A + c I`` (in place)
+``_matmul(B)``               ``A @ B`` (same structure)
+``_matmat(X)``               ``A @ X`` for ``X`` of shape ``(d, n)``
+``_rmatmat(X)``              ``A^T @ X`` for ``X`` of shape ``(d, n)``
+``_transpose()``             ``A^T``, a member of :meth:`~StructuredMatrix.transpose_structure`
+``_diag()``                  the diagonal, shape ``(d,)``
+``_frobenius_norm()``        the Frobenius norm
+``_infinity_vector_norm()``  the largest entry in absolute value
+``_inv()``                   ``A^{-1}``
+``_from_mat_inner(X)``       ``from_dense(X X^T)`` (class method)
+``_from_inner(X)``           ``from_dense((A^T X)(A^T X)^T)``
+``_from_inner_identity()``   ``from_dense(A^T A)``
+``_from_inner2(M)``          ``from_dense(A^T M A)`` for a ``d x d`` matrix ``M``
+``_zeros(d, dtype, dev)``    the zero member (class method)
+===========================  =============================================
 
 Hooks receive validated arguments: the public methods check them once, here, so a bad
 call raises before any operand is touched. Code outside a structure calls only the
