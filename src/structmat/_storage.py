@@ -5,16 +5,18 @@ A structure declares its storage layout once, in
 tensors given to a constructor against it, in this order, and names the offending
 argument in each error:
 
-1. every tensor is a :class:`torch.Tensor` (``TypeError``) of a floating dtype
-   (``TypeError``), and exactly the declared names are given (``TypeError``);
-2. every tensor has the declared number of dimensions (``ValueError``);
-3. all tensors share the dtype and device of the first (``ValueError``);
-4. the shapes are those of ``tensor_shapes(d)`` for the dimension ``d`` that
+1. exactly the declared names are given (``TypeError``), each a
+   :class:`torch.Tensor` (``TypeError``);
+2. all tensors share the dtype and device of the first (``ValueError``);
+3. the dtype is a floating one (``TypeError``);
+4. every tensor has the declared number of dimensions (``ValueError``);
+5. the shapes are those of ``tensor_shapes(d)`` for the dimension ``d`` that
    :meth:`~structmat.StructuredMatrix.dim_from_shapes` reads off them, and
    ``d >= 1`` (``ValueError``).
 
-The outcome of step 4 is cached per structure and shapes, so a constructor call costs a
-few attribute reads per tensor once a layout has been seen.
+Steps 3 to 5 depend only on the structure, the dtype and the shapes, and their outcome
+is cached, so a constructor call costs a few attribute reads per tensor once a layout
+has been seen.
 """
 
 from __future__ import annotations
@@ -80,35 +82,46 @@ def check_storage(cls: type[StructuredMatrix], tensors: Mapping[str, object]) ->
         _wrong_names(cls, layout, tensors)
     key: list[object] = [cls]
     first: Tensor | None = None
-    for name, ndim in layout:
+    for name, _ in layout:
         tensor = tensors.get(name, _MISSING)
-        if tensor is _MISSING:
-            _wrong_names(cls, layout, tensors)
         if not isinstance(tensor, Tensor):
+            if tensor is _MISSING:
+                _wrong_names(cls, layout, tensors)
             raise TypeError(
                 f"{cls.__name__}: {name} must be a torch.Tensor, got {type(tensor).__name__}"
-            )
-        if not tensor.is_floating_point():
-            raise TypeError(
-                f"{cls.__name__}: {name} must have a floating-point dtype, got {tensor.dtype}"
-            )
-        shape = tensor.shape
-        if len(shape) != ndim:
-            raise ValueError(
-                f"{cls.__name__}: {name} must be a {ndim}-d tensor, got shape {tuple(shape)}"
             )
         if first is None:
             first = tensor
         elif tensor.dtype != first.dtype or tensor.device != first.device:
+            for culprit, value in ((name, tensor), (layout[0][0], first)):
+                if not value.is_floating_point():
+                    raise TypeError(
+                        f"{cls.__name__}: {culprit} must have a floating-point dtype, "
+                        f"got {value.dtype}"
+                    )
             raise ValueError(
                 f"{cls.__name__}: {name} must have the dtype and device of {layout[0][0]} "
                 f"({first.dtype}, {first.device}), got ({tensor.dtype}, {tensor.device})"
             )
-        key.append(shape)
+        key.append(tensor.shape)
+    assert first is not None
+    key.append(first.dtype)
     cache_key = tuple(key)
     size = _SIZES.get(cache_key)
     if size is None:
-        dim = layout_dimension(cls, tuple(tuple(shape) for shape in key[1:]))  # type: ignore[arg-type]
+        # first time for this structure, dtype and shapes: the full check
+        if not first.is_floating_point():
+            raise TypeError(
+                f"{cls.__name__}: {layout[0][0]} must have a floating-point dtype, "
+                f"got {first.dtype}"
+            )
+        shapes = tuple(tuple(shape) for shape in key[1:-1])  # type: ignore[arg-type]
+        for (name, ndim), shape in zip(layout, shapes, strict=True):
+            if len(shape) != ndim:
+                raise ValueError(
+                    f"{cls.__name__}: {name} must be a {ndim}-d tensor, got shape {shape}"
+                )
+        dim = layout_dimension(cls, shapes)
         if len(_SIZES) >= _MAX_CACHED_LAYOUTS:
             _SIZES.clear()
         size = _SIZES[cache_key] = torch.Size((dim, dim))

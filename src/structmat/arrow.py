@@ -176,9 +176,7 @@ class ArrowMatrix(LinearStructure):
 
     def _transpose(self) -> StructuredMatrix:
         # the paired variant (declared as transpose_name) on the same tensors
-        return type(self).transpose_structure()(
-            diagonal=self.diagonal, arrow=self.arrow, corner=self.corner
-        )
+        return type(self).transpose_structure()._from_checked(self.shape, self.tensors())
 
     def _diag(self) -> Tensor:
         return self._join(self.diagonal, self.corner)

@@ -122,6 +122,19 @@ class StructuredMatrix(ABC):
             self._shape = check_storage(cls, tensors)
             self.__dict__.update(tensors)
 
+    @classmethod
+    def _from_checked(cls: type[S], shape: torch.Size, tensors: dict[str, Tensor]) -> S:
+        """A member from tensors already checked for a ``shape`` member (e.g. a transpose).
+
+        Skips the constructor and its storage check; for relabellings of the tensors of
+        an existing member, whose shapes, dtypes and devices are known to fit.
+        """
+        member = cls.__new__(cls)
+        member._tensor_names = list(tensors)
+        member._shape = shape
+        member.__dict__.update(tensors)
+        return member
+
     # ------------------------------------------------------- declared structure
     @classmethod
     @abstractmethod

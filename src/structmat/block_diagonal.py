@@ -148,7 +148,8 @@ class BlockDiagonal(LinearStructure):
 
     def _transpose(self) -> BlockDiagonal:
         """Transpose every block (views, no copy)."""
-        return type(self)(blocks=self.blocks.mT, last_block=self.last_block.mT)
+        transposed = {"blocks": self.blocks.mT, "last_block": self.last_block.mT}
+        return self._from_checked(self.shape, transposed)
 
     def _diag(self) -> Tensor:
         return torch.cat(

@@ -55,7 +55,7 @@ class Dense(LinearStructure):
         return self.matrix.mT @ X
 
     def _transpose(self) -> Dense:
-        return Dense(self.matrix.mT)
+        return self._from_checked(self.shape, {"matrix": self.matrix.mT})
 
     def _diag(self) -> Tensor:
         return self.matrix.diagonal()

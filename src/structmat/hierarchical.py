@@ -152,7 +152,8 @@ class Hierarchical(HierarchicalLayout):
 
     def _transpose(self) -> TransposedHierarchical:
         r"""The same tensors read as :math:`H^\top` (no copy)."""
-        return type(self).transpose_structure()(**self.tensors())  # type: ignore[return-value]
+        transposed = type(self).transpose_structure()
+        return transposed._from_checked(self.shape, self.tensors())  # type: ignore[return-value]
 
     def _inv(self) -> Hierarchical:
         r"""Block inverse, :math:`O(K_1^3 + K_2^3 + d k^2)`, in float32 for half types.

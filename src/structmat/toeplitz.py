@@ -178,7 +178,9 @@ class TriangularToeplitz(LinearStructure):
 
     def _transpose(self) -> StructuredMatrix:
         # the other triangular Toeplitz structure (declared as transpose_name), same tensor
-        return type(self).transpose_structure()(self.coefficients)
+        other = type(self).transpose_structure()
+        name = other.coefficients_name  # type: ignore[attr-defined]
+        return other._from_checked(self.shape, {name: self.coefficients})
 
     def _diag(self) -> Tensor:
         return self.coefficients[:1].repeat(self.coefficients.shape[0])

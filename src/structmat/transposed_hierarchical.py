@@ -58,12 +58,12 @@ class TransposedHierarchical(HierarchicalLayout):
 
     def _untransposed(self) -> Hierarchical:
         """The :class:`Hierarchical` ``H`` with ``self = H^T`` (same tensors, no copy)."""
-        return self._hierarchical_class()(**self.tensors())
+        return self._hierarchical_class()._from_checked(self.shape, self.tensors())
 
     @classmethod
     def _of(cls, H: Hierarchical) -> TransposedHierarchical:
         r"""Return :math:`H^\top` as a member of this class (same tensors, no copy)."""
-        return cls(**H.tensors())
+        return cls._from_checked(H.shape, H.tensors())
 
     # --------------------------------------------------------- dense round trip
     @classmethod

@@ -71,11 +71,7 @@ class TriangularMatrix(LinearStructure):
     def _wrap(cls: type[Tri], matrix: Tensor) -> Tri:
         """Build a member from a ``matrix`` that is already triangular (no masking copy)."""
         cls._require_concrete()
-        result = cls.__new__(cls)
-        LinearStructure.__init__(result)
-        result.register_tensor("matrix", matrix)
-        result._shape = matrix.shape
-        return result
+        return cls._from_checked(matrix.shape, {"matrix": matrix})
 
     @classmethod
     def _triangle(cls, mat: Tensor, diagonal: int = 0) -> Tensor:
