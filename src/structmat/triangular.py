@@ -51,8 +51,8 @@ class TriangularMatrix(LinearStructure):
     ``from_mat_inner(X)`` :math:`d^2 n / 2` (only the needed triangle of
     :math:`X X^\top`); ``from_inner(X)`` :math:`d^2 n` (:math:`Y = A^\top X`, then
     ``from_mat_inner(Y)``); ``from_inner()`` :math:`d^3 / 6` (one triangle of
-    :math:`A^\top A`); ``from_inner2(M)`` :math:`d^3` (:math:`A^\top N A` for the
-    symmetric part :math:`N` of ``M``, by two triangular products). ``+``, ``*``,
+    :math:`A^\top A`); ``from_inner2(M)`` :math:`d^3` (:math:`A^\top M A` by two
+    triangular products, then folded like ``from_dense``). ``+``, ``*``,
     ``diag``, ``diag_add_``, the Frobenius norm and ``transpose`` (a view) cost
     :math:`O(d^2)` or less.
     """
@@ -150,13 +150,12 @@ class TriangularMatrix(LinearStructure):
         return self._from_folded_lower(tri_gram_folded(self.matrix.mT, not self.upper))
 
     def _from_inner2(self: Tri, XXT: Tensor) -> Tri:
-        # The projection of Z = A^T M A is the folded lower triangle of (Z + Z^T) / 2 =
-        # A^T N A with N = (M + M^T) / 2: tril(Z) + tril(Z^T, -1) (transposed for Triu).
-        A = self.matrix
-        N = 0.5 * (XXT + XXT.mT)
-        AtN = tri_matmat(A.mT, N, not self.upper)  # A^T N
-        sandwich = tri_matmat(A.mT, AtN.mT, not self.upper).mT  # (A^T (A^T N)^T)^T = A^T N A
-        return self._from_folded_lower(torch.tril(sandwich) + torch.tril(sandwich, -1))
+        # Z = A^T M A by two triangular products (A^T is triangular too), then the
+        # projection folds the other triangle of Z onto this one, as from_dense does.
+        A_t, other = self.matrix.mT, not self.upper
+        M_A = tri_matmat(A_t, XXT.mT, other).mT  # M A = (A^T M^T)^T
+        sandwich = tri_matmat(A_t, M_A, other)  # A^T (M A)
+        return self._wrap(self._triangle(sandwich) + self._triangle(sandwich.mT, 1))
 
 
 @register
