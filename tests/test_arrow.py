@@ -221,3 +221,13 @@ def test_template_is_not_a_structure() -> None:
         ArrowMatrix(diagonal=torch.zeros(1), arrow=torch.zeros(1), corner=torch.zeros(1))
     with pytest.raises(TypeError, match="template"):
         ArrowMatrix.from_dense(torch.eye(2))
+
+
+def test_pickle_round_trip() -> None:
+    import pickle
+
+    for cls in CLASSES:
+        A = random_member(cls, 6, seed=3)
+        B = pickle.loads(pickle.dumps(A))
+        assert type(B) is cls and B.shape == A.shape
+        assert torch.equal(B.to_dense(), A.to_dense())

@@ -79,6 +79,7 @@ fixed dimensions.
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 import warnings
@@ -127,8 +128,14 @@ def raises(kind: type[BaseException], match: str = "") -> Iterator[None]:
 
 
 def _hypothesis_inner(law: Callable[..., Any]) -> Callable[..., Any] | None:
-    """The undecorated function of a hypothesis test, or ``None`` for a plain one."""
-    return getattr(getattr(law, "hypothesis", None), "inner_test", None)
+    """The undecorated ``(self, data)`` function of a law drawing from ``st.data()``.
+
+    ``None`` for a plain law and for hypothesis tests with other arguments.
+    """
+    inner = getattr(getattr(law, "hypothesis", None), "inner_test", None)
+    if inner is None or list(inspect.signature(inner).parameters) != ["self", "data"]:
+        return None
+    return inner
 
 
 @dataclass
@@ -191,7 +198,7 @@ class StructureLaws:
         super().__init_subclass__(**kwargs)
         for name in cls.law_names():
             inner = _hypothesis_inner(getattr(cls, name))
-            if inner is not None:
+            if inner is not None and name not in cls.__dict__:
                 setattr(cls, name, given(data=st.data())(inner))
 
     # ------------------------------------------------------------ overridable
