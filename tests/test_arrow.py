@@ -6,6 +6,8 @@ checked for every variant by the law suite (``test_structure_laws.py``).
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -224,8 +226,6 @@ def test_template_is_not_a_structure() -> None:
 
 
 def test_pickle_round_trip() -> None:
-    import pickle
-
     for cls in CLASSES:
         A = random_member(cls, 6, seed=3)
         B = pickle.loads(pickle.dumps(A))
