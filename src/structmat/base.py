@@ -196,6 +196,9 @@ class StructuredMatrix(ABC):
     def register_tensor(self, name: str, tensor: Tensor) -> None:
         """Store ``tensor`` as attribute ``name`` and list it in :meth:`named_tensors`.
 
+        Unlike passing the tensors to ``super().__init__``, this does not check them
+        against :meth:`tensor_shapes`; constructors should pass them on instead.
+
         Args:
             name: Attribute name; also the constructor keyword that takes it back.
             tensor: The tensor to store.
