@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Mapping
+
 from torch import Tensor
 
 from structmat._numerics import dense_inverse
@@ -15,25 +16,25 @@ class Dense(LinearStructure):
     r"""A dense matrix :math:`A \in \mathbb{R}^{d \times d}`, stored as ``matrix`` (``d x d``).
 
     Every kernel is the plain dense computation: ``A @ X`` costs :math:`O(d^2 n)`,
-    ``A @ B`` and ``inv`` :math:`O(d^3)`. ``from_dense`` keeps the matrix as it is.
+    ``A @ B``, ``inv`` and ``from_inner2`` :math:`O(d^3)`. ``from_dense`` keeps the
+    matrix as it is. Closed under transposition and inversion.
     """
 
     name = "dense"
+    closed_under_transpose = True
 
     def __init__(self, matrix: Tensor) -> None:
-        super().__init__()
-        self._check_square(matrix, "matrix")
-        self.register_tensor("matrix", matrix)
+        super().__init__(matrix=matrix)
 
     @classmethod
     def tensor_shapes(cls, dim: int) -> dict[str, tuple[int, ...]]:
         """Return ``{"matrix": (dim, dim)}``."""
         return {"matrix": (dim, dim)}
 
-    @property
-    def shape(self) -> torch.Size:
-        """``torch.Size([d, d])``."""
-        return self.matrix.shape
+    @classmethod
+    def dim_from_shapes(cls, shapes: Mapping[str, tuple[int, ...]]) -> int:
+        """``d`` is the number of rows of ``matrix``."""
+        return shapes["matrix"][0]
 
     @classmethod
     def from_dense(cls, sym_mat: Tensor) -> Dense:
@@ -54,7 +55,7 @@ class Dense(LinearStructure):
         return self.matrix.mT @ X
 
     def _transpose(self) -> Dense:
-        return Dense(self.matrix.mT)
+        return self._from_checked(self.shape, {"matrix": self.matrix.mT})
 
     def _diag(self) -> Tensor:
         return self.matrix.diagonal()
@@ -71,3 +72,6 @@ class Dense(LinearStructure):
 
     def _from_inner_identity(self) -> Dense:
         return Dense(self.matrix.mT @ self.matrix)
+
+    def _from_inner2(self, XXT: Tensor) -> Dense:
+        return Dense(self.matrix.mT @ XXT @ self.matrix)
