@@ -33,7 +33,7 @@ from singd_opt.distributed.setup import check_distribute, make_sync
 from singd_opt.grad_scale import GradScales
 from singd_opt.layers import LOSS_AVERAGES, SUPPORTED_MODULES
 from singd_opt.layers import preconditioner_dims as _preconditioner_dims
-from singd_opt.summary import describe_blocks
+from singd_opt.summary import describe_blocks, total_state_bytes
 from singd_opt.update import all_finite, apply_directions
 from singd_opt.validation import (
     HYPERPARAMETERS,
@@ -274,6 +274,10 @@ class SINGD(BlockViews, Optimizer):
     def describe(self) -> str:
         """Return a table of the blocks: parameters, kind, structures and state bytes."""
         return describe_blocks(self)
+
+    def state_bytes(self) -> int:
+        """Bytes of the whole optimizer state (each storage once, cached products included)."""
+        return total_state_bytes(self)
 
     # ------------------------------------------------------- curvature hooks
     def _set_recording(self) -> None:

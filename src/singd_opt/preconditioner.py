@@ -135,12 +135,9 @@ def gram(K: StructuredMatrix) -> StructuredMatrix | None:
     per side instead of two. Dense factors return ``None``: their product costs as
     much as the two products it saves at ``T = 1`` and would double their memory.
     """
-    if isinstance(K, Dense) or type(K)._transpose is StructuredMatrix._transpose:
-        return None  # dense, or no structured transpose (it would go through dense)
-    K_T = K.T
-    if type(K_T) is not type(K):
+    if isinstance(K, Dense) or not type(K).closed_under_transpose:
         return None
-    return K @ K_T
+    return K @ K.T
 
 
 def natural_gradient(

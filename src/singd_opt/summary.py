@@ -77,3 +77,15 @@ def describe_blocks(optimizer: Any) -> str:
     ]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(line.rstrip() for line in lines)
+
+
+def total_state_bytes(optimizer: Any) -> int:
+    """Bytes of the optimizer's whole state, each storage counted once.
+
+    Every block's state (cached products included) and the per-parameter state
+    (momentum buffers).
+    """
+    tensors = [t for block in optimizer.blocks for t in block.effective.state_tensors()]
+    for param_state in optimizer.state.values():
+        tensors.extend(v for v in param_state.values() if isinstance(v, Tensor))
+    return state_bytes(tensors)
