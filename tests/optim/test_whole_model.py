@@ -467,3 +467,32 @@ def test_loading_the_model_once_is_not_reported() -> None:
             optimizer.zero_grad()
             functional.mse_loss(model(x), y).backward()
             optimizer.step()
+
+
+def test_recurrent_layers_train_with_the_elementwise_rule() -> None:
+    """An LSTM's weights are used by a fused kernel, not a functional linear map."""
+
+    class Recurrent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = nn.LSTM(4, 6, batch_first=True)
+            self.head = nn.Linear(6, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.head(self.lstm(x)[0][:, -1])
+
+    torch.manual_seed(0)
+    model = Recurrent()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        optimizer = SINGD(model, lr=0.01, T=1)
+        for _ in range(3):
+            optimizer.zero_grad()
+            functional.mse_loss(model(torch.randn(5, 3, 4)), torch.randn(5, 2)).backward()
+            optimizer.step()
+    kinds = {block.name: block.effective.kind for block in optimizer.blocks}
+    assert kinds["head"] == "kronecker"
+    assert all(kind == "elementwise" for name, kind in kinds.items() if name.startswith("lstm"))
+    for name, param in model.named_parameters():
+        assert not torch.equal(param, before[name]), name
