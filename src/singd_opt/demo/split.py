@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -58,7 +57,8 @@ class Split:
         )
 
 
-class Metrics(NamedTuple):
+@dataclass(frozen=True)
+class Metrics:
     """What is measured on a set of examples.
 
     Attributes:
