@@ -237,8 +237,9 @@ def test_short_lm_run_prints_table_writes_figure_and_trains(tmp_path: Path) -> N
         validation, test, bits = (float(match[i]) for i in (2, 3, 4))
         assert abs(bits - test / math.log(2)) < 1e-3, label
         # At the start both are about 4.7 nats/char (uniform guessing: ln 97 = 4.57).
-        # Measured after 10 steps (seed 0): SINGD (diagonal) X, AdamW Y.
-        assert validation < 4.0, (label, validation)
+        # Measured after 10 steps (seed 0): validation loss 3.75 with SINGD
+        # (diagonal) and 3.01 with AdamW, test loss 3.85 and 3.17.
+        assert validation < 4.2, (label, validation)
         assert abs(test - validation) < 0.3, label  # both splits sample the whole corpus
     # AdamW keeps two float32 moments per parameter (116,705 parameters) and a float32
     # step count for each of the 30 parameter tensors.

@@ -99,9 +99,9 @@ def write_figure(
         )
     loss_axes.set(
         xlabel="step",
-        ylabel=f"training loss ({task.loss_unit}; mini-batch, line: moving mean)",
+        ylabel=f"mini-batch loss ({task.loss_unit})",
         yscale="log",
-        title="Training loss",
+        title="Training loss (line: moving mean)",
     )
     if accuracy:
         eval_axes.set(xlabel="step", ylabel=f"{eval_name} accuracy (%)")
