@@ -124,12 +124,12 @@ def _tensors_in(obj: Any) -> Iterator[Tensor]:
 def optimizer_state_bytes(optimizer: Optimizer) -> int:
     """Count the bytes of the optimizer's state.
 
-    Sums the bytes of every tensor of torch's per-parameter state
-    (``optimizer.state``: momentum buffers, Adam's moments and step counters) and, for
-    SINGD, of every block's state (``block.effective.state_tensors()``: the factors
+    For SINGD, :meth:`singd_opt.SINGD.state_bytes`: every block's state (the factors
     ``K, C``, their momenta ``m_K, m_C`` and the cached products ``K K^T, C C^T``; the
-    element-wise blocks' second moments). Each storage is counted once, whole
-    (:func:`singd_opt.summary.state_bytes`).
+    element-wise blocks' second moments) and the momentum buffers. For other
+    optimizers, every tensor of torch's per-parameter state (``optimizer.state``:
+    momentum buffers, Adam's moments and step counters). Each storage is counted
+    once, whole (:func:`singd_opt.summary.state_bytes`).
 
     Args:
         optimizer: The optimizer, usually after training.
@@ -137,13 +137,11 @@ def optimizer_state_bytes(optimizer: Optimizer) -> int:
     Returns:
         The number of bytes.
     """
+    if isinstance(optimizer, singd_class()):
+        return optimizer.state_bytes()
     from singd_opt.summary import state_bytes
 
-    tensors = list(_tensors_in(dict(optimizer.state)))
-    if isinstance(optimizer, singd_class()):
-        for block in optimizer.blocks:
-            tensors.extend(block.effective.state_tensors())
-    return state_bytes(tensors)
+    return state_bytes(list(_tensors_in(dict(optimizer.state))))
 
 
 @dataclass
