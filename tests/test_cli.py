@@ -249,3 +249,43 @@ def test_short_lm_run_prints_table_writes_figure_and_trains(tmp_path: Path) -> N
     # every linear map (sum of d_K + d_C over the 16 maps: 2,639) and more.
     singd_bytes = int(rows["SINGD (diagonal)"][6].replace(",", ""))
     assert 4 * (116_705 + 2 * 2_639) <= singd_bytes < adamw_bytes
+
+
+def test_torchrun_splits_every_batch_and_matches_one_process(tmp_path: Path) -> None:
+    """Two processes under torchrun: the table equals a run in one process."""
+    args = ["--structures", "diagonal", "--baselines", "adamw", "--steps", "12"]
+    args += ["--batch-size", "64", "--no-progress", "--out", str(tmp_path)]
+    environment = {**os.environ, cli.WAIT_POLICY_VARIABLE: "PASSIVE", "OMP_NUM_THREADS": "1"}
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "singd_opt",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=environment,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    out = process.stdout
+    assert out.count("Figure written to") == 1  # only the first process reports
+    assert "each batch split over 2 processes" in out
+    rows = {match[1]: match for match in map(ROW.match, out.splitlines()) if match}
+    assert sorted(rows) == ["AdamW", "SINGD (diagonal)"]
+    split = load_split()
+    for kind, structure, label in (
+        ("singd", "diagonal", "SINGD (diagonal)"),
+        ("adamw", None, "AdamW"),
+    ):
+        spec = OptimizerSpec.default(DIGITS, kind, structure)
+        single = train(spec, DIGITS, split, steps=12, batch_size=64)
+        loss = single.final["train"].loss
+        accuracy = 100 * single.final["test"].accuracy
+        assert abs(float(rows[label][2]) - loss) < 2e-4, (label, rows[label][2], loss)
+        assert abs(float(rows[label][3]) - accuracy) < 0.01, (label, rows[label][3], accuracy)

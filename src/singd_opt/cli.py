@@ -14,6 +14,11 @@ and writes a PNG figure of the training loss and an evaluation curve over steps:
 Both tables end with the wall time per step and the optimizer-state bytes. Splits and
 seeds are fixed; nothing is downloaded.
 
+Under ``torchrun --nproc_per_node R -m singd_opt ...`` the same comparison runs with
+every mini-batch split over the ``R`` processes (:mod:`singd_opt.demo.parallel`); the
+first process prints the table and writes the figure, and the results equal those of
+one process up to rounding.
+
 Run ``singd-opt --help`` (or ``python -m singd_opt --help``) for the options. Errors
 in the arguments are reported on one line and exit with status 2. The demo needs
 the ``demo`` extra: ``pip install "singd-opt[demo]"``.
@@ -69,6 +74,10 @@ def fail(message: str) -> NoReturn:
     one_line = " ".join(str(message).split())
     print(f"{PROG}: error: {one_line}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    """Print nothing (processes other than the first under ``torchrun``)."""
 
 
 def _positive_int(text: str) -> int:
@@ -346,8 +355,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from tqdm import tqdm
 
+    from singd_opt.demo.parallel import start, stop
     from singd_opt.demo.report import format_table, write_figure
     from singd_opt.demo.training import OptimizerSpec, train
+
+    processes = start(device)
+    report = print if processes.main else _quiet
 
     try:
         split = task.load_split()
@@ -363,14 +376,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{batch_size} ({steps * batch_size / num_train:.2f} epochs), seed {args.seed}, "
         f"{args.precision} on {device}"
     )
-    print(f"{setting} (torch {torch.__version__}, {torch.get_num_threads()} threads)")
+    if processes.world_size > 1:
+        setting += f", each batch split over {processes.world_size} processes"
+    report(f"{setting} (torch {torch.__version__}, {torch.get_num_threads()} threads)")
     results = []
     for spec in specs:
         with tqdm(
             total=steps,
             desc=spec.label,
             unit="step",
-            disable=args.no_progress,
+            disable=args.no_progress or not processes.main,
             file=sys.stderr,
             dynamic_ncols=True,
         ) as bar:
@@ -391,8 +406,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     precision=args.precision,
                     device=device,
                     on_step=on_step,
+                    processes=processes,
                 )
             )
+    stop(processes)
+    if not processes.main:
+        return 0
 
     print()
     print(format_table(results, task.columns(list(split.eval_sets))))

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn import functional
 from torch.optim import Optimizer
 
+from singd_opt.demo.parallel import Processes
 from singd_opt.demo.split import Metrics, Split
 from singd_opt.demo.tasks import BASELINE_LABELS, Task
 
@@ -243,6 +244,7 @@ def train(
     device: torch.device | str = "cpu",
     evaluations: int | None = None,
     on_step: Callable[[float], None] | None = None,
+    processes: Processes | None = None,
 ) -> RunResult:
     """Train the task's model with one optimizer for ``steps`` steps and measure it.
 
@@ -260,14 +262,17 @@ def train(
             :data:`MIN_STEPS_BETWEEN_EVALUATIONS` steps apart; default
             ``task.evaluations``.
         on_step: Called with the mini-batch loss after every step (progress bars).
+        processes: The data-parallel processes (each trains on its share of every
+            mini-batch, see :mod:`singd_opt.demo.parallel`); default one process.
 
     Returns:
         The measurements.
     """
     device = torch.device(device)
     split = split.to(device)
+    processes = processes or Processes()
     torch.manual_seed(seed)
-    model = task.make_model().to(device)
+    model = processes.wrap(task.make_model().to(device))
     optimizer = make_optimizer(spec, model)
     generator = torch.Generator().manual_seed(seed)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
@@ -283,19 +288,18 @@ def train(
     step_times: list[float] = []
     batches = minibatches(len(split.x_train), batch_size, generator)
     for step in range(1, steps + 1):
-        # Data-parallel training (one process per device) would take this process's
-        # share of ``index`` here, so the ranks together see the whole mini-batch.
-        index = next(batches).to(device)
+        # each process trains on its share of the mini-batch (all of it in one process)
+        index, weight = processes.share(next(batches).to(device))
         xb, yb = split.x_train[index], split.y_train[index]
         begin = time.perf_counter()
         optimizer.zero_grad()
         with autocast_context(precision, device):
             logits = model(xb)
         loss = cross_entropy(logits, yb)
-        loss.backward()
+        (loss * weight if weight != 1.0 else loss).backward()
         optimizer.step()
         scheduler.step()
-        loss_value = loss.item()  # also waits for the device
+        loss_value = processes.mean(loss * weight)  # also waits for the device
         step_times.append(time.perf_counter() - begin)
         result.losses.append(loss_value)
         if on_step is not None:
