@@ -375,7 +375,9 @@ class SINGD(BlockViews, Optimizer):
         if self.skip_nonfinite:
             finite = all_finite([t for p in proposals.values() for t in p.checked])
         if sync is not None:
-            finite = sync.exchange(self.blocks, proposals, finite, self.skip_nonfinite)
+            finite = sync.exchange(
+                self.blocks, proposals, finite, self.param_groups, context, self.skip_nonfinite
+            )
         if self.skip_nonfinite and not bool(finite):
             self._skip("a preconditioned gradient or a new preconditioner is not finite")
             return False

@@ -116,15 +116,31 @@ def update_preconditioner(
         if m_C is not None:
             new_m_C.add_(m_C, alpha=alpha1)
 
+    new_K, new_C = factor_step(K, C, new_m_K, new_m_C, config)
+    return new_K, new_C, new_m_K, new_m_C
+
+
+def factor_step(
+    K: StructuredMatrix,
+    C: StructuredMatrix,
+    m_K: StructuredMatrix,
+    m_C: StructuredMatrix,
+    config: UpdateConfig,
+) -> tuple[StructuredMatrix, StructuredMatrix]:
+    r"""Return :math:`K - \beta_1 K m_K` and :math:`C - \beta_1 C m_C` (new matrices).
+
+    The last part of :func:`update_preconditioner`: given the new momenta, every
+    process computes the same factors (``normalize_lr_cov`` scales :math:`\beta_1` by
+    the momenta's infinity norms).
+    """
     beta_K: float | Tensor = config.lr_cov
     beta_C: float | Tensor = config.lr_cov
     if config.normalize_lr_cov:
-        beta_K = beta_K / torch.clamp(new_m_K.infinity_vector_norm(), min=1.0)
-        beta_C = beta_C / torch.clamp(new_m_C.infinity_vector_norm(), min=1.0)
-
-    new_K = K.clone().add_(K @ new_m_K, alpha=-beta_K)
-    new_C = C.clone().add_(C @ new_m_C, alpha=-beta_C)
-    return new_K, new_C, new_m_K, new_m_C
+        beta_K = beta_K / torch.clamp(m_K.infinity_vector_norm(), min=1.0)
+        beta_C = beta_C / torch.clamp(m_C.infinity_vector_norm(), min=1.0)
+    new_K = K.clone().add_(K @ m_K, alpha=-beta_K)
+    new_C = C.clone().add_(C @ m_C, alpha=-beta_C)
+    return new_K, new_C
 
 
 def gram(K: StructuredMatrix) -> StructuredMatrix | None:

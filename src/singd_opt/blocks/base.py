@@ -60,8 +60,8 @@ class Proposal:
         checked: Tensors that must be finite for the step to be taken (the new
             preconditioner's and the directions).
         commit: Makes the proposed preconditioner the block's state.
-        matrices: The proposed new structured matrices by name (``K``, ``C``, ``m_K``,
-            ``m_C`` of an updated Kronecker block), for sharing with other processes.
+        matrices: Structured matrices other processes need to follow the step (the new
+            momenta ``m_K``, ``m_C`` of an updated Kronecker block), by name.
     """
 
     directions: list[tuple[ParameterRows, Tensor]]

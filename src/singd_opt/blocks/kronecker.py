@@ -20,8 +20,14 @@ from torch import Tensor
 from singd_opt.blocks.base import PreconditionerBlock, Proposal, StepContext
 from singd_opt.checkpoint import matrix_from_state, matrix_to_state
 from singd_opt.curvature import CurvatureSums
-from singd_opt.layers import EmbeddingLayer, Layer
-from singd_opt.preconditioner import UpdateConfig, gram, natural_gradient, update_preconditioner
+from singd_opt.layers import EmbeddingLayer, Layer, ParameterRows
+from singd_opt.preconditioner import (
+    UpdateConfig,
+    factor_step,
+    gram,
+    natural_gradient,
+    update_preconditioner,
+)
 from singd_opt.validation import resolve_structure
 from structmat import StructuredMatrix
 
@@ -197,19 +203,41 @@ class KroneckerBlock(PreconditionerBlock):
             if grad is not None:
                 self._grams = (K, C, gram_K, gram_C)
 
-        matrices: dict[str, StructuredMatrix] = {}
-        if updated:
-            found = {"K": K, "C": C, "m_K": m_K, "m_C": m_C}
-            matrices = {key: matrix for key, matrix in found.items() if matrix is not None}
-        return Proposal(directions, checked + [d for _, d in directions], commit, matrices)
+        momenta = {"m_K": new_m_K, "m_C": new_m_C} if updated else {}
+        return Proposal(directions, checked + [d for _, d in directions], commit, momenta)
 
-    def adopt(self, matrices: dict[str, StructuredMatrix]) -> None:
-        """Take over factors (and momenta) updated by another process."""
-        self.K = matrices.get("K", self.K)
-        self.C = matrices.get("C", self.C)
-        self.m_K = matrices.get("m_K", self.m_K)
-        self.m_C = matrices.get("m_C", self.m_C)
-        self.updated = True
+    def received(
+        self,
+        directions: list[tuple[ParameterRows, Tensor]],
+        momenta: dict[str, StructuredMatrix],
+        group: Mapping[str, Any],
+        context: StepContext,
+    ) -> Proposal:
+        """The proposal of this block from another process's results.
+
+        Args:
+            directions: The owner's directions.
+            momenta: The owner's new momenta ``m_K, m_C`` (empty if it did not update);
+                the new factors follow from them (:func:`factor_step`), exactly as the
+                owner computed them.
+            group: The block's parameter group.
+            context: The step.
+        """
+        K, C = self.K, self.C
+        if momenta:
+            config = self._update_config(group, context)
+            K, C = factor_step(K, C, momenta["m_K"], momenta["m_C"], config)
+
+        def commit() -> None:
+            self.curvature = None  # the owner used it
+            if momenta:
+                self.K, self.C = K, C
+                if group["alpha1"] != 0.0:
+                    self.m_K, self.m_C = momenta["m_K"], momenta["m_C"]
+                self.updated = True
+                self._grams = None
+
+        return Proposal(directions, [], commit)
 
     # ---------------------------------------------------------------- state
     def matrices(self) -> dict[str, StructuredMatrix]:

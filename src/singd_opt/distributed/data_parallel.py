@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from singd_opt.blocks import KroneckerBlock, PreconditionerBlock, Proposal
+from singd_opt.blocks import KroneckerBlock, PreconditionerBlock, Proposal, StepContext
 from singd_opt.curvature import CurvatureSums
 from singd_opt.distributed.buckets import Buckets, Key, Segments
 from singd_opt.distributed.collectives import Collectives
@@ -46,7 +46,6 @@ from singd_opt.distributed.sharding import (
     padded_rows,
 )
 from singd_opt.layers import ParameterRows
-from structmat import StructuredMatrix
 
 DISTRIBUTE_MODES: tuple[str, ...] = ("replicate", "split")
 
@@ -238,6 +237,8 @@ class DataParallelSync:
         blocks: Sequence[PreconditionerBlock],
         proposals: dict[str, Proposal],
         local_finite: Tensor,
+        groups: list[dict[str, Any]],
+        context: StepContext,
         check: bool = True,
     ) -> Tensor:
         """Share the owners' proposals (``split``); return whether all processes are finite.
@@ -249,6 +250,8 @@ class DataParallelSync:
             blocks: The optimizer's blocks.
             proposals: This process's proposals by block name (completed in place).
             local_finite: Whether this process's proposals are all finite.
+            groups: The parameter groups.
+            context: The step.
             check: Whether the finiteness flags matter (else no collective is spent on
                 them without ``split``).
         """
@@ -266,7 +269,8 @@ class DataParallelSync:
         gathered = plan.gather(self.collectives, rank, proposals, local_finite)
         for entry in plan.entries:
             if entry.owner != rank:
-                proposals[entry.block.name] = plan.received(entry, gathered)
+                group = groups[entry.block.group_index]
+                proposals[entry.block.name] = plan.received(entry, gathered, group, context)
         return plan.all_finite(gathered)
 
 
@@ -286,9 +290,11 @@ class _ExchangePlan:
     """The layout of the split-mode all-gather: one segment per process.
 
     Segment :math:`r` holds the directions of the blocks process :math:`r` owns and,
-    for those that record curvature in this step, room for their new ``K, C, m_K,
-    m_C`` with a flag saying whether they were updated (a block without curvature on
-    any process is not), and process :math:`r`'s finiteness flag.
+    for those that record curvature in this step, room for their new momenta
+    ``m_K, m_C`` with a flag saying whether they were updated (a block without
+    curvature on any process is not), and process :math:`r`'s finiteness flag. The
+    new factors follow from the momenta (:func:`~singd_opt.preconditioner.factor_step`),
+    so they need not travel: every process computes them from the same numbers.
     """
 
     def __init__(self, world: int) -> None:
@@ -306,8 +312,8 @@ class _ExchangePlan:
         ]
         state, updated = [], None
         if block.recording:
-            for key, matrix in effective.matrices().items():
-                for name, tensor in matrix.tensors().items():
+            for key, factor in (("m_K", effective.K), ("m_C", effective.C)):
+                for name, tensor in factor.tensors().items():
                     state.append((key, name, layout.add_like(tensor)))
             updated = layout.add((1,), effective.K.dtype, effective.K.device)
         self.entries.append(_Entry(owner, block, params, directions, state, updated))
@@ -341,7 +347,13 @@ class _ExchangePlan:
         mine = segments.part(buffers, rank)
         return {key: collectives.all_gather(part) for key, part in mine.items()}
 
-    def received(self, entry: _Entry, gathered: dict[Key, Tensor]) -> Proposal:
+    def received(
+        self,
+        entry: _Entry,
+        gathered: dict[Key, Tensor],
+        group: Mapping[str, Any],
+        context: StepContext,
+    ) -> Proposal:
         """The proposal of a block another process owns, from its segment."""
         view = self.segments.view
         directions = [
@@ -354,29 +366,13 @@ class _ExchangePlan:
                 state.setdefault(key, {})[name] = view(gathered, entry.owner, slot).clone()
         effective = entry.block.effective
         assert isinstance(effective, KroneckerBlock)
-        return received_proposal(effective, directions, state)
+        momenta = {
+            key: type(getattr(effective, key[2:])).from_tensors(tensors)
+            for key, tensors in state.items()
+        }
+        return effective.received(directions, momenta, group, context)
 
     def all_finite(self, gathered: dict[Key, Tensor]) -> Tensor:
         """Whether every process's proposals were finite."""
         flags = [self.segments.view(gathered, r, slot)[0] for r, slot in enumerate(self.flags)]
         return (torch.stack(flags) == 1.0).all()
-
-
-def received_proposal(
-    block: KroneckerBlock,
-    directions: list[tuple[ParameterRows, Tensor]],
-    state: dict[str, dict[str, Tensor]],
-) -> Proposal:
-    """The proposal of a block whose owner is another process."""
-    matrices: dict[str, StructuredMatrix] = {
-        key: type(getattr(block, key)).from_tensors(tensors)
-        for key, tensors in state.items()
-        if getattr(block, key) is not None
-    }
-
-    def commit() -> None:
-        block.curvature = None  # the owner used it
-        if matrices:
-            block.adopt(matrices)
-
-    return Proposal(directions, [], commit, matrices)
