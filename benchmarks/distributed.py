@@ -1,7 +1,8 @@
 """Data-parallel SINGD: time and bytes per step, ``distribute="replicate"`` vs ``"split"``.
 
 Runs 1, 2 and 4 gloo processes on the CPU (one intra-op thread each) on a model whose
-preconditioner work dominates: an MLP with four 512-wide hidden layers and dense (or
+preconditioner work dominates: an MLP with four square 1024-wide layers (equal work
+each, so that two processes can share it evenly) and a head, with dense (or
 hierarchical) factors, a global batch of 64 split evenly. For each process count and
 mode it times update steps (``T = 2``: every other step updates ``K, C``) and the other
 steps separately (median over the repetitions, the slowest process of each step), and
@@ -42,9 +43,10 @@ RESULTS = Path(__file__).parent / "results" / "distributed.json"
 
 
 def make_model(width: int, depth: int) -> nn.Module:
+    """``depth`` square layers of ``width`` (equal preconditioner work each), then a head."""
     torch.manual_seed(0)
-    layers: list[nn.Module] = [nn.Linear(64, width), nn.Tanh()]
-    for _ in range(depth - 1):
+    layers: list[nn.Module] = []
+    for _ in range(depth):
         layers += [nn.Linear(width, width), nn.Tanh()]
     layers.append(nn.Linear(width, 10))
     return nn.Sequential(*layers)
@@ -74,7 +76,8 @@ def measure(rank: int, world: int, config: dict[str, Any]) -> dict[str, Any]:
     times: dict[str, list[float]] = {"update": [], "other": []}
     bytes_: dict[str, list[int]] = {"update": [], "other": []}
     for step in range(config["warmup"] + 2 * config["repeats"]):
-        x = torch.randn(batch, 64, generator=generator)[rank * local : (rank + 1) * local]
+        x = torch.randn(batch, config["width"], generator=generator)
+        x = x[rank * local : (rank + 1) * local]
         y = torch.randint(0, 10, (batch,), generator=generator)[rank * local : (rank + 1) * local]
         stats = optimizer.communication
         before = stats.total_bytes if stats else 0
@@ -124,9 +127,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, few repetitions")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--structures", nargs="+", default=["dense", "hierarchical15_15"])
+    parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    base = {"width": 512, "depth": 4, "batch": 64, "warmup": 2, "repeats": 7}
+    base = {"width": args.width, "depth": 4, "batch": 64, "warmup": 2, "repeats": 5}
     if args.quick:
         base = {"width": 48, "depth": 2, "batch": 8, "warmup": 1, "repeats": 2}
     rows = []
@@ -143,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
                     flush=True,
                 )
     meta = {
-        "model": f"MLP 64-{base['width']}x{base['depth']}-10, batch {base['batch']}, T=2",
+        "model": f"MLP {base['width']}x{base['depth']}-10, batch {base['batch']}, T=2",
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "python": sys.version.split()[0],
