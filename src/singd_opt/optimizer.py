@@ -42,6 +42,7 @@ from singd_opt.validation import (
     check_init_grad_scale,
     resolve_structure,
 )
+from singd_opt.warm_start import fixed_point_factors
 from structmat import StructuredMatrix, get_structure
 
 _CALLABLE = "<callable>"  # stands for a callable ``lr_cov`` in a state_dict
@@ -146,6 +147,7 @@ class SINGD(Optimizer):
         preconditioner_dtype: tuple[torch.dtype | None, torch.dtype | None] = (None, None),
         init_grad_scale: float = 1.0,
         normalize_lr_cov: bool = False,
+        warm_start: bool = False,
     ) -> None:
         r"""Create the optimizer and install its hooks on ``model``.
 
@@ -178,6 +180,12 @@ class SINGD(Optimizer):
             init_grad_scale: Initial scale of a gradient scaler, if one is used.
             normalize_lr_cov: Divide :math:`\beta_1` by :math:`\max(1, \|m\|_\infty)`
                 (normalised gradient descent on ``K, C``).
+            warm_start: Replace each layer's first preconditioner update by a jump to
+                the fixed point of that update's curvature
+                (:func:`singd_opt.warm_start.fixed_point_factors`: exact for dense,
+                diagonal and block-diagonal factors, a trace-matched multiple of the
+                identity for the others) instead of a Riemannian step from the identity.
+                Needs ``damping > 0``. ``False`` (default) keeps the reference behaviour.
 
         Raises:
             TypeError: For a model wrapped in ``DataParallel`` or
@@ -206,6 +214,7 @@ class SINGD(Optimizer):
             "kfac_like": kfac_like,
             "preconditioner_dtype": preconditioner_dtype,
             "normalize_lr_cov": normalize_lr_cov,
+            "warm_start": warm_start,
         }
         check_group(defaults)
         check_flag("warn_unsupported", warn_unsupported)
@@ -243,6 +252,10 @@ class SINGD(Optimizer):
         # Gradient scale of the backward passes of each step; -1 is the initial guess.
         self._grad_scales: dict[int, float] = {-1: float(init_grad_scale)}
         self._warned_unscaled = False
+        # Layers whose first preconditioner update still has to be a warm start.
+        self._cold: set[str] = {
+            layer.name for layer in layers if self.param_groups[layer.group_index]["warm_start"]
+        }
         for layer in layers:
             self._init_preconditioner(layer)
         self.hook_handles: list[RemovableHandle] = install_hooks(
@@ -476,6 +489,13 @@ class SINGD(Optimizer):
             grad_unscaling=grad_unscaling,
         )
         name = layer.name
+        if name in self._cold:  # warm start: jump to the fixed point of this curvature
+            self._cold.discard(name)
+            self.Ks[name], self.Cs[name] = fixed_point_factors(
+                H_K, H_C.mul_(grad_unscaling), float(group["damping"]), group["kfac_like"]
+            )
+            self._grams.pop(name, None)
+            return
         m_K, m_C = update_preconditioner(
             self.Ks[name],
             self.Cs[name],
@@ -637,6 +657,12 @@ class SINGD(Optimizer):
         super().load_state_dict(state)
 
         self.steps = steps
+        # A state from step 0 has had no preconditioner update yet.
+        self._cold = {
+            layer.name
+            for layer in self._layers
+            if steps == 0 and self.param_groups[layer.group_index]["warm_start"]
+        }
         self._grad_scales = {int(k): float(v) for k, v in scales.items()}
         self._structure_names = {
             name: (sides[0], sides[1]) for name, sides in structure_names.items()
