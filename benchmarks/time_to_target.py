@@ -27,9 +27,11 @@ Protocol:
   (100, 101) that differ from the measurement seeds; a run that misses the target
   counts as twice the step limit, and ties go to the smaller wall-clock time.
 - **Measurement**: the tuned setting, trained on the whole training split with seeds
-  0, 1, 2; the table gives the median steps and seconds to the target (a run that
-  misses it counts as infinitely slow, so the median is "not reached" when two of
-  three miss), and both relative to AdamW's medians.
+  0, 1, 2 (seed-major: every optimizer's seed-0 run, then seed 1, then seed 2, so that
+  a changing load on a shared machine affects all optimizers alike); the table gives
+  the median steps and seconds to the target (a run that misses it counts as
+  infinitely slow, so the median is "not reached" when two of three miss), and both
+  relative to AdamW's medians.
 
 Usage::
 
@@ -45,6 +47,7 @@ Results go to ``benchmarks/results/time_to_target.json`` (``--output`` to change
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -468,32 +471,40 @@ def benchmark(
     for name in workload_names:
         workload = WORKLOADS[name]
         if max_steps is not None:
-            workload = _with_max_steps(workload, max_steps)
+            workload = dataclasses.replace(workload, max_steps=max_steps)
         validation, test = workload.load_split(True), workload.load_split(False)
         log(f"\n== {name}: {workload.description}")
-        rows: dict[str, Any] = {}
+        chosen: dict[str, tuple[Candidate, Mapping[str, Any], list[dict[str, Any]]]] = {}
         for candidate in candidate_list:
             log(f"  {candidate.label}: tuning on the validation split")
             setting, records = tune(workload, candidate, validation, tuning_seeds, log)
-            build = _builder(candidate, setting, workload)
-            runs = [run_to_target(workload, test, build, seed) for seed in measurement_seeds]
-            rows[candidate.key] = {
+            chosen[candidate.key] = (candidate, setting, records)
+            log(f"  -> {_format(setting)}")
+        # Seed-major order: every optimizer's seed-0 run, then seed 1, ..., so that a
+        # changing load on a shared machine affects all optimizers alike.
+        log("  measuring on the test split")
+        runs: dict[str, list[Run]] = {key: [] for key in chosen}
+        for seed in measurement_seeds:
+            for key, (candidate, setting, _) in chosen.items():
+                run = run_to_target(workload, test, _builder(candidate, setting, workload), seed)
+                runs[key].append(run)
+                log(
+                    f"    seed {seed} {candidate.label:<32} steps {run.steps} ({run.seconds:.2f} s)"
+                )
+        rows: dict[str, Any] = {}
+        for key, (candidate, setting, records) in chosen.items():
+            rows[key] = {
                 "label": candidate.label,
-                "fixed": {k: v for k, v in candidate.fixed.items()},
+                "fixed": dict(candidate.fixed),
                 "setting": dict(setting),
                 "tuning": records,
-                "runs": [vars(r) for r in runs],
-                "median_steps": median_or_none([r.steps for r in runs]),
+                "runs": [vars(r) for r in runs[key]],
+                "median_steps": median_or_none([r.steps for r in runs[key]]),
                 "median_seconds": median_or_none(
-                    [r.seconds if r.steps is not None else None for r in runs]
+                    [r.seconds if r.steps is not None else None for r in runs[key]]
                 ),
-                "median_seconds_per_step": statistics.median(r.seconds_per_step for r in runs),
+                "median_seconds_per_step": statistics.median(r.seconds_per_step for r in runs[key]),
             }
-            row = rows[candidate.key]
-            log(
-                f"  -> {_format(setting)}: test steps {[r.steps for r in runs]}, "
-                f"median {row['median_steps']}, seconds {_seconds(row['median_seconds'])}"
-            )
         _add_ratios(rows)
         results[name] = {
             "description": workload.description,
@@ -504,12 +515,6 @@ def benchmark(
             "optimizers": rows,
         }
     return results
-
-
-def _with_max_steps(workload: Workload, max_steps: int) -> Workload:
-    values = {f: getattr(workload, f) for f in workload.__dataclass_fields__}
-    values["max_steps"] = max_steps
-    return Workload(**values)
 
 
 def _add_ratios(rows: dict[str, Any]) -> None:
@@ -585,6 +590,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     measurement_seeds = MEASUREMENT_SEEDS[:1] if args.quick else MEASUREMENT_SEEDS
     tuning_seeds = TUNING_SEEDS[:1] if args.quick else TUNING_SEEDS
     start = time.perf_counter()
+    load_start = [round(x, 2) for x in os.getloadavg()]
     with warnings.catch_warnings():
         # Diverging settings warn about non-finite curvature; they count as misses.
         warnings.simplefilter("ignore")
@@ -617,6 +623,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "tuning_seeds": list(tuning_seeds),
             "grids": {c.key: [dict(s) for s in c.grid] for c in all_candidates},
             "seconds_total": round(elapsed, 1),
+            "load_average_at_start": load_start,
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
             "date": time.strftime("%Y-%m-%d"),
         },
         "results": results,
