@@ -30,8 +30,9 @@ Protocol:
   0, 1, 2 (seed-major: every optimizer's seed-0 run, then seed 1, then seed 2, so that
   a changing load on a shared machine affects all optimizers alike); the table gives
   the median steps and seconds to the target (a run that misses it counts as
-  infinitely slow, so the median is "not reached" when two of three miss), and both
-  relative to AdamW's medians.
+  infinitely slow, so the median is "not reached" when two of three miss), both
+  relative to AdamW's medians, and the mean time per step relative to AdamW's (the
+  mean includes SINGD's preconditioner updates, one every ``T`` steps).
 
 Usage::
 
@@ -334,14 +335,17 @@ class Run:
     Attributes:
         seed: Seeds the initial weights and the mini-batch order.
         steps: Steps until the target was reached, ``None`` if it was not.
-        seconds: Time of those training steps (all steps run, if missed).
-        seconds_per_step: Median time of one step.
+        steps_run: Steps run (``steps`` if reached, else up to the limit or divergence).
+        seconds: Time of the ``steps_run`` training steps.
+        seconds_per_step: ``seconds / steps_run``, the mean, which spreads the cost of
+            SINGD's preconditioner updates (every ``T`` steps) over all steps.
         score: The last evaluation's score.
         diverged: The loss became non-finite.
     """
 
     seed: int
     steps: int | None
+    steps_run: int
     seconds: float
     seconds_per_step: float
     score: float
@@ -389,14 +393,21 @@ def run_to_target(
             step_times.append(time.perf_counter() - begin)
             steps = len(step_times)
             if not math.isfinite(value):
-                return Run(seed, None, sum(step_times), statistics.median(step_times), score, True)
+                return _finished(seed, None, step_times, score, diverged=True)
             if steps % workload.eval_every == 0 or steps == limit:
                 score = workload.score(model, split.x_eval, split.y_eval)
                 if score >= workload.target:
-                    return Run(seed, steps, sum(step_times), statistics.median(step_times), score)
+                    return _finished(seed, steps, step_times, score)
             if steps == limit:
                 break
-    return Run(seed, None, sum(step_times), statistics.median(step_times), score)
+    return _finished(seed, None, step_times, score)
+
+
+def _finished(
+    seed: int, steps: int | None, step_times: list[float], score: float, diverged: bool = False
+) -> Run:
+    seconds = sum(step_times)
+    return Run(seed, steps, len(step_times), seconds, seconds / len(step_times), score, diverged)
 
 
 def median_or_none(values: Sequence[float | None]) -> float | None:

@@ -43,7 +43,8 @@ def test_quick_mode_writes_results_and_a_table(
             assert len(row["runs"]) == 1 and len(row["tuning"]) == 1
             run = row["runs"][0]
             assert run["seconds"] > 0 and run["seconds_per_step"] > 0
-            assert run["steps"] is None or run["steps"] <= 20
+            assert run["steps"] is None or run["steps"] == run["steps_run"] <= 20
+            assert run["seconds_per_step"] == pytest.approx(run["seconds"] / run["steps_run"])
             assert 0.0 <= run["score"] <= 1.0
         assert workload["optimizers"]["adamw"]["seconds_per_step_vs_adamw"] == 1.0
     table = capsys.readouterr().out
@@ -62,11 +63,11 @@ def test_steps_are_counted_to_the_first_evaluation_that_hits(ttt: ModuleType) ->
         return torch.optim.SGD(model.parameters(), lr=0.01)
 
     hit = ttt.run_to_target(workload, split, build, seed=0)
-    assert hit.steps == 5 and not hit.diverged
+    assert hit.steps == hit.steps_run == 5 and not hit.diverged
     missed = ttt.run_to_target(
         dataclasses.replace(workload, target=1.01), split, build, seed=0
     )
-    assert missed.steps is None and missed.seconds > hit.seconds
+    assert missed.steps is None and missed.steps_run == 12 and missed.seconds > hit.seconds
 
 
 def test_a_diverging_run_stops_and_counts_as_a_miss(ttt: ModuleType) -> None:
