@@ -661,7 +661,7 @@ class SINGD(Optimizer):
         self._cold = {
             layer.name
             for layer in self._layers
-            if steps == 0 and self.param_groups[layer.group_index]["warm_start"]
+            if steps == 0 and self.param_groups[layer.group_index].get("warm_start", False)
         }
         self._grad_scales = {int(k): float(v) for k, v in scales.items()}
         self._structure_names = {
