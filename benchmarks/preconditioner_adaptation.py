@@ -24,7 +24,7 @@ value reported is the mean over the three layers. Each record also holds the
 
 Usage::
 
-    python benchmarks/preconditioner_adaptation.py   # about 2 minutes, 1 thread
+    python benchmarks/preconditioner_adaptation.py   # about 4 minutes, 1 thread
 
 Writes ``benchmarks/results/preconditioner_adaptation.json``.
 """

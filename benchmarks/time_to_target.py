@@ -36,7 +36,7 @@ Protocol:
 
 Usage::
 
-    python benchmarks/time_to_target.py              # everything (about 35 minutes)
+    python benchmarks/time_to_target.py              # everything (about 30 minutes)
     python benchmarks/time_to_target.py --quick      # smoke test: tiny grid, 1 seed
     python benchmarks/time_to_target.py --workloads digits_mlp --optimizers adamw \\
         singd/diagonal/fast                           # a subset
