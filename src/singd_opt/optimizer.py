@@ -125,6 +125,7 @@ class SINGD(BlockViews, Optimizer):
         process_group: dist.ProcessGroup | None = None,
         distribute: str = "replicate",
         average_gradients: bool | None = None,
+        warm_start: bool = False,
     ) -> None:
         r"""Create the optimizer and install its recording hooks on ``model``.
 
@@ -178,6 +179,12 @@ class SINGD(BlockViews, Optimizer):
                 ``DistributedDataParallel`` or sharded by FSDP2 (which average them).
                 Pass ``False`` for a bare model that is wrapped in
                 ``DistributedDataParallel`` after the optimizer was created.
+            warm_start: Replace each Kronecker block's first preconditioner update by a
+                jump to the fixed point of that update's curvature
+                (:func:`singd_opt.warm_start.fixed_point_factors`: exact for dense,
+                diagonal and block-diagonal factors, a trace-matched multiple of the
+                identity for the others). Needs ``damping > 0``. ``False`` (default)
+                keeps the reference's behaviour.
 
         Raises:
             TypeError: For a ``DataParallel`` model, or an argument of the wrong type.

@@ -30,6 +30,7 @@ HYPERPARAMETERS: tuple[str, ...] = (
     "elementwise_beta2",
     "elementwise_eps",
     "max_update_rms",
+    "warm_start",
 )
 
 
@@ -182,6 +183,12 @@ def check_group(group: dict[str, Any], group_index: int | None = None) -> None:
 
     check_flag("kfac_like", group["kfac_like"], group_index)
     check_flag("normalize_lr_cov", group["normalize_lr_cov"], group_index)
+    check_flag("warm_start", group["warm_start"], group_index)
+    if group["warm_start"] and float(group["damping"]) == 0.0:
+        raise ValueError(
+            f"warm_start=True needs damping > 0 (the fixed point of a singular curvature "
+            f"does not exist){where}"
+        )
 
 
 def check_init_grad_scale(value: object) -> None:

@@ -29,6 +29,7 @@ from singd_opt.preconditioner import (
     update_preconditioner,
 )
 from singd_opt.validation import resolve_structure
+from singd_opt.warm_start import fixed_point_factors
 from structmat import StructuredMatrix
 
 _FACTORS = ("K", "C", "m_K", "m_C")
@@ -178,13 +179,21 @@ class KroneckerBlock(PreconditionerBlock):
         K, C, m_K, m_C = self.K, self.C, self.m_K, self.m_C
         checked: list[Tensor] = []
         updated = self.curvature is not None
+        shared: dict[str, StructuredMatrix] = {}
         if self.curvature is not None:
             H_K, H_C = self.curvature.H_K, self.curvature.H_C
             self.curvature = None  # consumed: its storage becomes the new momenta
             config = self._update_config(group, context)
-            K, C, new_m_K, new_m_C = update_preconditioner(K, C, m_K, m_C, H_K, H_C, config)
-            if config.alpha1 != 0.0:
-                m_K, m_C = new_m_K, new_m_C
+            if group.get("warm_start") and not self.updated:
+                # the first update jumps to the fixed point of this curvature
+                H_C = H_C.mul_(config.grad_unscaling) if config.grad_unscaling != 1.0 else H_C
+                K, C = fixed_point_factors(H_K, H_C, float(config.damping), config.kfac_like)
+                shared = {"K": K, "C": C}
+            else:
+                K, C, new_m_K, new_m_C = update_preconditioner(K, C, m_K, m_C, H_K, H_C, config)
+                if config.alpha1 != 0.0:
+                    m_K, m_C = new_m_K, new_m_C
+                shared = {"m_K": new_m_K, "m_C": new_m_C}
             for matrix in (K, C):
                 checked.extend(matrix.tensors().values())
         directions = []
@@ -203,13 +212,12 @@ class KroneckerBlock(PreconditionerBlock):
             if grad is not None:
                 self._grams = (K, C, gram_K, gram_C)
 
-        momenta = {"m_K": new_m_K, "m_C": new_m_C} if updated else {}
-        return Proposal(directions, checked + [d for _, d in directions], commit, momenta)
+        return Proposal(directions, checked + [d for _, d in directions], commit, shared)
 
     def received(
         self,
         directions: list[tuple[ParameterRows, Tensor]],
-        momenta: dict[str, StructuredMatrix],
+        shared: dict[str, StructuredMatrix],
         group: Mapping[str, Any],
         context: StepContext,
     ) -> Proposal:
@@ -217,23 +225,27 @@ class KroneckerBlock(PreconditionerBlock):
 
         Args:
             directions: The owner's directions.
-            momenta: The owner's new momenta ``m_K, m_C`` (empty if it did not update);
-                the new factors follow from them (:func:`factor_step`), exactly as the
-                owner computed them.
+            shared: What the owner shared of its update (its proposal's ``matrices``):
+                the new momenta ``m_K, m_C``, from which the new factors follow
+                (:func:`factor_step`) exactly as the owner computed them; or, for a
+                warm start, the new factors ``K, C`` themselves; empty without update.
             group: The block's parameter group.
             context: The step.
         """
         K, C = self.K, self.C
+        momenta = "m_K" in shared
         if momenta:
             config = self._update_config(group, context)
-            K, C = factor_step(K, C, momenta["m_K"], momenta["m_C"], config)
+            K, C = factor_step(K, C, shared["m_K"], shared["m_C"], config)
+        elif shared:
+            K, C = shared["K"], shared["C"]
 
         def commit() -> None:
             self.curvature = None  # the owner used it
-            if momenta:
+            if shared:
                 self.K, self.C = K, C
-                if group["alpha1"] != 0.0:
-                    self.m_K, self.m_C = momenta["m_K"], momenta["m_C"]
+                if momenta and group["alpha1"] != 0.0:
+                    self.m_K, self.m_C = shared["m_K"], shared["m_C"]
                 self.updated = True
                 self._grams = None
 

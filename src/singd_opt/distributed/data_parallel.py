@@ -294,7 +294,9 @@ class _ExchangePlan:
     ``m_K, m_C`` with a flag saying whether they were updated (a block without
     curvature on any process is not), and process :math:`r`'s finiteness flag. The
     new factors follow from the momenta (:func:`~singd_opt.preconditioner.factor_step`),
-    so they need not travel: every process computes them from the same numbers.
+    so they need not travel: every process computes them from the same numbers. A
+    warm start (whose first update sets the factors directly) sends the factors in
+    the same room instead, flagged as such.
     """
 
     def __init__(self, world: int) -> None:
@@ -312,9 +314,9 @@ class _ExchangePlan:
         ]
         state, updated = [], None
         if block.recording:
-            for key, factor in (("m_K", effective.K), ("m_C", effective.C)):
+            for side, factor in (("K", effective.K), ("C", effective.C)):
                 for name, tensor in factor.tensors().items():
-                    state.append((key, name, layout.add_like(tensor)))
+                    state.append((side, name, layout.add_like(tensor)))
             updated = layout.add((1,), effective.K.dtype, effective.K.device)
         self.entries.append(_Entry(owner, block, params, directions, state, updated))
 
@@ -340,10 +342,14 @@ class _ExchangePlan:
             proposal = proposals[entry.block.name]
             for slot, (_, direction) in zip(entry.directions, proposal.directions, strict=True):
                 segments.view(buffers, rank, slot).copy_(direction)
-            if proposal.matrices and entry.updated is not None:
-                for key, name, slot in entry.state:
-                    segments.view(buffers, rank, slot).copy_(proposal.matrices[key].tensors()[name])
-                segments.view(buffers, rank, entry.updated).fill_(1.0)
+            shared = proposal.matrices
+            if shared and entry.updated is not None:
+                momenta = "m_K" in shared
+                for side, name, slot in entry.state:
+                    matrix = shared[f"m_{side}" if momenta else side]
+                    segments.view(buffers, rank, slot).copy_(matrix.tensors()[name])
+                # 1: the new momenta travel; 2: the new factors (a warm start)
+                segments.view(buffers, rank, entry.updated).fill_(1.0 if momenta else 2.0)
         mine = segments.part(buffers, rank)
         return {key: collectives.all_gather(part) for key, part in mine.items()}
 
@@ -360,17 +366,20 @@ class _ExchangePlan:
             (rows, view(gathered, entry.owner, slot))
             for rows, slot in zip(entry.params, entry.directions, strict=True)
         ]
-        state: dict[str, dict[str, Tensor]] = {}
-        if entry.updated is not None and view(gathered, entry.owner, entry.updated)[0] == 1.0:
-            for key, name, slot in entry.state:
-                state.setdefault(key, {})[name] = view(gathered, entry.owner, slot).clone()
         effective = entry.block.effective
         assert isinstance(effective, KroneckerBlock)
-        momenta = {
-            key: type(getattr(effective, key[2:])).from_tensors(tensors)
-            for key, tensors in state.items()
-        }
-        return effective.received(directions, momenta, group, context)
+        kind = view(gathered, entry.owner, entry.updated)[0] if entry.updated is not None else 0
+        shared = {}
+        if kind in (1.0, 2.0):
+            tensors: dict[str, dict[str, Tensor]] = {}
+            for side, name, slot in entry.state:
+                tensors.setdefault(side, {})[name] = view(gathered, entry.owner, slot).clone()
+            prefix = "m_" if kind == 1.0 else ""
+            shared = {
+                prefix + side: type(getattr(effective, side)).from_tensors(values)
+                for side, values in tensors.items()
+            }
+        return effective.received(directions, shared, group, context)
 
     def all_finite(self, gathered: dict[Key, Tensor]) -> Tensor:
         """Whether every process's proposals were finite."""
