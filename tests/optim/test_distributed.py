@@ -29,6 +29,7 @@ CASES = [
         Case(f"split-{s[0]}-{s[1]}", options={"structures": s, "distribute": "split"})
         for s in STRUCTURES
     ),
+    Case("split-warm-start", options={"distribute": "split", "warm_start": True}),
     Case("ddp", wrapper="ddp"),
     Case("ddp-split", wrapper="ddp", options={"distribute": "split"}),
     Case("sequence-batch+sequence", model="sequence", options={"loss_average": "batch+sequence"}),
