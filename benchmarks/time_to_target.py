@@ -72,6 +72,7 @@ from torch.optim import Optimizer
 from singd_opt import SINGD
 from singd_opt.demo.data import NUM_CLASSES, load_split
 from singd_opt.demo.models import make_cnn
+from singd_opt.demo.tasks import LM
 from singd_opt.demo.training import evaluate
 
 RESULTS = Path(__file__).resolve().parent / "results" / "time_to_target.json"
@@ -109,6 +110,7 @@ class Workload:
         score: ``score(model, x, y)``, e.g. accuracy; evaluated in ``eval`` mode.
         singd_options: Extra keyword arguments of SINGD for this workload (for example
             ``loss_average`` of a sequence model).
+        target_text: The target in words, for the table.
     """
 
     name: str
@@ -124,6 +126,7 @@ class Workload:
         default=lambda model, x, y: evaluate(model, x, y, "float32").accuracy
     )
     singd_options: Mapping[str, Any] = field(default_factory=dict)
+    target_text: str = "97% test accuracy"
 
 
 WORKLOADS: dict[str, Workload] = {}
@@ -157,6 +160,34 @@ register_workload(
 )
 register_workload(
     Workload("digits_mlp", "MLP 64-512-512-10 on 8x8 digits", make_digits_mlp, load_split)
+)
+
+#: Test loss (nats per character) the language model must reach.
+LM_TARGET_LOSS = 2.2
+
+
+def _sequence_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    return functional.cross_entropy(logits.flatten(0, -2), targets.flatten())
+
+
+def _negative_loss(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    return -evaluate(model, x, y, "float32").loss
+
+
+register_workload(
+    Workload(
+        "lm",
+        f"the singd-opt character transformer ({LM.title}), every parameter by one optimizer",
+        LM.make_model,
+        LM.load_split,
+        target=-LM_TARGET_LOSS,
+        eval_every=25,
+        max_steps=600,
+        loss=_sequence_loss,
+        score=_negative_loss,
+        singd_options={"loss_average": "batch+sequence"},
+        target_text=f"test loss {LM_TARGET_LOSS} nats/char",
+    )
 )
 
 
@@ -520,6 +551,7 @@ def benchmark(
         results[name] = {
             "description": workload.description,
             "target": workload.target,
+            "target_text": workload.target_text,
             "eval_every": workload.eval_every,
             "max_steps": workload.max_steps,
             "batch_size": workload.batch_size,
@@ -550,8 +582,8 @@ def table(results: Mapping[str, Any]) -> str:
     lines = []
     for name, workload in results.items():
         lines.append(
-            f"\n{name} ({workload['description']}): target {workload['target']:.0%} test "
-            f"accuracy, evaluated every {workload['eval_every']} steps, at most "
+            f"\n{name} ({workload['description']}): target {workload['target_text']}, "
+            f"evaluated every {workload['eval_every']} steps, at most "
             f"{workload['max_steps']} steps"
         )
         lines.append(
@@ -642,6 +674,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     print(table(results))
     print(f"\ntotal {elapsed:.0f} s; writing {args.output}")
+    if args.output.exists() and not args.quick:
+        # keep the results of workloads not run this time (with the meta of their run)
+        previous = json.loads(args.output.read_text())
+        for name, earlier in previous.get("results", {}).items():
+            if name not in results:
+                data["results"][name] = earlier
+                data.setdefault("earlier_runs", {})[name] = previous.get("meta")
+        for name, meta in previous.get("earlier_runs", {}).items():
+            if name not in results:
+                data.setdefault("earlier_runs", {})[name] = meta
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(data, indent=1, default=_json_default) + "\n")
     return data

@@ -22,6 +22,11 @@ from structure_tables import list_table, load_results, missing_note
 DISTANCE_STEPS = (0, 10, 50, 100, 300)
 
 
+
+def target_text(workload: dict[str, Any]) -> str:
+    """The workload's target in words (results from before it was recorded: accuracy)."""
+    return workload.get("target_text") or f"{workload['target']:.0%} test accuracy"
+
 def _setting(setting: dict[str, Any]) -> str:
     return ", ".join(f"{key} {value:g}" for key, value in setting.items())
 
@@ -65,8 +70,8 @@ def time_to_target_tables(path: Path) -> str:
                 ]
             )
         out.append(
-            f"**{name}**: {workload['description']}; target {workload['target']:.0%} test "
-            f"accuracy, evaluated every {workload['eval_every']} steps, at most "
+            f"**{name}**: {workload['description']}; target {target_text(workload)}, "
+            f"evaluated every {workload['eval_every']} steps, at most "
             f"{workload['max_steps']} steps, batch {workload['batch_size']}."
         )
         out.append("")

@@ -88,7 +88,8 @@ if targets is not None:
     fig.tight_layout()
 
     for workload, data in targets["results"].items():
-        print(f"\n{workload}: target {data['target']:.0%}, every {data['eval_every']} steps")
+        target = data.get("target_text") or f"{data['target']:.0%} test accuracy"
+        print(f"\n{workload}: target {target}, every {data['eval_every']} steps")
         for row in data["optimizers"].values():
             if "skipped" in row:
                 continue
