@@ -27,12 +27,13 @@ from torch.utils.hooks import RemovableHandle
 from singd_opt import checkpoint
 from singd_opt.blocks import KroneckerBlock, PreconditionerBlock, Proposal, StepContext
 from singd_opt.diagnostics import ForeignUpdateWatch, warn_unrecorded
-from singd_opt.discovery import parameter_groups, plan_blocks, unwrap_model
+from singd_opt.discovery import plan_blocks, unwrap_model
 from singd_opt.distributed.collectives import CommunicationStats
 from singd_opt.distributed.setup import check_distribute, make_sync
 from singd_opt.grad_scale import GradScales
 from singd_opt.layers import LOSS_AVERAGES, SUPPORTED_MODULES
 from singd_opt.layers import preconditioner_dims as _preconditioner_dims
+from singd_opt.param_groups import parameter_groups
 from singd_opt.summary import describe_blocks, total_state_bytes
 from singd_opt.update import all_finite, apply_directions
 from singd_opt.validation import (
