@@ -14,7 +14,9 @@ block:
 - any other parameter with two or more dimensions: a
   :class:`~singd_opt.blocks.deferred.DeferredBlock` (Kronecker if the module that owns
   it uses it as the weight of a functional linear map, convolution or embedding,
-  element-wise otherwise);
+  element-wise otherwise). The weights of recurrent layers (``nn.LSTM``, ``nn.GRU``,
+  ``nn.RNN``) go to a fused kernel, not to ``functional.linear``, so they are trained
+  by the element-wise rule;
 - everything else (normalisation scales and shifts, biases of custom modules,
   parameters not in the model, weights shared between maps of different kinds): an
   element-wise block.

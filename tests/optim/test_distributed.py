@@ -21,6 +21,8 @@ STRUCTURES = [
     ("hierarchical3_2", "triltoeplitz"),
     ("triutoeplitz", "triltopleftdiag"),
     ("trilbottomrightdiag", "tril"),
+    ("triutopleftdiag", "triu"),
+    ("transposedhierarchical3_2", "triubottomrightdiag"),
 ]
 
 CASES = [
