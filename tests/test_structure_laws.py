@@ -283,6 +283,12 @@ class LargestTensor(TorchDispatchMode):
 @pytest.mark.parametrize("name", [n for n in STRUCTURE_NAMES if n not in DENSE_STORAGE])
 @pytest.mark.parametrize("dim", [45, 64])
 def test_no_op_allocates_a_dense_matrix(name: str, dim: int) -> None:
+    """No op allocates ``d x d`` elements, for an operand ``X`` with few columns.
+
+    By design, the triangular Toeplitz ``from_inner(X)`` forms ``X X^T`` when ``X``
+    has ``n >= 8 d`` columns (at most an eighth of ``X``); for such operands
+    ``tests/test_toeplitz_direct.py`` bounds every allocation by the size of ``X``.
+    """
     cls = structmat.get_structure(name)
     A, B = (random_member(cls, dim, seed, invertible=True) for seed in (0, 1))
     X = random_tensor((dim, 3), seed=2)
