@@ -3,7 +3,8 @@
 An operand ``X`` of shape ``(d, n)`` reaches the kernels either stored row by row
 (contiguous) or column by column (a transposed view such as ``G.mT``, the layout of
 most operands of an optimizer step). Kernels that pick their evaluation order by
-layout avoid copying the operand into the other one.
+layout avoid copying the operand into the other one, and kernels that assemble a
+result from blocks write them straight into it when no gradient is needed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ from torch import Tensor
 #: Rows at least this long are reduced by ``torch.linalg.vector_norm`` (one pass, no
 #: temporary), shorter or strided ones by squaring and summing.
 LONG_ROWS = 1024
+
+
+def needs_grad(*tensors: Tensor) -> bool:
+    """Whether autograd records an op on ``tensors`` (then ``out=`` writes are not allowed)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def stored_by_columns(X: Tensor) -> bool:

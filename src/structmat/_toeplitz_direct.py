@@ -30,6 +30,8 @@ import torch
 from torch import Tensor
 from torch.nn.functional import pad
 
+from structmat._layout import needs_grad
+
 #: Rows per block of the direct kernels (and the least ``n`` they are used for, so
 #: that their ``b x d`` scratch matrix is never larger than the ``d x n`` operand).
 BLOCK_ROWS = 64
@@ -110,10 +112,6 @@ def lower_columns(coefficients: Tensor, columns: int) -> Tensor:
     return pad(coefficients, (columns - 1, 0)).unfold(0, columns, 1).flip(1)
 
 
-def _needs_grad(*tensors: Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
 def lower_product(coefficients: Tensor, X: Tensor, transpose: bool) -> Tensor:
     r"""Return :math:`L X` (or :math:`L^\top X` with ``transpose``) by blocked GEMMs.
 
@@ -144,7 +142,7 @@ def lower_product(coefficients: Tensor, X: Tensor, transpose: bool) -> Tensor:
     else:
         R = lower_rows(coefficients, b)
         pieces = [(R[: e - s, d - b - s : d - b - s + e], X[:e]) for s, e in blocks]
-    if _needs_grad(coefficients, X):
+    if needs_grad(coefficients, X):
         return torch.cat([block @ rows for block, rows in pieces])
     out = X.new_empty((d, n))
     for (s, e), (block, rows) in zip(blocks, pieces, strict=True):
