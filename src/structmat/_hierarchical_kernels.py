@@ -157,7 +157,9 @@ def inner_arrow(parts: Parts, G: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
     S_zz = torch.cat([G[:, :k1], G[:, k1 + dc :]], dim=1)
     S_zc = G[:, k1 : k1 + dc]
     w = torch.cat([B_c, D])
-    diagonal = ((S_zz @ w) * w).sum(0) + 2 * C * (w * S_zc).sum(0) + C.square() * s
+    # sum_z w_zj (S_zz w + 2 S_zc diag(C))_zj + C_j^2 S_jj
+    weighted = torch.addmm(S_zc * (2 * C), S_zz, w)
+    diagonal = (weighted * w).sum(0) + C.square() * s
     return right_product(rows, parts, transpose=False), diagonal
 
 

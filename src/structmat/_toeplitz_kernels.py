@@ -85,8 +85,11 @@ def _no_signals(kernel: Tensor, signals: Tensor) -> Tensor:
 
 
 def _spectrum(signals: Tensor, length: int) -> Tensor:
-    """Real FFT of the rows of ``signals`` zero-padded to ``length`` (one copy, any strides)."""
-    return torch.fft.rfft(pad(signals, (0, length - signals.shape[-1])))
+    """Real FFT of the rows of ``signals`` zero-padded to ``length`` (any strides).
+
+    The transform pads internally, without a separate padded copy of the signals.
+    """
+    return torch.fft.rfft(signals, n=length)
 
 
 def _filtered(kernel: Tensor, signals: Tensor, causal: bool) -> tuple[Tensor, int]:
