@@ -15,6 +15,7 @@ from torch import Tensor
 
 import structmat
 from structmat import StructuredMatrix
+from structmat._gram import HALF_GRAM_MIN_SIZE, gram
 from structmat._layout import LONG_ROWS, row_sums_of_squares, stored_by_columns
 from tests.strategies import project, random_member, random_tensor
 
@@ -76,12 +77,38 @@ def test_row_sums_of_squares_gradient() -> None:
     assert torch.autograd.gradcheck(row_sums_of_squares, (X,), fast_mode=True)
 
 
+# ----------------------------------------------------------------- gram
+@pytest.mark.parametrize(
+    ("dim", "m"),
+    [(1, 3), (HALF_GRAM_MIN_SIZE - 1, 300), (HALF_GRAM_MIN_SIZE, HALF_GRAM_MIN_SIZE), (300, 513)],
+)
+def test_gram_matches_dense_and_is_symmetric(dim: int, m: int) -> None:
+    Z = random_tensor((dim, m), seed=dim)
+    for operand in (Z, by_columns(Z)):
+        G = gram(operand)
+        close(G, Z @ Z.T)
+        if min(dim, m) >= HALF_GRAM_MIN_SIZE:  # mirrored: symmetric to the last bit
+            assert torch.equal(G, G.T)
+
+
+def test_gram_in_float32_and_with_autograd() -> None:
+    eps = torch.finfo(torch.float32).eps
+    Z = random_tensor((300, 400), seed=1, dtype=torch.float32)
+    exact = Z.double() @ Z.double().T
+    error = torch.linalg.norm(gram(Z).double() - exact) / torch.linalg.norm(exact)
+    assert error <= 4 * eps
+    W = random_tensor((HALF_GRAM_MIN_SIZE, HALF_GRAM_MIN_SIZE), seed=2).requires_grad_(True)
+    close(gram(W).detach(), W.detach() @ W.detach().T)
+    assert torch.autograd.gradcheck(gram, (W,), fast_mode=True)
+
+
 # ------------------------------------------------------------ structures
-@pytest.mark.parametrize("dim", [1, 5, 40])
+@pytest.mark.parametrize("dim", [1, 5, 40, HALF_GRAM_MIN_SIZE + 3])
 def test_dense_from_inner_routes(dim: int) -> None:
     A = random_member(structmat.Dense, dim, seed=dim)
     for n in (1, 2 * dim - 1, 2 * dim, 5 * dim):  # Y Y^T, then M^T (X X^T) M
         check_inner_and_products(A, random_tensor((dim, n), seed=n))
+    close(A.from_inner().to_dense(), A.to_dense().T @ A.to_dense())
 
 
 @pytest.mark.parametrize("dim", [1, 7, 40])

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torch.nn.functional import pad
 
+from structmat._gram import gram
 from structmat._numerics import check_nonzero, compute_dtype
 from structmat._toeplitz_direct import (
     gram_lag_sums,
@@ -247,7 +248,7 @@ class TriangularToeplitz(LinearStructure):
         work = X.to(compute_dtype(out_dtype))
         d, n = X.shape
         if use_gram_first(d, n):
-            S = work @ work.mT
+            S = gram(work)
             # A^T S A = A^T (A^T S)^T, as S is symmetric.
             inner = self._times(self._times(S, True).mT, True).contiguous()
             upper, lower = diagonal_sums(inner, work.dtype)
