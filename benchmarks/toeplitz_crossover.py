@@ -6,7 +6,8 @@ For ``d`` from 32 to 2048 and a few column counts ``n`` this times, interleaved
 - ``product``: ``L @ X`` and ``L.T @ X`` (mean of both), ``X`` of shape ``(d, n)``;
 - ``lags``: the lag sums of ``X`` (``from_mat_inner``);
 - ``inner``: the lag sums of ``L.T @ X`` (``from_inner`` when ``n < 2 d``);
-- ``gram``: ``from_inner`` through ``X X^T`` against FFTs, for ``n = 4 d``;
+- ``gram``: ``from_inner`` through ``X X^T`` against FFTs, for ``n = 8 d`` and
+  ``n = 64 d``;
 
 for ``X`` contiguous (``C``) and for ``X`` a transposed view (``T``, the layout of
 ``grad.mT`` and of most operands in an optimizer step), and prints the ratio
@@ -32,11 +33,11 @@ from pathlib import Path
 
 import torch
 
-from structmat._toeplitz_direct import gram_lag_sums, lower_product
+from structmat._gram import gram
+from structmat._toeplitz_direct import gram_lag_sums, lower_product, upper_diagonal_sums
 from structmat._toeplitz_kernels import (
     anticausal_correlation,
     causal_convolution,
-    diagonal_sums,
     filtered_lag_sums,
     lag_sums,
 )
@@ -76,8 +77,8 @@ def operand(d: int, n: int, layout: str, dtype: torch.dtype, gen: torch.Generato
 def ratios(kind: str, d: int, n: int, layout: str, dtype: torch.dtype, repeats: int) -> float:
     """Direct time / FFT time of one kernel at one shape."""
     gen = torch.Generator().manual_seed(d * 7919 + n)
-    if kind == "gram":
-        n = 4 * d
+    if kind == "gram":  # n is the number of columns per row
+        n *= d
     c, X = operand(d, n, layout, dtype, gen)
     if kind == "product":
         pairs = [
@@ -99,9 +100,9 @@ def ratios(kind: str, d: int, n: int, layout: str, dtype: torch.dtype, repeats: 
     else:  # gram
 
         def through_gram() -> object:
-            S = X @ X.mT
-            inner = lower_product(c, lower_product(c, S, True).mT, True)
-            return diagonal_sums(inner, inner.dtype)
+            # small products of S go by FFT in the structures; equal in cost here
+            inner = lower_product(c, lower_product(c, gram(X), True).mT, True)
+            return upper_diagonal_sums(inner) + upper_diagonal_sums(inner.mT)
 
         pairs = [(through_gram, lambda: filtered_lag_sums(c, X.mT, causal=False))]
     total_direct = total_fft = 0.0
@@ -123,7 +124,10 @@ def crossover(row: dict[int, float]) -> int | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    parser.add_argument("--columns", type=int, nargs="+", default=[64, 512])
+    parser.add_argument("--columns", type=int, nargs="+", default=[64, 128, 512])
+    parser.add_argument(
+        "--gram-ratios", type=int, nargs="+", default=[8, 64], help="n / d for the gram rows"
+    )
     parser.add_argument("--dims", type=int, nargs="+", default=DIMS)
     parser.add_argument(
         "--kinds",
@@ -147,9 +151,9 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     for kind in args.kinds:
         for layout in args.layouts:
-            for n in [0] if kind == "gram" else args.columns:
+            for n in args.gram_ratios if kind == "gram" else args.columns:
                 row = {d: ratios(kind, d, n, layout, dtype, args.repeats) for d in args.dims}
-                label = "4d" if kind == "gram" else str(n)
+                label = f"{n}d" if kind == "gram" else str(n)
                 results[f"{kind}/{layout}/{label}"] = {str(d): r for d, r in row.items()}
                 cross = crossover(row)
                 print(

@@ -148,8 +148,10 @@ def test_products_past_the_crossover_match_dense(cls: type[TriangularToeplitz]) 
         (1, N, "gram"),
         (20, 8 * 20, "gram"),
         (40, N, "lags"),
-        (direct.DIRECT_LAGS_MAX_DIM, N, "lags"),
-        (direct.DIRECT_LAGS_MAX_DIM + 1, N, "fft"),
+        (96, N, "lags"),
+        (97, N, "fft"),
+        (direct.DIRECT_LAGS_MAX_DIM, 256, "lags"),
+        (direct.DIRECT_LAGS_MAX_DIM + 1, 256, "fft"),
         (30, 7, "fft"),
     ],
 )
@@ -296,7 +298,7 @@ class AllocationRecorder(TorchDispatchMode):
 
 
 @classes
-@pytest.mark.parametrize(("dim", "n"), [(100, N), (300, N), (24, 8 * 24), (64, 8 * 64)])
+@pytest.mark.parametrize(("dim", "n"), [(90, N), (300, 256), (24, 8 * 24), (64, 8 * 64)])
 def test_direct_routes_allocate_at_most_the_operand(
     cls: type[TriangularToeplitz], dim: int, n: int
 ) -> None:
@@ -308,8 +310,10 @@ def test_direct_routes_allocate_at_most_the_operand(
     law that no operation allocates ``d x d`` elements.
     """
     A = cls(random_tensor((dim,), seed=0))
+    assert direct.use_direct_lags(dim, n) or direct.use_gram_first(dim, n)
     for transposed in (False, True):
         X = layout(random_tensor((dim, n), seed=1), transposed)
+        assert direct.use_direct_product(X)
         for op in (A.__matmul__, A.rmatmat, A.from_inner, cls.from_mat_inner):
             with AllocationRecorder() as recorder:
                 op(X)

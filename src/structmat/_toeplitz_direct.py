@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 from torch.nn.functional import pad
 
-from structmat._layout import needs_grad
+from structmat._layout import needs_grad, stored_by_columns
 
 #: Rows per block of the direct kernels (and the least ``n`` they are used for, so
 #: that their ``b x d`` scratch matrix is never larger than the ``d x n`` operand).
@@ -50,40 +50,46 @@ DIRECT_PRODUCT_MAX_DIM = 640
 DIRECT_PRODUCT_MAX_DIM_COLUMNS = 320
 
 #: Largest ``d`` for which lag sums (the diagonal sums of a Gram matrix) are computed
-#: directly: 0.15-0.5 of the FFT time up to ``d = 256``, 0.8-1.0 at ``d = 512`` and
-#: slower from ``d = 640`` (both layouts, float32 and float64). The direct
-#: ``from_inner(X)``, a product and lag sums, breaks even at the same ``d``.
-DIRECT_LAGS_MAX_DIM = 512
+#: directly, for many columns. Their GEMMs have inner dimension ``n``, so they gain
+#: speed with ``n``: measured with one thread (CPU, float32, both layouts), the direct
+#: lag sums take 0.3-0.8 of the FFT time for ``d <= 1.5 n`` up to ``d = 384`` and
+#: break even near ``d = 128`` for ``n = 64``, ``d = 256`` for ``n = 128`` and
+#: ``d = 384 ... 512`` for ``n >= 256``. The direct ``from_inner(X)``, a product and lag
+#: sums, breaks even at about the same ``d``.
+DIRECT_LAGS_MAX_DIM = 384
+
+#: Largest ratio ``d / n`` for direct lag sums (see :data:`DIRECT_LAGS_MAX_DIM`).
+DIRECT_LAGS_MAX_ROWS_PER_COLUMN = 1.5
 
 #: ``from_inner(X)`` goes through the Gram matrix :math:`X X^\top` when ``X`` has at
-#: least this many times ``d`` columns (and ``d <=`` :data:`GRAM_FIRST_MAX_DIM`). Its
-#: one long GEMM is 0.15-0.25 of the FFT time at ``n = 16 d ... 64 d`` and 0.7-1.0 at
-#: ``n = 4 d``, where the direct product plus lag sums does better up to ``d = 512``.
+#: least this many times ``d`` columns (and ``d <=`` :data:`GRAM_FIRST_MAX_DIM`): 0.1-0.8
+#: of the FFT time at ``n = 8 d`` and 0.05-0.5 at ``n = 64 d`` for ``d = 16 ... 512``.
 GRAM_FIRST_MIN_COLUMNS_PER_ROW = 8
 
-#: Largest ``d`` for the route through :math:`X X^\top`: at ``n = 4 d`` it takes
-#: 0.5-0.9 of the FFT time up to ``d = 1024`` and about 1.1-1.4 at ``d = 2048``.
+#: Largest ``d`` for the route through :math:`X X^\top`: its :math:`O(d^3)` part and
+#: the ``d x d`` matrices grow past the FFT's cost; at ``n = 4 d`` it took 0.5-0.9 of
+#: the FFT time up to ``d = 1024`` and 1.0-1.4 at ``d = 2048``.
 GRAM_FIRST_MAX_DIM = 1024
 
 
 def use_direct_product(X: Tensor) -> bool:
     """Whether :func:`lower_product` beats the FFT for the ``(d, n)`` operand ``X``."""
     d, n = X.shape
-    columns_stored = X.mT.is_contiguous() and not X.is_contiguous()
-    limit = DIRECT_PRODUCT_MAX_DIM_COLUMNS if columns_stored else DIRECT_PRODUCT_MAX_DIM
+    limit = DIRECT_PRODUCT_MAX_DIM_COLUMNS if stored_by_columns(X) else DIRECT_PRODUCT_MAX_DIM
     return n >= BLOCK_ROWS and d <= limit
 
 
 def use_direct_lags(dim: int, columns: int) -> bool:
     """Whether :func:`gram_lag_sums` beats the FFT for a ``(dim, columns)`` operand."""
-    return columns >= BLOCK_ROWS and dim <= DIRECT_LAGS_MAX_DIM
+    limit = min(DIRECT_LAGS_MAX_DIM, DIRECT_LAGS_MAX_ROWS_PER_COLUMN * columns)
+    return columns >= BLOCK_ROWS and dim <= limit
 
 
 def use_gram_first(dim: int, columns: int) -> bool:
     r"""Whether ``from_inner`` should start from :math:`X X^\top` (``d x d``).
 
-    That costs :math:`d^2 n + O(d^3)` in one long GEMM, and its ``d x d`` memory is at
-    most an eighth of ``X``.
+    That costs :math:`d^2 n / 2 + O(d^3)` (a symmetric Gram matrix, see
+    :mod:`structmat._gram`), and its ``d x d`` memory is at most an eighth of ``X``.
     """
     return columns >= GRAM_FIRST_MIN_COLUMNS_PER_ROW * dim and dim <= GRAM_FIRST_MAX_DIM
 

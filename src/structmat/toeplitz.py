@@ -23,6 +23,7 @@ from structmat._numerics import check_nonzero, compute_dtype
 from structmat._toeplitz_direct import (
     gram_lag_sums,
     lower_product,
+    upper_diagonal_sums,
     use_direct_lags,
     use_direct_product,
     use_gram_first,
@@ -69,10 +70,10 @@ class TriangularToeplitz(LinearStructure):
     - ``inv``: Newton's iteration for :math:`1/c(z) \bmod z^d`, :math:`O(d \log d)`.
     - ``from_mat_inner(X)``: the ``k``-th diagonal sum of :math:`X X^\top` is the
       lag-``k`` autocorrelation of the columns of ``X`` summed over the columns,
-      :math:`O(n d \log d)`, directly :math:`d^2 n / 2` for ``d <= 512``;
+      :math:`O(n d \log d)`, directly :math:`d^2 n / 2` for ``d <= min(384, 1.5 n)``;
       ``from_inner(X)`` applies it to :math:`A^\top X` (three FFTs of the ``n``
-      columns, or directly :math:`d^2 n` for ``d <= 512``), or, for ``n >= 8 d``, to
-      :math:`A^\top (X X^\top) A` (:math:`d^2 n + O(d^3)`; the one kernel with a
+      columns, or directly :math:`d^2 n` for such ``d``), or, for ``n >= 8 d``, to
+      :math:`A^\top (X X^\top) A` (:math:`d^2 n / 2 + O(d^3)`; the one kernel with a
       ``d x d`` intermediate, at most an eighth of ``X``). With FFTs the last 64 lags,
       which the projection divides by small :math:`d - k`, are summed exactly.
     - ``from_inner()``: the ``k``-th diagonal sum of :math:`A^\top A` is
@@ -239,7 +240,7 @@ class TriangularToeplitz(LinearStructure):
         r"""Lag sums of :math:`Y = A^\top X` by one of three routes.
 
         With many columns (``n >= 8 d``), through :math:`S = X X^\top`: the diagonal
-        sums of :math:`Y Y^\top = A^\top S A` (:math:`d^2 n + O(d^3)`, ``d x d`` memory
+        sums of :math:`Y Y^\top = A^\top S A` (:math:`d^2 n / 2 + O(d^3)`, ``d x d`` memory
         at most an eighth of ``X``). Otherwise, for moderate ``d``, ``Y`` and its lag
         sums by blocked GEMMs (:math:`d^2 n`); else by three FFTs of the ``n`` columns.
         The crossovers are in :mod:`structmat._toeplitz_direct`.
@@ -250,9 +251,8 @@ class TriangularToeplitz(LinearStructure):
         if use_gram_first(d, n):
             S = gram(work)
             # A^T S A = A^T (A^T S)^T, as S is symmetric.
-            inner = self._times(self._times(S, True).mT, True).contiguous()
-            upper, lower = diagonal_sums(inner, work.dtype)
-            pair_sums = upper + lower
+            inner = self._times(self._times(S, True).mT, True)
+            pair_sums = upper_diagonal_sums(inner) + upper_diagonal_sums(inner.mT)
         elif use_direct_lags(d, n):
             Y = self._times(work, True)
             pair_sums = 2 * gram_lag_sums(Y)
