@@ -13,7 +13,8 @@ for ``X`` contiguous (``C``) and for ``X`` a transposed view (``T``, the layout 
 ``grad.mT`` and of most operands in an optimizer step), and prints the ratio
 direct / FFT (below 1: direct is faster) with the crossover: the smallest ``d``
 from which the direct kernel is slower at every larger ``d``. The constants in
-``structmat._toeplitz_direct`` come from these figures.
+``structmat._toeplitz_direct`` come from these figures. Rows of earlier runs in the
+JSON file are kept unless measured again.
 
 Usage::
 
@@ -43,6 +44,8 @@ from structmat._toeplitz_kernels import (
 )
 
 DIMS = [32, 64, 128, 256, 384, 512, 640, 768, 1024, 1536, 2048]
+#: Largest operand (elements) timed: the ``gram`` rows skip larger ``d n``.
+MAX_ELEMENTS = 2**25
 
 
 def paired_medians(
@@ -152,13 +155,14 @@ def main() -> None:
     for kind in args.kinds:
         for layout in args.layouts:
             for n in args.gram_ratios if kind == "gram" else args.columns:
-                row = {d: ratios(kind, d, n, layout, dtype, args.repeats) for d in args.dims}
+                dims = [d for d in args.dims if kind != "gram" or n * d * d <= MAX_ELEMENTS]
+                row = {d: ratios(kind, d, n, layout, dtype, args.repeats) for d in dims}
                 label = f"{n}d" if kind == "gram" else str(n)
                 results[f"{kind}/{layout}/{label}"] = {str(d): r for d, r in row.items()}
                 cross = crossover(row)
                 print(
                     f"{kind:<9}{layout:>3}{label:>6}"
-                    + "".join(f"{row[d]:>7.2f}" for d in args.dims)
+                    + "".join(f"{row[d]:>7.2f}" if d in row else f"{'-':>7}" for d in args.dims)
                     + f"  {cross if cross is not None else '-':>9}",
                     flush=True,
                 )
@@ -169,6 +173,8 @@ def main() -> None:
         "repeats": args.repeats,
         "dtype": args.dtype,
     }
+    if args.out.exists():  # keep the rows of earlier runs (other kinds, layouts or n)
+        results = {**json.loads(args.out.read_text())["ratios"], **results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "ratios": results}, indent=1))
     print(f"wrote {args.out}")

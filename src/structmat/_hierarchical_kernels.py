@@ -20,8 +20,8 @@ operand is copied into the other layout, and the result keeps the operand's layo
 *Arrow Gram.* The projection :math:`P_H(S)` of a symmetric :math:`S` reads only the
 rows ``z`` of :math:`S` and the diagonal of :math:`S_{cc}`. For :math:`S = X X^\top`
 these are :math:`G = X_z X^\top` (one GEMM, :math:`k d n`) and the squared row norms
-of :math:`X_c`, so ``from_mat_inner`` and ``from_inner`` never form a ``d x n``
-intermediate besides one ``k x n`` block.
+of :math:`X_c`, so ``from_mat_inner`` and ``from_inner`` read ``X`` in one GEMM and
+one pass over :math:`X_c` instead of forming :math:`H^\top X`.
 """
 
 from __future__ import annotations
