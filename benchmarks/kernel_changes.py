@@ -13,7 +13,10 @@ of repeats), at the shapes of ``benchmarks/optimizer_step.py``:
   (``(d, batch x positions)``, contiguous) and of the linear layers.
 
 Prints, per structure, the times and the ratio after / before (below 1 is faster),
-and writes JSON.
+and writes JSON (keeping the structures of an earlier run against the same revision).
+On a shared machine single runs can take several times as long when the process is
+preempted (a time slice of a few milliseconds); the ratio of the fastest runs is
+printed as well, and more repeats keep the median stable.
 
 Usage::
 
@@ -108,10 +111,10 @@ def load_revision(revision: str) -> ModuleType:
     return before
 
 
-def paired_medians(
+def paired_times(
     first: Callable[[], object], second: Callable[[], object], repeats: int
-) -> tuple[float, float]:
-    """Median times of two functions run alternately (after one warm-up run each)."""
+) -> tuple[list[float], list[float]]:
+    """Times of two functions run alternately (after one warm-up run each)."""
     first(), second()
     times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
@@ -119,7 +122,7 @@ def paired_medians(
             start = time.perf_counter()
             fn()
             bucket.append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
+    return times
 
 
 def member_tensors(name: str, dim: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -151,7 +154,7 @@ def cases(name: str) -> list[tuple[str, str, int, int, str]]:
 
 def run_case(
     name: str, op: str, d: int, n: int, layout: str, before: ModuleType, repeats: int
-) -> tuple[float, float]:
+) -> tuple[list[float], list[float]]:
     generator = torch.Generator().manual_seed(d + n)
     tensors = member_tensors(name, d, generator)
     new = structmat.get_structure(name)(**tensors)
@@ -164,7 +167,7 @@ def run_case(
         "from_inner()": lambda A: lambda: A.from_inner(),
         "A@B": lambda A: lambda: A @ A,
     }
-    return paired_medians(calls[op](old), calls[op](new), repeats)
+    return paired_times(calls[op](old), calls[op](new), repeats)
 
 
 def main() -> None:
@@ -182,15 +185,19 @@ def main() -> None:
     torch.set_num_threads(1)
     before = load_revision(args.before)
     results: dict[str, list[dict[str, Any]]] = {}
-    print(f"after / before ({args.before}), median of {args.repeats}; 1 thread; float32")
+    print(
+        f"after / before ({args.before}): median and fastest of {args.repeats}; 1 thread; float32"
+    )
     print(
         f"{'structure':<29}{'model':<6}{'op':<15}{'d':>6}{'n':>7}{'X':>3}"
-        f"{'before ms':>11}{'after ms':>10}{'ratio':>8}"
+        f"{'before ms':>11}{'after ms':>10}{'ratio':>8}{'fastest':>9}"
     )
     for name in args.structures:
         rows = results[name] = []
         for model, op, d, n, layout in cases(name):
-            t_before, t_after = run_case(name, op, d, n, layout, before, args.repeats)
+            before_times, after_times = run_case(name, op, d, n, layout, before, args.repeats)
+            t_before, t_after = statistics.median(before_times), statistics.median(after_times)
+            fastest = min(after_times) / min(before_times)
             rows.append(
                 {
                     "model": model,
@@ -198,14 +205,19 @@ def main() -> None:
                     "d": d,
                     "n": n,
                     "layout": layout,
+                    "repeats": args.repeats,
                     "before": t_before,
                     "after": t_after,
                     "ratio": t_after / t_before,
+                    "before_min": min(before_times),
+                    "after_min": min(after_times),
+                    "ratio_min": fastest,
                 }
             )
             print(
                 f"{name:<29}{model:<6}{op:<15}{d:>6}{n or '':>7}{layout:>3}"
-                f"{t_before * 1e3:>11.3f}{t_after * 1e3:>10.3f}{t_after / t_before:>8.2f}",
+                f"{t_before * 1e3:>11.3f}{t_after * 1e3:>10.3f}{t_after / t_before:>8.2f}"
+                f"{fastest:>9.2f}",
                 flush=True,
             )
     meta = {
@@ -213,9 +225,12 @@ def main() -> None:
         "torch": torch.__version__,
         "machine": platform.machine(),
         "threads": 1,
-        "repeats": args.repeats,
         "dtype": "float32",
     }
+    if args.out.exists():  # keep the structures of earlier runs unless measured again
+        stored = json.loads(args.out.read_text())
+        if stored["meta"]["before"] == args.before:
+            results = {**stored["results"], **results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     print(f"wrote {args.out}")

@@ -2,8 +2,9 @@
 
 Products with an operand stored column by column (a transposed view such as
 ``G.mT``) are computed in that layout, and ``from_inner(X)`` / ``from_mat_inner(X)``
-from the rows of ``X X^T`` that the projection reads. Everything is compared with
-the dense computation in float64, at every block-size boundary.
+from the rows of ``X X^T`` that the projection reads (``from_inner`` for operands of at
+least ``GRAM_ROUTE_MIN_ELEMENTS`` elements). Everything is compared with the dense
+computation in float64, at every block-size boundary.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 from torch import Tensor
 
 from structmat import Hierarchical, TransposedHierarchical
-from structmat._hierarchical_kernels import left_product, right_product
+from structmat._hierarchical_kernels import GRAM_ROUTE_MIN_ELEMENTS, left_product, right_product
 from structmat._hierarchical_layout import HierarchicalLayout
 from tests.strategies import project, random_member, random_tensor
 
@@ -86,7 +87,7 @@ def test_transposed_operands_keep_their_layout(cls: type[HierarchicalLayout], di
 def test_gram_projections_match_dense(cls: type[HierarchicalLayout], dim: int) -> None:
     A = random_member(cls, dim, seed=dim + 1)
     a = A.to_dense()
-    for n in (1, 4, 3 * dim):
+    for n in (1, 4, 3 * dim, GRAM_ROUTE_MIN_ELEMENTS // dim + 1):
         X = random_tensor((dim, n), seed=n)
         Y = a.T @ X
         for operand in (X, by_columns(X)):
@@ -102,7 +103,7 @@ def test_gram_projections_in_float32(cls: type[HierarchicalLayout]) -> None:
     eps = torch.finfo(torch.float32).eps
     dim = cls.max_k1 + cls.max_k2 + 20
     A = random_member(cls, dim, seed=3, dtype=torch.float32, invertible=True)
-    X = random_tensor((dim, 200), seed=4, dtype=torch.float32)
+    X = random_tensor((dim, GRAM_ROUTE_MIN_ELEMENTS // dim + 1), seed=4, dtype=torch.float32)
     pairs = [
         (A.from_inner(X), A.to(torch.float64).from_inner(X.double())),
         (cls.from_mat_inner(X), cls.from_mat_inner(X.double())),
@@ -137,3 +138,7 @@ def test_gradients_through_both_layouts(cls: type[HierarchicalLayout]) -> None:
 
     assert torch.autograd.gradcheck(products, (*inputs, X), fast_mode=True)
     assert torch.autograd.gradcheck(projections, (*inputs, X), fast_mode=True)
+    wide = random_tensor((dim, GRAM_ROUTE_MIN_ELEMENTS // dim + 1), seed=7)
+    assert torch.autograd.gradcheck(
+        projections, (*inputs, wide.requires_grad_(True)), fast_mode=True
+    )

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from structmat._hierarchical_kernels import (
+    GRAM_ROUTE_MIN_ELEMENTS,
     arrow_gram,
     inner_arrow,
     left_product,
@@ -210,8 +211,12 @@ class Hierarchical(HierarchicalLayout):
         The rows ``a, e`` of :math:`H^\top S H` and the diagonal of its middle block
         follow from those of :math:`S = X X^\top`
         (:func:`~structmat._hierarchical_kernels.inner_arrow`): :math:`O(n d k)` in one
-        GEMM and one pass over ``X``, then :math:`O(d k^2)`.
+        GEMM and one pass over ``X``, then :math:`O(d k^2)`. Small operands (below
+        :data:`~structmat._hierarchical_kernels.GRAM_ROUTE_MIN_ELEMENTS` elements) take
+        ``from_mat_inner(H^T @ X)``, which has fewer ops.
         """
+        if X.numel() < GRAM_ROUTE_MIN_ELEMENTS:
+            return self.from_mat_inner(self._rmatmat(X))
         G, s = inner_arrow(self.parts(), *arrow_gram(X, self.sizes))
         return type(self)(**project_arrow(G, s, self.sizes))
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from structmat._hierarchical_kernels import outer_arrow, project_arrow
+from structmat._hierarchical_kernels import GRAM_ROUTE_MIN_ELEMENTS, outer_arrow, project_arrow
 from structmat._hierarchical_layout import HierarchicalLayout
 from structmat.hierarchical import Hierarchical
 from structmat.registry import register_family
@@ -110,8 +110,10 @@ class TransposedHierarchical(HierarchicalLayout):
 
         Only the rows ``a, e`` of ``Y`` are formed
         (:func:`~structmat._hierarchical_kernels.outer_arrow`): :math:`O(n d k)` in two
-        GEMMs and one pass over ``X``.
+        GEMMs and one pass over ``X``; small operands take ``from_mat_inner(M^T @ X)``.
         """
+        if X.numel() < GRAM_ROUTE_MIN_ELEMENTS:
+            return self.from_mat_inner(self._rmatmat(X))
         H = self._untransposed()
         G, s = outer_arrow(H.parts(), X)
         return self._of(type(H)(**project_arrow(G, s, self.sizes)))
