@@ -54,6 +54,11 @@ def projection(mat: Tensor) -> Tensor:
     return torch.stack(pairs)
 
 
+def direct_columns(dim: int) -> int:
+    """The fewest columns for which a ``dim``-row operand in any layout is multiplied directly."""
+    return max(N, -(-dim // direct.DIRECT_PRODUCT_MAX_ROWS_PER_COLUMN))
+
+
 def layout(X: Tensor, transposed: bool) -> Tensor:
     """``X`` stored row by row, or column by column (a transposed view)."""
     return X.mT.contiguous().mT if transposed else X.contiguous()
@@ -123,7 +128,7 @@ def test_direct_products_match_dense(cls: type[TriangularToeplitz], transposed: 
     for dim in (1, 37, limit):
         A = cls(random_tensor((dim,), seed=dim))
         a = A.to_dense()
-        X = layout(random_tensor((dim, N), seed=2), transposed)
+        X = layout(random_tensor((dim, direct_columns(dim)), seed=2), transposed)
         assert direct.use_direct_product(X)
         close(A @ X, a @ X)
         close(A.rmatmat(X), a.T @ X)
@@ -253,9 +258,10 @@ def test_float32_products_are_accurate_entry_by_entry(dim: int) -> None:
         assert bool((direct_error <= bound).all()), float((direct_error / bound).max())
         fft_error = (fft(c32, X32.mT).mT.double() - exact).abs()
         assert float((fft_error / bound).max()) > 10.0
-    X32 = graded_operand(dim, N).float()
+    X32 = graded_operand(dim, direct_columns(dim)).float()
     X = X32.double()
     for cls in CLASSES:
+        assert direct.use_direct_product(X32)
         A = cls(c32)
         M = A.to_dense().double()
         exact = M @ X

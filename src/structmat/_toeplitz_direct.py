@@ -37,16 +37,20 @@ from structmat._layout import needs_grad, stored_by_columns
 BLOCK_ROWS = 64
 
 #: Largest ``d`` for which a product :math:`L X` or :math:`L^\top X` is computed
-#: directly when ``X`` is stored row by row (contiguous). Measured with one thread (CPU,
-#: ``benchmarks/toeplitz_crossover.py``, float32 and float64, ``n = 64 ... 1024``): the
-#: blocked product takes 0.2-0.7 of the FFT time up to ``d = 512`` and breaks even
-#: between ``d = 512`` (``n = 64``) and beyond ``d = 1024`` (``n >= 256``).
-DIRECT_PRODUCT_MAX_DIM = 640
+#: directly when ``X`` is stored row by row (contiguous), for ``d <= 4 n``
+#: (:data:`DIRECT_PRODUCT_MAX_ROWS_PER_COLUMN`). Measured with one thread (CPU, float32,
+#: ``benchmarks/toeplitz_crossover.py``): the blocked product takes 0.4-0.8 of the FFT
+#: time up to ``d = 4 n``, and breaks even near ``d = 512`` for ``n = 64 ... 128``
+#: and beyond ``d = 1024`` for ``n = 512``.
+DIRECT_PRODUCT_MAX_DIM = 768
+
+#: Largest ratio ``d / n`` for a direct product with ``X`` stored row by row.
+DIRECT_PRODUCT_MAX_ROWS_PER_COLUMN = 4
 
 #: The same for ``X`` stored column by column (a transposed view such as ``G.mT``),
 #: whose columns the FFT reads in place, without the transposing copy it needs
-#: otherwise: the direct product takes 0.5-0.9 of the FFT time up to ``d = 256`` and
-#: 1.1 times it at ``d = 384``.
+#: otherwise: the direct product takes 0.6-1.0 of the FFT time up to ``d = 256`` and
+#: 1.0-1.2 times it at ``d = 384`` (``n = 64 ... 512``).
 DIRECT_PRODUCT_MAX_DIM_COLUMNS = 320
 
 #: Largest ``d`` for which lag sums (the diagonal sums of a Gram matrix) are computed
@@ -75,7 +79,10 @@ GRAM_FIRST_MAX_DIM = 1024
 def use_direct_product(X: Tensor) -> bool:
     """Whether :func:`lower_product` beats the FFT for the ``(d, n)`` operand ``X``."""
     d, n = X.shape
-    limit = DIRECT_PRODUCT_MAX_DIM_COLUMNS if stored_by_columns(X) else DIRECT_PRODUCT_MAX_DIM
+    if stored_by_columns(X):
+        limit = DIRECT_PRODUCT_MAX_DIM_COLUMNS
+    else:
+        limit = min(DIRECT_PRODUCT_MAX_DIM, DIRECT_PRODUCT_MAX_ROWS_PER_COLUMN * n)
     return n >= BLOCK_ROWS and d <= limit
 
 
