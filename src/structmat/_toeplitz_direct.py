@@ -37,53 +37,52 @@ from structmat._layout import needs_grad, stored_by_columns
 BLOCK_ROWS = 64
 
 #: Largest ``d`` for which a product :math:`L X` or :math:`L^\top X` is computed
-#: directly when ``X`` is stored row by row (contiguous), for ``d <= 4 n``
+#: directly when ``X`` is stored row by row (contiguous), for ``d <= 3 n`` as well
 #: (:data:`DIRECT_PRODUCT_MAX_ROWS_PER_COLUMN`). Measured with one thread (CPU, float32,
-#: ``benchmarks/toeplitz_crossover.py``): the blocked product takes 0.4-0.8 of the FFT
-#: time up to ``d = 4 n``, and breaks even near ``d = 512`` for ``n = 64 ... 128``
-#: and beyond ``d = 1024`` for ``n = 512``.
+#: ``benchmarks/toeplitz_crossover.py``, results in
+#: ``benchmarks/results/toeplitz_crossover.json``): the blocked product takes 0.5-0.9
+#: of the FFT time for ``d <= 3 n``; it breaks even near ``d = 384 ... 512`` for
+#: ``n = 64``, ``d = 512 ... 640`` for ``n = 128`` and ``d = 1024`` for ``n = 512``.
 DIRECT_PRODUCT_MAX_DIM = 768
-
-#: Largest ratio ``d / n`` for a direct product with ``X`` stored row by row.
-DIRECT_PRODUCT_MAX_ROWS_PER_COLUMN = 4
 
 #: The same for ``X`` stored column by column (a transposed view such as ``G.mT``),
 #: whose columns the FFT reads in place, without the transposing copy it needs
-#: otherwise: the direct product takes 0.6-1.0 of the FFT time up to ``d = 256`` and
-#: 1.0-1.2 times it at ``d = 384`` (``n = 64 ... 512``).
+#: otherwise: the direct product takes 0.5-0.9 of the FFT time for ``d <= 3 n`` up to
+#: ``d = 256 ... 384`` and 1.1-1.5 times it at ``d = 512``.
 DIRECT_PRODUCT_MAX_DIM_COLUMNS = 320
+
+#: Largest ratio ``d / n`` for a direct product: with few columns the GEMMs are short.
+DIRECT_PRODUCT_MAX_ROWS_PER_COLUMN = 3
 
 #: Largest ``d`` for which lag sums (the diagonal sums of a Gram matrix) are computed
 #: directly, for many columns. Their GEMMs have inner dimension ``n``, so they gain
-#: speed with ``n``: measured with one thread (CPU, float32, both layouts), the direct
-#: lag sums take 0.3-0.8 of the FFT time for ``d <= 1.5 n`` up to ``d = 384`` and
-#: break even near ``d = 128`` for ``n = 64``, ``d = 256`` for ``n = 128`` and
-#: ``d = 384 ... 512`` for ``n >= 256``. The direct ``from_inner(X)``, a product and lag
-#: sums, breaks even at about the same ``d``.
+#: speed with ``n``: measured as above, the direct lag sums take 0.3-0.95 of the FFT
+#: time for ``d <= 1.5 n`` up to ``d = 384``, and break even near ``d = 128`` for
+#: ``n = 64``, ``d = 256`` for ``n = 128`` and ``d = 384 ... 512`` for ``n = 512`` (both
+#: layouts). The direct ``from_inner(X)``, a product and lag sums, breaks even at about
+#: the same ``d``.
 DIRECT_LAGS_MAX_DIM = 384
 
 #: Largest ratio ``d / n`` for direct lag sums (see :data:`DIRECT_LAGS_MAX_DIM`).
 DIRECT_LAGS_MAX_ROWS_PER_COLUMN = 1.5
 
 #: ``from_inner(X)`` goes through the Gram matrix :math:`X X^\top` when ``X`` has at
-#: least this many times ``d`` columns (and ``d <=`` :data:`GRAM_FIRST_MAX_DIM`): 0.1-0.8
-#: of the FFT time at ``n = 8 d`` and 0.05-0.5 at ``n = 64 d`` for ``d = 16 ... 512``.
+#: least this many times ``d`` columns (and ``d <=`` :data:`GRAM_FIRST_MAX_DIM`): measured
+#: as above, 0.3-0.6 of the FFT time at ``n = 8 d`` and 0.1-0.3 at ``n = 64 d`` for
+#: ``d = 32 ... 1024`` (0.03-0.15 on the convolutions' patches, ``n = 16384 ... 65536``).
 GRAM_FIRST_MIN_COLUMNS_PER_ROW = 8
 
 #: Largest ``d`` for the route through :math:`X X^\top`: its :math:`O(d^3)` part and
-#: the ``d x d`` matrices grow past the FFT's cost; at ``n = 4 d`` it took 0.5-0.9 of
-#: the FFT time up to ``d = 1024`` and 1.0-1.4 at ``d = 2048``.
+#: the ``d x d`` matrices grow past the FFT's cost; at ``n = 8 d`` it takes 0.5-0.8 of
+#: the FFT time at ``d = 1536`` and 0.8-1.2 at ``d = 2048``.
 GRAM_FIRST_MAX_DIM = 1024
 
 
 def use_direct_product(X: Tensor) -> bool:
     """Whether :func:`lower_product` beats the FFT for the ``(d, n)`` operand ``X``."""
     d, n = X.shape
-    if stored_by_columns(X):
-        limit = DIRECT_PRODUCT_MAX_DIM_COLUMNS
-    else:
-        limit = min(DIRECT_PRODUCT_MAX_DIM, DIRECT_PRODUCT_MAX_ROWS_PER_COLUMN * n)
-    return n >= BLOCK_ROWS and d <= limit
+    limit = DIRECT_PRODUCT_MAX_DIM_COLUMNS if stored_by_columns(X) else DIRECT_PRODUCT_MAX_DIM
+    return n >= BLOCK_ROWS and d <= min(limit, DIRECT_PRODUCT_MAX_ROWS_PER_COLUMN * n)
 
 
 def use_direct_lags(dim: int, columns: int) -> bool:

@@ -65,8 +65,8 @@ class TriangularToeplitz(LinearStructure):
 
     - ``A @ X``, ``A^T @ X``: causal convolution resp. correlation of every column
       of ``X`` (shape ``(d, n)``) with :math:`c`, :math:`O(n d \log d)`; directly
-      :math:`d^2 n / 2` for ``d <= min(768, 4 n)`` (``d <= 320`` for a transposed
-      view ``X``).
+      :math:`d^2 n / 2` for ``d <= min(768, 3 n)`` (``d <= min(320, 3 n)`` for a
+      transposed view ``X``).
     - ``A @ B``: truncated convolution of the coefficient vectors, :math:`O(d \log d)`.
     - ``inv``: Newton's iteration for :math:`1/c(z) \bmod z^d`, :math:`O(d \log d)`.
     - ``from_mat_inner(X)``: the ``k``-th diagonal sum of :math:`X X^\top` is the
