@@ -98,9 +98,11 @@ def _tensors(obj: Any) -> Iterable[Tensor]:
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes of every tensor the optimizer holds, each storage counted once."""
+    if isinstance(optimizer, SINGD):
+        return optimizer.state_bytes()  # blocks' state with cached products, momenta
     sources: list[Any] = [optimizer.state_dict()]
-    # factors held outside the state_dict, and cached products of them
-    for attribute in ("Ks", "Cs", "m_Ks", "m_Cs", "_grams"):
+    # factors the reference holds outside its state_dict
+    for attribute in ("Ks", "Cs", "m_Ks", "m_Cs"):
         sources.append(getattr(optimizer, attribute, {}))
     seen: dict[int, int] = {}
     for tensor in _tensors(sources):

@@ -21,7 +21,9 @@ DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
 sys.path.insert(0, str(DOCS / "_ext"))
 
+import distributed_table  # noqa: E402  (lives in docs/_ext)
 import structure_tables  # noqa: E402  (lives in docs/_ext)
+import time_to_target_tables  # noqa: E402  (lives in docs/_ext)
 
 project = "singd-opt"
 author = "singd-opt contributors"
@@ -85,10 +87,11 @@ sphinx_gallery_conf = {
     "plot_gallery": "True",
 }
 
-# sphinx-gallery re-runs an example only when its source changes. The benchmark example
-# reads benchmarks/results/*.json instead, so it runs on every build (in well under a
+# sphinx-gallery re-runs an example only when its source changes. The benchmark examples
+# read benchmarks/results/*.json instead, so they run on every build (in well under a
 # second) and new measurements always show up.
-(DOCS / "auto_examples" / "plot_07_benchmark_results.py.md5").unlink(missing_ok=True)
+for example in ("plot_07_benchmark_results", "plot_08_time_to_target"):
+    (DOCS / "auto_examples" / f"{example}.py.md5").unlink(missing_ok=True)
 
 # -- HTML ---------------------------------------------------------------------------
 html_theme = "furo"
@@ -103,3 +106,5 @@ pygments_dark_style = "monokai"
 def setup(app: object) -> None:
     """Write the generated tables of the structure pages before reading sources."""
     structure_tables.write_all(DOCS / "_generated", ROOT / "benchmarks" / "results")
+    distributed_table.write(DOCS / "_generated", ROOT / "benchmarks" / "results")
+    time_to_target_tables.write_all(DOCS / "_generated", ROOT / "benchmarks" / "results")

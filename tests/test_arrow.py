@@ -1,6 +1,12 @@
-"""Structure-specific tests of the triangular arrow structures."""
+"""Structure-specific tests of the triangular arrow structures.
+
+Agreement with dense computation, closure, inverses, precision and bad operands are
+checked for every variant by the law suite (``test_structure_laws.py``).
+"""
 
 from __future__ import annotations
+
+import pickle
 
 import pytest
 import torch
@@ -92,13 +98,6 @@ def test_dimension_one_is_the_corner(cls: type[ArrowMatrix]) -> None:
 
 
 @pytest.mark.parametrize("cls", CLASSES)
-@pytest.mark.parametrize("d", SIZES)
-def test_from_dense_is_identity_on_members(cls: type[ArrowMatrix], d: int) -> None:
-    A = random_member(cls, d)
-    close(cls.from_dense(A.to_dense()).to_dense(), A.to_dense(), 0)
-
-
-@pytest.mark.parametrize("cls", CLASSES)
 def test_from_dense_folds_mirrored_entries(cls: type[ArrowMatrix]) -> None:
     S = torch.arange(16.0).reshape(4, 4)
     A = cls.from_dense(S)
@@ -132,37 +131,6 @@ def test_from_dense_matches_reference(cls: type[ArrowMatrix], d: int) -> None:
 
 @pytest.mark.parametrize("cls", CLASSES)
 @pytest.mark.parametrize("d", SIZES)
-def test_kernels_match_dense(cls: type[ArrowMatrix], d: int) -> None:
-    A, B = random_member(cls, d, seed=1), random_member(cls, d, seed=2)
-    Ad, Bd = A.to_dense(), B.to_dense()
-    X = torch.randn(d, 5, dtype=torch.float64)
-    v = torch.randn(d, dtype=torch.float64)
-
-    product = A @ B
-    assert type(product) is cls
-    close(product.to_dense(), Ad @ Bd)
-    close((A + B).to_dense(), Ad + Bd)
-    close((A - 2.0 * B).to_dense(), Ad - 2 * Bd)
-    close(A @ X, Ad @ X)
-    close(A @ v, Ad @ v)
-    close(A.rmatmat(X), Ad.T @ X)
-    close(X.T @ A, X.T @ Ad)
-    close(A.diag(), Ad.diagonal())
-    close(A.trace(), Ad.trace())
-    close(A.frobenius_norm(), torch.linalg.matrix_norm(Ad))
-    close(A.from_inner().to_dense(), cls.from_dense(Ad.T @ Ad).to_dense())
-    Y = Ad.T @ X
-    close(A.from_inner(X).to_dense(), cls.from_dense(Y @ Y.T).to_dense())
-    close(cls.from_mat_inner(X).to_dense(), cls.from_dense(X @ X.T).to_dense())
-
-    C = A.clone().diag_add_(0.5)
-    close(C.to_dense(), Ad + 0.5 * torch.eye(d, dtype=torch.float64))
-    C.add_(B, alpha=-1.5).mul_(3.0)
-    close(C.to_dense(), 3 * (Ad + 0.5 * torch.eye(d, dtype=torch.float64) - 1.5 * Bd))
-
-
-@pytest.mark.parametrize("cls", CLASSES)
-@pytest.mark.parametrize("d", SIZES)
 def test_transpose_is_the_paired_class(cls: type[ArrowMatrix], d: int) -> None:
     A = random_member(cls, d)
     At = A.T
@@ -171,17 +139,6 @@ def test_transpose_is_the_paired_class(cls: type[ArrowMatrix], d: int) -> None:
     assert type(At.T) is cls
     assert cls.upper != TRANSPOSES[cls].upper
     assert cls.corner_first == TRANSPOSES[cls].corner_first
-
-
-@pytest.mark.parametrize("cls", CLASSES)
-@pytest.mark.parametrize("d", SIZES)
-def test_inverse(cls: type[ArrowMatrix], d: int) -> None:
-    A = invertible_member(cls, d)
-    inverse = A.inv()
-    assert type(inverse) is cls
-    eye = torch.eye(d, dtype=torch.float64)
-    close((A @ inverse).to_dense(), eye)
-    close(inverse.to_dense(), torch.linalg.inv(A.to_dense()))
 
 
 @pytest.mark.parametrize("cls", CLASSES)
@@ -210,45 +167,6 @@ def test_constructor_errors(cls: type[ArrowMatrix]) -> None:
         cls(**{**ok, "corner": torch.zeros(1, dtype=torch.float64)})
     with pytest.raises(ValueError):
         cls.from_dense(torch.zeros(3, 4))
-
-
-@pytest.mark.parametrize("cls", CLASSES)
-def test_bad_operands_leave_state_unchanged(cls: type[ArrowMatrix]) -> None:
-    A = random_member(cls, 4)
-    before = A.clone()
-    with pytest.raises(TypeError):
-        A.add_(random_member(TRANSPOSES[cls], 4))
-    with pytest.raises(ValueError):
-        A.add_(random_member(cls, 5))
-    with pytest.raises(ValueError):
-        A @ torch.zeros(5, 2, dtype=torch.float64)
-    close(A.to_dense(), before.to_dense(), 0)
-
-
-@pytest.mark.parametrize("cls", CLASSES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_low_precision(cls: type[ArrowMatrix], dtype: torch.dtype) -> None:
-    d = 9
-    A64 = invertible_member(cls, d)
-    A = A64.to(dtype)
-    X = torch.randn(d, 3, dtype=torch.float64)
-    tol = 1e-4 if dtype == torch.float32 else 5e-2
-    results = {
-        "matmul": ((A @ A).to_dense(), (A64 @ A64).to_dense()),
-        "matmat": (A @ X.to(dtype), A64 @ X),
-        "rmatmat": (A.rmatmat(X.to(dtype)), A64.rmatmat(X)),
-        "inv": (A.inv().to_dense(), A64.inv().to_dense()),
-        "from_inner": (A.from_inner().to_dense(), A64.from_inner().to_dense()),
-        "from_inner_x": (A.from_inner(X.to(dtype)).to_dense(), A64.from_inner(X).to_dense()),
-        "from_mat_inner": (
-            cls.from_mat_inner(X.to(dtype)).to_dense(),
-            cls.from_mat_inner(X).to_dense(),
-        ),
-        "frobenius": (A.frobenius_norm(), A64.frobenius_norm()),
-    }
-    for name, (low, high) in results.items():
-        assert low.dtype == dtype, name
-        torch.testing.assert_close(low.double(), high, atol=tol, rtol=tol, msg=name)
 
 
 @pytest.mark.parametrize("cls", CLASSES)
@@ -305,3 +223,11 @@ def test_template_is_not_a_structure() -> None:
         ArrowMatrix(diagonal=torch.zeros(1), arrow=torch.zeros(1), corner=torch.zeros(1))
     with pytest.raises(TypeError, match="template"):
         ArrowMatrix.from_dense(torch.eye(2))
+
+
+def test_pickle_round_trip() -> None:
+    for cls in CLASSES:
+        A = random_member(cls, 6, seed=3)
+        B = pickle.loads(pickle.dumps(A))
+        assert type(B) is cls and B.shape == A.shape
+        assert torch.equal(B.to_dense(), A.to_dense())

@@ -19,7 +19,7 @@ def test_family_is_cached_and_registered() -> None:
     assert issubclass(cls, BlockDiagonal)
     assert cls.block_size == 30
     assert cls.name == "block30diagonal"
-    assert cls.__name__ == "Block30Diagonal"
+    assert cls.__name__ == "BlockDiagonal30"
     assert structmat.get_structure("block1diagonal").block_size == 1
     assert "block{b}diagonal" in structmat.available_structures()
 
@@ -118,10 +118,10 @@ def test_singular_blocks_raise() -> None:
 @pytest.mark.parametrize(
     ("blocks", "last_block", "match"),
     [
-        (torch.zeros(2, 3, 3), torch.zeros(0, 0), r"blocks must have shape \(N, 2, 2\)"),
-        (torch.zeros(2, 2), torch.zeros(0, 0), "blocks must have shape"),
-        (torch.zeros(1, 2, 2), torch.zeros(2, 2), "last_block must be smaller"),
-        (torch.zeros(1, 2, 2), torch.zeros(1, 2), "last_block must be a square"),
+        (torch.zeros(2, 3, 3), torch.zeros(0, 0), r"blocks must have shape \(2, 2, 2\)"),
+        (torch.zeros(2, 2), torch.zeros(0, 0), "blocks must be a 3-d tensor"),
+        (torch.zeros(1, 2, 2), torch.zeros(2, 2), r"last_block must have shape \(0, 0\)"),
+        (torch.zeros(1, 2, 2), torch.zeros(1, 2), r"last_block must have shape \(1, 1\)"),
         (torch.zeros(0, 2, 2), torch.zeros(0, 0), "d >= 1"),
         (torch.zeros(1, 2, 2), torch.zeros(1, 1, dtype=torch.float64), "dtype"),
     ],

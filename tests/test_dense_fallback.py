@@ -12,14 +12,19 @@ from structmat import Dense, DenseFallbackWarning, StructuredMatrix
 
 
 class UpperBidiagonal(StructuredMatrix):
-    """Diagonal plus first superdiagonal: the minimum a new structure implements."""
+    """Diagonal plus first superdiagonal: the minimum a new structure implements.
+
+    Storage layout, constructor, ``from_dense`` and ``to_dense``.
+    """
 
     closed_under_inverse = False
 
     def __init__(self, diagonal: Tensor, upper: Tensor) -> None:
-        super().__init__()
-        self.register_tensor("diagonal", diagonal)
-        self.register_tensor("upper", upper)
+        super().__init__(diagonal=diagonal, upper=upper)
+
+    @classmethod
+    def tensor_shapes(cls, dim: int) -> dict[str, tuple[int, ...]]:
+        return {"diagonal": (dim,), "upper": (dim - 1,)}
 
     @classmethod
     def from_dense(cls, sym_mat: Tensor) -> UpperBidiagonal:

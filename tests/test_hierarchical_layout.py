@@ -16,7 +16,7 @@ from torch import Tensor
 from structmat import Hierarchical, TransposedHierarchical
 from structmat._hierarchical_kernels import GRAM_ROUTE_MIN_ELEMENTS, left_product, right_product
 from structmat._hierarchical_layout import HierarchicalLayout
-from tests.strategies import project, random_member, random_tensor
+from structmat.testing import pattern_projection, random_member, random_tensor
 
 SIZES = [(3, 2), (15, 15)]
 FAMILIES = [Hierarchical, TransposedHierarchical]
@@ -93,8 +93,8 @@ def test_gram_projections_match_dense(cls: type[HierarchicalLayout], dim: int) -
         for operand in (X, by_columns(X)):
             inner = A.from_inner(operand)
             assert type(inner) is cls
-            close(inner.to_dense(), project(cls.name, Y @ Y.T))
-            close(cls.from_mat_inner(operand).to_dense(), project(cls.name, X @ X.T))
+            close(inner.to_dense(), pattern_projection(cls, Y @ Y.T))
+            close(cls.from_mat_inner(operand).to_dense(), pattern_projection(cls, X @ X.T))
 
 
 @pytest.mark.parametrize("cls", structures())

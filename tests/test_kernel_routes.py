@@ -17,7 +17,7 @@ import structmat
 from structmat import StructuredMatrix
 from structmat._gram import HALF_GRAM_MIN_SIZE, gram
 from structmat._layout import LONG_ROWS, row_sums_of_squares, stored_by_columns
-from tests.strategies import project, random_member, random_tensor
+from structmat.testing import pattern_projection, random_member, random_tensor
 
 ARROWS = ["triltopleftdiag", "trilbottomrightdiag", "triutopleftdiag", "triubottomrightdiag"]
 
@@ -35,13 +35,13 @@ def by_columns(X: Tensor) -> Tensor:
 def check_inner_and_products(A: StructuredMatrix, X: Tensor) -> None:
     """``from_inner``, ``from_mat_inner`` and both products against dense, both layouts."""
     a = A.to_dense()
-    name = type(A).name
+    cls = type(A)
     Y = a.T @ X
     for operand in (X, by_columns(X)):
         inner = A.from_inner(operand)
         assert type(inner) is type(A)
-        close(inner.to_dense(), project(name, Y @ Y.T))
-        close(type(A).from_mat_inner(operand).to_dense(), project(name, X @ X.T))
+        close(inner.to_dense(), pattern_projection(cls, Y @ Y.T))
+        close(type(A).from_mat_inner(operand).to_dense(), pattern_projection(cls, X @ X.T))
         close(A @ operand, a @ X)
         close(A.rmatmat(operand), a.T @ X)
 

@@ -13,14 +13,12 @@ import itertools
 import pytest
 import torch
 from torch import Tensor
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from structmat import TrilToeplitz, TriuToeplitz
 from structmat import _toeplitz_direct as direct
 from structmat._toeplitz_kernels import anticausal_correlation, causal_convolution
+from structmat.testing import LargestAllocation, random_tensor
 from structmat.toeplitz import TriangularToeplitz
-from tests.strategies import random_tensor
 
 CLASSES = [TrilToeplitz, TriuToeplitz]
 classes = pytest.mark.parametrize("cls", CLASSES)
@@ -287,22 +285,6 @@ def test_float32_lag_sums_are_accurate_entry_by_entry() -> None:
 
 
 # --------------------------------------------------------------- memory
-class AllocationRecorder(TorchDispatchMode):
-    """Records the largest storage (in elements) that any torch op produces."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for tensor in tree_flatten(out)[0]:
-            if isinstance(tensor, Tensor):
-                size = tensor.untyped_storage().nbytes() // max(tensor.element_size(), 1)
-                self.largest = max(self.largest, size)
-        return out
-
-
 @classes
 @pytest.mark.parametrize(("dim", "n"), [(90, N), (300, 256), (24, 8 * 24), (64, 8 * 64)])
 def test_direct_routes_allocate_at_most_the_operand(
@@ -321,7 +303,7 @@ def test_direct_routes_allocate_at_most_the_operand(
         X = layout(random_tensor((dim, n), seed=1), transposed)
         assert direct.use_direct_product(X)
         for op in (A.__matmul__, A.rmatmat, A.from_inner, cls.from_mat_inner):
-            with AllocationRecorder() as recorder:
+            with LargestAllocation() as recorder:
                 op(X)
             assert recorder.largest <= X.numel(), op
         if direct.use_gram_first(dim, n):

@@ -1,4 +1,8 @@
-"""Structure-specific tests of the dense triangular structures Tril and Triu."""
+"""Structure-specific tests of the dense triangular structures Tril and Triu.
+
+The law suite (``test_structure_laws.py``) checks both against dense computation up to
+``d = 70``; here the blocked kernel paths above the panel height are checked.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,9 @@ from structmat import SingularMatrixError, TriangularMatrix, Tril, Triu
 from structmat import _triangular_kernels as kernels
 
 CLASSES = [Tril, Triu]
-# Sizes below, at and above the panel height, so that both the dense leaves and the
-# blocked paths of the kernels run.
-SIZES = [1, 2, 5, kernels.LEAF, kernels.LEAF + 1, 2 * kernels.LEAF + 45]
+# Sizes at and above the panel height, so that the blocked paths of the kernels run; the
+# law suite (test_structure_laws.py) covers the dense leaves (d <= 70) for both classes.
+SIZES = [kernels.LEAF, kernels.LEAF + 1, 2 * kernels.LEAF + 45]
 
 
 def triangle(cls: type[TriangularMatrix], mat: torch.Tensor, diagonal: int = 0) -> torch.Tensor:
@@ -94,10 +98,12 @@ def test_kernels_match_dense(cls: type[TriangularMatrix], d: int) -> None:
     close(A.diag(), Ad.diagonal())
     close(A.frobenius_norm(), torch.linalg.matrix_norm(Ad))
 
+    M = torch.randn(d, d, dtype=torch.float64)
     for result, expected in [
         (A.from_inner(), cls.from_dense(Ad.T @ Ad)),
         (A.from_inner(X), cls.from_dense((Ad.T @ X) @ (Ad.T @ X).T)),
         (cls.from_mat_inner(X), cls.from_dense(X @ X.T)),
+        (A.from_inner2(M), cls.from_dense(Ad.T @ M @ Ad)),
     ]:
         assert type(result) is cls
         assert_triangular(cls, result.to_dense())

@@ -89,13 +89,15 @@ def storage_table(names: Sequence[str]) -> str:
     return list_table(header, rows)
 
 
-def _load(path: Path) -> dict[str, Any] | None:
+def load_results(path: Path) -> dict[str, Any] | None:
+    """Return the parsed JSON file at ``path``, or ``None`` if it does not exist."""
     if not path.is_file():
         return None
     return json.loads(path.read_text())
 
 
-def _missing(path: Path, script: str) -> str:
+def missing_note(path: Path, script: str) -> str:
+    """Return a reST note saying that ``path`` is missing and which script writes it."""
     return (
         ".. note::\n\n"
         f"   No measurements yet: ``{path.name}`` does not exist. Run\n"
@@ -115,9 +117,9 @@ def _meta_line(meta: dict[str, Any]) -> str:
 
 def kernel_tables(path: Path) -> str:
     """Structured/dense time ratios per structure and operation, one table per ``d``."""
-    data = _load(path)
+    data = load_results(path)
     if data is None:
-        return _missing(path, "structmat_kernels.py")
+        return missing_note(path, "structmat_kernels.py")
     results: dict[str, dict[str, dict[str, dict[str, float]]]] = data.get("results", {})
     dims = sorted({int(d) for by_dim in results.values() for d in by_dim})
     out = [_meta_line(data.get("meta", {})), ""]
@@ -137,9 +139,9 @@ def kernel_tables(path: Path) -> str:
 
 def optimizer_tables(path: Path) -> str:
     """SINGD step time and state relative to AdamW, one table per benchmark model."""
-    data = _load(path)
+    data = load_results(path)
     if data is None:
-        return _missing(path, "optimizer_step.py")
+        return missing_note(path, "optimizer_step.py")
     out = [_meta_line(data.get("meta", {})), ""]
     for model, rows in data.get("results", {}).items():
         adamw = rows.get("adamw", {})

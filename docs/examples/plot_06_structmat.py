@@ -78,7 +78,8 @@ print(torch.allclose(A.rmatmat(X), A.to_dense().T @ X, atol=1e-5))
 # The transpose of a lower triangular structure is upper triangular, so ``A.T``
 # belongs to the *paired* structure, with the same stored numbers. Structures that
 # contain the transposes of their members (dense, diagonal, block diagonal) are their
-# own pair.
+# own pair. Each structure declares this: ``closed_under_transpose`` and
+# ``transpose_structure()`` answer without building a matrix.
 
 for name in [
     "triltoeplitz",
@@ -87,9 +88,14 @@ for name in [
     "triltopleftdiag",
     "block30diagonal",
 ]:
-    M = structmat.get_structure(name).from_dense(torch.randn(40, 40))
+    cls = structmat.get_structure(name)
+    M = cls.from_dense(torch.randn(40, 40))
     same = torch.equal(M.T.to_dense(), M.to_dense().T)
-    print(f"{name:>18} -> {M.T.name:<28} transpose matches: {same}")
+    assert type(M.T) is cls.transpose_structure()
+    print(
+        f"{name:>18} -> {cls.transpose_structure().name:<28} "
+        f"closed: {cls.closed_under_transpose!s:<5}  transpose matches: {same}"
+    )
 
 # %%
 # Inverses

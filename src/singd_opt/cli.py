@@ -1,10 +1,23 @@
-"""The ``singd-opt`` command: SINGD against AdamW and SGD on bundled digits.
+"""The ``singd-opt`` command: SINGD against AdamW (and SGD) on bundled data.
 
-Trains the small CNN of :mod:`singd_opt.demo.models` on scikit-learn's bundled 8x8
-handwritten digits (fixed split and seed, nothing downloaded) once per optimizer -
-SINGD with each requested structure, AdamW and SGD with momentum - then prints a
-table (final train loss, test accuracy, wall time per step, optimizer-state bytes)
-and writes a PNG figure of loss and test accuracy over steps.
+Trains one model per optimizer - SINGD with each requested structure, and the
+baselines - on one of two tasks (:mod:`singd_opt.demo.tasks`), then prints a table
+and writes a PNG figure of the training loss and an evaluation curve over steps:
+
+- ``--task digits`` (the default): the small CNN of :mod:`singd_opt.demo.models` on
+  scikit-learn's bundled 8x8 handwritten digits, against AdamW and SGD with
+  momentum; the table shows final train loss and test accuracy;
+- ``--task lm``: the character-level transformer of :mod:`singd_opt.demo.lm_model` on
+  the source of Python's standard library, every parameter trained by SINGD alone,
+  against AdamW; the table shows validation and test loss in nats per character.
+
+Both tables end with the wall time per step and the optimizer-state bytes. Splits and
+seeds are fixed; nothing is downloaded.
+
+Under ``torchrun --nproc_per_node R -m singd_opt ...`` the same comparison runs with
+every mini-batch split over the ``R`` processes (:mod:`singd_opt.demo.parallel`); the
+first process prints the table and writes the figure, and the results equal those of
+one process up to rounding.
 
 Run ``singd-opt --help`` (or ``python -m singd_opt --help``) for the options. Errors
 in the arguments are reported on one line and exit with status 2. The demo needs
@@ -26,36 +39,22 @@ import os
 import sys
 import tempfile
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import torch
 
-from singd_opt.demo.training import (
-    BASELINE_LABELS,
-    DEFAULT_BASELINES,
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_EPOCHS,
-    DEFAULT_SEED,
-    DEFAULT_STRUCTURES,
-    HYPERPARAMETERS,
-)
-
-if TYPE_CHECKING:
-    from singd_opt.demo.training import RunResult
+from singd_opt.demo.tasks import BASELINE_LABELS, TASKS, Task
+from singd_opt.demo.training import DEFAULT_SEED
 
 PROG = "singd-opt"
 #: Environment variable read by OpenMP when PyTorch loads it (see the module docstring).
 WAIT_POLICY_VARIABLE = "OMP_WAIT_POLICY"
-#: File name of the figure inside ``--out``.
-FIGURE_NAME = "singd_opt_digits.png"
 DEFAULT_OUT = "singd-opt-output"
-DEMO_MODULES = ("sklearn", "matplotlib", "tqdm")
-
-
-class UsageError(Exception):
-    """A problem with the command line, reported on one line with exit status 2."""
+#: Modules every task needs.
+DEMO_MODULES = ("matplotlib", "tqdm")
+DEFAULT_TASK = next(iter(TASKS))
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -75,6 +74,10 @@ def fail(message: str) -> NoReturn:
     one_line = " ".join(str(message).split())
     print(f"{PROG}: error: {one_line}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    """Print nothing (processes other than the first under ``torchrun``)."""
 
 
 def _positive_int(text: str) -> int:
@@ -108,73 +111,113 @@ def _names(values: Sequence[str]) -> list[str]:
     return names
 
 
-def _format_hyperparameters(hyperparameters: dict[str, float]) -> str:
-    return ", ".join(f"{key}={value:g}" for key, value in hyperparameters.items())
+def _format_hyperparameters(hyperparameters: Mapping[str, Any]) -> str:
+    return ", ".join(
+        f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+        for key, value in hyperparameters.items()
+    )
+
+
+def _budget(task: Task) -> str:
+    if task.default_epochs is not None:
+        return f"{task.default_epochs} epochs"
+    return f"{task.default_steps} steps"
+
+
+def _task_epilog(task: Task) -> str:
+    structures = ",".join(task.default_structures)
+    baselines = ",".join(task.default_baselines)
+    lines = [
+        f"--task {task.name}: {task.title}",
+        f"  defaults: {_budget(task)} of batch {task.default_batch_size},",
+        f"    --structures {structures} --baselines {baselines}",
+        f"  hyper-parameters (chosen on a validation split by {task.tuning_script}):",
+    ]
+    for kind, hyperparameters in task.hyperparameters.items():
+        label = "SINGD (every structure)" if kind == "singd" else BASELINE_LABELS[kind]
+        text = f"{label}: {_format_hyperparameters(hyperparameters)}"
+        lines.append(
+            textwrap.fill(text, width=79, initial_indent="    ", subsequent_indent="      ")
+        )
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser of the ``singd-opt`` command line."""
-    hyperparameter_lines = "\n".join(
-        f"  {label}: {_format_hyperparameters(HYPERPARAMETERS[kind])}"
-        for kind, label in [("singd", "SINGD (every structure)"), *BASELINE_LABELS.items()]
-    )
     parser = _OneLineParser(
         prog=PROG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.fill(
-            "Train a small CNN on scikit-learn's bundled 8x8 handwritten digits "
-            "(1437 training and 360 test images, fixed split) with SINGD for each "
-            "structure, AdamW and SGD with momentum, from the same initial weights and "
-            "mini-batch order. Prints a table of final train loss, test accuracy, wall "
-            "time per step and optimizer-state bytes, and writes a PNG figure of loss "
-            "and test accuracy over steps. Runs are deterministic for a given machine "
-            "and number of threads.",
+            "Train a model with SINGD for each structure and with baseline optimizers, "
+            "from the same initial weights and mini-batch order, on bundled data: the "
+            "digits task (a small CNN on scikit-learn's 8x8 handwritten digits, 1437 "
+            "training and 360 test images; against AdamW and SGD with momentum) or the "
+            "lm task (a character-level transformer language model on the source of "
+            "Python's standard library, split by position into training, validation "
+            "and test text; every parameter trained by SINGD alone; against AdamW). "
+            "Prints a table (digits: final train loss and test accuracy; lm: validation "
+            "and test loss in nats per character and test bits per character; both: "
+            "wall time per step and optimizer-state bytes) and writes a PNG figure of "
+            "the training loss and the evaluation curve over steps. Runs are "
+            "deterministic for a given machine and number of threads.",
             width=79,
         ),
         epilog=(
-            "hyper-parameters (chosen on a validation split carved out of the training\n"
-            "split by benchmarks/demo_tuning.py; lr is the peak learning rate, decayed to 0\n"
-            "over the run by a cosine schedule):\n"
-            f"{hyperparameter_lines}\n\n"
-            "optimizer-state bytes: bytes of every tensor in optimizer.state_dict() except\n"
-            "param_groups (momentum buffers, Adam moments; for SINGD also the\n"
-            "preconditioner factors K, C and their momenta m_K, m_C) plus SINGD's cached\n"
-            "products K K^T, C C^T; each storage counted once.\n\n"
-            "example: singd-opt --structures dense,diagonal --epochs 5 --out results"
+            "\n\n".join(_task_epilog(task) for task in TASKS.values())
+            + "\n\nlr is the peak learning rate of each optimizer, decayed to 0 over the "
+            "run by a\ncosine schedule; unlisted arguments keep the constructors' defaults.\n\n"
+            "optimizer-state bytes: bytes of every tensor of torch's per-parameter state\n"
+            "(momentum buffers, Adam moments) and, for SINGD, of every preconditioner\n"
+            "block (factors K, C, their momenta m_K, m_C and cached products K K^T, C C^T;\n"
+            "second moments of the element-wise blocks); each storage counted once.\n\n"
+            "examples: singd-opt --structures dense,diagonal --epochs 5 --out results\n"
+            "          singd-opt --task lm --steps 100"
         ),
+    )
+    parser.add_argument(
+        "--task",
+        choices=list(TASKS),
+        default=DEFAULT_TASK,
+        help=f"what to train (default: {DEFAULT_TASK}; see below)",
     )
     parser.add_argument(
         "--structures",
         nargs="+",
-        default=list(DEFAULT_STRUCTURES),
+        default=None,
         metavar="NAME",
         help=(
             "SINGD preconditioner structures to compare, separated by commas or spaces "
-            f"(default: {','.join(DEFAULT_STRUCTURES)}); any key of "
-            "SINGD.SUPPORTED_STRUCTURES"
+            "(default: the task's, see below); any key of SINGD.SUPPORTED_STRUCTURES"
         ),
     )
     parser.add_argument(
         "--baselines",
         nargs="+",
-        default=list(DEFAULT_BASELINES),
+        default=None,
         metavar="NAME",
         help=(
-            "baseline optimizers to train alongside, from adamw, sgd, or 'none' "
-            f"(default: {','.join(DEFAULT_BASELINES)})"
+            "baseline optimizers to train alongside, or 'none': adamw, sgd (digits), "
+            "adamw (lm) (default: all of the task's)"
         ),
     )
-    parser.add_argument(
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument(
         "--epochs",
         type=_positive_int,
-        default=DEFAULT_EPOCHS,
-        help=f"passes over the training split per optimizer (default: {DEFAULT_EPOCHS})",
+        default=None,
+        help="passes over the training examples per optimizer (default: the task's)",
+    )
+    budget.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=None,
+        help="optimizer steps per optimizer, instead of --epochs (default: the task's)",
     )
     parser.add_argument(
         "--batch-size",
         type=_positive_int,
-        default=DEFAULT_BATCH_SIZE,
-        help=f"mini-batch size (default: {DEFAULT_BATCH_SIZE})",
+        default=None,
+        help="mini-batch size, in images or windows of text (default: the task's)",
     )
     parser.add_argument(
         "--precision",
@@ -222,14 +265,14 @@ def _check_structures(names: list[str]) -> list[str]:
     return names
 
 
-def _check_baselines(names: list[str]) -> list[str]:
+def _check_baselines(names: list[str], task: Task) -> list[str]:
     if names == ["none"]:
         return []
-    unknown = [name for name in names if name not in BASELINE_LABELS]
+    unknown = [name for name in names if name not in task.baselines]
     if unknown:
         fail(
-            f"unknown baseline {', '.join(map(repr, unknown))} for --baselines; "
-            f"valid names are: {', '.join(BASELINE_LABELS)}, none"
+            f"unknown baseline {', '.join(map(repr, unknown))} for --baselines with "
+            f"--task {task.name}; valid names are: {', '.join(task.baselines)}, none"
         )
     return names
 
@@ -261,8 +304,8 @@ def _check_out(out: Path) -> Path:
     return out
 
 
-def _import_demo_dependencies() -> None:
-    for module in DEMO_MODULES:
+def _import_demo_dependencies(task: Task) -> None:
+    for module in (*task.required_modules, *DEMO_MODULES):
         try:
             __import__(module)
         except ImportError:
@@ -270,99 +313,6 @@ def _import_demo_dependencies() -> None:
                 f"the demo needs {module!r}, which is not installed; "
                 'install the demo extra: pip install "singd-opt[demo]"'
             )
-
-
-def format_bytes(num_bytes: int) -> str:
-    """Format a byte count as ``"424.4 KiB"`` (binary prefixes)."""
-    value = float(num_bytes)
-    for unit in ("B", "KiB", "MiB"):
-        if value < 1024 or unit == "MiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
-def format_table(results: Sequence[RunResult], eval_name: str = "test") -> str:
-    """Render the results as a plain-text table.
-
-    Args:
-        results: One result per optimizer.
-        eval_name: Name of the evaluation split, for the accuracy column's header.
-
-    Returns:
-        The table, one optimizer per line, without trailing newline.
-    """
-    header = (
-        "optimizer",
-        "final train loss",
-        f"{eval_name} accuracy",
-        "time/step",
-        "optimizer state",
-    )
-    rows = [
-        (
-            result.label,
-            f"{result.final_train_loss:.4f}",
-            f"{100 * result.accuracy:.2f}%",
-            f"{1e3 * result.seconds_per_step:.2f} ms",
-            f"{result.state_bytes:,} B ({format_bytes(result.state_bytes)})",
-        )
-        for result in results
-    ]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        rest = (cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True))
-        return "  ".join([first, *rest])
-
-    rule = "  ".join("-" * width for width in widths)
-    return "\n".join([line(header), rule, *(line(row) for row in rows)])
-
-
-def write_figure(results: Sequence[RunResult], path: Path, title: str) -> None:
-    """Write loss and test accuracy over steps, one line per optimizer, as PNG.
-
-    Args:
-        results: One result per optimizer.
-        path: The PNG file to write.
-        title: The figure's title.
-    """
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(11, 4.2), layout="constrained")
-    loss_axes, accuracy_axes = figure.subplots(1, 2)
-    for result in results:
-        losses = torch.tensor(result.losses)
-        window = max(1, min(20, len(losses) // 10))
-        smooth = losses.unfold(0, window, 1).mean(dim=1) if len(losses) >= window else losses
-        steps = torch.arange(len(losses) - len(smooth) + 1, len(losses) + 1)
-        (line,) = loss_axes.plot(steps.tolist(), smooth.tolist(), label=result.label)
-        loss_axes.plot(
-            range(1, len(losses) + 1), losses.tolist(), color=line.get_color(), alpha=0.15
-        )
-        accuracy_axes.plot(
-            result.eval_steps,
-            [100 * accuracy for accuracy in result.eval_accuracies],
-            marker="o",
-            markersize=3,
-            color=line.get_color(),
-            label=f"{result.label}: {100 * result.accuracy:.1f}%",
-        )
-    loss_axes.set(
-        xlabel="step",
-        ylabel="training loss (mini-batch; line: moving mean)",
-        yscale="log",
-        title="Training loss",
-    )
-    accuracy_axes.set(xlabel="step", ylabel="test accuracy (%)", title="Test accuracy")
-    accuracy_axes.set_ylim(bottom=max(0.0, accuracy_axes.get_ylim()[0]), top=100)
-    loss_axes.legend(fontsize="small")
-    accuracy_axes.legend(fontsize="small", loc="lower right")
-    for axes in (loss_axes, accuracy_axes):
-        axes.grid(alpha=0.3)
-    figure.suptitle(title)
-    figure.savefig(path, dpi=120)
 
 
 def _restart_with_passive_openmp_wait() -> None:
@@ -393,36 +343,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         message on stderr.
     """
     args = build_parser().parse_args(argv)
-    structures = _check_structures(_names(args.structures))
-    baselines = _check_baselines(_names(args.baselines))
+    task = TASKS[args.task]
+    structures = _check_structures(_names(args.structures or task.default_structures))
+    baselines = _check_baselines(_names(args.baselines or task.default_baselines), task)
+    batch_size = args.batch_size or task.default_batch_size
     device = _check_device(args.device)
     out = _check_out(args.out)
-    _import_demo_dependencies()
+    _import_demo_dependencies(task)
     if argv is None:
         _restart_with_passive_openmp_wait()
 
     from tqdm import tqdm
 
-    from singd_opt.demo.data import load_split
+    from singd_opt.demo.parallel import start, stop
+    from singd_opt.demo.report import format_table, write_figure
     from singd_opt.demo.training import OptimizerSpec, train
 
-    split = load_split()
-    specs = [OptimizerSpec.default("singd", structure) for structure in structures]
-    specs += [OptimizerSpec.default(kind) for kind in baselines]
-    steps_per_epoch = -(-len(split.x_train) // args.batch_size)
+    processes = start(device)
+    report = print if processes.main else _quiet
+
+    try:
+        split = task.load_split()
+    except FileNotFoundError as error:
+        fail(str(error))
+    num_train = len(split.x_train)
+    steps = args.steps or task.steps(num_train, batch_size, args.epochs)
+    specs = [OptimizerSpec.default(task, "singd", structure) for structure in structures]
+    specs += [OptimizerSpec.default(task, kind) for kind in baselines]
+    eval_sizes = ", ".join(f"{len(x)} {name}" for name, (x, _) in split.eval_sets.items())
     setting = (
-        f"digits: {len(split.x_train)} train / {len(split.x_eval)} test images, "
-        f"{args.epochs} epochs x {steps_per_epoch} steps of batch {args.batch_size}, "
-        f"seed {args.seed}, {args.precision} on {device}"
+        f"{task.name}: {num_train} train / {eval_sizes} examples, {steps} steps of batch "
+        f"{batch_size} ({steps * batch_size / num_train:.2f} epochs), seed {args.seed}, "
+        f"{args.precision} on {device}"
     )
-    print(f"{setting} (torch {torch.__version__}, {torch.get_num_threads()} threads)")
+    if processes.world_size > 1:
+        setting += f", each batch split over {processes.world_size} processes"
+    report(f"{setting} (torch {torch.__version__}, {torch.get_num_threads()} threads)")
     results = []
     for spec in specs:
         with tqdm(
-            total=args.epochs * steps_per_epoch,
+            total=steps,
             desc=spec.label,
             unit="step",
-            disable=args.no_progress,
+            disable=args.no_progress or not processes.main,
             file=sys.stderr,
             dynamic_ncols=True,
         ) as bar:
@@ -435,30 +398,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             results.append(
                 train(
                     spec,
+                    task,
                     split,
-                    epochs=args.epochs,
-                    batch_size=args.batch_size,
+                    steps=steps,
+                    batch_size=batch_size,
                     seed=args.seed,
                     precision=args.precision,
                     device=device,
                     on_step=on_step,
+                    processes=processes,
                 )
             )
+    stop(processes)
+    if not processes.main:
+        return 0
 
     print()
-    print(format_table(results, split.eval_name))
+    print(format_table(results, task.columns(list(split.eval_sets))))
     print()
+    if task.loss_unit != "nats":
+        print(f"Losses are mean cross-entropies in {task.loss_unit}.")
     print(
-        "Hyper-parameters (chosen on a validation split carved out of the training split, "
-        "see benchmarks/demo_tuning.py; lr decays to 0 by a cosine schedule):"
+        f"Hyper-parameters (chosen on a validation split, see {task.tuning_script}; "
+        "lr decays to 0 by a cosine schedule):"
     )
     for spec in specs:
-        print(f"  {spec.label}: {_format_hyperparameters(dict(spec.hyperparameters))}")
+        print(f"  {spec.label}: {_format_hyperparameters(spec.hyperparameters)}")
     print(
-        "Optimizer state: bytes of every tensor in optimizer.state_dict() except "
-        "param_groups (for SINGD: K, C, m_K, m_C) plus SINGD's cached K K^T, C C^T."
+        "Optimizer state: bytes of torch's per-parameter state (momentum buffers, Adam "
+        "moments) plus, for SINGD, every block's state (K, C, m_K, m_C, cached K K^T, "
+        "C C^T; element-wise second moments)."
     )
-    figure_path = out / FIGURE_NAME
-    write_figure(results, figure_path, setting)
+    figure_path = out / task.figure_name
+    write_figure(results, task, split.eval_name, figure_path, setting)
     print(f"Figure written to {figure_path.resolve()}")
     return 0

@@ -63,12 +63,6 @@ class UpdateConfig:
     grad_unscaling: float = 1.0
 
 
-def all_finite(*matrices: StructuredMatrix) -> Tensor:
-    """Return a 0-dim boolean tensor: are all stored entries of all matrices finite."""
-    flags = [t.isfinite().all() for m in matrices for t in m.tensors().values()]
-    return torch.stack(flags).all()
-
-
 def update_preconditioner(
     K: StructuredMatrix,
     C: StructuredMatrix,
@@ -77,14 +71,15 @@ def update_preconditioner(
     H_K: StructuredMatrix,
     H_C: StructuredMatrix,
     config: UpdateConfig,
-) -> tuple[StructuredMatrix, StructuredMatrix]:
-    r"""Update ``K`` and ``C`` in place by one Riemannian step; return the new momenta.
+) -> tuple[StructuredMatrix, StructuredMatrix, StructuredMatrix, StructuredMatrix]:
+    r"""Return ``(K, C, m_K, m_C)`` after one Riemannian step; the inputs are kept.
 
-    Consumes ``H_K`` and ``H_C`` (their storage becomes the new momenta).
+    Consumes ``H_K`` and ``H_C`` (their storage becomes the new momenta); ``K``,
+    ``C`` and the old momenta are not changed.
 
     Args:
-        K: Input-side factor, updated in place.
-        C: Output-side factor, updated in place.
+        K: Input-side factor.
+        C: Output-side factor.
         m_K: Momentum of ``K`` (``None`` when ``alpha1 == 0``).
         m_C: Momentum of ``C`` (``None`` when ``alpha1 == 0``).
         H_K: Accumulated :math:`\Pi_K(K^\top A^\top A K)`.
@@ -93,7 +88,7 @@ def update_preconditioner(
         config: The hyper-parameters.
 
     Returns:
-        The new momenta ``(m_K, m_C)`` (to be stored when ``alpha1 != 0``).
+        The new factors and momenta (the momenta to be stored when ``alpha1 != 0``).
     """
     damping, alpha1, u = config.damping, config.alpha1, config.grad_unscaling
     K_tK = K.from_inner()
@@ -121,15 +116,31 @@ def update_preconditioner(
         if m_C is not None:
             new_m_C.add_(m_C, alpha=alpha1)
 
+    new_K, new_C = factor_step(K, C, new_m_K, new_m_C, config)
+    return new_K, new_C, new_m_K, new_m_C
+
+
+def factor_step(
+    K: StructuredMatrix,
+    C: StructuredMatrix,
+    m_K: StructuredMatrix,
+    m_C: StructuredMatrix,
+    config: UpdateConfig,
+) -> tuple[StructuredMatrix, StructuredMatrix]:
+    r"""Return :math:`K - \beta_1 K m_K` and :math:`C - \beta_1 C m_C` (new matrices).
+
+    The last part of :func:`update_preconditioner`: given the new momenta, every
+    process computes the same factors (``normalize_lr_cov`` scales :math:`\beta_1` by
+    the momenta's infinity norms).
+    """
     beta_K: float | Tensor = config.lr_cov
     beta_C: float | Tensor = config.lr_cov
     if config.normalize_lr_cov:
-        beta_K = beta_K / torch.clamp(new_m_K.infinity_vector_norm(), min=1.0)
-        beta_C = beta_C / torch.clamp(new_m_C.infinity_vector_norm(), min=1.0)
-
-    K.add_(K @ new_m_K, alpha=-beta_K)
-    C.add_(C @ new_m_C, alpha=-beta_C)
-    return new_m_K, new_m_C
+        beta_K = beta_K / torch.clamp(m_K.infinity_vector_norm(), min=1.0)
+        beta_C = beta_C / torch.clamp(m_C.infinity_vector_norm(), min=1.0)
+    new_K = K.clone().add_(K @ m_K, alpha=-beta_K)
+    new_C = C.clone().add_(C @ m_C, alpha=-beta_C)
+    return new_K, new_C
 
 
 def gram(K: StructuredMatrix) -> StructuredMatrix | None:
@@ -140,12 +151,9 @@ def gram(K: StructuredMatrix) -> StructuredMatrix | None:
     per side instead of two. Dense factors return ``None``: their product costs as
     much as the two products it saves at ``T = 1`` and would double their memory.
     """
-    if isinstance(K, Dense) or type(K)._transpose is StructuredMatrix._transpose:
-        return None  # dense, or no structured transpose (it would go through dense)
-    K_T = K.T
-    if type(K_T) is not type(K):
+    if isinstance(K, Dense) or not type(K).closed_under_transpose:
         return None
-    return K @ K_T
+    return K @ K.T
 
 
 def natural_gradient(

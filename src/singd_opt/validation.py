@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from singd_opt.layers import KFAC_APPROXIMATIONS, LOSS_AVERAGES
+from singd_opt.layers.base import KFAC_APPROXIMATIONS, LOSS_AVERAGES
 from structmat import StructuredMatrix, available_structures, get_structure
 
 HYPERPARAMETERS: tuple[str, ...] = (
@@ -26,6 +26,11 @@ HYPERPARAMETERS: tuple[str, ...] = (
     "kfac_like",
     "preconditioner_dtype",
     "normalize_lr_cov",
+    "elementwise_lr",
+    "elementwise_beta2",
+    "elementwise_eps",
+    "max_update_rms",
+    "warm_start",
 )
 
 
@@ -53,6 +58,34 @@ def check_nonnegative(name: str, value: object, group_index: int | None = None) 
     number = float(value)  # type: ignore[arg-type]
     if not (math.isfinite(number) and number >= 0.0):
         raise ValueError(f"{name} must be finite and >= 0{_where(group_index)}, got {value!r}")
+
+
+def check_interval(
+    name: str, value: object, group_index: int | None = None, closed: bool = True
+) -> None:
+    """Require a real number in ``[0, 1]`` (``closed``) or ``[0, 1)``.
+
+    Raises:
+        TypeError: If ``value`` is not a real number.
+        ValueError: If it lies outside the interval.
+    """
+    check_nonnegative(name, value, group_index)
+    number = float(value)  # type: ignore[arg-type]
+    if number > 1.0 or (not closed and number == 1.0):
+        interval = "[0, 1]" if closed else "[0, 1)"
+        raise ValueError(f"{name} must lie in {interval}{_where(group_index)}, got {value!r}")
+
+
+def check_positive(name: str, value: object, group_index: int | None = None) -> None:
+    """Require a finite real number ``> 0``.
+
+    Raises:
+        TypeError: If ``value`` is not a real number.
+        ValueError: If it is not finite and positive.
+    """
+    check_nonnegative(name, value, group_index)
+    if float(value) == 0.0:  # type: ignore[arg-type]
+        raise ValueError(f"{name} must be finite and > 0{_where(group_index)}, got {value!r}")
 
 
 def check_flag(name: str, value: object, group_index: int | None = None) -> None:
@@ -95,11 +128,16 @@ def check_group(group: dict[str, Any], group_index: int | None = None) -> None:
         ValueError: For a value out of range or not among the valid choices.
     """
     where = _where(group_index)
-    for name in ("lr", "momentum", "damping", "weight_decay"):
+    for name in ("lr", "damping", "weight_decay"):
         check_nonnegative(name, group[name], group_index)
-    check_nonnegative("alpha1", group["alpha1"], group_index)
-    if float(group["alpha1"]) > 1.0:
-        raise ValueError(f"alpha1 must lie in [0, 1]{where}, got {group['alpha1']!r}")
+    check_interval("momentum", group["momentum"], group_index, closed=False)
+    check_interval("alpha1", group["alpha1"], group_index, closed=True)
+    check_interval("elementwise_beta2", group["elementwise_beta2"], group_index, closed=False)
+    check_positive("elementwise_eps", group["elementwise_eps"], group_index)
+    if group["elementwise_lr"] is not None:
+        check_nonnegative("elementwise_lr", group["elementwise_lr"], group_index)
+    if group["max_update_rms"] is not None:
+        check_positive("max_update_rms", group["max_update_rms"], group_index)
 
     T = group["T"]
     if isinstance(T, bool) or not isinstance(T, int):
@@ -145,6 +183,12 @@ def check_group(group: dict[str, Any], group_index: int | None = None) -> None:
 
     check_flag("kfac_like", group["kfac_like"], group_index)
     check_flag("normalize_lr_cov", group["normalize_lr_cov"], group_index)
+    check_flag("warm_start", group["warm_start"], group_index)
+    if group["warm_start"] and float(group["damping"]) == 0.0:
+        raise ValueError(
+            f"warm_start=True needs damping > 0 (the fixed point of a singular curvature "
+            f"does not exist){where}"
+        )
 
 
 def check_init_grad_scale(value: object) -> None:
@@ -154,6 +198,4 @@ def check_init_grad_scale(value: object) -> None:
         TypeError: If ``value`` is not a real number.
         ValueError: If it is not finite and positive.
     """
-    check_nonnegative("init_grad_scale", value)
-    if float(value) == 0.0:  # type: ignore[arg-type]
-        raise ValueError("init_grad_scale must be > 0, got 0")
+    check_positive("init_grad_scale", value)

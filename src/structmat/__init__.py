@@ -1,8 +1,11 @@
 """structmat: structured square matrices with structure-exploiting kernels.
 
-Every structure is closed under ``+``, scalar ``*``, ``@`` and (for invertible
-members) :meth:`~structmat.StructuredMatrix.inv`. Look structures up by name with
-:func:`get_structure`.
+Every structure is closed under ``+``, scalar ``*`` and ``@``; each declares whether it
+is closed under inversion and transposition (:attr:`~StructuredMatrix.closed_under_inverse`,
+:meth:`~StructuredMatrix.transpose_structure`) and its storage layout
+(:meth:`~StructuredMatrix.tensor_shapes`). Look structures up by name with
+:func:`get_structure`; add your own with :func:`register` and verify it with the law
+suite in :mod:`structmat.testing`.
 """
 
 from structmat.arrow import ArrowMatrix
@@ -19,7 +22,13 @@ from structmat.diagonal import Diagonal
 from structmat.exceptions import DenseFallbackWarning, SingularMatrixError
 from structmat.hierarchical import Hierarchical
 from structmat.linear_structure import LinearStructure
-from structmat.registry import available_structures, get_structure, register, register_family
+from structmat.registry import (
+    available_structures,
+    family_member,
+    get_structure,
+    register,
+    register_family,
+)
 from structmat.toeplitz import TriangularToeplitz
 from structmat.transposed_hierarchical import TransposedHierarchical
 from structmat.triangular import TriangularMatrix, Tril, Triu
@@ -48,6 +57,7 @@ __all__ = [
     "TriuToeplitz",
     "TriuTopLeftDiag",
     "available_structures",
+    "family_member",
     "get_structure",
     "register",
     "register_family",

@@ -22,6 +22,7 @@ column arrow (its first column), and the other way round for upper triangular on
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar, TypeVar
 
 import torch
@@ -29,7 +30,7 @@ from torch import Tensor
 
 from structmat._layout import row_sums_of_squares
 from structmat._numerics import check_nonzero
-from structmat.base import Scalar
+from structmat.base import Scalar, StructuredMatrix
 from structmat.linear_structure import LinearStructure
 
 Arrow = TypeVar("Arrow", bound="ArrowMatrix")
@@ -69,57 +70,37 @@ class ArrowMatrix(LinearStructure):
       :math:`O(d)`.
     - ``from_inner(X)``: ``from_mat_inner(A^T @ X)`` from the squared row norms of
       ``X`` and one or two products with its rows; :math:`O(dn)`.
+    - ``from_inner2(M)`` (projection of :math:`A^\top M A`): with :math:`M_{11}` the
+      block of the other indices, :math:`m_{12}, m_{21}` the corner's column and row
+      and :math:`m_{22}` its diagonal entry: row arrow
+      :math:`(D^2 \operatorname{diag} M_{11} + D b (m_{12} + m_{21}) + m_{22} b^2,\
+      c (D (m_{12} + m_{21}) + 2 m_{22} b),\ c^2 m_{22})`, :math:`O(d)` reads;
+      column arrow :math:`(D^2 \operatorname{diag} M_{11},\ D ((M_{11} + M_{11}^\top)
+      b + c (m_{12} + m_{21})),\ b^\top M_{11} b + c b^\top (m_{12} + m_{21}) +
+      c^2 m_{22})`, two matrix-vector products, :math:`O(d^2)`.
     - ``+``, ``*``, ``diag``, ``diag_add_``, Frobenius norm: :math:`O(d)`;
       ``transpose``: the paired variant on the same tensors, :math:`O(1)`.
     """
 
     upper: ClassVar[bool | None] = None
     corner_first: ClassVar[bool | None] = None
-    _variants: ClassVar[dict[tuple[bool, bool], type[ArrowMatrix]]] = {}
-
-    def __init_subclass__(cls, **kwargs: object) -> None:
-        super().__init_subclass__(**kwargs)
-        if "upper" in cls.__dict__ and "corner_first" in cls.__dict__:
-            ArrowMatrix._variants[(cls.upper, cls.corner_first)] = cls
+    parameters = ("upper", "corner_first")
+    template_hint = (
+        "instantiate a variant that sets 'upper' and 'corner_first', e.g. structmat.TrilTopLeftDiag"
+    )
 
     def __init__(self, diagonal: Tensor, arrow: Tensor, corner: Tensor) -> None:
-        if (type(self).upper, type(self).corner_first) not in ArrowMatrix._variants:
-            raise TypeError(
-                "ArrowMatrix is a template; instantiate a subclass that sets 'upper' and "
-                "'corner_first' (e.g. structmat.TrilTopLeftDiag)"
-            )
-        super().__init__()
-        for name, value in (("diagonal", diagonal), ("arrow", arrow), ("corner", corner)):
-            if not isinstance(value, Tensor):
-                raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-        if diagonal.ndim != 1:
-            raise ValueError(f"diagonal must be a 1-d tensor, got shape {tuple(diagonal.shape)}")
-        if arrow.shape != diagonal.shape:
-            raise ValueError(
-                f"arrow must have the shape of diagonal, {tuple(diagonal.shape)}, "
-                f"got {tuple(arrow.shape)}"
-            )
-        if corner.shape != (1,):
-            raise ValueError(f"corner must have shape (1,), got {tuple(corner.shape)}")
-        for name, value in (("arrow", arrow), ("corner", corner)):
-            if value.dtype != diagonal.dtype or value.device != diagonal.device:
-                raise ValueError(
-                    f"{name} must have the dtype and device of diagonal "
-                    f"({diagonal.dtype}, {diagonal.device}), got ({value.dtype}, {value.device})"
-                )
-        self.register_tensor("diagonal", diagonal)
-        self.register_tensor("arrow", arrow)
-        self.register_tensor("corner", corner)
+        super().__init__(diagonal=diagonal, arrow=arrow, corner=corner)
 
     @classmethod
     def tensor_shapes(cls, dim: int) -> dict[str, tuple[int, ...]]:
         """Return ``{"diagonal": (dim - 1,), "arrow": (dim - 1,), "corner": (1,)}``."""
         return {"diagonal": (dim - 1,), "arrow": (dim - 1,), "corner": (1,)}
 
-    @property
-    def shape(self) -> torch.Size:
-        """``torch.Size([d, d])``."""
-        return torch.Size((self.diagonal.shape[0] + 1,) * 2)
+    @classmethod
+    def dim_from_shapes(cls, shapes: Mapping[str, tuple[int, ...]]) -> int:
+        """``d`` is the size of ``diagonal`` plus the corner."""
+        return shapes["diagonal"][0] + 1
 
     @classmethod
     def _row_arrow(cls) -> bool:
@@ -143,6 +124,7 @@ class ArrowMatrix(LinearStructure):
     @classmethod
     def from_dense(cls: type[Arrow], sym_mat: Tensor) -> Arrow:
         """Keep the diagonal and fold row and column of the corner into the arrow. :math:`O(d)`."""
+        cls._require_concrete()
         cls._check_square(sym_mat)
         k = 0 if cls.corner_first else sym_mat.shape[0] - 1
         diagonal, corner = cls._split(sym_mat.diagonal())
@@ -195,9 +177,9 @@ class ArrowMatrix(LinearStructure):
         arrow = b1 * D2 + c1 * b2 if self._row_arrow() else D1 * b2 + c2 * b1
         return type(self)(diagonal=D1 * D2, arrow=arrow, corner=c1 * c2)
 
-    def _transpose(self) -> ArrowMatrix:
-        cls = ArrowMatrix._variants[(not self.upper, self.corner_first)]
-        return cls(diagonal=self.diagonal, arrow=self.arrow, corner=self.corner)
+    def _transpose(self) -> StructuredMatrix:
+        # the paired variant (declared as transpose_name) on the same tensors
+        return type(self).transpose_structure()._from_checked(self.shape, self.tensors())
 
     def _diag(self) -> Tensor:
         return self._join(self.diagonal, self.corner)
@@ -266,3 +248,28 @@ class ArrowMatrix(LinearStructure):
         # [[D, 0], [b^T, c]] [[D, b], [0, c]] = [[D^2, D b], [b^T D, b^T b + c^2]]
         corner = c.square() + b.square().sum().unsqueeze(0)
         return type(self)(diagonal=D.square(), arrow=2 * D * b, corner=corner)
+
+    def _from_inner2(self: Arrow, XXT: Tensor) -> Arrow:
+        D, b, c = self._parts()
+        k = 0 if self.corner_first else XXT.shape[0] - 1
+        M11 = XXT[1:, 1:] if self.corner_first else XXT[:-1, :-1]
+        m12, _ = self._split(XXT[:, k])  # the corner's column, without the corner
+        m21, m22 = self._split(XXT[k])  # the corner's row; m22 = M[k, k]
+        mirrored = m12 + m21
+        if self._row_arrow():
+            # A = [[D, 0], [b^T, c]]: A^T M A = [[D M11 D + D m12 b^T + b m21 D + m22 b b^T,
+            # c (D m12 + m22 b)], [c (m21 D + m22 b^T), c^2 m22]]
+            return type(self)(
+                diagonal=D.square() * M11.diagonal() + D * b * mirrored + m22 * b.square(),
+                arrow=c * (D * mirrored + 2 * m22 * b),
+                corner=c.square() * m22,
+            )
+        # A = [[D, b], [0, c]]: A^T M A = [[D M11 D, D (M11 b + c m12)],
+        # [(b^T M11 + c m21) D, b^T M11 b + c (b^T m12 + m21 b) + c^2 m22]]
+        M11_b, M11T_b = M11 @ b, M11.mT @ b
+        corner = (b * M11_b).sum() + c * (b * mirrored).sum() + c.square() * m22
+        return type(self)(
+            diagonal=D.square() * M11.diagonal(),
+            arrow=D * (M11_b + M11T_b + c * mirrored),
+            corner=corner.reshape(1),
+        )

@@ -27,6 +27,7 @@ class TrilTopLeftDiag(ArrowMatrix):
     name = "triltopleftdiag"
     upper = False
     corner_first = False
+    transpose_name = "triutopleftdiag"
 
 
 @register
@@ -36,6 +37,7 @@ class TrilBottomRightDiag(ArrowMatrix):
     name = "trilbottomrightdiag"
     upper = False
     corner_first = True
+    transpose_name = "triubottomrightdiag"
 
 
 @register
@@ -45,6 +47,7 @@ class TriuTopLeftDiag(ArrowMatrix):
     name = "triutopleftdiag"
     upper = True
     corner_first = False
+    transpose_name = "triltopleftdiag"
 
 
 @register
@@ -54,3 +57,4 @@ class TriuBottomRightDiag(ArrowMatrix):
     name = "triubottomrightdiag"
     upper = True
     corner_first = True
+    transpose_name = "trilbottomrightdiag"

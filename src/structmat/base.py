@@ -1,13 +1,49 @@
 """The abstract :class:`StructuredMatrix` and its generic (dense-fallback) defaults.
 
 A structure is a set of square ``d x d`` matrices, stored through a few named
-tensors. A new structure only needs :meth:`StructuredMatrix.from_dense`,
-:meth:`StructuredMatrix.to_dense` and :meth:`StructuredMatrix.register_tensor` calls
-in its constructor; every other operation then works through a dense ``d x d``
-matrix and emits a :class:`~structmat.DenseFallbackWarning`. Built-in structures
-override the private hooks (``_add``, ``_matmat``, ...) with kernels that exploit
-their structure. Public methods validate their arguments once, here, so a bad
-call raises before any operand is touched.
+tensors. A new structure defines
+
+- :meth:`StructuredMatrix.tensor_shapes`, its storage layout,
+- a constructor that takes those tensors as keywords and passes them on to
+  ``super().__init__(**tensors)``, which checks them against the layout,
+- :meth:`StructuredMatrix.from_dense` and :meth:`StructuredMatrix.to_dense`,
+
+and declares its structural facts as class attributes (:attr:`~StructuredMatrix.name`,
+:attr:`~StructuredMatrix.closed_under_inverse`,
+:attr:`~StructuredMatrix.closed_under_transpose`,
+:attr:`~StructuredMatrix.transpose_name`). Every other operation then works, through a
+dense ``d x d`` matrix that emits a :class:`~structmat.DenseFallbackWarning`, until the
+structure overrides the kernel hook of that operation:
+
+===========================  =============================================
+hook                         computes
+===========================  =============================================
+``_add(B, alpha)``           ``A + alpha B`` (new member)
+``_scale(c)``                ``c A`` (new member)
+``_add_(B, alpha)``          ``A <- A + alpha B`` (in place)
+``_mul_(c)``                 ``A <- c A`` (in place)
+``_diag_add_(c)``            ``A <- A + c I`` (in place)
+``_matmul(B)``               ``A @ B`` (same structure)
+``_matmat(X)``               ``A @ X`` for ``X`` of shape ``(d, n)``
+``_rmatmat(X)``              ``A^T @ X`` for ``X`` of shape ``(d, n)``
+``_transpose()``             ``A^T``, a member of :meth:`~StructuredMatrix.transpose_structure`
+``_diag()``                  the diagonal, shape ``(d,)``
+``_frobenius_norm()``        the Frobenius norm
+``_infinity_vector_norm()``  the largest entry in absolute value
+``_inv()``                   ``A^{-1}``
+``_from_mat_inner(X)``       ``from_dense(X X^T)`` (class method)
+``_from_inner(X)``           ``from_dense((A^T X)(A^T X)^T)``
+``_from_inner_identity()``   ``from_dense(A^T A)``
+``_from_inner2(M)``          ``from_dense(A^T M A)`` for a ``d x d`` matrix ``M``
+``_zeros(d, dtype, dev)``    the zero member (class method)
+===========================  =============================================
+
+Hooks receive validated arguments: the public methods check them once, here, so a bad
+call raises before any operand is touched. Code outside a structure calls only the
+public methods. :class:`~structmat.LinearStructure` implements the linear operations
+(``+``, scalar ``*``, their in-place forms, zeros, the Frobenius norm) for structures
+whose matrix is linear in their tensors. :mod:`structmat.testing` verifies a structure
+against all of this.
 """
 
 from __future__ import annotations
@@ -20,7 +56,10 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor
 
+from structmat._numerics import stable_norm, stable_sum
+from structmat._storage import check_storage, layout_dimension, search_dimension
 from structmat.exceptions import DenseFallbackWarning, SingularMatrixError
+from structmat.registry import get_structure, rebuild_member
 
 Scalar = float | int | Tensor
 S = TypeVar("S", bound="StructuredMatrix")
@@ -33,17 +72,132 @@ class StructuredMatrix(ABC):
         name: The registry name of the structure (e.g. ``"triltoeplitz"``).
         closed_under_inverse: Whether the invertible members form a group, so that
             :meth:`inv` returns a member of the same structure.
+        closed_under_transpose: Whether the transpose of every member is a member, so
+            that :meth:`transpose` returns a member of the same structure.
+        transpose_name: Registry name of the structure that holds the transposes, for a
+            structure not closed under transposition (``"triutoeplitz"`` for
+            ``"triltoeplitz"``). Neither set: transposes are :class:`~structmat.Dense`.
+        parameters: Names of the class attributes that a template leaves unset
+            (``None``) and its concrete structures set, e.g. ``("block_size",)``.
+        template_hint: How to get a concrete structure from a template, for the
+            error raised when a template is used as one.
     """
 
     name: ClassVar[str | None] = None
     closed_under_inverse: ClassVar[bool] = False
+    closed_under_transpose: ClassVar[bool] = False
+    transpose_name: ClassVar[str | None] = None
+    parameters: ClassVar[tuple[str, ...]] = ()
+    template_hint: ClassVar[str] = ""
+    _template: ClassVar[bool] = False
+    _transposes: ClassVar[dict[type, type]] = {}
 
-    def __init__(self) -> None:
-        self._tensor_names: list[str] = []
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._template = cls.is_template()
+        if cls.closed_under_transpose and cls.transpose_name not in (None, cls.name):
+            raise TypeError(
+                f"{cls.__name__} declares closed_under_transpose = True and transpose_name "
+                f"= {cls.transpose_name!r}; set only one of them"
+            )
+
+    def __init__(self, **tensors: Tensor) -> None:
+        """Store ``tensors`` after checking them against :meth:`tensor_shapes`.
+
+        Args:
+            **tensors: The stored tensors by name, exactly the names of
+                :meth:`tensor_shapes`. Structures pass their constructor arguments on.
+
+        Raises:
+            TypeError: If the class is a template, a value is not a floating-point
+                tensor, or the names are not the declared ones.
+            ValueError: If dimensions, dtypes, devices or shapes do not fit the layout.
+        """
+        cls = type(self)
+        if cls._template:
+            cls._require_concrete()
+        self._tensor_names: list[str] = list(tensors)
+        self._shape: torch.Size | None = None
+        if tensors:
+            self._shape = check_storage(cls, tensors)
+            self.__dict__.update(tensors)
+
+    @classmethod
+    def _from_checked(cls: type[S], shape: torch.Size, tensors: dict[str, Tensor]) -> S:
+        """A member from tensors already checked for a ``shape`` member (e.g. a transpose).
+
+        Skips the constructor and its storage check; for relabellings of the tensors of
+        an existing member, whose shapes, dtypes and devices are known to fit.
+        """
+        member = cls.__new__(cls)
+        member._tensor_names = list(tensors)
+        member._shape = shape
+        member.__dict__.update(tensors)
+        return member
+
+    # ------------------------------------------------------- declared structure
+    @classmethod
+    @abstractmethod
+    def tensor_shapes(cls, dim: int) -> dict[str, tuple[int, ...]]:
+        """Return ``{name: shape}`` of the stored tensors of a ``dim x dim`` member.
+
+        This is the storage layout: the constructor takes exactly these tensors, and the
+        number of dimensions of each must not depend on ``dim``.
+        """
+
+    @classmethod
+    def dim_from_shapes(cls, shapes: Mapping[str, tuple[int, ...]]) -> int:
+        """Return the dimension ``d`` of a member whose stored tensors have ``shapes``.
+
+        The default searches ``d`` with ``tensor_shapes(d) == shapes`` (cached per
+        layout); structures override it with their formula. The result is checked
+        against :meth:`tensor_shapes` either way.
+        """
+        return search_dimension(cls, shapes)
+
+    @classmethod
+    def transpose_structure(cls) -> type[StructuredMatrix]:
+        """Return the structure of the transposes of the members of this structure.
+
+        ``cls`` itself if :attr:`closed_under_transpose`, else the structure registered
+        as :attr:`transpose_name`, else :class:`~structmat.Dense`.
+        """
+        cached = StructuredMatrix._transposes.get(cls)
+        if cached is not None:
+            return cached
+        cls._require_concrete()
+        if cls.closed_under_transpose:
+            result: type[StructuredMatrix] = cls
+        elif cls.transpose_name is not None:
+            result = get_structure(cls.transpose_name)
+        else:
+            from structmat.dense import Dense
+
+            result = Dense
+        StructuredMatrix._transposes[cls] = result
+        return result
+
+    @classmethod
+    def is_template(cls) -> bool:
+        """Whether ``cls`` is a template: it leaves one of its :attr:`parameters` unset."""
+        return any(getattr(cls, parameter, None) is None for parameter in cls.parameters)
+
+    @classmethod
+    def _require_concrete(cls) -> None:
+        """Raise ``TypeError`` if ``cls`` is a template (the one guard for templates)."""
+        if cls._template:
+            unset = [p for p in cls.parameters if getattr(cls, p, None) is None]
+            raise TypeError(
+                f"{cls.__name__} is a template, not a structure (it leaves "
+                f"{', '.join(unset)} unset); {cls.template_hint}"
+            )
 
     # ------------------------------------------------------------------ storage
     def register_tensor(self, name: str, tensor: Tensor) -> None:
         """Store ``tensor`` as attribute ``name`` and list it in :meth:`named_tensors`.
+
+        Unlike passing the tensors to ``super().__init__``, this does not check them
+        against :meth:`tensor_shapes`; constructors should pass them on instead.
 
         Args:
             name: Attribute name; also the constructor keyword that takes it back.
@@ -59,6 +213,7 @@ class StructuredMatrix(ABC):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
         setattr(self, name, tensor)
         self._tensor_names.append(name)
+        self._shape = None
 
     def named_tensors(self) -> Iterator[tuple[str, Tensor]]:
         """Iterate over ``(name, tensor)`` pairs of the stored tensors.
@@ -92,9 +247,12 @@ class StructuredMatrix(ABC):
 
     @property
     def shape(self) -> torch.Size:
-        """``torch.Size([d, d])``."""
-        self._warn_fallback("shape")
-        return self.to_dense().shape
+        """``torch.Size([d, d])``, read off the stored shapes (:meth:`dim_from_shapes`)."""
+        if self._shape is None:
+            shapes = tuple(tuple(t.shape) for _, t in self.named_tensors())
+            dim = layout_dimension(type(self), shapes)
+            self._shape = torch.Size((dim, dim))
+        return self._shape
 
     def to(self: S, *args: Any, **kwargs: Any) -> S:
         """Return a copy with every stored tensor moved by ``Tensor.to(*args, **kwargs)``."""
@@ -107,6 +265,13 @@ class StructuredMatrix(ABC):
     def detach(self: S) -> S:
         """Return a copy whose stored tensors are detached from the autograd graph."""
         return self._map_tensors(torch.Tensor.detach)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        cls = type(self)
+        if "family_template" in cls.__dict__:
+            args = (cls.family_template, cls.name, cls.family_attributes, self.tensors())
+            return rebuild_member, args
+        return _rebuild, (cls, self.tensors())
 
     def __repr__(self) -> str:
         d = self.shape[0]
@@ -251,21 +416,28 @@ class StructuredMatrix(ABC):
         return self._diag()
 
     def trace(self) -> Tensor:
-        r"""Return :math:`\operatorname{tr}(A)`."""
-        return self.diag().sum()
+        r"""Return :math:`\operatorname{tr}(A)`.
+
+        Half types are summed in float32 after scaling by the largest diagonal entry, so
+        the result is finite whenever it is representable in the dtype.
+        """
+        return stable_sum(self.diag())
 
     def average_trace(self) -> Tensor:
-        r"""Return :math:`\operatorname{tr}(A) / d`."""
-        return self.diag().mean()
+        r"""Return :math:`\operatorname{tr}(A) / d`, half types as in :meth:`trace`."""
+        return stable_sum(self.diag(), mean=True)
 
     def frobenius_norm(self) -> Tensor:
-        r"""Return :math:`\|A\|_F = (\sum_{ij} A_{ij}^2)^{1/2}`."""
+        r"""Return :math:`\|A\|_F = (\sum_{ij} A_{ij}^2)^{1/2}`.
+
+        Half types are accumulated in float32 after scaling by the largest magnitude, so
+        the norm is finite whenever it is representable in the dtype.
+        """
         return self._frobenius_norm()
 
     def infinity_vector_norm(self) -> Tensor:
-        r"""Return :math:`\max_{ij} |A_{ij}|`, the largest absolute stored entry."""
-        norms = [t.abs().max() for _, t in self.named_tensors() if t.numel() > 0]
-        return torch.stack(norms).max()
+        r"""Return :math:`\max_{ij} |A_{ij}|`, the largest entry in absolute value."""
+        return self._infinity_vector_norm()
 
     def inv(self: S) -> S:
         """Return ``A^{-1}`` in the same structure.
@@ -281,12 +453,34 @@ class StructuredMatrix(ABC):
     @classmethod
     def from_mat_inner(cls: type[S], X: Tensor) -> S:
         """Return ``from_dense(X @ X^T)`` for ``X`` of shape ``(d, n)``."""
+        cls._require_concrete()
         if not isinstance(X, Tensor) or X.ndim != 2:
             raise ValueError(
                 f"from_mat_inner: X must be a 2-d tensor of shape (d, n), got "
                 f"{tuple(X.shape) if isinstance(X, Tensor) else type(X).__name__}"
             )
         return cls._from_mat_inner(X)
+
+    def from_inner2(self: S, XXT: Tensor) -> S:
+        r"""Return ``from_dense(A^T @ XXT @ A)`` for a square ``d x d`` matrix ``XXT``.
+
+        The projection of :math:`A^\top M A`, usually for :math:`M = X X^\top` when
+        only that product is at hand (:meth:`from_inner` takes ``X`` itself). ``XXT``
+        need not be symmetric. Structures compute it without forming
+        :math:`A^\top M A`; see each structure for the cost.
+
+        Raises:
+            TypeError: If ``XXT`` is not a tensor.
+            ValueError: If ``XXT`` is not of shape ``(d, d)``.
+        """
+        if not isinstance(XXT, Tensor):
+            raise TypeError(f"from_inner2: XXT must be a torch.Tensor, got {type(XXT).__name__}")
+        if XXT.ndim != 2 or tuple(XXT.shape) != tuple(self.shape):
+            raise ValueError(
+                f"from_inner2: XXT must have the shape {tuple(self.shape)} of the matrix, "
+                f"got {tuple(XXT.shape)}"
+            )
+        return self._from_inner2(XXT)
 
     def from_inner(self: S, X: Tensor | None = None) -> S:
         """Return ``from_dense((A^T X)(A^T X)^T)``; ``X = None`` means the identity.
@@ -303,6 +497,7 @@ class StructuredMatrix(ABC):
     @classmethod
     def zeros(cls: type[S], dim: int, dtype: torch.dtype | None = None, device: Any = None) -> S:
         """Return the ``dim x dim`` zero matrix of this structure."""
+        cls._require_concrete()
         cls._check_dim(dim)
         return cls._zeros(dim, dtype=dtype, device=device)
 
@@ -317,7 +512,13 @@ class StructuredMatrix(ABC):
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
 
     @staticmethod
-    def _check_square(mat: object, name: str = "sym_mat") -> Tensor:
+    def check_square(mat: object, name: str = "sym_mat") -> Tensor:
+        """Return ``mat`` if it is a non-empty square 2-d tensor; for ``from_dense`` inputs.
+
+        Raises:
+            TypeError: If ``mat`` is not a tensor.
+            ValueError: If it is not a non-empty square matrix (the message names ``name``).
+        """
         if not isinstance(mat, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(mat).__name__}")
         if mat.ndim != 2 or mat.shape[0] != mat.shape[1] or mat.shape[0] == 0:
@@ -325,6 +526,8 @@ class StructuredMatrix(ABC):
                 f"{name} must be a non-empty square 2-d tensor, got shape {tuple(mat.shape)}"
             )
         return mat
+
+    _check_square = check_square
 
     # ------------------------------------------- generic (dense) default kernels
     @classmethod
@@ -375,10 +578,9 @@ class StructuredMatrix(ABC):
         return self.to_dense().mT @ X
 
     def _transpose(self) -> StructuredMatrix:
-        from structmat.dense import Dense
-
+        # from_dense is the identity on members of the transpose structure
         self._warn_fallback("transpose")
-        return Dense(self.to_dense().mT.contiguous())
+        return type(self).transpose_structure().from_dense(self.to_dense().mT.contiguous())
 
     def _diag(self) -> Tensor:
         self._warn_fallback("diag")
@@ -386,7 +588,11 @@ class StructuredMatrix(ABC):
 
     def _frobenius_norm(self) -> Tensor:
         self._warn_fallback("frobenius_norm")
-        return torch.linalg.matrix_norm(self.to_dense())
+        return stable_norm([self.to_dense()])
+
+    def _infinity_vector_norm(self) -> Tensor:
+        self._warn_fallback("infinity_vector_norm")
+        return self.to_dense().abs().max()
 
     def _inv(self: S) -> S:
         self._warn_fallback("inv")
@@ -407,10 +613,20 @@ class StructuredMatrix(ABC):
         dense = self.to_dense()
         return self.from_dense(dense.mT @ dense)
 
+    def _from_inner2(self: S, XXT: Tensor) -> S:
+        self._warn_fallback("from_inner2")
+        dense = self.to_dense()
+        return self.from_dense(dense.mT @ XXT @ dense)
+
     @classmethod
     def _zeros(cls: type[S], dim: int, dtype: torch.dtype | None, device: Any) -> S:
         cls._warn_fallback("zeros")
         return cls.from_dense(torch.zeros(dim, dim, dtype=dtype, device=device))
+
+
+def _rebuild(cls: type[S], tensors: dict[str, Tensor]) -> S:
+    """Unpickle a member of ``cls`` from its stored tensors."""
+    return cls(**tensors)
 
 
 __all__ = ["DenseFallbackWarning", "Scalar", "SingularMatrixError", "StructuredMatrix"]

@@ -14,8 +14,8 @@ divides ``d``).
 
 from __future__ import annotations
 
-import functools
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -24,7 +24,7 @@ from structmat._layout import needs_grad
 from structmat._numerics import dense_inverse
 from structmat.base import Scalar
 from structmat.linear_structure import LinearStructure
-from structmat.registry import register_family
+from structmat.registry import family_member, register_family
 
 
 class BlockDiagonal(LinearStructure):
@@ -40,46 +40,23 @@ class BlockDiagonal(LinearStructure):
 
     Every kernel works block by block (batched over the ``N`` full blocks), so with
     :math:`d/b` blocks: ``A @ X`` and ``A^T @ X`` cost :math:`O(d b n)`; ``A @ B``,
-    ``inv`` and ``from_inner()`` :math:`O(d b^2)`; ``from_mat_inner(X)`` and
-    ``from_inner(X)`` :math:`O(d b n)` (the latter through :math:`X_i X_i^\top` when
-    ``n >= 2 b``);
-    ``from_dense`` reads the :math:`O(d b)` entries of the diagonal blocks.
+    ``inv``, ``from_inner()`` and ``from_inner2(M)`` (:math:`K_i^\top M_{ii} K_i` from
+    the diagonal blocks :math:`M_{ii}` of :math:`M`) :math:`O(d b^2)`;
+    ``from_mat_inner(X)`` and ``from_inner(X)`` :math:`O(d b n)` (the latter through
+    :math:`X_i X_i^\top` when ``n >= 2 b``); ``from_dense`` reads the :math:`O(d b)`
+    entries of the diagonal blocks. Closed under transposition (blockwise) and inversion.
 
     Class attributes:
-        block_size: The block size :math:`b`.
+        block_size: The block size :math:`b` (``None`` on the template).
     """
 
-    block_size: ClassVar[int]
+    block_size: ClassVar[int | None] = None
+    parameters = ("block_size",)
+    template_hint = "use BlockDiagonal.with_block_size(b) or get_structure('block{b}diagonal')"
+    closed_under_transpose = True
 
     def __init__(self, blocks: Tensor, last_block: Tensor) -> None:
-        super().__init__()
-        b = self._require_block_size()
-        for arg, tensor in (("blocks", blocks), ("last_block", last_block)):
-            if not isinstance(tensor, Tensor):
-                raise TypeError(f"{arg} must be a torch.Tensor, got {type(tensor).__name__}")
-        if blocks.ndim != 3 or blocks.shape[1:] != (b, b):
-            raise ValueError(
-                f"blocks must have shape (N, {b}, {b}) for block size {b}, "
-                f"got {tuple(blocks.shape)}"
-            )
-        if last_block.ndim != 2 or last_block.shape[0] != last_block.shape[1]:
-            raise ValueError(
-                f"last_block must be a square 2-d tensor, got {tuple(last_block.shape)}"
-            )
-        if last_block.shape[0] >= b:
-            raise ValueError(
-                f"last_block must be smaller than the block size {b}, "
-                f"got {tuple(last_block.shape)}"
-            )
-        if blocks.shape[0] * b + last_block.shape[0] == 0:
-            raise ValueError("blocks and last_block are both empty: the matrix needs d >= 1")
-        if blocks.dtype != last_block.dtype or blocks.device != last_block.device:
-            raise ValueError(
-                f"blocks ({blocks.dtype}, {blocks.device}) and last_block "
-                f"({last_block.dtype}, {last_block.device}) must share dtype and device"
-            )
-        self.register_tensor("blocks", blocks)
-        self.register_tensor("last_block", last_block)
+        super().__init__(blocks=blocks, last_block=last_block)
 
     # ------------------------------------------------------------------ family
     @classmethod
@@ -94,20 +71,13 @@ class BlockDiagonal(LinearStructure):
             raise TypeError(f"block_size must be an int, got {block_size!r}")
         if block_size < 1:
             raise ValueError(f"block_size must be a positive integer, got {block_size}")
-        return _block_diagonal_class(block_size)
+        return family_member(BlockDiagonal, f"block{block_size}diagonal", block_size=block_size)
 
     @classmethod
     def _require_block_size(cls) -> int:
-        size = getattr(cls, "block_size", None)
-        if size is None:
-            raise TypeError(
-                "BlockDiagonal is a template; use BlockDiagonal.with_block_size(b) "
-                "or get_structure('block{b}diagonal')"
-            )
-        return size
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return _rebuild, (self.block_size, self.tensors())
+        cls._require_concrete()
+        assert cls.block_size is not None
+        return cls.block_size
 
     # ----------------------------------------------------------------- layout
     @classmethod
@@ -117,15 +87,14 @@ class BlockDiagonal(LinearStructure):
         count, rest = divmod(dim, b)
         return {"blocks": (count, b, b), "last_block": (rest, rest)}
 
-    @property
-    def shape(self) -> torch.Size:
-        """``torch.Size([d, d])`` with ``d = N b + r``."""
-        dim = self.blocks.shape[0] * self.block_size + self.last_block.shape[0]
-        return torch.Size((dim, dim))
+    @classmethod
+    def dim_from_shapes(cls, shapes: Mapping[str, tuple[int, ...]]) -> int:
+        """``d = N b + r`` from ``blocks (N, b, b)`` and ``last_block (r, r)``."""
+        return shapes["blocks"][0] * cls._require_block_size() + shapes["last_block"][0]
 
     def _split_rows(self, X: Tensor) -> tuple[Tensor, Tensor]:
         """Split ``X`` of shape ``(d, n)`` into ``(N, b, n)`` row blocks and the last ``r`` rows."""
-        count, b = self.blocks.shape[0], self.block_size
+        count, b = self.blocks.shape[0], self._require_block_size()
         return X[: count * b].reshape(count, b, X.shape[1]), X[count * b :]
 
     @staticmethod
@@ -140,15 +109,23 @@ class BlockDiagonal(LinearStructure):
 
         Gathers only the :math:`N b^2 + r^2` entries of the diagonal blocks.
         """
-        sym_mat = cls._check_square(sym_mat)
+        blocks, last_block = cls._diagonal_blocks(cls._check_square(sym_mat))
+        return cls(blocks=blocks, last_block=last_block.clone())
+
+    @classmethod
+    def _diagonal_blocks(cls, mat: Tensor) -> tuple[Tensor, Tensor]:
+        """Gather the ``(N, b, b)`` full diagonal blocks of ``mat`` and view its last block.
+
+        Reads only the :math:`N b^2 + r^2` entries of the diagonal blocks.
+        """
         b = cls._require_block_size()
-        count = sym_mat.shape[0] // b
-        offsets = torch.arange(count, device=sym_mat.device).mul_(b).view(count, 1, 1)
-        local = torch.arange(b, device=sym_mat.device)
+        count = mat.shape[0] // b
+        offsets = torch.arange(count, device=mat.device).mul_(b).view(count, 1, 1)
+        local = torch.arange(b, device=mat.device)
         rows = offsets + local.view(1, b, 1)
         cols = offsets + local.view(1, 1, b)
         start = count * b
-        return cls(blocks=sym_mat[rows, cols], last_block=sym_mat[start:, start:].clone())
+        return mat[rows, cols], mat[start:, start:]
 
     def to_dense(self) -> Tensor:
         """Assemble the ``d x d`` block-diagonal matrix."""
@@ -189,7 +166,8 @@ class BlockDiagonal(LinearStructure):
 
     def _transpose(self) -> BlockDiagonal:
         """Transpose every block (views, no copy)."""
-        return type(self)(blocks=self.blocks.mT, last_block=self.last_block.mT)
+        transposed = {"blocks": self.blocks.mT, "last_block": self.last_block.mT}
+        return self._from_checked(self.shape, transposed)
 
     def _diag(self) -> Tensor:
         return torch.cat(
@@ -246,28 +224,13 @@ class BlockDiagonal(LinearStructure):
             last_block=self.last_block.mT @ self.last_block,
         )
 
-
-@functools.cache
-def _block_diagonal_class(block_size: int) -> type[BlockDiagonal]:
-    """Create the subclass of :class:`BlockDiagonal` for ``block_size`` (once per size)."""
-    name = f"Block{block_size}Diagonal"
-    return type(
-        name,
-        (BlockDiagonal,),
-        {
-            "block_size": block_size,
-            "name": f"block{block_size}diagonal",
-            "__module__": __name__,
-            "__qualname__": name,
-            "__doc__": f"Block-diagonal matrices with {block_size} x {block_size} blocks; "
-            "see :class:`BlockDiagonal`.",
-        },
-    )
-
-
-def _rebuild(block_size: int, tensors: dict[str, Tensor]) -> BlockDiagonal:
-    """Unpickle a member of ``block{block_size}diagonal``."""
-    return BlockDiagonal.with_block_size(block_size)(**tensors)
+    def _from_inner2(self, XXT: Tensor) -> BlockDiagonal:
+        r"""Blocks :math:`K_i^\top M_{ii} K_i` of the diagonal blocks of ``M``, :math:`O(d b^2)`."""
+        M_blocks, M_last = self._diagonal_blocks(XXT)
+        return type(self)(
+            blocks=self.blocks.mT @ M_blocks @ self.blocks,
+            last_block=self.last_block.mT @ M_last @ self.last_block,
+        )
 
 
 register_family(r"block(\d+)diagonal", BlockDiagonal.with_block_size, "block{b}diagonal")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Mapping
+
 from torch import Tensor
 
 from structmat._gram import gram
@@ -16,29 +17,28 @@ class Dense(LinearStructure):
     r"""A dense matrix :math:`A \in \mathbb{R}^{d \times d}`, stored as ``matrix`` (``d x d``).
 
     Every kernel is the plain dense computation: ``A @ X`` costs :math:`O(d^2 n)`,
-    ``A @ B`` and ``inv`` :math:`O(d^3)`; ``from_inner(X)`` :math:`2 d^2 n`, or
-    :math:`d^2 n + 2 d^3` through :math:`X X^\top` when ``n >= 2 d``. The symmetric
-    Gram matrices (``from_inner``, ``from_mat_inner``) are formed in about half the
-    multiply-adds of a GEMM (:func:`structmat._gram.gram`). ``from_dense`` keeps the
-    matrix as it is.
+    ``A @ B``, ``inv`` and ``from_inner2`` :math:`O(d^3)`; ``from_inner(X)``
+    :math:`2 d^2 n`, or :math:`d^2 n + 2 d^3` through :math:`X X^\top` when ``n >= 2 d``.
+    The symmetric Gram matrices (``from_inner``, ``from_mat_inner``) are formed in about
+    half the multiply-adds of a GEMM (:func:`structmat._gram.gram`). ``from_dense``
+    keeps the matrix as it is. Closed under transposition and inversion.
     """
 
     name = "dense"
+    closed_under_transpose = True
 
     def __init__(self, matrix: Tensor) -> None:
-        super().__init__()
-        self._check_square(matrix, "matrix")
-        self.register_tensor("matrix", matrix)
+        super().__init__(matrix=matrix)
 
     @classmethod
     def tensor_shapes(cls, dim: int) -> dict[str, tuple[int, ...]]:
         """Return ``{"matrix": (dim, dim)}``."""
         return {"matrix": (dim, dim)}
 
-    @property
-    def shape(self) -> torch.Size:
-        """``torch.Size([d, d])``."""
-        return self.matrix.shape
+    @classmethod
+    def dim_from_shapes(cls, shapes: Mapping[str, tuple[int, ...]]) -> int:
+        """``d`` is the number of rows of ``matrix``."""
+        return shapes["matrix"][0]
 
     @classmethod
     def from_dense(cls, sym_mat: Tensor) -> Dense:
@@ -59,7 +59,7 @@ class Dense(LinearStructure):
         return self.matrix.mT @ X
 
     def _transpose(self) -> Dense:
-        return Dense(self.matrix.mT)
+        return self._from_checked(self.shape, {"matrix": self.matrix.mT})
 
     def _diag(self) -> Tensor:
         return self.matrix.diagonal()
@@ -89,3 +89,6 @@ class Dense(LinearStructure):
 
     def _from_inner_identity(self) -> Dense:
         return Dense(gram(self.matrix.mT))
+
+    def _from_inner2(self, XXT: Tensor) -> Dense:
+        return Dense(self.matrix.mT @ XXT @ self.matrix)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor
 
@@ -18,26 +20,26 @@ class Diagonal(LinearStructure):
     ``from_dense`` keeps the diagonal. ``A @ X`` scales rows, :math:`O(dn)`;
     ``A @ B``, ``inv`` and ``from_inner()`` are elementwise, :math:`O(d)`;
     ``from_mat_inner(X)`` is :math:`\operatorname{diag}(XX^\top)_i = \sum_j X_{ij}^2`
-    and ``from_inner(X)`` is :math:`a_i^2 \sum_j X_{ij}^2`, both :math:`O(dn)`.
+    and ``from_inner(X)`` is :math:`a_i^2 \sum_j X_{ij}^2`, both :math:`O(dn)`;
+    ``from_inner2(M)`` is :math:`a_i^2 M_{ii}`, :math:`O(d)`. Closed under
+    transposition (:math:`A^\top = A`) and inversion.
     """
 
     name = "diagonal"
+    closed_under_transpose = True
 
     def __init__(self, diagonal: Tensor) -> None:
-        super().__init__()
-        if not isinstance(diagonal, Tensor) or diagonal.ndim != 1 or diagonal.numel() == 0:
-            raise ValueError("diagonal must be a non-empty 1-d tensor")
-        self.register_tensor("diagonal", diagonal)
+        super().__init__(diagonal=diagonal)
 
     @classmethod
     def tensor_shapes(cls, dim: int) -> dict[str, tuple[int, ...]]:
         """Return ``{"diagonal": (dim,)}``."""
         return {"diagonal": (dim,)}
 
-    @property
-    def shape(self) -> torch.Size:
-        """``torch.Size([d, d])``."""
-        return torch.Size((self.diagonal.shape[0],) * 2)
+    @classmethod
+    def dim_from_shapes(cls, shapes: Mapping[str, tuple[int, ...]]) -> int:
+        """``d`` is the size of ``diagonal``."""
+        return shapes["diagonal"][0]
 
     @classmethod
     def from_dense(cls, sym_mat: Tensor) -> Diagonal:
@@ -79,3 +81,7 @@ class Diagonal(LinearStructure):
 
     def _from_inner_identity(self) -> Diagonal:
         return Diagonal(self.diagonal.square())
+
+    def _from_inner2(self, XXT: Tensor) -> Diagonal:
+        # diag(A^T M A)_i = a_i^2 M_ii: reads the d diagonal entries of M only
+        return Diagonal(self.diagonal.square() * XXT.diagonal())

@@ -40,6 +40,8 @@ from structmat.registry import register_family
 if TYPE_CHECKING:
     from structmat.transposed_hierarchical import TransposedHierarchical
 
+Parts = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
+
 
 def lower_matmat(C: Tensor, D: Tensor, E: Tensor, Y: Tensor) -> Tensor:
     r"""Return :math:`R Y` for the lower part :math:`R = [[\operatorname{diag}(C), 0], [D, E]]`.
@@ -87,10 +89,13 @@ class Hierarchical(HierarchicalLayout):
     Kernels (:math:`k = K_1 + K_2`): ``A @ X`` and ``A^T @ X`` :math:`O(n d k)`;
     ``A @ B`` :math:`O(d k^2)`; ``inv`` :math:`O(d k^2 + k^3)`;
     ``from_mat_inner(X)`` and ``from_inner(X)`` :math:`O(n d k)`; ``from_inner()``
-    :math:`O(d k^2)`; ``diag`` :math:`O(d)`.
+    :math:`O(d k^2)`; ``from_inner2(M)`` :math:`O(d k^2)`, reading the
+    :math:`O(d k)` entries of ``M`` it needs; ``diag`` :math:`O(d)`.
     """
 
     family = "hierarchical"
+    transpose_family = "transposedhierarchical"
+    template_hint = "use Hierarchical.with_sizes(k1, k2) or get_structure('hierarchical{k1}_{k2}')"
 
     # --------------------------------------------------------- dense round trip
     @classmethod
@@ -163,9 +168,8 @@ class Hierarchical(HierarchicalLayout):
 
     def _transpose(self) -> TransposedHierarchical:
         r"""The same tensors read as :math:`H^\top` (no copy)."""
-        from structmat.transposed_hierarchical import TransposedHierarchical
-
-        return TransposedHierarchical.with_sizes(self.max_k1, self.max_k2)(**self.tensors())
+        transposed = type(self).transpose_structure()
+        return transposed._from_checked(self.shape, self.tensors())  # type: ignore[return-value]
 
     def _inv(self) -> Hierarchical:
         r"""Block inverse, :math:`O(K_1^3 + K_2^3 + d k^2)`, in float32 for half types.
@@ -238,23 +242,130 @@ class Hierarchical(HierarchicalLayout):
             E=B_e.mT @ B_e + E.mT @ E,
         )
 
-    def _from_outer_identity(self) -> Hierarchical:
-        r"""Return ``from_dense(H @ H^T)``, computed blockwise in :math:`O(d k^2)`.
+    def _from_inner2(self, XXT: Tensor) -> Hierarchical:
+        r"""Project :math:`H^\top M H` blockwise, :math:`O(d k^2)`; see :func:`project_sandwich`."""
+        return type(self)(*project_sandwich(self.parts(), XXT))
 
-        :math:`H H^\top = [[A A^\top + B B^\top, B R^\top], [R B^\top, R R^\top]]` and
-        :math:`R R^\top = [[\operatorname{diag}(C^2), C \odot D^\top], [D C, D D^\top +
-        E E^\top]]`, so the projection is :math:`A' = A A^\top + B B^\top`,
-        :math:`B' = 2 (R B^\top)^\top`, :math:`C' = C^2`,
-        :math:`D' = 2 D \operatorname{diag}(C)`, :math:`E' = D D^\top + E E^\top`.
-        """
-        A, B, C, D, E = self.parts()
-        return type(self)(
-            A=A @ A.mT + B @ B.mT,
-            B=2 * lower_matmat(C, D, E, B.mT).mT,
-            C=C.square(),
-            D=2 * (D * C),
-            E=D @ D.mT + E @ E.mT,
-        )
+
+def project_sandwich(parts: Parts, M: Tensor) -> Parts:
+    r"""Tensors of the projection of :math:`H^\top M H` onto the hierarchical structure.
+
+    With the block columns :math:`h_1 = (A; 0; 0)`, :math:`h_2 = (B_1;
+    \operatorname{diag}(C); D)`, :math:`h_3 = (B_2; 0; E)` of ``H``, block ``(a, b)`` of
+    :math:`H^\top M H` is :math:`h_a^\top M h_b`, and the mirror blocks folded in by the
+    projection are those of :math:`h_a^\top M^\top h_b`. With :math:`S = M + M^\top`
+    and :math:`P_1 = S_{11} B_1 + S_{12} \operatorname{diag}(C) + S_{13} D`,
+    :math:`P_3 = S_{31} B_1 + S_{32} \operatorname{diag}(C) + S_{33} D`:
+
+    - :math:`A' = A^\top M_{11} A`, :math:`B' = A^\top (P_1,\ S_{11} B_2 + S_{13} E)`,
+    - :math:`C'_j = (h_2)_{:j}^\top M (h_2)_{:j}`, summed term by term,
+    - :math:`D' = B_2^\top P_1 + E^\top P_3`,
+    - :math:`E' = h_3^\top M h_3 = B_2^\top M_{11} B_2 + B_2^\top M_{13} E + E^\top M_{31}
+      B_2 + E^\top M_{33} E`.
+
+    Args:
+        parts: ``(A, B, C, D, E)`` of ``H``.
+        M: Shape ``(d, d)``; need not be symmetric.
+
+    Returns:
+        ``(A', B', C', D', E')``.
+
+    Complexity:
+        :math:`O(d k^2)` with :math:`k = K_1 + K_2`; reads the blocks of ``M`` in the
+        first :math:`K_1` and last :math:`K_2` rows and columns and its diagonal, never
+        the :math:`d_c \times d_c` middle.
+    """
+    A, B, C, D, E = parts
+    k1, dc = A.shape[0], C.shape[0]
+    mid = k1 + dc
+    B1, B2 = B.split([dc, E.shape[0]], dim=1)
+    M11, M13, M31, M33 = M[:k1, :k1], M[:k1, mid:], M[mid:, :k1], M[mid:, mid:]
+    S11 = M11 + M11.mT
+    S12 = M[:k1, k1:mid] + M[k1:mid, :k1].mT
+    S13 = M13 + M31.mT
+    S32 = M[mid:, k1:mid] + M[k1:mid, mid:].mT
+    S33 = M33 + M33.mT
+    P1 = S11 @ B1 + S12 * C + S13 @ D
+    P3 = S13.mT @ B1 + S32 * C + S33 @ D
+    C_new = (
+        (B1 * (M11 @ B1)).sum(0)
+        + C * (B1 * S12).sum(0)
+        + (B1 * (S13 @ D)).sum(0)
+        + C.square() * M[k1:mid, k1:mid].diagonal()
+        + C * (D * S32).sum(0)
+        + (D * (M33 @ D)).sum(0)
+    )
+    return (
+        A.mT @ M11 @ A,
+        A.mT @ torch.cat([P1, S11 @ B2 + S13 @ E], 1),
+        C_new,
+        B2.mT @ P1 + E.mT @ P3,
+        B2.mT @ (M11 @ B2 + M13 @ E) + E.mT @ (M31 @ B2 + M33 @ E),
+    )
+
+
+def project_outer_gram(parts: Parts) -> Parts:
+    r"""Tensors of the projection of :math:`H H^\top` onto the hierarchical structure.
+
+    :math:`H H^\top = [[A A^\top + B B^\top, B R^\top], [R B^\top, R R^\top]]` and
+    :math:`R R^\top = [[\operatorname{diag}(C^2), C \odot D^\top], [D C, D D^\top +
+    E E^\top]]`, so the projection is :math:`A' = A A^\top + B B^\top`,
+    :math:`B' = 2 (R B^\top)^\top`, :math:`C' = C^2`,
+    :math:`D' = 2 D \operatorname{diag}(C)`, :math:`E' = D D^\top + E E^\top`.
+
+    Args:
+        parts: ``(A, B, C, D, E)`` of ``H``.
+
+    Returns:
+        ``(A', B', C', D', E')``; :math:`O(d k^2)`.
+    """
+    A, B, C, D, E = parts
+    return (
+        A @ A.mT + B @ B.mT,
+        2 * lower_matmat(C, D, E, B.mT).mT,
+        C.square(),
+        2 * (D * C),
+        D @ D.mT + E @ E.mT,
+    )
+
+
+def project_outer_sandwich(parts: Parts, M: Tensor) -> Parts:
+    r"""Tensors of the projection of :math:`H M H^\top` onto the hierarchical structure.
+
+    With the block rows :math:`r_1 = (A, B)`, :math:`r_2 = (0, \operatorname{diag}(C),
+    0)`, :math:`r_3 = (0, D, E)` of ``H``, block ``(a, b)`` is :math:`r_a M r_b^\top`
+    and the folded mirrors are those of :math:`r_a M^\top r_b^\top`:
+    :math:`A' = r_1 M r_1^\top`, :math:`B' = (r_1 (M + M^\top))_{:, K_1:} R^\top`,
+    :math:`C' = C^2 \odot \operatorname{diag}(M_{22})`,
+    :math:`D' = (D (M_{22} + M_{22}^\top) + E (M_{32} + M_{23}^\top))
+    \operatorname{diag}(C)`, :math:`E' = r_3 M r_3^\top`.
+
+    Args:
+        parts: ``(A, B, C, D, E)`` of ``H``.
+        M: Shape ``(d, d)``; need not be symmetric.
+
+    Returns:
+        ``(A', B', C', D', E')``.
+
+    Complexity:
+        :math:`O(k d^2)`: every entry of ``M`` enters the dense first block row, so
+        ``M`` is read once per row of ``A`` (two products of shape ``(K_1, d)``);
+        no ``d x d`` intermediate.
+    """
+    A, B, C, D, E = parts
+    k1, dc = A.shape[0], C.shape[0]
+    mid = k1 + dc
+    rows = A @ M[:k1] + B @ M[k1:]  # r_1 M, shape (K1, d)
+    rows_t = A @ M[:, :k1].mT + B @ M[:, k1:].mT  # r_1 M^T
+    M22, M23, M32, M33 = M[k1:mid, k1:mid], M[k1:mid, mid:], M[mid:, k1:mid], M[mid:, mid:]
+    D_M22 = D @ M22
+    return (
+        rows[:, :k1] @ A.mT + rows[:, k1:] @ B.mT,
+        lower_matmat(C, D, E, (rows + rows_t)[:, k1:].mT).mT,
+        C.square() * M22.diagonal(),
+        (D_M22 + (M22 @ D.mT).mT + E @ (M32 + M23.mT)) * C,
+        (D_M22 + E @ M32) @ D.mT + (D @ M23 + E @ M33) @ E.mT,
+    )
 
 
 register_family(r"hierarchical(\d+)_(\d+)", Hierarchical.with_sizes, "hierarchical{k1}_{k2}")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from abc import abstractmethod
 from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor
 
+from structmat._numerics import stable_norm
 from structmat.base import Scalar, StructuredMatrix
 
 L = TypeVar("L", bound="LinearStructure")
@@ -20,23 +20,13 @@ class LinearStructure(StructuredMatrix):
     tensor in :math:`O(\text{storage})`, and the zero matrix is all stored tensors
     zero. Every built-in structure derives from this class.
 
-    Subclasses define :meth:`tensor_shapes` and :attr:`shape`. By default each
-    stored number is one matrix entry (so :math:`\|A\|_F` is the 2-norm of the
-    storage); structures that repeat stored numbers (Toeplitz) override
+    By default each stored number is one matrix entry (and every other entry is zero),
+    so :math:`\|A\|_F` is the 2-norm of the storage and :math:`\max_{ij} |A_{ij}|` its
+    largest magnitude; structures that repeat stored numbers (Toeplitz) override
     :meth:`_frobenius_norm`.
     """
 
     closed_under_inverse: ClassVar[bool] = True
-
-    @classmethod
-    @abstractmethod
-    def tensor_shapes(cls, dim: int) -> dict[str, tuple[int, ...]]:
-        """Return ``{name: shape}`` of the stored tensors of a ``dim x dim`` member."""
-
-    @property
-    @abstractmethod
-    def shape(self) -> torch.Size:
-        """``torch.Size([d, d])``."""
 
     def _add(self: L, other: L, alpha: Scalar) -> L:
         return type(self)(
@@ -55,8 +45,11 @@ class LinearStructure(StructuredMatrix):
             tensor.mul_(value)
 
     def _frobenius_norm(self) -> Tensor:
-        squares = [t.square().sum() for _, t in self.named_tensors()]
-        return torch.stack(squares).sum().sqrt()
+        return stable_norm([t for _, t in self.named_tensors()])
+
+    def _infinity_vector_norm(self) -> Tensor:
+        maxima = [t.abs().max() for _, t in self.named_tensors() if t.numel() > 0]
+        return maxima[0] if len(maxima) == 1 else torch.stack(maxima).max()
 
     @classmethod
     def _zeros(cls: type[L], dim: int, dtype: torch.dtype | None, device: Any) -> L:

@@ -12,6 +12,7 @@ attributes in which they differ.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar, TypeVar
 
 import torch
@@ -19,7 +20,7 @@ from torch import Tensor
 from torch.nn.functional import pad
 
 from structmat._gram import gram
-from structmat._numerics import check_nonzero, compute_dtype
+from structmat._numerics import check_nonzero, compute_dtype, stable_norm
 from structmat._toeplitz_direct import (
     gram_lag_sums,
     lower_product,
@@ -37,10 +38,10 @@ from structmat._toeplitz_kernels import (
     inverse_series,
     lag_sums,
 )
+from structmat._toeplitz_sandwich import sandwich_pair_sums
 from structmat.base import Scalar, StructuredMatrix
 from structmat.exceptions import SingularMatrixError
 from structmat.linear_structure import LinearStructure
-from structmat.registry import get_structure
 
 T = TypeVar("T", bound="TriangularToeplitz")
 
@@ -80,6 +81,10 @@ class TriangularToeplitz(LinearStructure):
     - ``from_inner()``: the ``k``-th diagonal sum of :math:`A^\top A` is
       :math:`\sum_p (d - k - p) c_p c_{p+k}` (the same for :math:`A A^\top`), one
       correlation, :math:`O(d \log d)`.
+    - ``from_inner2(M)``: the diagonal sums of :math:`A^\top M A` from those of
+      :math:`(M + M^\top) A`, whose rows are filtered in blocks,
+      :math:`O(d^2 \log d)` without a ``d x d`` intermediate (see
+      :func:`~structmat._toeplitz_sandwich.sandwich_pair_sums`).
     - ``diag``, ``diag_add_`` (on :math:`c_0`), the Frobenius norm
       :math:`(\sum_k (d - k) c_k^2)^{1/2}`, ``+`` and scalar ``*``: :math:`O(d)`;
       ``transpose``: :math:`O(1)`, the same coefficient tensor in the other structure.
@@ -93,38 +98,36 @@ class TriangularToeplitz(LinearStructure):
         transpose_name: Registry name of the transposed structure.
     """
 
-    upper: ClassVar[bool]
-    coefficients_name: ClassVar[str]
-    transpose_name: ClassVar[str]
+    upper: ClassVar[bool | None] = None
+    coefficients_name: ClassVar[str | None] = None
+    parameters = ("upper", "coefficients_name")
+    template_hint = "instantiate structmat.TrilToeplitz or structmat.TriuToeplitz"
 
     def __init__(self, coefficients: Tensor) -> None:
-        super().__init__()
-        name = self.coefficients_name
-        if not isinstance(coefficients, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(coefficients).__name__}")
-        if coefficients.ndim != 1 or coefficients.numel() == 0:
-            raise ValueError(
-                f"{name} must be a non-empty 1-d tensor of shape (d,), "
-                f"got shape {tuple(coefficients.shape)}"
-            )
-        if not coefficients.is_floating_point():
-            raise TypeError(f"{name} must have a floating-point dtype, got {coefficients.dtype}")
-        self.register_tensor(name, coefficients)
+        if type(self)._template:
+            type(self)._require_concrete()
+        super().__init__(**{self.coefficients_name: coefficients})  # type: ignore[dict-item]
+
+    @classmethod
+    def _coefficients_name(cls) -> str:
+        cls._require_concrete()
+        assert cls.coefficients_name is not None
+        return cls.coefficients_name
 
     @property
     def coefficients(self) -> Tensor:
         """The stored coefficient vector :math:`c` (shape ``(d,)``), not a copy."""
-        return getattr(self, self.coefficients_name)
+        return getattr(self, self.coefficients_name)  # type: ignore[arg-type]
 
     @classmethod
     def tensor_shapes(cls, dim: int) -> dict[str, tuple[int, ...]]:
         """Return ``{coefficients_name: (dim,)}``."""
-        return {cls.coefficients_name: (dim,)}
+        return {cls._coefficients_name(): (dim,)}
 
-    @property
-    def shape(self) -> torch.Size:
-        """``torch.Size([d, d])``."""
-        return torch.Size((self.coefficients.shape[0],) * 2)
+    @classmethod
+    def dim_from_shapes(cls, shapes: Mapping[str, tuple[int, ...]]) -> int:
+        """``d`` is the number of coefficients."""
+        return shapes[cls._coefficients_name()][0]
 
     # ------------------------------------------------------------- conversions
     @classmethod
@@ -141,6 +144,7 @@ class TriangularToeplitz(LinearStructure):
         Complexity:
             :math:`O(d^2)`, one pass over :math:`S` without copying it.
         """
+        cls._require_concrete()
         mat = cls._check_square(sym_mat)
         if not mat.is_floating_point():
             raise TypeError(f"sym_mat must have a floating-point dtype, got {mat.dtype}")
@@ -202,7 +206,10 @@ class TriangularToeplitz(LinearStructure):
         return self._rebuild(product.to(self.dtype))
 
     def _transpose(self) -> StructuredMatrix:
-        return get_structure(self.transpose_name)(self.coefficients)
+        # the other triangular Toeplitz structure (declared as transpose_name), same tensor
+        other = type(self).transpose_structure()
+        name = other.coefficients_name  # type: ignore[attr-defined]
+        return other._from_checked(self.shape, {name: self.coefficients})
 
     def _diag(self) -> Tensor:
         return self.coefficients[:1].repeat(self.coefficients.shape[0])
@@ -215,9 +222,8 @@ class TriangularToeplitz(LinearStructure):
     def _frobenius_norm(self) -> Tensor:
         c = self.coefficients
         d = c.shape[0]
-        work = c.to(compute_dtype(c.dtype))
-        counts = torch.arange(d, 0, -1, dtype=work.dtype, device=work.device)
-        return (counts * work.square()).sum().sqrt().to(c.dtype)
+        counts = torch.arange(d, 0, -1, dtype=compute_dtype(c.dtype), device=c.device)
+        return stable_norm([c], [counts])
 
     def _inv(self: T) -> T:
         c = self.coefficients
@@ -272,3 +278,9 @@ class TriangularToeplitz(LinearStructure):
         weighted = torch.arange(d, 0, -1, dtype=work.dtype, device=work.device) * work
         lags = lag_sums(work.unsqueeze(0), weighted.unsqueeze(0))
         return self._rebuild(average_diagonal_pairs(2 * lags).to(c.dtype))
+
+    def _from_inner2(self: T, XXT: Tensor) -> T:
+        out_dtype = torch.promote_types(self.dtype, XXT.dtype)
+        work = compute_dtype(out_dtype)
+        pair_sums = sandwich_pair_sums(self.coefficients.to(work), XXT, self.upper, work)
+        return self._rebuild(average_diagonal_pairs(pair_sums).to(out_dtype))

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from structmat._hierarchical_kernels import GRAM_ROUTE_MIN_ELEMENTS, outer_arrow, project_arrow
 from structmat._hierarchical_layout import HierarchicalLayout
-from structmat.hierarchical import Hierarchical
+from structmat.hierarchical import Hierarchical, project_outer_gram, project_outer_sandwich
 from structmat.registry import register_family
 
 
@@ -41,23 +41,30 @@ class TransposedHierarchical(HierarchicalLayout):
     Every kernel has the cost of its :class:`Hierarchical` counterpart
     (:math:`k = K_1 + K_2`): ``A @ X``, ``A^T @ X``, ``from_mat_inner(X)`` and
     ``from_inner(X)`` :math:`O(n d k)`; ``A @ B``, ``inv`` and ``from_inner()``
-    :math:`O(d k^2)` (plus :math:`O(k^3)` for ``inv``).
+    :math:`O(d k^2)` (plus :math:`O(k^3)` for ``inv``). ``from_inner2(M)`` projects
+    :math:`H M^\top H^\top` (see :func:`~structmat.hierarchical.project_outer_sandwich`):
+    every entry of ``M`` matters, :math:`O(k d^2)` without a ``d x d`` intermediate.
     """
 
     family = "transposedhierarchical"
+    transpose_family = "hierarchical"
+    template_hint = (
+        "use TransposedHierarchical.with_sizes(k1, k2) or "
+        "get_structure('transposedhierarchical{k1}_{k2}')"
+    )
 
     @classmethod
     def _hierarchical_class(cls) -> type[Hierarchical]:
-        return Hierarchical.with_sizes(*cls._require_sizes())
+        return cls.transpose_structure()  # type: ignore[return-value]
 
     def _untransposed(self) -> Hierarchical:
         """The :class:`Hierarchical` ``H`` with ``self = H^T`` (same tensors, no copy)."""
-        return self._hierarchical_class()(**self.tensors())
+        return self._hierarchical_class()._from_checked(self.shape, self.tensors())
 
     @classmethod
     def _of(cls, H: Hierarchical) -> TransposedHierarchical:
         r"""Return :math:`H^\top` as a member of this class (same tensors, no copy)."""
-        return cls(**H.tensors())
+        return cls._from_checked(H.shape, H.tensors())
 
     # --------------------------------------------------------- dense round trip
     @classmethod
@@ -120,7 +127,11 @@ class TransposedHierarchical(HierarchicalLayout):
 
     def _from_inner_identity(self) -> TransposedHierarchical:
         r""":math:`P_M(M^\top M) = P_H(H H^\top)^\top` (blockwise, :math:`O(d k^2)`)."""
-        return self._of(self._untransposed()._from_outer_identity())
+        return type(self)(*project_outer_gram(self.parts()))
+
+    def _from_inner2(self, XXT: Tensor) -> TransposedHierarchical:
+        r""":math:`P_M(M^\top S M) = P_M(H S H^\top) = P_H(H S^\top H^\top)^\top`."""
+        return type(self)(*project_outer_sandwich(self.parts(), XXT.mT))
 
 
 register_family(

@@ -9,6 +9,7 @@ the block kernels of :mod:`structmat._triangular_kernels`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar, TypeVar
 
 import torch
@@ -50,39 +51,27 @@ class TriangularMatrix(LinearStructure):
     ``from_mat_inner(X)`` :math:`d^2 n / 2` (only the needed triangle of
     :math:`X X^\top`); ``from_inner(X)`` :math:`d^2 n` (:math:`Y = A^\top X`, then
     ``from_mat_inner(Y)``); ``from_inner()`` :math:`d^3 / 6` (one triangle of
-    :math:`A^\top A`). ``+``, ``*``, ``diag``, ``diag_add_``, the Frobenius norm and
-    ``transpose`` (a view) cost :math:`O(d^2)` or less.
+    :math:`A^\top A`); ``from_inner2(M)`` :math:`d^3` (:math:`A^\top M A` by two
+    triangular products, then folded like ``from_dense``). ``+``, ``*``,
+    ``diag``, ``diag_add_``, the Frobenius norm and ``transpose`` (a view) cost
+    :math:`O(d^2)` or less.
     """
 
     upper: ClassVar[bool | None] = None
-    _by_upper: ClassVar[dict[bool, type[TriangularMatrix]]] = {}
-
-    def __init_subclass__(cls, **kwargs: object) -> None:
-        super().__init_subclass__(**kwargs)
-        if "upper" in cls.__dict__:
-            TriangularMatrix._by_upper[cls.upper] = cls
+    parameters = ("upper",)
+    template_hint = "instantiate structmat.Tril or structmat.Triu"
 
     def __init__(self, matrix: Tensor) -> None:
-        self._require_variant()
-        super().__init__()
-        self._check_square(matrix, "matrix")
-        self.register_tensor("matrix", self._triangle(matrix))
-
-    @classmethod
-    def _require_variant(cls) -> None:
-        if cls.upper not in TriangularMatrix._by_upper:
-            raise TypeError(
-                "TriangularMatrix is a template; instantiate structmat.Tril or structmat.Triu"
-            )
+        type(self)._require_concrete()
+        if isinstance(matrix, Tensor) and matrix.ndim == 2:
+            matrix = self._triangle(matrix)
+        super().__init__(matrix=matrix)
 
     @classmethod
     def _wrap(cls: type[Tri], matrix: Tensor) -> Tri:
         """Build a member from a ``matrix`` that is already triangular (no masking copy)."""
-        cls._require_variant()
-        result = cls.__new__(cls)
-        LinearStructure.__init__(result)
-        result.register_tensor("matrix", matrix)
-        return result
+        cls._require_concrete()
+        return cls._from_checked(matrix.shape, {"matrix": matrix})
 
     @classmethod
     def _triangle(cls, mat: Tensor, diagonal: int = 0) -> Tensor:
@@ -94,10 +83,10 @@ class TriangularMatrix(LinearStructure):
         """Return ``{"matrix": (dim, dim)}``."""
         return {"matrix": (dim, dim)}
 
-    @property
-    def shape(self) -> torch.Size:
-        """``torch.Size([d, d])``."""
-        return self.matrix.shape
+    @classmethod
+    def dim_from_shapes(cls, shapes: Mapping[str, tuple[int, ...]]) -> int:
+        """``d`` is the number of rows of ``matrix``."""
+        return shapes["matrix"][0]
 
     @classmethod
     def from_dense(cls: type[Tri], sym_mat: Tensor) -> Tri:
@@ -135,7 +124,8 @@ class TriangularMatrix(LinearStructure):
 
     def _transpose(self) -> TriangularMatrix:
         # A view: in-place operations on the transpose change ``self`` (as for Dense).
-        return TriangularMatrix._by_upper[not self.upper]._wrap(self.matrix.mT)
+        transposed = type(self).transpose_structure()
+        return transposed._wrap(self.matrix.mT)  # type: ignore[attr-defined, no-any-return]
 
     def _diag(self) -> Tensor:
         return self.matrix.diagonal()
@@ -159,6 +149,14 @@ class TriangularMatrix(LinearStructure):
         # A^T A = Y Y^T with Y = A^T, triangular in the other triangle.
         return self._from_folded_lower(tri_gram_folded(self.matrix.mT, not self.upper))
 
+    def _from_inner2(self: Tri, XXT: Tensor) -> Tri:
+        # Z = A^T M A by two triangular products (A^T is triangular too), then the
+        # projection folds the other triangle of Z onto this one, as from_dense does.
+        A_t, other = self.matrix.mT, not self.upper
+        M_A = tri_matmat(A_t, XXT.mT, other).mT  # M A = (A^T M^T)^T
+        sandwich = tri_matmat(A_t, M_A, other)  # A^T (M A)
+        return self._wrap(self._triangle(sandwich) + self._triangle(sandwich.mT, 1))
+
 
 @register
 class Tril(TriangularMatrix):
@@ -171,6 +169,7 @@ class Tril(TriangularMatrix):
 
     name = "tril"
     upper = False
+    transpose_name = "triu"
 
 
 @register
@@ -184,3 +183,4 @@ class Triu(TriangularMatrix):
 
     name = "triu"
     upper = True
+    transpose_name = "tril"

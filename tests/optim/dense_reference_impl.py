@@ -343,8 +343,10 @@ class DenseSINGD:
         kfac_approx: str = "expand",
         kfac_like: bool = False,
         normalize_lr_cov: bool = False,
+        layer_structures: dict[str, tuple[str, str]] | None = None,
     ):
         self.lr, self.momentum, self.damping = lr, momentum, damping
+        self.layer_structures = layer_structures or {}
         self.alpha1 = 0.0 if kfac_like else alpha1
         self.weight_decay, self.T, self.loss_average = weight_decay, T, loss_average
         self.lr_cov, self.structures, self.kfac_approx = lr_cov, structures, kfac_approx
@@ -415,7 +417,7 @@ class DenseSINGD:
         Args:
             name: The layer's name.
         """
-        struct_K, struct_C = self.structures
+        struct_K, struct_C = self.layer_structures.get(name, self.structures)
         K, C = self.K[name], self.C[name]
         A, G = self.covariance_factors(name)
         H_K = project(struct_K, K.T @ A.T @ A @ K)

@@ -106,11 +106,11 @@ def test_frozen_bias_is_left_alone() -> None:
     assert torch.equal(model[0].bias, before)
 
 
-def test_unsupported_layers_are_warned_about_and_not_trained() -> None:
+def test_reference_mode_warns_about_unsupported_layers_and_leaves_them() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 3))
     with pytest.warns(UserWarning, match=r"layer '1' \(LayerNorm\) is not supported"):
-        optimizer = SINGD(model, T=1)
+        optimizer = SINGD(model, T=1, train_all_parameters=False)
     norm = copy.deepcopy(model[1])
     weight = model[0].weight.clone()
     train(model, optimizer, batches(3))
@@ -118,9 +118,28 @@ def test_unsupported_layers_are_warned_about_and_not_trained() -> None:
     assert not torch.equal(model[0].weight, weight)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        SINGD(copy.deepcopy(model), warn_unsupported=False)
+        SINGD(copy.deepcopy(model), warn_unsupported=False, train_all_parameters=False)
     with pytest.warns(UserWarning, match="2 of the given parameters do not belong"):
-        SINGD(model, list(model.parameters()))
+        SINGD(model, list(model.parameters()), train_all_parameters=False)
+
+
+def test_every_parameter_is_trained_by_default_without_warnings() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        optimizer = SINGD(model, T=1)
+        before = copy.deepcopy(model)
+        train(model, optimizer, batches(3))
+    for param, old in zip(model.parameters(), before.parameters(), strict=True):
+        assert not torch.equal(param, old)
+    kinds = {block.name: block.kind for block in optimizer.blocks}
+    assert kinds == {
+        "0": "kronecker",
+        "1.weight": "elementwise",
+        "1.bias": "elementwise",
+        "2": "kronecker",
+    }
 
 
 def test_kfac_like_forces_alpha1_to_zero() -> None:
@@ -162,6 +181,16 @@ BAD_ARGUMENTS: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"warn_unsupported": None}, TypeError, "warn_unsupported"),
     ({"init_grad_scale": 0.0}, ValueError, "init_grad_scale"),
     ({"lr": "0.1"}, TypeError, "lr"),
+    ({"momentum": 1.5}, ValueError, r"momentum must lie in \[0, 1\)"),
+    ({"momentum": 1.0}, ValueError, r"momentum must lie in \[0, 1\)"),
+    ({"elementwise_beta2": 1.0}, ValueError, r"elementwise_beta2 must lie in \[0, 1\)"),
+    ({"elementwise_eps": 0.0}, ValueError, "elementwise_eps must be finite and > 0"),
+    ({"elementwise_lr": -1.0}, ValueError, "elementwise_lr"),
+    ({"max_update_rms": 0.0}, ValueError, "max_update_rms must be finite and > 0"),
+    ({"train_all_parameters": "no"}, TypeError, "train_all_parameters"),
+    ({"skip_nonfinite": 0}, TypeError, "skip_nonfinite"),
+    ({"distribute": "shard"}, ValueError, r"distribute must be one of \('replicate', 'split'\)"),
+    ({"average_gradients": "auto"}, TypeError, "average_gradients"),
 ]
 
 
@@ -200,9 +229,7 @@ def test_weight_and_bias_in_different_groups() -> None:
     model = mlp()
     reference = copy.deepcopy(model)
     groups = [{"params": [model[0].weight]}, {"params": [model[0].bias], "lr": 0.5}]
-    with pytest.raises(
-        ValueError, match=r"weight and bias of layer '0'.*different parameter groups"
-    ):
+    with pytest.raises(ValueError, match=r"parameters of layer '0'.*different parameter groups"):
         SINGD(model, groups)
     _assert_untouched(model, reference)
 
@@ -217,12 +244,31 @@ def test_wrapped_models_are_rejected() -> None:
         SINGD(model.parameters())  # type: ignore[arg-type]
 
 
-def test_shared_parameter_between_layers_is_rejected() -> None:
+def test_parameter_shared_as_different_maps() -> None:
     first, second = nn.Linear(4, 4), nn.Linear(4, 4)
-    second.weight = first.weight
+    second.weight = first.weight  # same weight, different biases: not one map
     model = nn.Sequential(first, second)
     with pytest.raises(ValueError, match="shared by layers"):
-        SINGD(model)
+        SINGD(model, train_all_parameters=False)
+    with pytest.warns(UserWarning, match="shared by layers.*element-wise"):
+        optimizer = SINGD(model)
+    kinds = {block.name: block.kind for block in optimizer.blocks}
+    assert kinds == {"0.weight": "elementwise", "0.bias": "elementwise", "1.bias": "elementwise"}
+
+
+def test_weight_shared_by_the_same_map_is_one_block() -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(4, 4)
+    model = nn.Sequential(layer, nn.Tanh(), layer)  # one module called twice
+    tied = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4))
+    tied[2].weight, tied[2].bias = tied[0].weight, tied[0].bias
+    tied.load_state_dict(model.state_dict())
+    data = [(torch.randn(8, 4), torch.randint(0, 4, (8,))) for _ in range(3)]
+    first, second = SINGD(model, T=1, lr=0.1), SINGD(tied, T=1, lr=0.1)
+    assert [b.name for b in second.blocks] == ["0"]
+    train(model, first, data)
+    train(tied, second, data)
+    assert torch.equal(model[0].weight, tied[0].weight)
 
 
 def test_param_groups_cannot_be_added_later() -> None:
@@ -231,3 +277,15 @@ def test_param_groups_cannot_be_added_later() -> None:
     with pytest.raises(RuntimeError, match="constructor"):
         optimizer.add_param_group({"params": model[2].parameters()})
     assert len(optimizer.param_groups) == 1
+
+
+@pytest.mark.parametrize("case", ["parameter-free", "frozen", "empty-list", "empty-groups"])
+def test_nothing_to_train_is_an_error(case: str) -> None:
+    model = nn.Sequential(nn.ReLU(), nn.Flatten()) if case == "parameter-free" else mlp()
+    if case == "frozen":
+        model.requires_grad_(False)
+    params = {"empty-list": [], "empty-groups": [{"params": []}]}.get(case)
+    with pytest.raises(ValueError, match="no parameter to train"):
+        SINGD(model, params)
+    for module in model.modules():
+        assert not module._forward_hooks

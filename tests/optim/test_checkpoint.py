@@ -126,7 +126,7 @@ def test_state_dict_holds_only_plain_values() -> None:
             )
 
     check(state)
-    assert state["Ks"]["0"]["structure"] == "dense"
+    assert state["singd"]["blocks"]["0"]["K"]["structure"] == "dense"
     assert state["param_groups"][0]["lr_cov"] == "<callable>"
     assert callable(optimizer.param_groups[0]["lr_cov"])
     # loading keeps this optimizer's callable
@@ -144,26 +144,43 @@ def test_bad_state_dict_changes_nothing() -> None:
     fresh_model, fresh = _make({"T": 1})
     before = copy.deepcopy(fresh.state_dict())
 
-    broken = optimizer.state_dict()
-    broken["Ks"] = {k: v for k, v in broken["Ks"].items() if k != "0"}
-    with pytest.raises(ValueError, match="Ks"):
+    def blocks(state: dict) -> dict:
+        return state["singd"]["blocks"]
+
+    broken = copy.deepcopy(optimizer.state_dict())
+    del blocks(broken)["0"]["K"]
+    with pytest.raises(ValueError, match="block '0' has no entry 'K'"):
         fresh.load_state_dict(broken)
-    wrong_shape = optimizer.state_dict()
-    wrong_shape["Cs"] = dict(wrong_shape["Cs"])
-    wrong_shape["Cs"]["0"] = {"structure": "dense", "tensors": {"matrix": torch.eye(3)}}
+    missing_block = copy.deepcopy(optimizer.state_dict())
+    del blocks(missing_block)["2"]
+    with pytest.raises(ValueError, match="blocks"):
+        fresh.load_state_dict(missing_block)
+    wrong_shape = copy.deepcopy(optimizer.state_dict())
+    blocks(wrong_shape)["0"]["C"] = {"structure": "dense", "tensors": {"matrix": torch.eye(3)}}
     with pytest.raises(ValueError, match="shape"):
         fresh.load_state_dict(wrong_shape)
-    unknown = optimizer.state_dict()
-    unknown["Ks"] = dict(unknown["Ks"])
-    unknown["Ks"]["0"] = {"structure": "nope", "tensors": {"matrix": torch.eye(7)}}
+    unknown = copy.deepcopy(optimizer.state_dict())
+    blocks(unknown)["0"]["K"] = {"structure": "nope", "tensors": {"matrix": torch.eye(7)}}
     with pytest.raises(ValueError, match="unknown structure"):
         fresh.load_state_dict(unknown)
+    other_structure = copy.deepcopy(optimizer.state_dict())
+    blocks(other_structure)["0"]["K"] = {
+        "structure": "diagonal",
+        "tensors": {"diagonal": torch.ones(7)},
+    }
+    with pytest.raises(ValueError, match=r"structure 'diagonal'.*uses 'dense'"):
+        fresh.load_state_dict(other_structure)
+    saved_diagonal = _make({"T": 1, "structures": ("diagonal", "dense")})[1].state_dict()
+    with pytest.raises(ValueError, match=r"saved with structures \('diagonal', 'dense'\)"):
+        fresh.load_state_dict(saved_diagonal)
     with pytest.raises(ValueError, match="missing"):
         fresh.load_state_dict(torch.optim.SGD(fresh_model.parameters(), lr=0.1).state_dict())
 
     after = fresh.state_dict()
-    assert after["steps"] == before["steps"] == 0
-    for key in ("Ks", "Cs", "m_Ks", "m_Cs"):
-        for name, entry in before[key].items():
-            for tname, tensor in entry["tensors"].items():
-                assert torch.equal(after[key][name]["tensors"][tname], tensor)
+    assert after["singd"]["steps"] == before["singd"]["steps"] == 0
+    assert after["param_groups"] == before["param_groups"]
+    for name, entry in blocks(before).items():
+        for key, matrix in entry.items():
+            if isinstance(matrix, dict):
+                for tname, tensor in matrix["tensors"].items():
+                    assert torch.equal(blocks(after)[name][key]["tensors"][tname], tensor)

@@ -53,7 +53,7 @@ def test_conv_expand_matrices_reproduce_the_gradient(
     batch = 3
     x = torch.randn(batch, 4, *spatial, dtype=torch.float64)
     x, g, grads = _input_and_grad(module, x)
-    layer = make_layer("conv", module, module.weight, module.bias, 0)
+    layer = make_layer(module, module.weight, module.bias)
     assert isinstance(layer, ConvLayer)
     A = layer.input_matrix(x, "expand")
     G, terms = layer.grad_output_matrix(g, "batch", "expand")
@@ -77,7 +77,7 @@ def test_conv_reduce_averages_expand_rows(
     module = cls(4, 5, **kwargs).double()
     x = torch.randn(3, 4, *spatial, dtype=torch.float64)
     x, g, _ = _input_and_grad(module, x)
-    layer = make_layer("conv", module, module.weight, module.bias, 0)
+    layer = make_layer(module, module.weight, module.bias)
     expand = layer.input_matrix(x, "expand")
     reduce = layer.input_matrix(x, "reduce")
     positions = g[0, 0].numel()
@@ -98,7 +98,7 @@ def test_grouped_conv_averages_input_over_groups(cls: type[nn.Module]) -> None:
     spatial = (9,) if cls is nn.Conv1d else (6, 7)
     module = cls(6, 3, kernel_size=3, stride=2, padding=1, groups=3).double()
     x = torch.randn(2, 6, *spatial, dtype=torch.float64)
-    layer = make_layer("conv", module, module.weight, module.bias, 0)
+    layer = make_layer(module, module.weight, module.bias)
     assert layer.dim_K == 2 * 3 ** len(spatial) + 1
     A = layer.input_matrix(x, "expand")
     averaged = x.unflatten(1, (3, 2)).mean(dim=1)
@@ -119,7 +119,7 @@ def test_linear_with_leading_dimensions(approx: str) -> None:
     torch.manual_seed(0)
     module = nn.Linear(5, 3).double()
     x = torch.randn(2, 4, 3, 5, dtype=torch.float64)
-    layer = make_layer("lin", module, module.weight, module.bias, 0)
+    layer = make_layer(module, module.weight, module.bias)
     assert isinstance(layer, LinearLayer)
     out = module(x)
     g = torch.randn_like(out)
@@ -142,15 +142,15 @@ def test_linear_with_leading_dimensions(approx: str) -> None:
 def test_bias_only_and_weight_only_layers() -> None:
     module = nn.Linear(5, 3)
     x = torch.randn(4, 2, 5)
-    bias_only = make_layer("b", module, None, module.bias, 0)
+    bias_only = make_layer(module, None, module.bias)
     assert bias_only.dim_K == 1
     torch.testing.assert_close(bias_only.input_matrix(x, "expand"), torch.full((8, 1), 8**-0.5))
     torch.testing.assert_close(bias_only.input_matrix(x, "reduce"), torch.full((4, 1), 0.5))
-    weight_only = make_layer("w", module, module.weight, None, 0)
+    weight_only = make_layer(module, module.weight, None)
     assert weight_only.dim_K == 5
     torch.testing.assert_close(weight_only.input_matrix(x, "expand"), x.reshape(8, 5) / 8**0.5)
     conv = nn.Conv2d(2, 3, 3)
-    conv_bias = make_layer("cb", conv, None, conv.bias, 0)
+    conv_bias = make_layer(conv, None, conv.bias)
     assert conv_bias.input_matrix(torch.randn(2, 2, 5, 6), "expand").shape == (2 * 3 * 4, 1)
 
 

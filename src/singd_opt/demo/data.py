@@ -9,10 +9,10 @@ hyper-parameter search in ``benchmarks/demo_tuning.py`` uses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
+
+from singd_opt.demo.split import Split
 
 #: Seed of the train/test split; fixed so every run sees the same split.
 SPLIT_SEED = 0
@@ -24,36 +24,7 @@ VALIDATION_FRACTION = 0.2
 NUM_CLASSES = 10
 
 
-@dataclass(frozen=True)
-class DigitsSplit:
-    """Images ``(N, 1, 8, 8)`` (float32, standardised) and labels ``(N,)`` (int64).
-
-    Attributes:
-        x_train: Training images.
-        y_train: Training labels.
-        x_eval: Evaluation images (the test split, or the validation split).
-        y_eval: Evaluation labels.
-        eval_name: ``"test"`` or ``"validation"``.
-    """
-
-    x_train: Tensor
-    y_train: Tensor
-    x_eval: Tensor
-    y_eval: Tensor
-    eval_name: str
-
-    def to(self, device: torch.device | str) -> DigitsSplit:
-        """Return a copy with every tensor moved to ``device``."""
-        return DigitsSplit(
-            self.x_train.to(device),
-            self.y_train.to(device),
-            self.x_eval.to(device),
-            self.y_eval.to(device),
-            self.eval_name,
-        )
-
-
-def load_split(validation: bool = False) -> DigitsSplit:
+def load_split(validation: bool = False) -> Split:
     """Load the digits and split them with the fixed seed :data:`SPLIT_SEED`.
 
     The split is stratified by class: 80% train, 20% test. Pixels (0 to 16) are
@@ -65,7 +36,9 @@ def load_split(validation: bool = False) -> DigitsSplit:
             part as evaluation split. The test split is then not returned at all.
 
     Returns:
-        The split, as tensors on the CPU.
+        The split, as tensors on the CPU: images ``(N, 1, 8, 8)`` (float32,
+        standardised) and labels ``(N,)`` (int64), with one evaluation set named
+        ``"test"`` (or ``"validation"``).
 
     Raises:
         ImportError: If scikit-learn is not installed.
@@ -94,10 +67,9 @@ def load_split(validation: bool = False) -> DigitsSplit:
     def labels_to_tensor(y: object) -> Tensor:
         return torch.as_tensor(y, dtype=torch.int64)
 
-    return DigitsSplit(
+    eval_name = "validation" if validation else "test"
+    return Split(
         images_to_tensor(x_train),
         labels_to_tensor(y_train),
-        images_to_tensor(x_eval),
-        labels_to_tensor(y_eval),
-        "validation" if validation else "test",
+        {eval_name: (images_to_tensor(x_eval), labels_to_tensor(y_eval))},
     )

@@ -1,11 +1,12 @@
-"""Optimizers, the training loop and its metrics for the digits demo.
+"""Optimizers, the training loop and its metrics, shared by the demo's tasks.
 
-Every run starts from the same initial weights (``torch.manual_seed(seed)`` right
-before the model is built) and sees the same mini-batches (a ``torch.Generator``
-seeded with ``seed`` shuffles each epoch), so runs differ only by their optimizer.
-Every optimizer's learning rate follows the same schedule: a cosine decay from the
-tuned value to zero over the run (``torch.optim.lr_scheduler.CosineAnnealingLR``,
-stepped after every update), so the final accuracy is not read off at a noisy point.
+Every run of a task starts from the same initial weights (``torch.manual_seed(seed)``
+right before the model is built) and sees the same mini-batches (a
+``torch.Generator`` seeded with ``seed`` shuffles the training examples each epoch),
+so runs differ only by their optimizer. Every optimizer's learning rate follows the
+same schedule: a cosine decay from the tuned value to zero over the run
+(``torch.optim.lr_scheduler.CosineAnnealingLR``, stepped after every update), so the
+final metrics are not read off at a noisy point.
 """
 
 from __future__ import annotations
@@ -21,33 +22,16 @@ from torch import Tensor, nn
 from torch.nn import functional
 from torch.optim import Optimizer
 
-from singd_opt.demo.data import DigitsSplit
-from singd_opt.demo.models import make_cnn
+from singd_opt.demo.parallel import Processes
+from singd_opt.demo.split import Metrics, Split
+from singd_opt.demo.tasks import BASELINE_LABELS, Task
 
-#: SINGD structures compared by default.
-DEFAULT_STRUCTURES = ("dense", "diagonal", "hierarchical15_15", "triltoeplitz")
-#: Baseline optimizers compared by default.
-DEFAULT_BASELINES = ("adamw", "sgd")
-#: Default number of epochs.
-DEFAULT_EPOCHS = 10
-#: Default mini-batch size.
-DEFAULT_BATCH_SIZE = 32
 #: Default seed (initial weights and mini-batch order).
 DEFAULT_SEED = 0
-
-#: The (peak) hyper-parameters of each optimizer, chosen by ``benchmarks/demo_tuning.py`` on
-#: a validation split carved out of the training split (never on the test split).
-#: SINGD uses one setting for every structure; unlisted arguments keep the defaults of
-#: ``SINGD`` (momentum 0.9, alpha1 0.5, no weight decay), ``torch.optim.AdamW``
-#: (betas (0.9, 0.999), weight decay 0.01) and ``torch.optim.SGD`` (no weight decay).
-HYPERPARAMETERS: dict[str, dict[str, float]] = {
-    "singd": {"lr": 0.01, "lr_cov": 0.1, "damping": 0.1, "T": 10},
-    "adamw": {"lr": 0.01},
-    "sgd": {"lr": 0.1, "momentum": 0.9},
-}
-
-#: Display names of the baselines.
-BASELINE_LABELS = {"adamw": "AdamW", "sgd": "SGD"}
+#: Fewest steps between two evaluations during training (short runs evaluate less).
+MIN_STEPS_BETWEEN_EVALUATIONS = 10
+#: Most targets evaluated in one forward pass.
+EVAL_TARGETS_PER_BATCH = 16384
 
 
 def singd_class() -> type[Optimizer]:
@@ -75,7 +59,7 @@ class OptimizerSpec:
 
     kind: str
     structure: str | None = None
-    hyperparameters: Mapping[str, float] = field(default_factory=dict)
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -85,13 +69,24 @@ class OptimizerSpec:
         return BASELINE_LABELS.get(self.kind, self.kind)
 
     @classmethod
-    def default(cls, kind: str, structure: str | None = None) -> OptimizerSpec:
-        """Return the spec with the tuned :data:`HYPERPARAMETERS` of ``kind``."""
-        return cls(kind, structure, dict(HYPERPARAMETERS[kind]))
+    def default(cls, task: Task, kind: str, structure: str | None = None) -> OptimizerSpec:
+        """Return the spec with the tuned hyper-parameters of ``kind`` for ``task``.
+
+        Raises:
+            ValueError: If ``task`` has no tuned hyper-parameters for ``kind``.
+        """
+        if kind not in task.hyperparameters:
+            raise ValueError(
+                f"task {task.name!r} has no hyper-parameters for {kind!r}; "
+                f"valid optimizers are: {', '.join(task.hyperparameters)}"
+            )
+        return cls(kind, structure, dict(task.hyperparameters[kind]))
 
 
 def make_optimizer(spec: OptimizerSpec, model: nn.Module) -> Optimizer:
     """Build the optimizer described by ``spec`` for ``model``.
+
+    SINGD trains every parameter of ``model`` (``params=None``).
 
     Args:
         spec: The optimizer and its hyper-parameters.
@@ -116,7 +111,7 @@ def make_optimizer(spec: OptimizerSpec, model: nn.Module) -> Optimizer:
 
 
 def _tensors_in(obj: Any) -> Iterator[Tensor]:
-    """Yield every tensor reachable from ``obj`` through containers and structures."""
+    """Yield every tensor reachable from ``obj`` through mappings and sequences."""
     if isinstance(obj, Tensor):
         yield obj
     elif isinstance(obj, Mapping):
@@ -125,22 +120,17 @@ def _tensors_in(obj: Any) -> Iterator[Tensor]:
     elif isinstance(obj, (list, tuple, set)):
         for value in obj:
             yield from _tensors_in(value)
-    elif callable(getattr(obj, "named_tensors", None)):
-        # A structured matrix (a preconditioner factor or its momentum).
-        for _, tensor in obj.named_tensors():
-            yield from _tensors_in(tensor)
 
 
 def optimizer_state_bytes(optimizer: Optimizer) -> int:
     """Count the bytes of the optimizer's state.
 
-    Sums the bytes of every tensor reachable from ``optimizer.state_dict()`` except
-    its ``param_groups`` (which hold only hyper-parameters): the per-parameter state in
-    ``["state"]`` (momentum buffers, Adam's moments and step counters) and, for SINGD,
-    the preconditioner factors ``K, C``, their momenta ``m_K, m_C`` and any pending
-    curvature accumulators, each through the tensors that store the structured matrix.
-    For SINGD it adds the products ``K K^T, C C^T`` that the optimizer caches between
-    steps (not part of its ``state_dict``). Each storage is counted once, whole.
+    For SINGD, :meth:`singd_opt.SINGD.state_bytes`: every block's state (the factors
+    ``K, C``, their momenta ``m_K, m_C`` and the cached products ``K K^T, C C^T``; the
+    element-wise blocks' second moments) and the momentum buffers. For other
+    optimizers, every tensor of torch's per-parameter state (``optimizer.state``:
+    momentum buffers, Adam's moments and step counters). Each storage is counted
+    once, whole (:func:`singd_opt.summary.state_bytes`).
 
     Args:
         optimizer: The optimizer, usually after training.
@@ -148,15 +138,11 @@ def optimizer_state_bytes(optimizer: Optimizer) -> int:
     Returns:
         The number of bytes.
     """
-    state_dict = optimizer.state_dict()
-    sources = [value for key, value in state_dict.items() if key != "param_groups"]
-    sources.append(getattr(optimizer, "_grams", {}))  # SINGD's cached K K^T, C C^T
-    storages: dict[int, int] = {}
-    for tensor in _tensors_in(sources):
-        storage = tensor.untyped_storage()
-        pointer = storage.data_ptr()
-        storages[pointer] = max(storages.get(pointer, 0), storage.nbytes())
-    return sum(storages.values())
+    if isinstance(optimizer, singd_class()):
+        return optimizer.state_bytes()
+    from singd_opt.summary import state_bytes
+
+    return state_bytes(list(_tensors_in(dict(optimizer.state))))
 
 
 @dataclass
@@ -167,24 +153,22 @@ class RunResult:
         label: The optimizer's display name.
         hyperparameters: The optimizer's hyper-parameters.
         losses: Training loss of every step's mini-batch.
-        eval_steps: Steps (number of updates done) at which the model was evaluated.
-        eval_accuracies: Accuracy on the evaluation split at ``eval_steps``.
-        final_train_loss: Mean loss on the whole training split after training.
-        eval_loss: Mean loss on the evaluation split after training.
-        accuracy: Accuracy on the evaluation split after training.
+        eval_steps: Steps (number of updates done) at which the first evaluation set
+            was evaluated.
+        eval_metrics: Its metrics at ``eval_steps``.
+        final: Metrics after training, by evaluation-set name (plus ``"train"`` when
+            the task evaluates the whole training set).
         seconds_per_step: Mean wall time of a training step (forward, backward and
             optimizer step), first step excluded as warm-up.
         state_bytes: :func:`optimizer_state_bytes` after training.
     """
 
     label: str
-    hyperparameters: dict[str, float]
+    hyperparameters: dict[str, Any]
     losses: list[float] = field(default_factory=list)
     eval_steps: list[int] = field(default_factory=list)
-    eval_accuracies: list[float] = field(default_factory=list)
-    final_train_loss: float = float("nan")
-    eval_loss: float = float("nan")
-    accuracy: float = float("nan")
+    eval_metrics: list[Metrics] = field(default_factory=list)
+    final: dict[str, Metrics] = field(default_factory=dict)
     seconds_per_step: float = float("nan")
     state_bytes: int = 0
 
@@ -210,97 +194,124 @@ def autocast_context(precision: str, device: torch.device) -> AbstractContextMan
     raise ValueError(f"unknown precision {precision!r}; expected 'float32' or 'bfloat16'")
 
 
+def cross_entropy(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
+    """Cross-entropy of logits ``(*, classes)`` (cast to float32) and targets ``(*)``."""
+    return functional.cross_entropy(
+        logits.float().flatten(0, -2), targets.flatten(), reduction=reduction
+    )
+
+
 @torch.no_grad()
-def evaluate(
-    model: nn.Module, x: Tensor, y: Tensor, precision: str, batch_size: int = 1024
-) -> tuple[float, float]:
-    """Return the mean cross-entropy loss and the accuracy of ``model`` on ``(x, y)``."""
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, precision: str) -> Metrics:
+    """Return the mean cross-entropy per target and the accuracy of ``model`` on ``(x, y)``.
+
+    Examples are evaluated in chunks of at most :data:`EVAL_TARGETS_PER_BATCH` targets.
+    """
     was_training = model.training
     model.eval()
+    targets_per_example = max(1, y[:1].numel())
+    batch_size = max(1, EVAL_TARGETS_PER_BATCH // targets_per_example)
     loss_sum, correct = 0.0, 0
     for start in range(0, len(x), batch_size):
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
         with autocast_context(precision, xb.device):
             logits = model(xb)
-        loss_sum += functional.cross_entropy(logits.float(), yb, reduction="sum").item()
-        correct += int((logits.argmax(dim=1) == yb).sum().item())
+        loss_sum += cross_entropy(logits, yb, reduction="sum").item()
+        correct += int((logits.argmax(dim=-1) == yb).sum().item())
     model.train(was_training)
-    return loss_sum / len(x), correct / len(x)
+    return Metrics(loss_sum / y.numel(), correct / y.numel())
+
+
+def minibatches(num_examples: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
+    """Yield the indices of mini-batches, epoch after epoch, without end.
+
+    Each epoch is a new permutation (drawn from ``generator``) cut into mini-batches of
+    ``batch_size``; the last one of an epoch may be smaller.
+    """
+    while True:
+        order = torch.randperm(num_examples, generator=generator)
+        yield from order.split(batch_size)
 
 
 def train(
     spec: OptimizerSpec,
-    split: DigitsSplit,
-    epochs: int = DEFAULT_EPOCHS,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    task: Task,
+    split: Split,
+    steps: int,
+    batch_size: int,
     seed: int = DEFAULT_SEED,
     precision: str = "float32",
     device: torch.device | str = "cpu",
-    evaluations: int = 20,
+    evaluations: int | None = None,
     on_step: Callable[[float], None] | None = None,
+    processes: Processes | None = None,
 ) -> RunResult:
-    """Train the demo CNN with one optimizer and measure it.
+    """Train the task's model with one optimizer for ``steps`` steps and measure it.
 
     Args:
         spec: The optimizer.
+        task: The task (model, what to evaluate).
         split: The data (moved to ``device`` here).
-        epochs: Passes over the training split.
-        batch_size: Mini-batch size; the last mini-batch of an epoch may be smaller.
+        steps: Number of optimizer steps.
+        batch_size: Mini-batch size (see :func:`minibatches`).
         seed: Seeds the initial weights and the mini-batch order.
         precision: ``"float32"`` or ``"bfloat16"`` (autocast of forward pass and loss).
         device: Where to train.
-        evaluations: About how many times to evaluate during training (plus once
-            before the first step and once at the end).
+        evaluations: About how many times to evaluate the first evaluation set during
+            training (plus once before the first step and once at the end), at least
+            :data:`MIN_STEPS_BETWEEN_EVALUATIONS` steps apart; default
+            ``task.evaluations``.
         on_step: Called with the mini-batch loss after every step (progress bars).
+        processes: The data-parallel processes (each trains on its share of every
+            mini-batch, see :mod:`singd_opt.demo.parallel`); default one process.
 
     Returns:
         The measurements.
     """
     device = torch.device(device)
     split = split.to(device)
+    processes = processes or Processes()
     torch.manual_seed(seed)
-    model = make_cnn().to(device)
+    model = processes.wrap(task.make_model().to(device))
     optimizer = make_optimizer(spec, model)
     generator = torch.Generator().manual_seed(seed)
-    num_train = len(split.x_train)
-    steps_per_epoch = -(-num_train // batch_size)
-    total_steps = epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    eval_every = max(1, total_steps // max(1, evaluations))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    evaluations = task.evaluations if evaluations is None else evaluations
+    eval_every = max(steps // max(1, evaluations), min(steps, MIN_STEPS_BETWEEN_EVALUATIONS))
     result = RunResult(spec.label, dict(spec.hyperparameters))
 
     def record_evaluation(step: int) -> None:
-        result.eval_loss, accuracy = evaluate(model, split.x_eval, split.y_eval, precision)
         result.eval_steps.append(step)
-        result.eval_accuracies.append(accuracy)
+        result.eval_metrics.append(evaluate(model, split.x_eval, split.y_eval, precision))
 
     record_evaluation(0)
     step_times: list[float] = []
-    step = 0
-    for _ in range(epochs):
-        order = torch.randperm(num_train, generator=generator).to(device)
-        for start in range(0, num_train, batch_size):
-            index = order[start : start + batch_size]
-            xb, yb = split.x_train[index], split.y_train[index]
-            begin = time.perf_counter()
-            optimizer.zero_grad()
-            with autocast_context(precision, device):
-                logits = model(xb)
-            loss = functional.cross_entropy(logits.float(), yb)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_value = loss.item()  # also waits for the device
-            step_times.append(time.perf_counter() - begin)
-            step += 1
-            result.losses.append(loss_value)
-            if on_step is not None:
-                on_step(loss_value)
-            if step % eval_every == 0 and step != total_steps:
-                record_evaluation(step)
-    record_evaluation(step)
-    result.accuracy = result.eval_accuracies[-1]
-    result.final_train_loss, _ = evaluate(model, split.x_train, split.y_train, precision)
+    batches = minibatches(len(split.x_train), batch_size, generator)
+    for step in range(1, steps + 1):
+        # each process trains on its share of the mini-batch (all of it in one process)
+        index, weight = processes.share(next(batches).to(device))
+        xb, yb = split.x_train[index], split.y_train[index]
+        begin = time.perf_counter()
+        optimizer.zero_grad()
+        with autocast_context(precision, device):
+            logits = model(xb)
+        loss = cross_entropy(logits, yb)
+        (loss * weight if weight != 1.0 else loss).backward()
+        optimizer.step()
+        scheduler.step()
+        loss_value = processes.mean(loss * weight)  # also waits for the device
+        step_times.append(time.perf_counter() - begin)
+        result.losses.append(loss_value)
+        if on_step is not None:
+            on_step(loss_value)
+        if step % eval_every == 0 and step != steps:
+            record_evaluation(step)
+    record_evaluation(steps)
+    result.final = {split.eval_name: result.eval_metrics[-1]}
+    for name, (x, y) in list(split.eval_sets.items())[1:]:
+        result.final[name] = evaluate(model, x, y, precision)
+    if task.train_loss:
+        result.final["train"] = evaluate(model, split.x_train, split.y_train, precision)
     timed = step_times[1:] or step_times
     result.seconds_per_step = sum(timed) / len(timed)
     result.state_bytes = optimizer_state_bytes(optimizer)

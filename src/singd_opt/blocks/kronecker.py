@@ -1,0 +1,358 @@
+r"""The Kronecker-factored block: SINGD's preconditioner of one linear map.
+
+The block keeps the factors ``K`` (input side, ``d_K x d_K``) and ``C`` (output side,
+``d_C x d_C``) of the inverse preconditioner :math:`(C C^\top) \otimes (K K^\top)`,
+both starting at the identity, their Riemannian momenta ``m_K, m_C`` (when
+:math:`\alpha_1 \neq 0`), and the curvature recorded since the last update. The
+equations are in :mod:`singd_opt.preconditioner`; the way the parameters form the
+gradient matrix and the calls form curvature rows in :mod:`singd_opt.layers`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from singd_opt.blocks.base import PreconditionerBlock, Proposal, StepContext
+from singd_opt.checkpoint import matrix_from_state, matrix_to_state
+from singd_opt.curvature import CurvatureSums
+from singd_opt.layers import EmbeddingLayer, Layer, ParameterRows
+from singd_opt.preconditioner import (
+    UpdateConfig,
+    factor_step,
+    gram,
+    natural_gradient,
+    update_preconditioner,
+)
+from singd_opt.validation import resolve_structure
+from singd_opt.warm_start import fixed_point_factors
+from structmat import StructuredMatrix
+
+_FACTORS = ("K", "C", "m_K", "m_C")
+_GRAPH_TASK_ID = getattr(torch._C, "_current_graph_task_id", None)
+
+
+def _current_backward_pass() -> int | None:
+    """Identify the running backward pass (autograd's graph task), ``None`` if unknown."""
+    return _GRAPH_TASK_ID() if _GRAPH_TASK_ID is not None else None
+
+
+class KroneckerBlock(PreconditionerBlock):
+    """SINGD's Kronecker-factored preconditioner of one linear map.
+
+    Attributes:
+        layer: The map: how its parameters form the gradient matrix, and its calls
+            the curvature.
+        structures: Structure names of ``(K, C)``.
+        K, C: The factors.
+        m_K, m_C: Their momenta (``None`` when ``alpha1 == 0``).
+        curvature: The curvature recorded since the last update, or ``None``.
+    """
+
+    kind = "kronecker"
+
+    def __init__(
+        self,
+        name: str,
+        layer: Layer,
+        group_index: int,
+        group: Mapping[str, Any],
+    ) -> None:
+        """Create the block with identity factors and zero momenta.
+
+        Args:
+            name: The block's name.
+            layer: The linear map.
+            group_index: Index of the parameter group.
+            group: The parameter group (``structures``, ``preconditioner_dtype``,
+                ``alpha1``).
+        """
+        super().__init__(name, layer.params, group_index)
+        self.layer = layer
+        self.structures: tuple[str, str] = self.structures_for(layer, group)
+        dtype_K, dtype_C = self.dtypes(group)
+        device = layer.params[0].param.device
+        cls_K, cls_C = (resolve_structure(s) for s in self.structures)
+        self.K: StructuredMatrix = cls_K.eye(layer.dim_K, dtype=dtype_K, device=device)
+        self.C: StructuredMatrix = cls_C.eye(layer.dim_C, dtype=dtype_C, device=device)
+        self.m_K: StructuredMatrix | None = None
+        self.m_C: StructuredMatrix | None = None
+        if group["alpha1"] != 0.0:
+            self.m_K = cls_K.zeros(layer.dim_K, dtype=dtype_K, device=device)
+            self.m_C = cls_C.zeros(layer.dim_C, dtype=dtype_C, device=device)
+        self.curvature: CurvatureSums | None = None
+        self.updated = False  # whether K, C have been updated at least once
+        # (K, C, K K^T, C C^T) for structures closed under transposition; rebuilt
+        # whenever K or C is replaced.
+        self._grams: tuple[Any, Any, Any, Any] | None = None
+
+    @staticmethod
+    def structures_for(layer: Layer, group: Mapping[str, Any]) -> tuple[str, str]:
+        """Return the structure names of ``(K, C)``: the group's, diagonal ``K`` for embeddings."""
+        name_K, name_C = group["structures"]
+        if isinstance(layer, EmbeddingLayer):
+            name_K = "diagonal"
+        return name_K, name_C
+
+    def dtypes(self, group: Mapping[str, Any]) -> tuple[torch.dtype, torch.dtype]:
+        """Return the dtypes of ``(K, C)``: the group's, else the weight's."""
+        dtype_K, dtype_C = group["preconditioner_dtype"]
+        weight_dtype = self.layer.params[0].param.dtype
+        return dtype_K or weight_dtype, dtype_C or weight_dtype
+
+    # ------------------------------------------------------------- curvature
+    def record(
+        self,
+        x: Tensor,
+        grad_output: Tensor,
+        group: Mapping[str, Any],
+        grad_prescale: float = 1.0,
+    ) -> None:
+        r"""Add one call's :math:`H_K, H_C` to the recorded curvature.
+
+        Args:
+            x: The call's input.
+            grad_output: Gradient of the loss w.r.t. the call's output.
+            group: The parameter group (``kfac_approx``, ``loss_average``).
+            grad_prescale: Gradient scale to divide :math:`H_C` by now (the rest is
+                un-scaled at the update, see :mod:`singd_opt.grad_scale`).
+        """
+        K, C = self.K, self.C
+        kfac_approx, loss_average = group["kfac_approx"], group["loss_average"]
+        with torch.no_grad():
+            H_K, rows = self.layer.input_curvature(K, x, kfac_approx)
+            G, terms = self.layer.grad_output_matrix(
+                grad_output.to(C.dtype), loss_average, kfac_approx
+            )
+            if grad_prescale != 1.0:
+                G = G / math.sqrt(grad_prescale)
+            H_C = C.from_inner(G.mT)
+            backward_pass = _current_backward_pass()
+            if self.curvature is None:
+                self.curvature = CurvatureSums(
+                    H_K, H_C, rows, terms, loss_average is not None, backward_pass
+                )
+            else:
+                self.curvature.add(H_K, H_C, rows, terms, backward_pass)
+
+    def has_curvature(self) -> bool:
+        """See :meth:`PreconditionerBlock.has_curvature`."""
+        return self.curvature is not None
+
+    def curvature_tensors(self) -> list[Tensor]:
+        """See :meth:`PreconditionerBlock.curvature_tensors`."""
+        return self.curvature.tensors() if self.curvature is not None else []
+
+    def drop_curvature(self) -> None:
+        """See :meth:`PreconditionerBlock.drop_curvature`."""
+        self.curvature = None
+
+    # ------------------------------------------------------------------ step
+    def _update_config(self, group: Mapping[str, Any], context: StepContext) -> UpdateConfig:
+        lr_cov = group["lr_cov"]
+        if callable(lr_cov):
+            lr_cov = lr_cov(context.step)
+        return UpdateConfig(
+            damping=group["damping"],
+            alpha1=group["alpha1"],
+            kfac_like=group["kfac_like"],
+            normalize_lr_cov=group["normalize_lr_cov"],
+            lr_cov=lr_cov,
+            grad_unscaling=context.grad_unscaling,
+        )
+
+    def _cached_grams(self, K: StructuredMatrix, C: StructuredMatrix) -> tuple[Any, Any]:
+        cached = self._grams
+        if cached is None or cached[0] is not K or cached[1] is not C:
+            cached = (K, C, gram(K), gram(C))
+        return cached[2], cached[3]
+
+    def propose(self, group: Mapping[str, Any], context: StepContext) -> Proposal:
+        r"""Update ``K, C`` from the recorded curvature (if any) and precondition.
+
+        The natural gradient :math:`C C^\top G K K^\top` uses the new factors.
+        """
+        K, C, m_K, m_C = self.K, self.C, self.m_K, self.m_C
+        checked: list[Tensor] = []
+        updated = self.curvature is not None
+        shared: dict[str, StructuredMatrix] = {}
+        if self.curvature is not None:
+            H_K, H_C = self.curvature.H_K, self.curvature.H_C
+            self.curvature = None  # consumed: its storage becomes the new momenta
+            config = self._update_config(group, context)
+            if group.get("warm_start") and not self.updated:
+                # the first update jumps to the fixed point of this curvature
+                H_C = H_C.mul_(config.grad_unscaling) if config.grad_unscaling != 1.0 else H_C
+                K, C = fixed_point_factors(H_K, H_C, float(config.damping), config.kfac_like)
+                shared = {"K": K, "C": C}
+            else:
+                K, C, new_m_K, new_m_C = update_preconditioner(K, C, m_K, m_C, H_K, H_C, config)
+                if config.alpha1 != 0.0:
+                    m_K, m_C = new_m_K, new_m_C
+                shared = {"m_K": new_m_K, "m_C": new_m_C}
+            for matrix in (K, C):
+                checked.extend(matrix.tensors().values())
+        directions = []
+        grad = self.layer.gradient_matrix(context.gradients)
+        gram_K = gram_C = None
+        if grad is not None:
+            if context.grad_factor != 1.0:
+                grad = grad / context.grad_factor
+            gram_K, gram_C = self._cached_grams(K, C)
+            directions = self.layer.split(natural_gradient(K, C, grad, gram_K, gram_C))
+
+        def commit() -> None:
+            if updated:
+                self.K, self.C, self.m_K, self.m_C = K, C, m_K, m_C
+                self.updated = True
+            if grad is not None:
+                self._grams = (K, C, gram_K, gram_C)
+
+        return Proposal(directions, checked + [d for _, d in directions], commit, shared)
+
+    def received(
+        self,
+        directions: list[tuple[ParameterRows, Tensor]],
+        shared: dict[str, StructuredMatrix],
+        group: Mapping[str, Any],
+        context: StepContext,
+    ) -> Proposal:
+        """The proposal of this block from another process's results.
+
+        Args:
+            directions: The owner's directions.
+            shared: What the owner shared of its update (its proposal's ``matrices``):
+                the new momenta ``m_K, m_C``, from which the new factors follow
+                (:func:`factor_step`) exactly as the owner computed them; or, for a
+                warm start, the new factors ``K, C`` themselves; empty without update.
+            group: The block's parameter group.
+            context: The step.
+        """
+        K, C = self.K, self.C
+        momenta = "m_K" in shared
+        if momenta:
+            config = self._update_config(group, context)
+            K, C = factor_step(K, C, shared["m_K"], shared["m_C"], config)
+        elif shared:
+            K, C = shared["K"], shared["C"]
+
+        def commit() -> None:
+            self.curvature = None  # the owner used it
+            if shared:
+                self.K, self.C = K, C
+                if momenta and group["alpha1"] != 0.0:
+                    self.m_K, self.m_C = shared["m_K"], shared["m_C"]
+                self.updated = True
+                self._grams = None
+
+        return Proposal(directions, [], commit)
+
+    # ---------------------------------------------------------------- state
+    def matrices(self) -> dict[str, StructuredMatrix]:
+        """Return ``K, C`` and, when kept, ``m_K, m_C`` by name."""
+        found = {"K": self.K, "C": self.C, "m_K": self.m_K, "m_C": self.m_C}
+        return {key: matrix for key, matrix in found.items() if matrix is not None}
+
+    def state_dict(self) -> dict[str, Any]:
+        """See :meth:`PreconditionerBlock.state_dict`.
+
+        Matrices appear as ``{"structure": name, "tensors": {...}}``; the recorded
+        curvature (when there is some) as ``H_K``, ``H_C`` and ``counts``.
+        """
+        state: dict[str, Any] = {"kind": self.kind}
+        for key, matrix in self.matrices().items():
+            state[key] = matrix_to_state(self.structures[key.endswith("C")], matrix)
+        if self.curvature is not None:
+            state["H_K"] = matrix_to_state(self.structures[0], self.curvature.H_K)
+            state["H_C"] = matrix_to_state(self.structures[1], self.curvature.H_C)
+            state["counts"] = [self.curvature.rows, self.curvature.terms]
+        return state
+
+    def load_state_dict(
+        self, state: Mapping[str, Any], group: Mapping[str, Any]
+    ) -> Callable[[], None]:
+        """See :meth:`PreconditionerBlock.load_state_dict`.
+
+        Raises:
+            ValueError: If an entry is missing or malformed, or its structure differs
+                from the one ``group`` asks for (the message names both).
+        """
+        what = f"state_dict: block {self.name!r}"
+        if state.get("kind") != self.kind:
+            raise ValueError(f"{what} is a {state.get('kind')!r} block, expected {self.kind!r}")
+        structures = self.structures_for(self.layer, group)
+        dtypes = self.dtypes(group)
+        device = self.layer.params[0].param.device
+        keep_momenta = group["alpha1"] != 0.0
+        loaded: dict[str, StructuredMatrix | None] = {}
+        for key in (*_FACTORS, "H_K", "H_C"):
+            side = int(key.endswith("C"))
+            dim = self.layer.dim_C if side else self.layer.dim_K
+            if key not in state:
+                required = key in ("K", "C") or (key.startswith("m_") and keep_momenta)
+                if required:
+                    raise ValueError(f"{what} has no entry {key!r}")
+                loaded[key] = None
+                continue
+            structure, matrix = matrix_from_state(
+                state[key], dim, dtypes[side], device, f"block {self.name!r} {key}"
+            )
+            if structure != structures[side]:
+                raise ValueError(
+                    f"{what} {key} has structure {structure!r} but this optimizer uses "
+                    f"{structures[side]!r}; create the optimizer with the saved structures "
+                    "to load it"
+                )
+            loaded[key] = matrix
+        if not keep_momenta:
+            loaded["m_K"] = loaded["m_C"] = None
+        curvature = None
+        if (loaded["H_K"] is None) != (loaded["H_C"] is None):
+            raise ValueError(f"{what} must hold both H_K and H_C or neither")
+        if loaded["H_K"] is not None:
+            counts = state.get("counts")
+            if not (
+                isinstance(counts, list | tuple)
+                and len(counts) == 2
+                and all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in counts)
+            ):
+                raise ValueError(f"{what} counts must be two positive ints, got {counts!r}")
+            curvature = CurvatureSums(
+                loaded["H_K"],  # type: ignore[arg-type]
+                loaded["H_C"],  # type: ignore[arg-type]
+                counts[0],
+                counts[1],
+                mean_loss=group["loss_average"] is not None,
+            )
+
+        def load() -> None:
+            self.structures = structures
+            self.K, self.C = loaded["K"], loaded["C"]  # type: ignore[assignment]
+            self.m_K, self.m_C = loaded["m_K"], loaded["m_C"]
+            self.curvature = curvature
+            self._grams = None
+            self.updated = True  # a loaded state counts as updated (no first-update warning)
+
+        return load
+
+    def state_tensors(self) -> list[Tensor]:
+        """See :meth:`PreconditionerBlock.state_tensors` (the cached ``K K^T`` included)."""
+        tensors = [t for m in self.matrices().values() for t in m.tensors().values()]
+        if self._grams is not None:
+            tensors.extend(
+                t for m in self._grams[2:] if m is not None for t in m.tensors().values()
+            )
+        return tensors
+
+    def describe(self) -> dict[str, Any]:
+        """See :meth:`PreconditionerBlock.describe`."""
+        return {
+            "kind": self.kind,
+            "layer": type(self.layer).__name__,
+            "structures": self.structures,
+            "dims": (self.layer.dim_K, self.layer.dim_C),
+        }

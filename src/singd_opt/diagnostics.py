@@ -1,0 +1,91 @@
+"""Warnings about what silently goes wrong: foreign updates, unrecorded layers.
+
+**Foreign updates.** With the reference optimizer, code commonly pairs SINGD with a
+second optimizer for the parameters the reference does not train. Since SINGD trains
+every parameter by default, such code would update those parameters twice. Every
+in-place change of a tensor increments its version counter; :class:`ForeignUpdateWatch`
+remembers the versions after each step and warns (once) when parameters changed
+between two steps in two consecutive steps, which a second optimizer does and a
+one-off change (loading a checkpoint into the model) does not.
+
+**Unrecorded layers.** A Kronecker block whose weight is used neither through its
+module nor through ``torch.nn.functional`` records no curvature, so its ``K`` and ``C``
+would silently stay the identity. :func:`warn_unrecorded` names such blocks (once)
+at their first update step.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+
+from torch import nn
+
+from singd_opt.blocks import KroneckerBlock, PreconditionerBlock
+
+
+class ForeignUpdateWatch:
+    """Warns when parameters are changed in place outside the optimizer, step after step."""
+
+    def __init__(self, blocks: Iterable[PreconditionerBlock]) -> None:
+        named: dict[nn.Parameter, str] = {}
+        for block in blocks:
+            for rows in block.params:
+                named.setdefault(rows.param, block.name)
+        self._names = named
+        self._versions: dict[nn.Parameter, int] | None = None
+        self._changed_before = False
+        self._warned = False
+
+    def remember(self) -> None:
+        """Note the parameters' versions (after a step)."""
+        if not self._warned:
+            self._versions = {param: param._version for param in self._names}
+
+    def check(self) -> None:
+        """Compare with the versions noted after the previous step (before a step)."""
+        if self._warned or self._versions is None:
+            return
+        changed = sorted(
+            {name for param, name in self._names.items() if param._version != self._versions[param]}
+        )
+        if changed and self._changed_before:
+            self._warned = True
+            warnings.warn(
+                f"parameters of {changed[:5]}{' ...' if len(changed) > 5 else ''} were changed "
+                "in place outside SINGD.step in two consecutive steps; if another optimizer "
+                "also trains them they are updated twice (SINGD trains every parameter it is "
+                "given; pass train_all_parameters=False to train only Linear and Conv layers, "
+                "or give SINGD only its parameters)",
+                stacklevel=4,
+            )
+        self._changed_before = bool(changed)
+
+
+def warn_unrecorded(blocks: Iterable[PreconditionerBlock], warned: set[str]) -> None:
+    """Warn once about Kronecker blocks that have a gradient but never recorded curvature.
+
+    Args:
+        blocks: The blocks, their ``recording`` flags set for the current step.
+        warned: Names already reported (updated in place).
+    """
+    missing = []
+    for block in blocks:
+        inner = block.effective
+        if (
+            isinstance(inner, KroneckerBlock)
+            and block.recording
+            and not inner.updated
+            and not inner.has_curvature()
+            and inner.name not in warned
+            and any(rows.param.grad is not None for rows in inner.layer.params)
+        ):
+            missing.append(inner.name)
+    if missing:
+        warned.update(missing)
+        warnings.warn(
+            f"no curvature was recorded for {missing} before their first preconditioner "
+            "update (their K and C stay the identity until it is); the weight is not "
+            "used through its module or through torch.nn.functional",
+            stacklevel=5,
+        )

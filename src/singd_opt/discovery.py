@@ -1,0 +1,368 @@
+"""Which block preconditions which parameter, and where its curvature is recorded.
+
+With ``train_all_parameters=True`` (the default) every parameter in the groups gets a
+block:
+
+- the weight (and bias) of a :class:`~torch.nn.Linear`, ``Conv1d/2d/3d`` or
+  :class:`~torch.nn.Embedding` module: a Kronecker block, recorded by a module hook
+  (a weight shared by several modules of the same kind, with the same bias, is one
+  block recording all of their calls);
+- the projections of a :class:`~torch.nn.MultiheadAttention`: one Kronecker block for
+  each of query, key, value (rows of ``in_proj_weight`` and ``in_proj_bias``, or the
+  separate ``q_proj_weight``, ... ) and the output projection, recorded through the
+  attention's functional calls;
+- any other parameter with two or more dimensions: a
+  :class:`~singd_opt.blocks.deferred.DeferredBlock` (Kronecker if the module that owns
+  it uses it as the weight of a functional linear map, convolution or embedding,
+  element-wise otherwise). The weights of recurrent layers (``nn.LSTM``, ``nn.GRU``,
+  ``nn.RNN``) go to a fused kernel, not to ``functional.linear``, so they are trained
+  by the element-wise rule;
+- everything else (normalisation scales and shifts, biases of custom modules,
+  parameters not in the model, weights shared between maps of different kinds): an
+  element-wise block.
+
+With ``train_all_parameters=False`` (the reference's behaviour) only the weights and
+biases of ``Linear`` and ``Conv1d/2d/3d`` modules are trained; other parameters are left
+alone, with a warning unless ``warn_unsupported=False``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+from torch.nn.parallel import DataParallel, DistributedDataParallel
+from torch.utils.hooks import RemovableHandle
+
+from singd_opt.blocks import ElementwiseBlock, KroneckerBlock, PreconditionerBlock
+from singd_opt.blocks.deferred import DeferredBlock
+from singd_opt.capture import FunctionalTarget, install_functional_scope, install_module_hook
+from singd_opt.functional_targets import (
+    AttentionLayout,
+    BlockRecordFn,
+    DeferredTarget,
+    ProjectionPart,
+    ProjectionTarget,
+)
+from singd_opt.layers import (
+    CONV_MODULES,
+    SUPPORTED_MODULES,
+    ConvGeometry,
+    Layer,
+    LinearLayer,
+    ParameterRows,
+    make_layer,
+)
+
+#: Module types whose weight (and bias) form a Kronecker block recorded by a module hook.
+KRONECKER_MODULES: tuple[type[nn.Module], ...] = (*SUPPORTED_MODULES, nn.Embedding)
+
+#: ``install(record)`` installs a block's recording hooks and returns their handles.
+Installer = Callable[[BlockRecordFn], list[RemovableHandle]]
+
+
+@dataclass
+class Plan:
+    """The blocks of a model and how to install their recording hooks.
+
+    Attributes:
+        blocks: The blocks, in the order of the model's modules.
+        installers: Functions that install the recording hooks.
+        module_names: Layer modules of Kronecker blocks and their names.
+    """
+
+    blocks: list[PreconditionerBlock] = field(default_factory=list)
+    installers: list[Installer] = field(default_factory=list)
+    module_names: dict[nn.Module, str] = field(default_factory=dict)
+
+    def install(self, record: BlockRecordFn) -> list[RemovableHandle]:
+        """Install every recording hook; return the handles."""
+        return [handle for install in self.installers for handle in install(record)]
+
+
+def _joined(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+class _Planner:
+    """Builds a :class:`Plan` (one pass over the model's modules)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        groups: list[dict[str, Any]],
+        train_all: bool,
+        warn_unsupported: bool,
+    ) -> None:
+        self.groups = groups
+        self.train_all = train_all
+        self.warn_unsupported = warn_unsupported
+        self.group_of: dict[int, int] = {}
+        for index, group in enumerate(groups):
+            for param in group["params"]:
+                self.group_of.setdefault(id(param), index)
+        self.claimed: set[int] = set()
+        self.plan = Plan()
+        # modules (by kind) that hold each parameter directly
+        self.holders: dict[int, list[tuple[str, nn.Module]]] = defaultdict(list)
+        self.param_names: dict[int, str] = {}
+        self.attribute_names: dict[int, str] = {}
+        for name, module in model.named_modules():
+            for pname, param in module.named_parameters(recurse=False):
+                self.holders[id(param)].append((name, module))
+                self.param_names.setdefault(id(param), _joined(name, pname))
+                self.attribute_names.setdefault(id(param), pname)
+        self.model = model
+
+    # -------------------------------------------------------------- helpers
+    def trained(self, param: Tensor | None) -> bool:
+        return isinstance(param, nn.Parameter) and id(param) in self.group_of
+
+    def group_index(self, name: str, params: Iterable[nn.Parameter]) -> int:
+        indices = {self.group_of[id(p)] for p in params}
+        if len(indices) > 1:
+            raise ValueError(
+                f"params: the parameters of layer {name!r} are in different parameter "
+                f"groups {sorted(indices)}; put them into the same group"
+            )
+        return indices.pop()
+
+    def add(self, block: PreconditionerBlock) -> None:
+        self.plan.blocks.append(block)
+        for rows in block.params:
+            self.claimed.add(id(rows.param))
+
+    def add_elementwise(self, param: nn.Parameter) -> None:
+        name = self.param_names.get(id(param), f"param{len(self.plan.blocks)}")
+        index = self.group_of[id(param)]
+        self.add(ElementwiseBlock(name, ParameterRows(param), index))
+
+    # ------------------------------------------------------------ layers
+    def kronecker(self, name: str, layer: Layer) -> KroneckerBlock:
+        """Add and return the Kronecker block of ``layer``."""
+        index = self.group_index(name, [rows.param for rows in layer.params])
+        block = KroneckerBlock(name, layer, index, self.groups[index])
+        self.add(block)
+        return block
+
+    def sharing_modules(self, module: nn.Module) -> list[nn.Module] | None:
+        """Modules holding ``module``'s weight as the same map, or ``None`` if one differs.
+
+        The same map: the same module type and bias (and geometry for convolutions).
+        """
+        bias = getattr(module, "bias", None)
+        modules = []
+        for _, other in self.holders[id(module.weight)]:
+            if type(other) is not type(module) or getattr(other, "bias", None) is not bias:
+                return None
+            if isinstance(module, CONV_MODULES) and (
+                ConvGeometry.of_module(other) != ConvGeometry.of_module(module)
+            ):
+                return None
+            modules.append(other)
+        return modules
+
+    def layer_module(self, name: str, module: nn.Module) -> None:
+        weight = module.weight if self.trained(module.weight) else None
+        bias = getattr(module, "bias", None)
+        bias = bias if self.trained(bias) else None
+        params = [p for p in (weight, bias) if p is not None]
+        if not params or any(id(p) in self.claimed for p in params):
+            return  # nothing to train, or a shared weight that is a block already
+        modules = self.sharing_modules(module)
+        if modules is None or any(len(self.holders[id(p)]) != len(modules) for p in params):
+            users = sorted({n for p in params for n, _ in self.holders[id(p)]})
+            if not self.train_all:
+                raise ValueError(
+                    f"params: a parameter of layer {name!r} is shared by layers {users}; "
+                    "SINGD needs one map per parameter"
+                )
+            warnings.warn(
+                f"the parameters of layer {name!r} are shared by layers {users} as different "
+                "maps; they are trained with the element-wise rule",
+                stacklevel=5,
+            )
+            for param in params:
+                self.add_elementwise(param)
+            return
+        if isinstance(module, nn.Embedding):
+            if module.sparse:
+                raise ValueError(
+                    f"params: embedding {name!r} has sparse=True; SINGD needs dense "
+                    "gradients (create it with sparse=False)"
+                )
+            if weight is None:
+                return
+        block = self.kronecker(name, make_layer(module, weight, bias))
+        for other in modules:
+            self.plan.module_names[other] = name
+
+        def install(record: BlockRecordFn) -> list[RemovableHandle]:
+            return [
+                install_module_hook(m, block, lambda x, g: record(block, x, g)) for m in modules
+            ]
+
+        self.plan.installers.append(install)
+
+    def attention(self, name: str, module: nn.MultiheadAttention) -> None:
+        """Kronecker blocks for the query, key, value and output projections."""
+        embed = module.embed_dim
+        layout = AttentionLayout(module.batch_first)
+        bias = module.in_proj_bias if self.trained(module.in_proj_bias) else None
+        if module.in_proj_weight is not None:
+            projections = [("in_proj_weight", slice(i * embed, (i + 1) * embed)) for i in range(3)]
+        else:
+            projections = [
+                ("q_proj_weight", None),
+                ("k_proj_weight", None),
+                ("v_proj_weight", None),
+            ]
+        parts: dict[str, list[ProjectionPart]] = defaultdict(list)
+        for i, (role, (attribute, rows)) in enumerate(
+            zip(("q_proj", "k_proj", "v_proj"), projections, strict=True)
+        ):
+            weight = getattr(module, attribute)
+            weight_rows = ParameterRows(weight, rows) if self.trained(weight) else None
+            bias_rows = (
+                ParameterRows(bias, slice(i * embed, (i + 1) * embed)) if bias is not None else None
+            )
+            if weight_rows is None and bias_rows is None:
+                continue
+            full = weight if rows is None else weight[rows]
+            block = self.kronecker(_joined(name, role), LinearLayer(weight_rows, bias_rows, full))
+            start = 0 if rows is None else rows.start
+            parts[attribute].append(ProjectionPart(start, start + embed, block))
+        targets = [
+            (module, attribute, found, layout.input_projection)
+            for attribute, found in parts.items()
+        ]
+
+        out = module.out_proj
+        out_params = [p if self.trained(p) else None for p in (out.weight, out.bias)]
+        if any(p is not None for p in out_params):
+            block = self.kronecker(_joined(name, "out_proj"), make_layer(out, *out_params))
+            self.plan.module_names[out] = block.name
+            targets.append(
+                (
+                    out,
+                    "weight",
+                    [ProjectionPart(0, out.out_features, block)],
+                    layout.output_projection,
+                )
+            )
+        for extra in (module.bias_k, module.bias_v):
+            if self.trained(extra):
+                self.add_elementwise(extra)
+        if not targets:
+            return
+        blocks = [part.block for *_, found, _ in targets for part in found]
+
+        def install(record: BlockRecordFn) -> list[RemovableHandle]:
+            scope: list[tuple[nn.Module, str, FunctionalTarget]] = [
+                (owner, attribute, ProjectionTarget(found, record, lay))
+                for owner, attribute, found, lay in targets
+            ]
+            return install_functional_scope(
+                module, scope, lambda: any(b.recording for b in blocks), layout.note_call
+            )
+
+        self.plan.installers.append(install)
+
+    def own_parameters(self, name: str, module: nn.Module) -> None:
+        """Blocks for the parameters a module holds directly that no map claimed."""
+        deferred: list[DeferredBlock] = []
+        for param in module.parameters(recurse=False):
+            if not self.trained(param) or id(param) in self.claimed:
+                continue
+            if self.holders[id(param)][0][1] is not module:
+                continue  # handled with its first holder
+            if param.ndim >= 2 and len(self.holders[id(param)]) == 1:
+                index = self.group_of[id(param)]
+                block = DeferredBlock(
+                    self.param_names[id(param)], ParameterRows(param), index, self.groups[index]
+                )
+                self.add(block)
+                deferred.append(block)
+            else:
+                self.add_elementwise(param)
+        if deferred:
+
+            def install(record: BlockRecordFn) -> list[RemovableHandle]:
+                scope: list[tuple[nn.Module, str, FunctionalTarget]] = [
+                    (module, self.attribute_names[id(b.params[0].param)], DeferredTarget(b, record))
+                    for b in deferred
+                ]
+                return install_functional_scope(
+                    module, scope, lambda: any(b.recording for b in deferred)
+                )
+
+            self.plan.installers.append(install)
+
+    # --------------------------------------------------------------- plans
+    def build(self) -> Plan:
+        for name, module in self.model.named_modules():
+            if isinstance(module, KRONECKER_MODULES) and (
+                self.train_all or isinstance(module, SUPPORTED_MODULES)
+            ):
+                self.layer_module(name, module)
+            elif isinstance(module, nn.MultiheadAttention) and self.train_all:
+                self.attention(name, module)
+            if self.train_all:
+                self.own_parameters(name, module)
+        untrained = [
+            param
+            for group in self.groups
+            for param in group["params"]
+            if id(param) not in self.claimed
+        ]
+        if self.train_all:
+            for param in untrained:
+                if id(param) not in self.claimed:  # a parameter given twice counts once
+                    self.add_elementwise(param)
+        elif untrained and self.warn_unsupported:
+            warnings.warn(
+                f"{len(untrained)} of the given parameters do not belong to a supported layer "
+                f"({', '.join(t.__name__ for t in SUPPORTED_MODULES)}) of the model and will "
+                "not be trained (train_all_parameters=True trains them)",
+                stacklevel=4,
+            )
+        return self.plan
+
+
+def unwrap_model(model: object) -> tuple[nn.Module, bool]:
+    """Return the module to train and whether it came wrapped in ``DistributedDataParallel``.
+
+    Raises:
+        TypeError: For ``DataParallel`` (use ``DistributedDataParallel``) or a
+            ``model`` that is not a module.
+    """
+    if isinstance(model, DataParallel):
+        raise TypeError(
+            "model: DataParallel is not supported; use DistributedDataParallel or pass "
+            "the wrapped module"
+        )
+    if isinstance(model, DistributedDataParallel):
+        return model.module, True
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return model, False
+
+
+def plan_blocks(
+    model: nn.Module,
+    groups: list[dict[str, Any]],
+    train_all: bool,
+    warn_unsupported: bool,
+) -> Plan:
+    """Return the blocks of ``model`` for the parameters in ``groups``.
+
+    Raises:
+        ValueError: If a map's parameters are in different groups, an embedding has
+            sparse gradients, or (with ``train_all=False``) a parameter is shared by
+            two layers.
+    """
+    return _Planner(model, groups, train_all, warn_unsupported).build()

@@ -1,0 +1,67 @@
+"""Choosing the data-parallel set-up from the constructor's arguments."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.distributed as dist
+from torch import nn
+
+from singd_opt.blocks import PreconditionerBlock
+from singd_opt.distributed.collectives import Collectives
+from singd_opt.distributed.data_parallel import DISTRIBUTE_MODES, DataParallelSync
+from singd_opt.distributed.sharding import check_shardings, is_sharded
+
+
+def check_distribute(distribute: object, process_group: object) -> None:
+    """Validate ``distribute`` and ``process_group``.
+
+    Raises:
+        ValueError: For an unknown mode, or a ``process_group`` without an initialised
+            default group.
+        TypeError: For a ``process_group`` that is not one.
+    """
+    if distribute not in DISTRIBUTE_MODES:
+        raise ValueError(f"distribute must be one of {DISTRIBUTE_MODES}, got {distribute!r}")
+    if process_group is not None:
+        if not (dist.is_available() and dist.is_initialized()):
+            raise ValueError("process_group: torch.distributed is not initialised")
+        if not isinstance(process_group, dist.ProcessGroup):
+            raise TypeError(
+                f"process_group must be a torch.distributed.ProcessGroup, got "
+                f"{type(process_group).__name__}"
+            )
+
+
+def make_sync(
+    blocks: Sequence[PreconditionerBlock],
+    params: Sequence[nn.Parameter],
+    process_group: dist.ProcessGroup | None,
+    distribute: str,
+    average_gradients: bool | None,
+    wrapped: bool,
+) -> DataParallelSync | None:
+    """Return the communication of a data-parallel optimizer, or ``None`` for one process.
+
+    Args:
+        blocks: The optimizer's blocks.
+        params: The trained parameters.
+        process_group: The group, ``None`` for the default one.
+        distribute: ``"replicate"`` or ``"split"``.
+        average_gradients: Whether the optimizer averages gradients; ``None`` for
+            automatic (not for a ``DistributedDataParallel`` or FSDP2 model).
+        wrapped: Whether the model came wrapped in ``DistributedDataParallel``.
+
+    Raises:
+        ValueError: For FSDP2 parameters in a layout other than FSDP2's default.
+    """
+    if process_group is None and not (dist.is_available() and dist.is_initialized()):
+        return None
+    collectives = Collectives(process_group)
+    if collectives.world_size == 1:
+        return None
+    check_shardings(list(params))
+    sharded = any(is_sharded(p) for p in params)
+    if average_gradients is None:
+        average_gradients = not (wrapped or sharded)
+    return DataParallelSync(collectives, blocks, distribute, average_gradients, sharded)

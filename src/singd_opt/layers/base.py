@@ -1,0 +1,234 @@
+r"""A linear map's parameters seen as one gradient matrix, and its calls as curvature rows.
+
+A Kronecker-factored block preconditions the parameters of one linear map
+:math:`y = W \bar{x} + b` applied to (possibly many, weight-shared) input vectors
+:math:`\bar{x}` of size :math:`d_\text{in}`. Its trained parameters form one gradient
+matrix :math:`G \in \mathbb{R}^{d_C \times d_K}`: the weight gradient as a
+``(d_out, d_in)`` matrix and the bias gradient as an extra last column, so
+:math:`d_K = d_\text{in} + 1` with a bias.
+
+For each recorded call a :class:`Layer` turns
+
+- the input into :math:`A \in \mathbb{R}^{n \times d_K}` (rows are samples, or samples
+  times weight-shared positions for ``kfac_approx="expand"``; positions are averaged
+  for ``"reduce"``), with a column of ones for the bias and scaled by
+  :math:`1/\sqrt{n}`, so :math:`A^\top A` is the mean outer product;
+- the output gradient into :math:`G_\text{out} \in \mathbb{R}^{n \times d_C}` (the same
+  rows; positions are summed for ``"reduce"``), scaled by :math:`\sqrt{N}` with
+  :math:`N` the number of loss terms (``loss_average``: ``None`` means 1, ``"batch"``
+  the batch size, ``"batch+sequence"`` batch size times positions), so
+  :math:`G_\text{out}^\top G_\text{out}` estimates the per-term curvature.
+
+A weight or bias may be a block of rows of a larger parameter (the query, key and
+value projections packed into one ``in_proj_weight``): :class:`ParameterRows`.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from structmat import StructuredMatrix
+
+KFAC_APPROXIMATIONS: tuple[str, ...] = ("expand", "reduce")
+LOSS_AVERAGES: tuple[str | None, ...] = (None, "batch", "batch+sequence")
+
+
+@dataclass(frozen=True)
+class ParameterRows:
+    """A parameter, or the block ``param[rows]`` of its leading dimension.
+
+    Attributes:
+        param: The parameter.
+        rows: The rows of ``param`` that belong to the block; ``None`` for all.
+    """
+
+    param: nn.Parameter
+    rows: slice | None = None
+
+    @property
+    def value(self) -> Tensor:
+        """The (view of the) parameter's values."""
+        return self.param if self.rows is None else self.param[self.rows]
+
+    @property
+    def grad(self) -> Tensor | None:
+        """The (view of the) parameter's gradient, or ``None`` without a gradient."""
+        return self.grad_in(None)
+
+    def grad_in(self, gradients: Mapping[nn.Parameter, Tensor] | None) -> Tensor | None:
+        """The (view of the) gradient: from ``gradients`` if it has one for the parameter.
+
+        Args:
+            gradients: Replacement gradients by parameter (the gathered full
+                gradients of sharded parameters), or ``None``.
+        """
+        grad = self.param.grad
+        if gradients is not None and self.param in gradients:
+            grad = gradients[self.param]
+        if grad is None or self.rows is None:
+            return grad
+        return grad[self.rows]
+
+
+def num_loss_terms(loss_average: str | None, batch: int, positions: int) -> int:
+    """Return :math:`N`, the number of loss terms a mean loss averages over.
+
+    Args:
+        loss_average: ``None`` (a sum: 1), ``"batch"`` or ``"batch+sequence"``.
+        batch: The batch size.
+        positions: The number of weight-shared positions per sample.
+    """
+    if loss_average is None:
+        return 1
+    if loss_average == "batch":
+        return batch
+    return batch * positions
+
+
+class Layer(ABC):
+    """The parameters of one linear map as a ``(dim_C, dim_K)`` matrix.
+
+    Attributes:
+        weight: The trained weight (rows), or ``None`` if the weight is not trained.
+        bias: The trained bias (rows), or ``None`` if there is none or it is not trained.
+        params: The trained parameter blocks, weight first.
+        dim_K: Size of the input-side factor ``K``.
+        dim_C: Size of the output-side factor ``C``.
+    """
+
+    def __init__(
+        self,
+        weight: ParameterRows | None,
+        bias: ParameterRows | None,
+        dim_C: int,
+        dim_weight: int,
+    ) -> None:
+        r"""Describe the map.
+
+        Args:
+            weight: The trained weight, or ``None``.
+            bias: The trained bias, or ``None``.
+            dim_C: Number of outputs :math:`d_\text{out}`.
+            dim_weight: Number of inputs :math:`d_\text{in}` (weight columns).
+        """
+        self.weight = weight
+        self.bias = bias
+        self.params: tuple[ParameterRows, ...] = tuple(p for p in (weight, bias) if p is not None)
+        self.dim_C: int = dim_C
+        self._dim_weight: int = dim_weight if weight is not None else 0
+        self.dim_K: int = self._dim_weight + (1 if bias is not None else 0)
+
+    # ---------------------------------------------------------------- inputs
+    @abstractmethod
+    def input_matrix(self, x: Tensor, kfac_approx: str) -> Tensor:
+        r"""Return the scaled input matrix :math:`A` of shape ``(n, dim_K)``.
+
+        Args:
+            x: The call's input (already in the dtype of ``K``).
+            kfac_approx: ``"expand"`` or ``"reduce"``.
+        """
+
+    def input_curvature(
+        self, K: StructuredMatrix, x: Tensor, kfac_approx: str
+    ) -> tuple[StructuredMatrix, int]:
+        r"""Return :math:`H_K = \Pi_K(K^\top A^\top A K)` and the number of rows of :math:`A`.
+
+        Args:
+            K: The input-side factor.
+            x: The call's input (converted to the dtype of ``K``).
+            kfac_approx: ``"expand"`` or ``"reduce"``.
+        """
+        A = self.input_matrix(x.to(K.dtype), kfac_approx)
+        return K.from_inner(A.mT), A.shape[0]
+
+    @abstractmethod
+    def grad_output_matrix(
+        self, g: Tensor, loss_average: str | None, kfac_approx: str
+    ) -> tuple[Tensor, int]:
+        r"""Return the scaled output-gradient matrix and the number of loss terms.
+
+        Args:
+            g: Gradient of the loss w.r.t. the call's output (in the dtype of ``C``).
+            loss_average: ``None``, ``"batch"`` or ``"batch+sequence"``.
+            kfac_approx: ``"expand"`` or ``"reduce"``.
+
+        Returns:
+            :math:`G_\text{out}` of shape ``(n, dim_C)`` and the number :math:`N` of
+            loss terms it was scaled for (1 for ``loss_average=None``).
+        """
+
+    def _finish_input(self, rows: Tensor | None, n: int, like: Tensor) -> Tensor:
+        """Append the ones column for the bias and divide by ``sqrt(n)``.
+
+        Args:
+            rows: The ``(n, d_in)`` input rows, or ``None`` if the weight is not trained.
+            n: Number of rows.
+            like: A tensor with the dtype and device of the result.
+        """
+        scale = math.sqrt(n)
+        if self.bias is None:
+            assert rows is not None
+            return rows / scale
+        out = like.new_empty((n, self.dim_K))
+        if rows is not None:
+            torch.div(rows, scale, out=out[:, : self._dim_weight])
+        out[:, self._dim_weight :].fill_(1.0).div_(scale)
+        return out
+
+    # ------------------------------------------------------------- gradients
+    def _weight_columns(self, weight_grad: Tensor) -> Tensor:
+        """Return the weight gradient as ``(dim_C, d_in)`` columns of :math:`G`."""
+        return weight_grad.flatten(start_dim=1)
+
+    def _weight_update(self, columns: Tensor) -> Tensor:
+        """Inverse of :meth:`_weight_columns`: columns of a matrix to the weight's shape."""
+        assert self.weight is not None
+        return columns.reshape(self.weight.value.shape)
+
+    def gradient_matrix(
+        self, gradients: Mapping[nn.Parameter, Tensor] | None = None
+    ) -> Tensor | None:
+        """Return the ``(dim_C, dim_K)`` gradient matrix, or ``None`` without gradients.
+
+        A trained parameter without a gradient contributes zeros.
+
+        Args:
+            gradients: Replacement gradients by parameter (see :meth:`ParameterRows.grad_in`).
+        """
+        weight_grad = self.weight.grad_in(gradients) if self.weight is not None else None
+        bias_grad = self.bias.grad_in(gradients) if self.bias is not None else None
+        if weight_grad is None and bias_grad is None:
+            return None
+        columns = []
+        if self.weight is not None:
+            like = self.weight.value
+            columns.append(
+                self._weight_columns(weight_grad)
+                if weight_grad is not None
+                else like.new_zeros(self.dim_C, self._dim_weight)
+            )
+        if self.bias is not None:
+            columns.append(
+                bias_grad.unsqueeze(1)
+                if bias_grad is not None
+                else self.bias.value.new_zeros(self.dim_C, 1)
+            )
+        return columns[0] if len(columns) == 1 else torch.cat(columns, dim=1)
+
+    def split(self, matrix: Tensor) -> list[tuple[ParameterRows, Tensor]]:
+        """Split a ``(dim_C, dim_K)`` matrix into ``(parameter rows, update)`` pairs.
+
+        Only parameters that currently have a gradient are returned.
+        """
+        pairs = []
+        if self.weight is not None and self.weight.param.grad is not None:
+            pairs.append((self.weight, self._weight_update(matrix[:, : self._dim_weight])))
+        if self.bias is not None and self.bias.param.grad is not None:
+            pairs.append((self.bias, matrix[:, -1]))
+        return pairs

@@ -1,0 +1,224 @@
+"""Convolutions (1d, 2d, 3d) as linear maps on flattened input patches."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional
+
+from singd_opt.layers.base import Layer, ParameterRows, num_loss_terms
+
+
+def _tuple(value: int | Sequence[int], spatial: int) -> tuple[int, ...]:
+    return (value,) * spatial if isinstance(value, int) else tuple(value)
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Kernel, stride, padding, dilation and groups of a convolution.
+
+    Attributes:
+        kernel: Kernel size per spatial dimension.
+        stride: Stride per spatial dimension.
+        dilation: Dilation per spatial dimension.
+        padding: ``(left, right)`` padding per spatial dimension.
+        groups: Number of channel groups.
+        pad_mode: Mode of :func:`torch.nn.functional.pad` (``"constant"`` for zeros).
+    """
+
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    padding: tuple[tuple[int, int], ...]
+    groups: int
+    pad_mode: str = "constant"
+
+    @classmethod
+    def of_call(
+        cls,
+        weight: Tensor,
+        stride: Any = 1,
+        padding: Any = 0,
+        dilation: Any = 1,
+        groups: int = 1,
+        padding_mode: str = "zeros",
+    ) -> ConvGeometry:
+        """Return the geometry of ``functional.conv{1,2,3}d`` with these arguments.
+
+        Accepts the arguments of the functional call (integers, tuples, or the
+        strings ``"same"`` and ``"valid"`` for ``padding``) and a module's
+        ``padding_mode``.
+        """
+        spatial = weight.ndim - 2
+        kernel = tuple(weight.shape[2:])
+        dilations = _tuple(dilation, spatial)
+        if isinstance(padding, str):
+            if padding == "valid":
+                pads = [(0, 0)] * spatial
+            else:  # "same"
+                pads = []
+                for k, d in zip(kernel, dilations, strict=True):
+                    total = d * (k - 1)
+                    pads.append((total // 2, total - total // 2))
+        else:
+            pads = [(p, p) for p in _tuple(padding, spatial)]
+        return cls(
+            kernel=kernel,
+            stride=_tuple(stride, spatial),
+            dilation=dilations,
+            padding=tuple(pads),
+            groups=groups,
+            pad_mode="constant" if padding_mode == "zeros" else padding_mode,
+        )
+
+    @classmethod
+    def of_module(cls, module: nn.Module) -> ConvGeometry:
+        """Return the geometry of a :class:`~torch.nn.Conv1d`, ``Conv2d`` or ``Conv3d``."""
+        return cls.of_call(
+            module.weight,
+            module.stride,
+            module.padding,
+            module.dilation,
+            module.groups,
+            module.padding_mode,
+        )
+
+
+class ConvLayer(Layer):
+    """A convolution with any stride, padding, padding mode, dilation and groups.
+
+    With ``groups > 1`` the input is averaged over the channel groups (all groups
+    share the factor ``K``).
+    """
+
+    def __init__(
+        self,
+        weight: ParameterRows | None,
+        bias: ParameterRows | None,
+        full_weight: Tensor,
+        geometry: ConvGeometry,
+    ) -> None:
+        """Describe the convolution.
+
+        Args:
+            weight: The trained weight rows, or ``None``.
+            bias: The trained bias rows, or ``None``.
+            full_weight: The ``(C_out, C_in / groups, *kernel)`` weight (trained or not).
+            geometry: Kernel, stride, padding, dilation and groups.
+        """
+        super().__init__(weight, bias, full_weight.shape[0], full_weight[0].numel())
+        self.geometry = geometry
+        self._spatial: int = full_weight.ndim - 2
+        self._pad: list[int] | None = None
+        if any(left or right for left, right in geometry.padding):
+            # functional.pad takes (left, right) pairs from the last dimension to the first.
+            self._pad = [p for pair in reversed(geometry.padding) for p in pair]
+        self._patterns: dict[tuple[Any, ...], Tensor] = {}
+
+    def _output_positions(self, spatial_in: Sequence[int]) -> tuple[int, ...]:
+        g = self.geometry
+        sizes = []
+        for i, size in enumerate(spatial_in):
+            left, right = g.padding[i]
+            span = g.dilation[i] * (g.kernel[i] - 1) + 1
+            sizes.append((size + left + right - span) // g.stride[i] + 1)
+        return tuple(sizes)
+
+    def _group_mean_padded(self, x: Tensor) -> Tensor:
+        """Average the channel groups and pad: ``(batch, C_in / groups, *padded)``."""
+        if self.geometry.groups > 1:
+            x = x.unflatten(1, (self.geometry.groups, -1)).mean(dim=1)
+        if self._pad is not None:
+            x = functional.pad(x, self._pad, mode=self.geometry.pad_mode)
+        return x
+
+    def _patches(self, x: Tensor) -> Tensor:
+        """Return a strided view ``(batch, C_in / groups, *out_positions, *kernel)``."""
+        g = self.geometry
+        x = self._group_mean_padded(x)
+        for i in range(self._spatial):
+            span = g.dilation[i] * (g.kernel[i] - 1) + 1
+            x = x.unfold(2 + i, span, g.stride[i])
+            if g.dilation[i] > 1:
+                x = x[..., :: g.dilation[i]]
+        return x
+
+    def _position_means(self, size: int, i: int, like: Tensor) -> Tensor:
+        """Return ``P`` (``kernel x size``) with ``(P x)_k`` the mean of kernel tap ``k``.
+
+        ``P[k, j] = 1 / O`` for every output position ``o`` that reads padded input
+        index ``j = o * stride + k * dilation`` through tap ``k`` (``O`` positions).
+        """
+        key = (size, i, like.dtype, like.device)
+        pattern = self._patterns.get(key)
+        if pattern is None:
+            g = self.geometry
+            span = g.dilation[i] * (g.kernel[i] - 1) + 1
+            positions = (size - span) // g.stride[i] + 1
+            pattern = like.new_zeros((g.kernel[i], size))
+            index = torch.arange(positions, device=like.device) * g.stride[i]
+            for k in range(g.kernel[i]):
+                pattern[k, index + k * g.dilation[i]] = 1.0 / positions
+            self._patterns[key] = pattern
+        return pattern
+
+    def input_matrix(self, x: Tensor, kfac_approx: str) -> Tensor:
+        """See :meth:`Layer.input_matrix`.
+
+        With ``"expand"`` the result is the transpose of a contiguous
+        ``(dim_K, n)`` matrix: gathering the patches in that order reads and writes
+        along output positions, an order of magnitude faster than row-major patches.
+        """
+        if x.ndim == self._spatial + 1:  # unbatched input
+            x = x.unsqueeze(0)
+        batch = x.shape[0]
+        if self.weight is None:
+            positions = math.prod(self._output_positions(x.shape[2:]))
+            n = batch * positions if kfac_approx == "expand" else batch
+            return self._finish_input(None, n, x)
+        s = self._spatial
+        if kfac_approx == "reduce":
+            # mean over output positions of the patches, one kernel dimension at a time
+            y = self._group_mean_padded(x)
+            for i in range(s):
+                y = torch.tensordot(y, self._position_means(y.shape[2], i, y), dims=([2], [1]))
+            return self._finish_input(y.reshape(batch, -1), batch, x)
+        patches = self._patches(x)
+        # (C_in / groups, *kernel, batch, *positions)
+        patches = patches.permute(1, *range(2 + s, 2 + 2 * s), 0, *range(2, 2 + s))
+        n = batch * math.prod(patches.shape[2 + s :])
+        scale = math.sqrt(n)
+        out_T = x.new_empty((self.dim_K, n))
+        torch.div(patches, scale, out=out_T[: self._dim_weight].view(patches.shape))
+        if self.bias is not None:
+            out_T[self._dim_weight :].fill_(1.0).div_(scale)
+        return out_T.mT
+
+    def grad_output_matrix(
+        self, g: Tensor, loss_average: str | None, kfac_approx: str
+    ) -> tuple[Tensor, int]:
+        """See :meth:`Layer.grad_output_matrix`.
+
+        With ``"expand"`` the result is the transpose of a contiguous ``(dim_C, n)``
+        matrix (see :meth:`input_matrix`).
+        """
+        if g.ndim == self._spatial + 1:  # unbatched
+            g = g.unsqueeze(0)
+        positions = g.shape[2:].numel()
+        terms = num_loss_terms(loss_average, g.shape[0], positions)
+        scale = math.sqrt(terms)
+        if kfac_approx == "reduce":
+            g = g.sum(dim=tuple(range(2, g.ndim)))
+            return (g * scale if terms != 1 else g), terms
+        moved = g.transpose(0, 1)  # (C_out, batch, *positions)
+        out_T = g.new_empty((g.shape[1], g.shape[0] * positions))
+        if terms != 1:
+            torch.mul(moved, scale, out=out_T.view(moved.shape))
+        else:
+            out_T.view(moved.shape).copy_(moved)
+        return out_T.mT, terms

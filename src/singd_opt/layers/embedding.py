@@ -1,0 +1,102 @@
+r"""Embeddings as linear maps on one-hot inputs, with an exact diagonal input factor.
+
+An embedding with weight :math:`E \in \mathbb{R}^{V \times d}` maps token :math:`t` to
+:math:`E^\top e_t`: a linear map with weight :math:`W = E^\top` (``d x V``) applied to
+the one-hot vector :math:`e_t`. Its input matrix :math:`A` has one-hot rows, so
+:math:`A^\top A = \operatorname{diag}(c) / n` with :math:`c_t` the number of
+occurrences of token :math:`t` among the :math:`n` rows: the input-side curvature is
+diagonal, and with a diagonal :math:`K = \operatorname{diag}(k)`
+
+.. math::
+    H_K = \Pi_K(K^\top A^\top A K) = \operatorname{diag}(k_t^2 c_t) / n,
+
+computed from the token counts in :math:`O(n + V)`, never a ``V x V`` matrix nor the
+one-hot rows. The factor ``K`` of an embedding is therefore always diagonal.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from singd_opt.layers.base import Layer, ParameterRows
+from singd_opt.layers.linear import LinearLayer
+from structmat import Diagonal, StructuredMatrix
+
+
+class EmbeddingLayer(Layer):
+    r"""An embedding ``(V, d)`` as the map :math:`W = E^\top`: ``dim_K = V``, ``dim_C = d``.
+
+    Inputs are integer token indices of shape ``(batch, ...)``; every dimension
+    after the first is weight-shared (sequence positions).
+    """
+
+    def __init__(self, weight: ParameterRows) -> None:
+        """Describe the embedding.
+
+        Args:
+            weight: The ``(V, d)`` embedding weight.
+        """
+        vocabulary, dim = weight.value.shape
+        super().__init__(weight, None, dim, vocabulary)
+        self._output_rows = LinearLayer(None, None, weight.value.mT)
+
+    def input_matrix(self, x: Tensor, kfac_approx: str) -> Tensor:
+        """Not built for embeddings: see :meth:`input_curvature`.
+
+        Raises:
+            TypeError: Always; the one-hot input matrix is never materialised.
+        """
+        raise TypeError("an embedding's one-hot input matrix is never built; use input_curvature")
+
+    def input_curvature(
+        self, K: StructuredMatrix, x: Tensor, kfac_approx: str
+    ) -> tuple[StructuredMatrix, int]:
+        r"""Return :math:`H_K = \operatorname{diag}(k^2 c) / n` from the token counts.
+
+        With ``"reduce"`` the one-hot rows are averaged over the positions of a
+        sample, so :math:`A^\top A` is no longer diagonal; its diagonal, the
+        projection onto ``K``'s structure, is
+        :math:`\sum_b (c_{b,t} / P)^2 / B` with :math:`c_{b,t}` the count of token
+        :math:`t` in sample :math:`b` of :math:`P` positions.
+
+        Args:
+            K: The diagonal input-side factor.
+            x: Integer token indices ``(batch, ...)``.
+            kfac_approx: ``"expand"`` or ``"reduce"``.
+
+        Raises:
+            TypeError: If ``K`` is not diagonal.
+        """
+        if not isinstance(K, Diagonal):
+            raise TypeError(f"an embedding's K must be diagonal, got {type(K).__name__}")
+        vocabulary = self.dim_K
+        if x.ndim == 0:
+            x = x.unsqueeze(0)
+        if kfac_approx == "expand" or x.ndim == 1:
+            counts = torch.bincount(x.reshape(-1), minlength=vocabulary).to(K.dtype)
+            n = x.numel()
+            diagonal = counts / n
+        else:
+            batch = x.shape[0]
+            flat = x.reshape(batch, -1)
+            positions = flat.shape[1]
+            offsets = torch.arange(batch, device=x.device).unsqueeze(1) * vocabulary
+            per_sample = torch.bincount((flat + offsets).reshape(-1), minlength=batch * vocabulary)
+            per_sample = per_sample.view(batch, vocabulary).to(K.dtype) / positions
+            n = batch
+            diagonal = per_sample.square().sum(dim=0) / n
+        k = K.diag()
+        return Diagonal(k.square() * diagonal), n
+
+    def grad_output_matrix(
+        self, g: Tensor, loss_average: str | None, kfac_approx: str
+    ) -> tuple[Tensor, int]:
+        """See :meth:`Layer.grad_output_matrix`; outputs are ``(batch, ..., d)``."""
+        return self._output_rows.grad_output_matrix(g, loss_average, kfac_approx)
+
+    def _weight_columns(self, weight_grad: Tensor) -> Tensor:
+        return weight_grad.mT
+
+    def _weight_update(self, columns: Tensor) -> Tensor:
+        return columns.mT

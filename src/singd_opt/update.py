@@ -1,0 +1,115 @@
+r"""What every block's directions go through: clipping, momentum, weight decay, step.
+
+For a direction :math:`N` of parameter :math:`\theta` in a group with momentum
+:math:`\mu`, weight decay :math:`\gamma` and learning rate :math:`\beta_2` (the
+group's ``elementwise_lr`` for element-wise blocks, when set):
+
+.. math::
+    b \leftarrow \mu b + N + \gamma \theta, \qquad \theta \leftarrow \theta - \beta_2 b,
+
+with :math:`b` the parameter's ``momentum_buffer`` (none for :math:`\mu = 0`). With
+``max_update_rms`` :math:`= \rho`, a block's directions are first scaled by
+:math:`\min(1, \rho / \operatorname{rms}(N))`, the root mean square taken over all of
+the block's directions together (no synchronisation: the factor stays on the device).
+A parameter split over several blocks (the packed attention projections) receives
+its directions assembled into one tensor first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from singd_opt.blocks import ElementwiseBlock, PreconditionerBlock, Proposal
+from singd_opt.distributed.sharding import is_sharded, local_tensor, shard_like
+
+
+def all_finite(tensors: Sequence[Tensor]) -> Tensor:
+    """Return a 0-dim boolean tensor: are all entries of all tensors finite.
+
+    One fused pass (the largest absolute value of each tensor, NaN if it has one).
+    """
+    by_dtype: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
+    for tensor in tensors:
+        tensor = local_tensor(tensor)
+        if tensor.numel():
+            by_dtype.setdefault((tensor.dtype, tensor.device), []).append(tensor)
+    if not by_dtype:
+        return torch.tensor(True)
+    norms = [
+        torch.stack(torch._foreach_norm(group, float("inf"))).isfinite().all()
+        for group in by_dtype.values()
+    ]
+    return torch.stack([n.to(norms[0].device) for n in norms]).all()
+
+
+def _learning_rate(block: PreconditionerBlock, group: Mapping[str, Any]) -> float:
+    elementwise_lr = group.get("elementwise_lr")
+    if elementwise_lr is not None and isinstance(block.effective, ElementwiseBlock):
+        return float(elementwise_lr)
+    return group["lr"]
+
+
+def clip_directions(directions: list[Tensor], max_rms: float) -> None:
+    """Scale ``directions`` in place so their joint root mean square is at most ``max_rms``."""
+    count = sum(d.numel() for d in directions)
+    if count == 0:
+        return
+    squares = torch.stack([d.float().square().sum() for d in directions]).sum()
+    factor = torch.clamp(max_rms / torch.sqrt(squares / count), max=1.0)
+    for direction in directions:
+        direction.mul_(factor.to(direction.dtype))
+
+
+def apply_update(
+    optimizer: Optimizer, param: nn.Parameter, update: Tensor, group: Mapping[str, Any], lr: float
+) -> None:
+    """Apply weight decay, momentum and the learning rate to one parameter (in place).
+
+    A whole-tensor ``update`` of a sharded parameter is cut to the rows it holds.
+    """
+    if is_sharded(param) and not is_sharded(update):
+        update = shard_like(param, update)
+    momentum, weight_decay = group["momentum"], group["weight_decay"]
+    if weight_decay != 0.0:
+        update = update.add_(param, alpha=weight_decay)
+    if momentum != 0.0:
+        state = optimizer.state[param]
+        buffer = state.get("momentum_buffer")
+        if buffer is None:
+            buffer = state["momentum_buffer"] = update.clone()
+        else:
+            buffer.mul_(momentum).add_(update)
+        update = buffer
+    param.add_(update, alpha=-lr)
+
+
+def apply_directions(
+    optimizer: Optimizer, proposals: list[tuple[PreconditionerBlock, Proposal]]
+) -> None:
+    """Apply every committed proposal's directions to its parameters."""
+    assembled: dict[nn.Parameter, tuple[Tensor, Mapping[str, Any], float]] = {}
+    for block, proposal in proposals:
+        if not proposal.directions:
+            continue
+        group = optimizer.param_groups[block.group_index]
+        max_rms = group.get("max_update_rms")
+        if max_rms is not None:
+            clip_directions([d for _, d in proposal.directions], max_rms)
+        lr = _learning_rate(block, group)
+        for rows, direction in proposal.directions:
+            if rows.rows is None:
+                apply_update(optimizer, rows.param, direction, group, lr)
+                continue
+            entry = assembled.get(rows.param)
+            if entry is None:
+                param = rows.param
+                whole = torch.zeros(param.shape, dtype=param.dtype, device=direction.device)
+                entry = assembled[param] = (whole, group, lr)
+            entry[0][rows.rows] = direction
+    for param, (update, group, lr) in assembled.items():
+        apply_update(optimizer, param, update, group, lr)

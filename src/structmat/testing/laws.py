@@ -1,0 +1,795 @@
+r"""The law suite: every property a structure must have, as a subclassable test class.
+
+Subclass :class:`StructureLaws`, set ``structure``, and the subclass is a test class
+for pytest (name it ``Test...``) and can run itself with :meth:`StructureLaws.check`::
+
+    class TestCirculant(StructureLaws):
+        structure = Circulant
+
+        def project(self, mat):  # only if from_dense is not the pattern projection
+            ...
+
+Below :math:`A, B, C` are random members of the structure (generally non-symmetric),
+:math:`a, b, c` their dense matrices, :math:`X` a random ``d x n`` matrix, :math:`M` a
+random ``d x d`` matrix, :math:`S` a random (symmetric or general) ``d x d`` matrix and
+:math:`P` the reference projection :meth:`StructureLaws.project`. "Matches" means
+entrywise agreement within ``rtol`` relative to the largest entry, in float64.
+
+``test_declared_structure``
+    not a template; ``closed_under_transpose`` iff ``transpose_structure() is cls``;
+    the transpose of the transpose structure is ``cls``; a registered ``name``
+    resolves to ``cls``
+``test_storage_layout``
+    the tensors have the shapes of ``tensor_shapes(d)``, ``shape`` is ``(d, d)``,
+    ``cls(**A.tensors())`` rebuilds :math:`A`, ``clone`` copies, ``to`` converts
+``test_from_dense_is_the_projection``
+    ``from_dense`` :math:`= P` on symmetric and general :math:`S`; :math:`P(P(S)) =
+    P(S)`; linear; recovers the tensors of members
+``test_arithmetic_matches_dense``
+    :math:`A \pm B`, :math:`cA`, :math:`A/c`, :math:`-A`, :math:`AB`, :math:`A^\top`
+    match dense; sums, multiples and products are members (closure)
+``test_in_place_operations_match_dense``
+    ``add_``, ``mul_``, ``diag_add_`` match and return ``self``
+``test_products_with_tensors_match_dense``
+    :math:`AX`, :math:`X^\top A`, :math:`A^\top X` (matrices, vectors)
+``test_reductions_match_dense``
+    diagonal, trace, average trace, :math:`\|A\|_F`, :math:`\max_{ij} |a_{ij}|`
+``test_projected_products_match_dense``
+    ``from_inner(X)`` :math:`= P(a^\top X X^\top a)`, ``from_inner()`` :math:`=
+    P(a^\top a)`, ``from_mat_inner(X)`` :math:`= P(X X^\top)`, ``from_inner2(M)``
+    :math:`= P(a^\top M a)`; all are members (closure)
+``test_transpose_is_the_declared_structure``
+    ``type(A.T) is cls.transpose_structure()``, :math:`(A^\top)^\top = A`
+``test_algebraic_laws``
+    :math:`(AB)^\top = B^\top A^\top`, :math:`(A+B)^\top = A^\top + B^\top`,
+    :math:`(AB)C = A(BC)`, distributivity, :math:`AI = IA = A`, trace linear,
+    :math:`\operatorname{tr} A^\top = \operatorname{tr} A`, :math:`\operatorname{tr}
+    AB = \operatorname{tr} BA`
+``test_inverse``
+    closed under inversion: :math:`A^{-1}` matches, :math:`AA^{-1} = A^{-1}A = I`;
+    else ``inv`` raises ``TypeError``
+``test_singular_inverse_raises``
+    ``zeros(d).inv()`` raises :class:`~structmat.SingularMatrixError`
+``test_zeros_and_eye``
+    :math:`0` and :math:`I` at every boundary dimension, dtype and device
+``test_gradients``
+    ``torch.autograd.gradcheck`` of :math:`AX`, ``from_inner(X)``,
+    ``from_inner2(M)``, :math:`A^{-1}`
+``test_low_precision_accuracy``
+    float32, bfloat16, float16 within a few unit roundoffs of the exact result of
+    the rounded inputs
+``test_half_precision_reductions_do_not_overflow``
+    :math:`\|A\|_F`, trace, average trace of members whose squares overflow are
+    finite and accurate when representable
+``test_bad_operands_are_rejected``
+    other structures, shapes, scalars raise and leave :math:`A` unchanged
+``test_bad_storage_is_rejected``
+    the constructor rejects non-tensors, integer dtypes, wrong dimensions, dtypes
+    and shapes, naming the tensor
+``test_bad_dense_input_is_rejected``
+    non-square ``from_dense`` input and ``zeros(0)`` raise ``ValueError``
+``test_every_operation_is_structured``
+    no operation falls back to dense (:class:`~structmat.DenseFallbackWarning`) or
+    allocates a ``d x d`` tensor unless the storage has that size
+
+The laws with hypothesis draw the dimension (boundaries included, see
+:func:`~structmat.testing.interesting_dims`) and the random seeds; the others loop over
+fixed dimensions.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from hypothesis import HealthCheck, Verbosity, given, settings
+from hypothesis import strategies as st
+from torch import Tensor
+
+from structmat.base import StructuredMatrix
+from structmat.dense import Dense
+from structmat.diagonal import Diagonal
+from structmat.exceptions import DenseFallbackWarning, SingularMatrixError
+from structmat.registry import available_structures, get_structure
+from structmat.testing.allocation import LargestAllocation
+from structmat.testing.reference import pattern_projection
+from structmat.testing.strategies import (
+    MAX_DIM,
+    dims,
+    interesting_dims,
+    random_member,
+    random_tensor,
+    seeds,
+)
+
+LOW_PRECISION = (torch.float32, torch.bfloat16, torch.float16)
+HALF_PRECISION = (torch.bfloat16, torch.float16)
+
+
+@contextmanager
+def raises(kind: type[BaseException], match: str = "") -> Iterator[None]:
+    """Assert that the block raises ``kind`` with a message matching ``match``."""
+    try:
+        yield
+    except kind as error:
+        if not re.search(match, str(error)):
+            raise AssertionError(
+                f"{kind.__name__} raised, but {str(error)!r} does not match {match!r}"
+            ) from error
+    else:
+        raise AssertionError(f"{kind.__name__} not raised")
+
+
+def _hypothesis_inner(law: Callable[..., Any]) -> Callable[..., Any] | None:
+    """The undecorated ``(self, data)`` function of a law drawing from ``st.data()``.
+
+    ``None`` for a plain law and for hypothesis tests with other arguments.
+    """
+    inner = getattr(getattr(law, "hypothesis", None), "inner_test", None)
+    if inner is None or list(inspect.signature(inner).parameters) != ["self", "data"]:
+        return None
+    return inner
+
+
+@dataclass
+class LawReport:
+    """Outcome of :meth:`StructureLaws.check`.
+
+    Attributes:
+        structure: Name of the checked structure class.
+        passed: The laws that hold.
+        failed: The laws that fail, with the error of each.
+    """
+
+    structure: str
+    passed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every law holds."""
+        return not self.failed
+
+    def __str__(self) -> str:
+        total = len(self.passed) + len(self.failed)
+        lines = [f"{self.structure}: {len(self.passed)} of {total} laws hold"]
+        for law, error in self.failed.items():
+            first = error.strip().splitlines()[0] if error.strip() else ""
+            lines.append(f"  FAILED {law}: {first}")
+        return "\n".join(lines)
+
+
+class StructureLaws:
+    """The laws every structure satisfies, checked against dense float64 computation.
+
+    Subclass it and set :attr:`structure`; override :meth:`project` if ``from_dense``
+    is not the pattern projection, and the class attributes to change tolerances or
+    sizes. A law that does not apply can be switched off by setting it to ``None`` in
+    the subclass. See the module docstring for the list of laws.
+
+    Class attributes:
+        structure: The structure class under test.
+        max_dim: Largest dimension the hypothesis laws draw.
+        rtol: Relative tolerance of float64 agreement (relative to the largest entry).
+        low_precision_tolerance: Allowed error in low precision, in unit roundoffs of the
+            dtype, relative to the norm of the exact result.
+        allocation_dims: Dimensions of the allocation check.
+        other_structure: A structure to mix in the bad-operand law (``Dense``, or
+            ``Diagonal`` when testing ``Dense``).
+    """
+
+    structure: ClassVar[type[StructuredMatrix]]
+    max_dim: ClassVar[int] = MAX_DIM
+    rtol: ClassVar[float] = 1e-10
+    low_precision_tolerance: ClassVar[float] = 4.0
+    allocation_dims: ClassVar[tuple[int, ...]] = (45, 64)
+    other_structure: ClassVar[type[StructuredMatrix] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Give every subclass its own hypothesis tests: hypothesis expects one test
+        # function to run with one kind of ``self`` only.
+        super().__init_subclass__(**kwargs)
+        for name in cls.law_names():
+            inner = _hypothesis_inner(getattr(cls, name))
+            if inner is not None and name not in cls.__dict__:
+                setattr(cls, name, given(data=st.data())(inner))
+
+    # ------------------------------------------------------------ overridable
+    def project(self, mat: Tensor) -> Tensor:
+        """The reference projection of a dense ``d x d`` matrix onto the structure.
+
+        The default is :func:`~structmat.testing.pattern_projection`. Override it with an
+        independent dense computation for structures that project otherwise.
+        """
+        return pattern_projection(self.structure, mat)
+
+    # ---------------------------------------------------------------- helpers
+    def close(self, actual: Tensor, expected: Tensor, what: str = "") -> None:
+        """Assert entrywise closeness within ``rtol`` relative to ``expected``'s magnitude."""
+        scale = 1.0 + float(expected.abs().max()) if expected.numel() else 1.0
+        torch.testing.assert_close(
+            actual,
+            expected,
+            rtol=self.rtol,
+            atol=self.rtol * scale,
+            msg=lambda message: f"{self.structure.__name__} {what}: {message}",
+        )
+
+    def same(self, A: StructuredMatrix, expected: Tensor, what: str = "") -> None:
+        """Assert that ``A`` represents ``expected``."""
+        self.close(A.to_dense(), expected, what)
+
+    def assert_members(self, results: dict[str, StructuredMatrix]) -> None:
+        """Assert that every result is a member of the structure (closure)."""
+        for what, result in results.items():
+            assert type(result) is self.structure, (
+                f"{what} returned a {type(result).__name__}, not a {self.structure.__name__}"
+            )
+
+    def draw_members(
+        self, data: st.DataObject, count: int, invertible: bool = False
+    ) -> tuple[int, list[StructuredMatrix]]:
+        """Draw a dimension and ``count`` random members of that dimension."""
+        dim = data.draw(dims(self.structure, self.max_dim), label="d")
+        return dim, [
+            random_member(self.structure, dim, data.draw(seeds), invertible=invertible)
+            for _ in range(count)
+        ]
+
+    def draw_tensor(self, data: st.DataObject, shape: tuple[int, ...]) -> Tensor:
+        """Draw a standard normal float64 tensor."""
+        return random_tensor(shape, data.draw(seeds))
+
+    def _other(self) -> type[StructuredMatrix]:
+        if self.other_structure is not None:
+            return self.other_structure
+        return Diagonal if self.structure is Dense else Dense
+
+    def _stored_numbers(self, dim: int) -> int:
+        return sum(math.prod(shape) for shape in self.structure.tensor_shapes(dim).values())
+
+    # ------------------------------------------------------- declared facts
+    def test_declared_structure(self) -> None:
+        """Declared facts are consistent: template, transpose structure, registry name."""
+        cls = self.structure
+        assert not cls.is_template(), f"{cls.__name__} is a template"
+        transposed = cls.transpose_structure()
+        assert issubclass(transposed, StructuredMatrix)
+        assert cls.closed_under_transpose == (transposed is cls), (
+            f"{cls.__name__}.closed_under_transpose is {cls.closed_under_transpose} but its "
+            f"transpose structure is {transposed.__name__}"
+        )
+        if transposed is not Dense:
+            assert transposed.transpose_structure() is cls, (
+                f"the transpose structure of {transposed.__name__} is "
+                f"{transposed.transpose_structure().__name__}, not {cls.__name__}"
+            )
+        if cls.name is not None and cls.name in available_structures():
+            assert get_structure(cls.name) is cls, f"{cls.name!r} names another class"
+
+    @given(data=st.data())
+    def test_storage_layout(self, data: st.DataObject) -> None:
+        """Stored shapes are ``tensor_shapes(d)``; rebuild, ``clone`` and ``to`` work."""
+        cls = self.structure
+        dim, (A,) = self.draw_members(data, 1)
+        layout = cls.tensor_shapes(dim)
+        shapes = {name: tuple(t.shape) for name, t in A.named_tensors()}
+        assert shapes == {name: tuple(s) for name, s in layout.items()}, (shapes, layout)
+        assert A.shape == torch.Size([dim, dim])
+        assert A.to_dense().shape == (dim, dim)
+        assert cls.dim_from_shapes(shapes) == dim
+        assert A.dtype == torch.float64 and A.device == torch.device("cpu")
+        rebuilt = cls(**A.tensors())
+        assert torch.equal(rebuilt.to_dense(), A.to_dense())
+        copy = A.clone()
+        assert type(copy) is cls, f"clone returned a {type(copy).__name__}"
+        copy.mul_(2.0)
+        assert torch.equal(rebuilt.to_dense(), A.to_dense()), "clone must not share storage"
+        single = A.to(torch.float32)
+        assert type(single) is cls and single.dtype == torch.float32
+        torch.testing.assert_close(single.to_dense().double(), A.to_dense(), rtol=1e-6, atol=1e-6)
+
+    # ------------------------------------------------------------ projection
+    @given(data=st.data())
+    def test_from_dense_is_the_projection(self, data: st.DataObject) -> None:
+        """``from_dense`` is :meth:`project`, idempotent, linear, the identity on members."""
+        cls = self.structure
+        dim, (A,) = self.draw_members(data, 1)
+        S = self.draw_tensor(data, (dim, dim))
+        for mat in (S + S.T, S):
+            P = cls.from_dense(mat)
+            assert type(P) is cls
+            self.same(P, self.project(mat), "from_dense")
+            self.same(cls.from_dense(P.to_dense()), P.to_dense(), "from_dense twice")
+        recovered = cls.from_dense(A.to_dense())
+        for name, tensor in A.named_tensors():
+            self.close(getattr(recovered, name), tensor, f"from_dense(A).{name}")
+        R = self.draw_tensor(data, (dim, dim))
+        expected = (2.0 * cls.from_dense(S) - 3.0 * cls.from_dense(R)).to_dense()
+        self.same(cls.from_dense(2.0 * S - 3.0 * R), expected, "linearity of from_dense")
+
+    # ------------------------------------------------------------- agreement
+    @given(data=st.data())
+    def test_arithmetic_matches_dense(self, data: st.DataObject) -> None:
+        """``+``, ``-``, scalar ``*`` and ``/``, negation, ``@`` and transpose match dense."""
+        _, (A, B) = self.draw_members(data, 2)
+        a, b = A.to_dense(), B.to_dense()
+        c = data.draw(st.floats(-3, 3, allow_nan=False), label="c")
+        self.same(A + B, a + b, "A + B")
+        self.same(A - B, a - b, "A - B")
+        self.same(c * A, c * a, "c * A")
+        self.same(A * c, c * a, "A * c")
+        self.same(A * torch.tensor(c, dtype=torch.float64), c * a, "A * tensor(c)")
+        self.same(-A, -a, "-A")
+        self.same(A / 2.0, a / 2, "A / 2")
+        self.same(A @ B, a @ b, "A @ B")
+        self.same(A.T, a.T, "A.T")
+        self.same(A.transpose(), a.T, "A.transpose()")
+        results = {"A + B": A + B, "A - B": A - B, "c * A": c * A, "-A": -A, "A @ B": A @ B}
+        self.assert_members(results)
+
+    @given(data=st.data())
+    def test_in_place_operations_match_dense(self, data: st.DataObject) -> None:
+        """``add_``, ``mul_`` and ``diag_add_`` match dense and return ``self``."""
+        _, (A, B) = self.draw_members(data, 2)
+        a, b = A.to_dense().clone(), B.to_dense()
+        alpha = data.draw(st.floats(-2, 2, allow_nan=False), label="alpha")
+        assert A.add_(B, alpha=alpha) is A
+        self.same(A, a + alpha * b, "add_")
+        assert A.mul_(0.5) is A
+        self.same(A, 0.5 * (a + alpha * b), "mul_")
+        assert A.diag_add_(alpha) is A
+        eye = torch.eye(a.shape[0], dtype=a.dtype)
+        self.same(A, 0.5 * (a + alpha * b) + alpha * eye, "diag_add_")
+
+    @given(data=st.data())
+    def test_products_with_tensors_match_dense(self, data: st.DataObject) -> None:
+        """``A @ X``, ``X @ A`` and ``A.rmatmat(X)`` match dense, for matrices and vectors."""
+        dim, (A,) = self.draw_members(data, 1)
+        n = data.draw(st.integers(1, 5), label="n")
+        X = self.draw_tensor(data, (dim, n))
+        a = A.to_dense()
+        self.close(A @ X, a @ X, "A @ X")
+        self.close(X.T @ A, X.T @ a, "X^T @ A")
+        self.close(A.rmatmat(X), a.T @ X, "A.rmatmat(X)")
+        self.close(A @ X[:, 0], a @ X[:, 0], "A @ x")
+        self.close(X[:, 0] @ A, X[:, 0] @ a, "x @ A")
+        self.close(A.rmatmat(X[:, 0]), a.T @ X[:, 0], "A.rmatmat(x)")
+
+    @given(data=st.data())
+    def test_reductions_match_dense(self, data: st.DataObject) -> None:
+        """Diagonal, traces and norms match dense."""
+        _, (A,) = self.draw_members(data, 1)
+        a = A.to_dense()
+        self.close(A.diag(), a.diagonal(), "diag")
+        self.close(A.trace(), a.trace(), "trace")
+        self.close(A.average_trace(), a.diagonal().mean(), "average_trace")
+        self.close(A.frobenius_norm(), torch.linalg.matrix_norm(a), "frobenius_norm")
+        self.close(A.infinity_vector_norm(), a.abs().max(), "infinity_vector_norm")
+
+    @given(data=st.data())
+    def test_projected_products_match_dense(self, data: st.DataObject) -> None:
+        """``from_inner``, ``from_mat_inner`` and ``from_inner2`` project the dense products."""
+        cls = self.structure
+        dim, (A,) = self.draw_members(data, 1)
+        n = data.draw(st.integers(1, 6), label="n")
+        X = self.draw_tensor(data, (dim, n))
+        M = self.draw_tensor(data, (dim, dim))
+        a = A.to_dense()
+        Y = a.T @ X
+        self.same(A.from_inner(X), self.project(Y @ Y.T), "from_inner(X)")
+        self.same(A.from_inner(), self.project(a.T @ a), "from_inner()")
+        self.same(cls.from_mat_inner(X), self.project(X @ X.T), "from_mat_inner(X)")
+        self.same(A.from_inner2(X @ X.T), self.project(a.T @ X @ X.T @ a), "from_inner2(XX^T)")
+        self.same(A.from_inner2(M), self.project(a.T @ M @ a), "from_inner2(M)")
+        results = {
+            "from_inner(X)": A.from_inner(X),
+            "from_inner()": A.from_inner(),
+            "from_mat_inner(X)": cls.from_mat_inner(X),
+            "from_inner2(M)": A.from_inner2(M),
+            "from_dense(M)": cls.from_dense(M),
+        }
+        self.assert_members(results)
+
+    # ------------------------------------------------------------- transpose
+    @given(data=st.data())
+    def test_transpose_is_the_declared_structure(self, data: st.DataObject) -> None:
+        """``A.T`` is a member of ``transpose_structure()`` and transposes back to ``A``."""
+        cls = self.structure
+        _, (A,) = self.draw_members(data, 1)
+        transposed = A.T
+        assert type(transposed) is cls.transpose_structure(), (
+            f"{cls.__name__}.T is a {type(transposed).__name__}, but the declared transpose "
+            f"structure is {cls.transpose_structure().__name__}"
+        )
+        self.same(transposed, A.to_dense().T, "A.T")
+        back = transposed.T
+        assert type(back) is cls, f"(A.T).T is a {type(back).__name__}"
+        self.same(back, A.to_dense(), "(A.T).T")
+
+    # ------------------------------------------------------------------- laws
+    @given(data=st.data())
+    def test_algebraic_laws(self, data: st.DataObject) -> None:
+        """Transposes of products and sums, associativity, distributivity, identity, traces."""
+        cls = self.structure
+        dim, (A, B, C) = self.draw_members(data, 3)
+        self.same((A @ B).T, (B.T @ A.T).to_dense(), "(AB)^T = B^T A^T")
+        self.same((A + B).T, (A.T + B.T).to_dense(), "(A + B)^T = A^T + B^T")
+        self.same((A @ B) @ C, (A @ (B @ C)).to_dense(), "(AB)C = A(BC)")
+        self.same(A @ (B + C), (A @ B + A @ C).to_dense(), "A(B + C) = AB + AC")
+        self.same((A + B) @ C, (A @ C + B @ C).to_dense(), "(A + B)C = AC + BC")
+        eye = cls.eye(dim, dtype=A.dtype)
+        self.same(A @ eye, A.to_dense(), "AI = A")
+        self.same(eye @ A, A.to_dense(), "IA = A")
+        self.close((2.0 * A - B).trace(), 2.0 * A.trace() - B.trace(), "tr(2A - B)")
+        self.close(A.T.trace(), A.trace(), "tr(A^T) = tr(A)")
+        self.close((A @ B).trace(), (B @ A).trace(), "tr(AB) = tr(BA)")
+
+    # ---------------------------------------------------------------- inverse
+    @given(data=st.data())
+    def test_inverse(self, data: st.DataObject) -> None:
+        """Invertible members invert within the structure; else ``inv`` raises ``TypeError``."""
+        cls = self.structure
+        dim, (A,) = self.draw_members(data, 1, invertible=True)
+        if not cls.closed_under_inverse:
+            with raises(TypeError, "not closed under inversion"):
+                A.inv()
+            return
+        A_inv = A.inv()
+        assert type(A_inv) is cls, f"inv returned {type(A_inv).__name__}"
+        self.same(A_inv, torch.linalg.inv(A.to_dense()), "inv")
+        eye = torch.eye(dim, dtype=A.dtype)
+        self.same(A @ A_inv, eye, "A A^-1 = I")
+        self.same(A_inv @ A, eye, "A^-1 A = I")
+
+    def test_singular_inverse_raises(self) -> None:
+        """The zero matrix is singular: ``inv`` raises ``SingularMatrixError``."""
+        cls = self.structure
+        if not cls.closed_under_inverse:
+            return
+        for dim in (1, 4, 33):
+            with raises(SingularMatrixError, "singular"):
+                cls.zeros(dim, dtype=torch.float64).inv()
+
+    def test_zeros_and_eye(self) -> None:
+        """``zeros`` and ``eye`` at every boundary dimension, with dtype and device."""
+        cls = self.structure
+        for dim in interesting_dims(cls, self.max_dim):
+            zero = cls.zeros(dim, dtype=torch.float32)
+            assert type(zero) is cls and zero.shape == torch.Size([dim, dim])
+            assert zero.dtype == torch.float32 and zero.device == torch.device("cpu")
+            assert torch.equal(zero.to_dense(), torch.zeros(dim, dim))
+            eye = cls.eye(dim, dtype=torch.float64)
+            assert torch.equal(eye.to_dense(), torch.eye(dim, dtype=torch.float64))
+
+    # --------------------------------------------------------------- autograd
+    def test_gradients(self) -> None:
+        """``gradcheck`` through ``A @ X``, ``from_inner(X)``, ``from_inner2(M)`` and ``inv``."""
+        cls = self.structure
+        small = [d for d in interesting_dims(cls, self.max_dim) if d <= 12]
+        for dim in sorted({small[0], small[-1]}):
+            A = random_member(cls, dim, seed=dim, invertible=True)
+            keys = list(A.tensors())
+            inputs = [t.clone().requires_grad_(True) for t in A.tensors().values()]
+            X = random_tensor((dim, 2), seed=1).requires_grad_(True)
+            M = random_tensor((dim, dim), seed=2).requires_grad_(True)
+
+            def build(tensors: tuple[Tensor, ...], keys: list[str] = keys) -> StructuredMatrix:
+                return cls(**dict(zip(keys, tensors, strict=True)))
+
+            def stored(matrix: StructuredMatrix) -> tuple[Tensor, ...]:
+                return tuple(matrix.tensors().values())
+
+            checks: dict[str, tuple[Callable[..., Any], tuple[Tensor, ...]]] = {
+                "A @ X": (lambda *args: build(args[:-1]) @ args[-1], (*inputs, X)),
+                "from_inner(X)": (
+                    lambda *args: stored(build(args[:-1]).from_inner(args[-1])),
+                    (*inputs, X),
+                ),
+                "from_inner2(M)": (
+                    lambda *args: stored(build(args[:-1]).from_inner2(args[-1])),
+                    (*inputs, M),
+                ),
+            }
+            if cls.closed_under_inverse:
+                checks["inv"] = (lambda *args: stored(build(args).inv()), tuple(inputs))
+            for what, (function, arguments) in checks.items():
+                assert torch.autograd.gradcheck(function, arguments, fast_mode=True), what
+
+    # -------------------------------------------------------------- precision
+    def test_low_precision_accuracy(self) -> None:
+        """Every operation in float32, bfloat16 and float16 is within a few roundoffs.
+
+        Inputs are rounded to the dtype first and the exact result is computed in float64
+        from the rounded inputs, so what is left is the rounding of intermediates and of
+        the result; it must stay below ``low_precision_tolerance`` unit roundoffs relative
+        to the norm of the exact result (the invertible members have condition number at
+        most 3).
+        """
+        cls = self.structure
+        for dtype in LOW_PRECISION:
+            eps = torch.finfo(dtype).eps
+            for dim in (1, 17, 40):
+                A, B = (random_member(cls, dim, s, dtype=dtype, invertible=True) for s in (3, 4))
+                X = random_tensor((dim, 4), seed=5, dtype=dtype)
+                XXT = (X.double() @ X.double().T).to(dtype)
+                A64, B64, X64 = A.to(torch.float64), B.to(torch.float64), X.double()
+                pairs = {
+                    "A @ X": (A @ X, A64 @ X64),
+                    "A.rmatmat(X)": (A.rmatmat(X), A64.rmatmat(X64)),
+                    "A @ B": ((A @ B).to_dense(), (A64 @ B64).to_dense()),
+                    "A + B": ((A + B).to_dense(), (A64 + B64).to_dense()),
+                    "from_inner(X)": (A.from_inner(X).to_dense(), A64.from_inner(X64).to_dense()),
+                    "from_inner()": (A.from_inner().to_dense(), A64.from_inner().to_dense()),
+                    "from_inner2": (
+                        A.from_inner2(XXT).to_dense(),
+                        A64.from_inner2(XXT.double()).to_dense(),
+                    ),
+                    "from_mat_inner": (
+                        cls.from_mat_inner(X).to_dense(),
+                        cls.from_mat_inner(X64).to_dense(),
+                    ),
+                    "frobenius_norm": (A.frobenius_norm(), A64.frobenius_norm()),
+                    "average_trace": (A.average_trace(), A64.average_trace()),
+                }
+                if cls.closed_under_inverse:
+                    pairs["inv"] = (A.inv().to_dense(), A64.inv().to_dense())
+                for what, (low, exact) in pairs.items():
+                    assert low.dtype == dtype, f"{what} returned {low.dtype} for {dtype}"
+                    error = float(torch.linalg.norm(low.double() - exact))
+                    error /= 1.0 + float(torch.linalg.norm(exact))
+                    assert error <= self.low_precision_tolerance * eps, (
+                        f"{cls.__name__} {what} in {dtype} at d = {dim}: relative error "
+                        f"{error:.2e} > {self.low_precision_tolerance} eps"
+                    )
+
+    def test_half_precision_reductions_do_not_overflow(self) -> None:
+        r"""Norm and traces of large half-precision members are finite when representable.
+
+        The member is scaled so that :math:`\|A\|_F` is an eighth of the largest finite
+        number of the dtype (its squares, and in bfloat16 even their float32 values,
+        overflow); :math:`\|A\|_F` and :math:`\operatorname{tr} A` must be finite and
+        accurate. Then the diagonal is raised to a quarter of the largest number, so that
+        the trace overflows but the average trace does not: it must be finite and
+        accurate too.
+        """
+        cls = self.structure
+        for dtype in HALF_PRECISION:
+            info = torch.finfo(dtype)
+            for dim in (1, 17, 40):
+                A = random_member(cls, dim, seed=dim)
+                A.mul_(info.max / 8 / float(torch.linalg.matrix_norm(A.to_dense())))
+                low = A.to(dtype)
+                exact = low.to(torch.float64).to_dense()
+                norm = float(torch.linalg.matrix_norm(exact))
+                diagonal = exact.diagonal()
+                bound = 4 * info.eps
+                checks = {
+                    "frobenius_norm": (low.frobenius_norm(), norm, norm),
+                    "trace": (low.trace(), float(diagonal.sum()), float(diagonal.abs().sum())),
+                }
+                raised = low.clone().mul_(1 / 64).diag_add_(info.max / 4)
+                raised_diagonal = raised.to(torch.float64).to_dense().diagonal()
+                checks["average_trace"] = (
+                    raised.average_trace(),
+                    float(raised_diagonal.mean()),
+                    float(raised_diagonal.abs().mean()),
+                )
+                for what, (value, expected, scale) in checks.items():
+                    assert value.dtype == dtype, f"{what} returned {value.dtype}"
+                    assert bool(value.isfinite()), (
+                        f"{cls.__name__}.{what} overflows in {dtype} at d = {dim}: {value} "
+                        f"(exact {expected:.4g})"
+                    )
+                    assert abs(float(value) - expected) <= bound * scale, (
+                        f"{cls.__name__}.{what} in {dtype} at d = {dim}: {float(value):.6g}, "
+                        f"exact {expected:.6g}"
+                    )
+
+    # -------------------------------------------------------------- bad input
+    def test_bad_operands_are_rejected(self) -> None:
+        """Other structures, other sizes and non-scalars raise and leave ``A`` unchanged."""
+        cls, other_cls = self.structure, self._other()
+        A = random_member(cls, 5, seed=0)
+        before = A.to_dense().clone()
+        other = random_member(other_cls, 5, seed=1)
+        for what, op in {
+            "A + other": lambda: A + other,
+            "A - other": lambda: A - other,
+            "A @ other": lambda: A @ other,
+            "A.add_(other)": lambda: A.add_(other),
+        }.items():
+            with raises(TypeError, f"{cls.__name__}.*{other_cls.__name__}"):
+                op()
+            assert torch.equal(A.to_dense(), before), f"{what} changed A"
+        bigger = random_member(cls, 6, seed=2)
+        for op in (lambda: A + bigger, lambda: A @ bigger, lambda: A.add_(bigger)):
+            with raises(ValueError, r"\(5, 5\).*\(6, 6\)"):
+                op()
+        for op in (
+            lambda: A @ torch.zeros(6, 2, dtype=torch.float64),
+            lambda: A.rmatmat(torch.zeros(6, 2, dtype=torch.float64)),
+            lambda: A.from_inner(torch.zeros(6, 2, dtype=torch.float64)),
+        ):
+            with raises(ValueError, r"\(5, 5\).*\(6, 2\)"):
+                op()
+        with raises(ValueError, r"from_inner2.*\(5, 5\).*\(6, 6\)"):
+            A.from_inner2(torch.zeros(6, 6, dtype=torch.float64))
+        with raises(TypeError, "from_inner2"):
+            A.from_inner2([[1.0]])  # type: ignore[arg-type]
+        with raises(TypeError, "scalar"):
+            A.mul_("2")  # type: ignore[arg-type]
+        with raises(TypeError, "scalar"):
+            A.diag_add_(None)  # type: ignore[arg-type]
+        assert torch.equal(A.to_dense(), before), "a rejected call changed A"
+
+    def test_bad_storage_is_rejected(self) -> None:
+        """The constructor names the tensor that is not a float tensor of the declared shape."""
+        cls = self.structure
+        dim = 5
+        layout = cls.tensor_shapes(dim)
+        good = {name: torch.zeros(shape, dtype=torch.float64) for name, shape in layout.items()}
+        cls(**good)
+        for name, shape in layout.items():
+            with raises(TypeError, name):
+                cls(**{**good, name: [0.0] * max(1, math.prod(shape))})
+            with raises(TypeError, f"{name}.*floating"):
+                cls(**{**good, name: torch.zeros(shape, dtype=torch.int64)})
+            with raises(ValueError, f"{name} must be a {len(shape)}-d tensor"):
+                cls(**{**good, name: torch.zeros((*shape, 1), dtype=torch.float64)})
+            if len(layout) > 1:
+                with raises(ValueError, rf"(?s)(?=.*\b{name}\b)(?=.*dtype)"):
+                    cls(**{**good, name: torch.zeros(shape, dtype=torch.float32)})
+                if shape:
+                    grown = (shape[0] + 1, *shape[1:])
+                    shapes = {**{k: tuple(v) for k, v in layout.items()}, name: grown}
+                    largest = sum(math.prod(v) for v in shapes.values()) + 2
+                    if not any(
+                        {k: tuple(v) for k, v in cls.tensor_shapes(d).items()} == shapes
+                        for d in range(1, largest)
+                    ):
+                        # the message names the tensors that disagree with the layout the
+                        # shapes suggest, and the whole layout
+                        with raises(ValueError, "must have shape.*member stores"):
+                            cls(**{**good, name: torch.zeros(grown, dtype=torch.float64)})
+
+    def test_bad_dense_input_is_rejected(self) -> None:
+        """``from_dense`` needs a non-empty square matrix; ``zeros`` a positive ``dim``."""
+        cls = self.structure
+        for bad in (torch.zeros(3, 4), torch.zeros(3), torch.zeros(2, 2, 2), torch.zeros(0, 0)):
+            with raises(ValueError, "square"):
+                cls.from_dense(bad)
+        for dim in (0, -1):
+            with raises(ValueError, "dim"):
+                cls.zeros(dim)
+
+    # ---------------------------------------------------------- structured
+    def test_every_operation_is_structured(self) -> None:
+        """No operation falls back to dense or allocates as much as a dense matrix.
+
+        Every operation runs under :class:`~structmat.testing.LargestAllocation`; the
+        largest new tensor must have fewer than ``d * d`` elements, or at most as many as
+        the storage when the storage itself is that large (dense, triangular). The
+        operand ``X`` has few columns: with ``n >= 8 d`` columns the triangular Toeplitz
+        ``from_inner(X)`` forms ``X X^T`` by design, which is then at most an eighth of
+        ``X`` (``tests/test_toeplitz_direct.py`` bounds such routes by the size of ``X``).
+        """
+        cls = self.structure
+        for dim in self.allocation_dims:
+            A, B = (random_member(cls, dim, seed, invertible=True) for seed in (0, 1))
+            X = random_tensor((dim, 3), seed=2)
+            M = random_tensor((dim, dim), seed=3)
+            limit = max(self._stored_numbers(dim), dim * dim - 1)
+            operations = self._operations(A, B, X, M)
+            for what, run in operations.items():
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", DenseFallbackWarning)
+                    with LargestAllocation() as record:
+                        run()
+                fallbacks = [w for w in caught if issubclass(w.category, DenseFallbackWarning)]
+                assert not fallbacks, f"{cls.__name__} {what} falls back to dense"
+                assert record.largest <= limit, (
+                    f"{cls.__name__} {what} at d = {dim} allocated {record.largest} elements "
+                    f"in {record.op} (limit {limit})"
+                )
+
+    def _operations(
+        self, A: StructuredMatrix, B: StructuredMatrix, X: Tensor, M: Tensor
+    ) -> dict[str, Callable[[], object]]:
+        """Every public operation on ``A`` (and ``B``, ``X``, ``M``), as thunks."""
+        cls, dim = self.structure, A.shape[0]
+        operations: dict[str, Callable[[], object]] = {
+            "A + B": lambda: A + B,
+            "A - B": lambda: A - B,
+            "c * A": lambda: 3.0 * A,
+            "add_": lambda: A.clone().add_(B, alpha=0.5),
+            "mul_": lambda: A.clone().mul_(2.0),
+            "diag_add_": lambda: A.clone().diag_add_(2.0),
+            "A @ B": lambda: A @ B,
+            "A @ X": lambda: A @ X,
+            "A.rmatmat(X)": lambda: A.rmatmat(X),
+            "X^T @ A": lambda: X.T @ A,
+            "A.T": lambda: A.T,
+            "diag": lambda: A.diag(),
+            "trace": lambda: A.trace(),
+            "average_trace": lambda: A.average_trace(),
+            "frobenius_norm": lambda: A.frobenius_norm(),
+            "infinity_vector_norm": lambda: A.infinity_vector_norm(),
+            "from_inner(X)": lambda: A.from_inner(X),
+            "from_inner()": lambda: A.from_inner(),
+            "from_inner2(M)": lambda: A.from_inner2(M),
+            "from_mat_inner(X)": lambda: cls.from_mat_inner(X),
+            "zeros": lambda: cls.zeros(dim),
+            "eye": lambda: cls.eye(dim),
+        }
+        if cls.closed_under_inverse:
+            operations["inv"] = lambda: A.inv()
+        return operations
+
+    # ----------------------------------------------------------------- runner
+    @classmethod
+    def law_names(cls) -> list[str]:
+        """Names of the laws of this class (switched-off ones left out), in order."""
+        names: list[str] = []
+        for klass in reversed(cls.__mro__):
+            names += [n for n in vars(klass) if n.startswith("test_") and n not in names]
+        return [name for name in names if callable(getattr(cls, name, None))]
+
+    def check(
+        self,
+        max_examples: int = 10,
+        raise_on_failure: bool = True,
+        laws: Iterable[str] | None = None,
+    ) -> LawReport:
+        """Run the laws, each hypothesis law with ``max_examples`` examples.
+
+        Runs without pytest, with a fixed seed and no example database.
+
+        Args:
+            max_examples: Examples per hypothesis law.
+            raise_on_failure: Raise ``AssertionError`` (with the report) if a law fails.
+            laws: Names of the laws to run (default: all of :meth:`law_names`).
+
+        Returns:
+            The report: which laws hold and which fail, with their errors.
+
+        Raises:
+            ValueError: If ``laws`` names a law this class does not have.
+        """
+        names = self.law_names()
+        if laws is not None:
+            unknown = sorted(set(laws) - set(names))
+            if unknown:
+                raise ValueError(f"unknown laws {unknown}; the laws are {names}")
+            names = [name for name in names if name in set(laws)]
+        report = LawReport(self.structure.__name__)
+        run_settings = settings(
+            max_examples=max_examples,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            verbosity=Verbosity.quiet,
+            suppress_health_check=list(HealthCheck),
+        )
+        for name in names:
+            law = getattr(type(self), name)
+            inner = _hypothesis_inner(law)
+            try:
+                if inner is None:
+                    law(self)
+                else:
+                    run_settings(given(data=st.data())(inner))(self)
+            except Exception as error:  # every failure is reported
+                report.failed[name] = f"{type(error).__name__}: {error}"
+            else:
+                report.passed.append(name)
+        if raise_on_failure and not report.ok:
+            raise AssertionError(str(report))
+        return report
