@@ -11,10 +11,12 @@ support (callers convert half types to float32 first).
 
 Long signals go through zero-padded real FFTs of a fast length :math:`N \ge 2d - 1`,
 so no circular wrap-around reaches the ``d`` kept outputs: :math:`O(n N \log N)`. A
-single short signal (``n = 1``, :math:`d \le` :data:`DIRECT_MAX_LENGTH`) is convolved
-directly by ``conv1d`` in :math:`O(d^2)`, which avoids the fixed cost of three FFT
-calls. No kernel creates a tensor with :math:`d^2` elements; :func:`diagonal_sums`
-reads a ``d x d`` input through strided views of its storage.
+single short signal (``n = 1``, :math:`d \le` :data:`DIRECT_MAX_LENGTH`, or
+:data:`DIRECT_MAX_LAG_LENGTH` for lag sums) is convolved directly by ``conv1d`` in
+:math:`O(d^2)`, which avoids the fixed cost of three FFT calls. Many signals of
+moderate length go to the blocked GEMM kernels of :mod:`structmat._toeplitz_direct`
+instead (the structures choose). No kernel creates a tensor with :math:`d^2` elements;
+:func:`diagonal_sums` reads a ``d x d`` input through strided views of its storage.
 """
 
 from __future__ import annotations
@@ -23,12 +25,20 @@ import torch
 from torch import Tensor
 from torch.nn.functional import conv1d, pad
 
+from structmat._toeplitz_direct import upper_diagonal_sums
+
 #: Largest length convolved directly (``conv1d``, :math:`O(d^2)`) for a single signal.
 #: Measured with one thread (CPU): for one signal ``conv1d`` takes about two thirds of
 #: the time of the three FFT calls up to ``d = 128`` and breaks even near ``d = 256``.
 #: For several signals ``conv1d`` wins only for tiny ``d n`` in float64, is slower in
-#: float32 and loses by large factors as ``n`` grows, so they always take the FFT path.
+#: float32 and loses by large factors as ``n`` grows, so they take the FFT path here.
 DIRECT_MAX_LENGTH = 128
+
+#: Largest length whose lag sums are computed directly (``conv1d``) for a single pair of
+#: signals (``from_inner()``). Measured with one thread (CPU, float32): ``conv1d``
+#: takes 0.2-0.5 of the FFT route (three transforms plus the exact tail) up to
+#: ``d = 512`` and 1.5 times it at ``d = 785``.
+DIRECT_MAX_LAG_LENGTH = 512
 
 #: Number of trailing lags that :func:`lag_sums` computes exactly instead of by FFT.
 EXACT_TAIL_LAGS = 64
@@ -75,8 +85,14 @@ def _no_signals(kernel: Tensor, signals: Tensor) -> Tensor:
 
 
 def _spectrum(signals: Tensor, length: int) -> Tensor:
-    """Real FFT of the rows of ``signals`` zero-padded to ``length`` (one copy, any strides)."""
-    return torch.fft.rfft(pad(signals, (0, length - signals.shape[-1])))
+    """Real FFT of the rows of ``signals`` zero-padded to ``length`` (any strides).
+
+    The transform pads internally, without a separate padded copy. Signals that are
+    not stored row by row (the columns of a contiguous ``X``) are first copied into
+    rows by a blocked transpose: measured with one thread, 4 times faster at
+    ``d = 2048 ... 4096`` than letting the transform (or ``pad``) read them strided.
+    """
+    return torch.fft.rfft(signals.contiguous(), n=length)
 
 
 def _filtered(kernel: Tensor, signals: Tensor, causal: bool) -> tuple[Tensor, int]:
@@ -174,7 +190,7 @@ def lag_sums(first: Tensor, second: Tensor | None = None) -> Tensor:
     d = first.shape[-1]
     if first.shape[0] == 0:
         return (first * (first if second is None else second)).sum(0)
-    if _use_direct(first):
+    if first.shape[0] == 1 and d <= DIRECT_MAX_LAG_LENGTH:
         other = first if second is None else second
         padded = pad(other, (0, d - 1)).unsqueeze(0)
         return conv1d(padded, first.unsqueeze(0)).view(d)
@@ -195,7 +211,7 @@ def _with_exact_tail(lags: Tensor, first: Tensor, second: Tensor | None = None) 
     last lags (sums of few products) up to :math:`d`-fold. The last
     :math:`m = \min(\text{EXACT\_TAIL\_LAGS}, d / 2)` lags only involve the first and
     the last :math:`m` entries of each signal: they are the upper diagonal sums of the
-    ``m x m`` Gram matrix of those pieces, :math:`O(n m^2)`.
+    ``m x m`` Gram matrix of those pieces (:func:`upper_diagonal_sums`), :math:`O(n m^2)`.
     """
     d = lags.shape[0]
     m = min(EXACT_TAIL_LAGS, d // 2)
@@ -203,7 +219,7 @@ def _with_exact_tail(lags: Tensor, first: Tensor, second: Tensor | None = None) 
         return lags
     head = first[:, :m]
     tail = (first if second is None else second)[:, d - m :]
-    exact, _ = diagonal_sums(head.mT @ tail, lags.dtype)
+    exact = upper_diagonal_sums(head.mT @ tail)
     return torch.cat([lags[: d - m], exact])
 
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from structmat._layout import row_sums_of_squares
 from structmat._numerics import check_nonzero
 from structmat.linear_structure import LinearStructure
 from structmat.registry import register
@@ -72,11 +73,11 @@ class Diagonal(LinearStructure):
 
     @classmethod
     def _from_mat_inner(cls, X: Tensor) -> Diagonal:
-        return cls(X.square().sum(1))
+        return cls(row_sums_of_squares(X))
 
     def _from_inner(self, X: Tensor) -> Diagonal:
         # diag((aX)(aX)^T)_i = a_i^2 sum_j X_ij^2: one pass over X, no scaled copy of it
-        return Diagonal(X.square().sum(1) * self.diagonal.square())
+        return Diagonal(row_sums_of_squares(X) * self.diagonal.square())
 
     def _from_inner_identity(self) -> Diagonal:
         return Diagonal(self.diagonal.square())

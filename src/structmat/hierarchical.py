@@ -24,7 +24,16 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from structmat._hierarchical_kernels import (
+    GRAM_ROUTE_MIN_ELEMENTS,
+    arrow_gram,
+    inner_arrow,
+    left_product,
+    project_arrow,
+    right_product,
+)
 from structmat._hierarchical_layout import HierarchicalLayout
+from structmat._layout import stored_by_columns
 from structmat._numerics import check_nonzero, compute_dtype, dense_inverse
 from structmat.registry import register_family
 
@@ -122,16 +131,23 @@ class Hierarchical(HierarchicalLayout):
 
     # ---------------------------------------------------------------- kernels
     def _matmat(self, X: Tensor) -> Tensor:
-        r""":math:`H X = (A X_1 + B Y;\ R Y)` with :math:`Y = X_{23}`, :math:`O(n d k)`."""
-        A, B, C, D, E = self.parts()
-        X_a, Y = X.split([self.sizes[0], X.shape[0] - self.sizes[0]])
-        return torch.cat([A @ X_a + B @ Y, lower_matmat(C, D, E, Y)])
+        r""":math:`H X = (A X_1 + B Y;\ R Y)` with :math:`Y = X_{23}`, :math:`O(n d k)`.
+
+        A transposed view ``X = W^T`` is multiplied as :math:`(W H^\top)^\top`, in its
+        own layout (:mod:`structmat._hierarchical_kernels`).
+        """
+        if stored_by_columns(X):
+            return right_product(X.mT, self.parts(), transpose=True).mT
+        return left_product(X, self.parts(), transpose=False)
 
     def _rmatmat(self, X: Tensor) -> Tensor:
-        r""":math:`H^\top X = (A^\top X_1;\ B^\top X_1 + R^\top Y)`, :math:`O(n d k)`."""
-        A, B, C, D, E = self.parts()
-        X_a, Y = X.split([self.sizes[0], X.shape[0] - self.sizes[0]])
-        return torch.cat([A.mT @ X_a, B.mT @ X_a + lower_rmatmat(C, D, E, Y)])
+        r""":math:`H^\top X = (A^\top X_1;\ B^\top X_1 + R^\top Y)`, :math:`O(n d k)`.
+
+        A transposed view ``X = W^T`` is multiplied as :math:`(W H)^\top`.
+        """
+        if stored_by_columns(X):
+            return right_product(X.mT, self.parts(), transpose=False).mT
+        return left_product(X, self.parts(), transpose=True)
 
     def _matmul(self, other: Hierarchical) -> Hierarchical:
         r"""Blockwise product, :math:`O(d k^2)`.
@@ -181,22 +197,32 @@ class Hierarchical(HierarchicalLayout):
 
     @classmethod
     def _from_mat_inner(cls, X: Tensor) -> Hierarchical:
-        r"""Project :math:`X X^\top` with its blocks computed directly, :math:`O(n d k)`.
+        r"""Project :math:`X X^\top` from its rows ``a, e`` and the diagonal of its middle.
 
+        :math:`G = (X_1; X_3) X^\top` in one GEMM and the squared row norms of
+        :math:`X_2` (:func:`~structmat._hierarchical_kernels.arrow_gram`) give
         :math:`A = X_1 X_1^\top`, :math:`B = 2 X_1 X_{23}^\top`,
         :math:`C = \sum_j (X_2)_{:j}^2`, :math:`D = 2 X_3 X_2^\top`,
-        :math:`E = X_3 X_3^\top`.
+        :math:`E = X_3 X_3^\top`; :math:`O(n d k)`, one pass over ``X``.
         """
-        k1, dc, k2 = cls.block_sizes(X.shape[0])
-        X_a, X_c, X_e = X.split([k1, dc, k2])
-        Y = X[k1:]
-        return cls(
-            A=X_a @ X_a.mT,
-            B=2 * (X_a @ Y.mT),
-            C=X_c.square().sum(1),
-            D=2 * (X_e @ X_c.mT),
-            E=X_e @ X_e.mT,
-        )
+        sizes = cls.block_sizes(X.shape[0])
+        G, s = arrow_gram(X, sizes)
+        return cls(**project_arrow(G, s, sizes))
+
+    def _from_inner(self, X: Tensor) -> Hierarchical:
+        r"""Project :math:`H^\top X X^\top H` without forming :math:`H^\top X`.
+
+        The rows ``a, e`` of :math:`H^\top S H` and the diagonal of its middle block
+        follow from those of :math:`S = X X^\top`
+        (:func:`~structmat._hierarchical_kernels.inner_arrow`): :math:`O(n d k)` in one
+        GEMM and one pass over ``X``, then :math:`O(d k^2)`. Small operands (below
+        :data:`~structmat._hierarchical_kernels.GRAM_ROUTE_MIN_ELEMENTS` elements) take
+        ``from_mat_inner(H^T @ X)``, which has fewer ops.
+        """
+        if X.numel() < GRAM_ROUTE_MIN_ELEMENTS:
+            return self.from_mat_inner(self._rmatmat(X))
+        G, s = inner_arrow(self.parts(), *arrow_gram(X, self.sizes))
+        return type(self)(**project_arrow(G, s, self.sizes))
 
     def _from_inner_identity(self) -> Hierarchical:
         r"""Project :math:`H^\top H = [[A^\top A, A^\top B], [B^\top A, B^\top B + R^\top R]]`.

@@ -19,7 +19,16 @@ import torch
 from torch import Tensor
 from torch.nn.functional import pad
 
+from structmat._gram import gram
 from structmat._numerics import check_nonzero, compute_dtype, stable_norm
+from structmat._toeplitz_direct import (
+    gram_lag_sums,
+    lower_product,
+    upper_diagonal_sums,
+    use_direct_lags,
+    use_direct_product,
+    use_gram_first,
+)
 from structmat._toeplitz_kernels import (
     anticausal_correlation,
     average_diagonal_pairs,
@@ -49,19 +58,26 @@ class TriangularToeplitz(LinearStructure):
     \operatorname{tr}(S) / d`: on symmetric :math:`S` twice the mean of the ``k``-th
     diagonal, and the identity on members of either triangular Toeplitz structure.
 
-    Kernels (no ``d x d`` intermediate; zero-padded real FFTs of a fast length
-    :math:`N \ge 2d - 1`, see :mod:`structmat._toeplitz_kernels`; a single vector of
-    length :math:`d \le 128` is convolved directly in :math:`O(d^2)`):
+    Kernels (zero-padded real FFTs of a fast length :math:`N \ge 2d - 1`, see
+    :mod:`structmat._toeplitz_kernels`; below measured crossovers in ``d``, for
+    ``n >= 64`` columns, blocked GEMMs that are also accurate entry by entry in low
+    precision, see :mod:`structmat._toeplitz_direct`; a single vector of length
+    :math:`d \le 128` is convolved directly in :math:`O(d^2)`):
 
     - ``A @ X``, ``A^T @ X``: causal convolution resp. correlation of every column
-      of ``X`` (shape ``(d, n)``) with :math:`c`, :math:`O(n d \log d)`.
+      of ``X`` (shape ``(d, n)``) with :math:`c`, :math:`O(n d \log d)`; directly
+      :math:`d^2 n / 2` for ``d <= min(768, 3 n)`` (``d <= min(320, 3 n)`` for a
+      transposed view ``X``).
     - ``A @ B``: truncated convolution of the coefficient vectors, :math:`O(d \log d)`.
     - ``inv``: Newton's iteration for :math:`1/c(z) \bmod z^d`, :math:`O(d \log d)`.
     - ``from_mat_inner(X)``: the ``k``-th diagonal sum of :math:`X X^\top` is the
       lag-``k`` autocorrelation of the columns of ``X`` summed over the columns,
-      :math:`O(n d \log d)`; ``from_inner(X)`` applies it to :math:`A^\top X` (three
-      FFTs of the ``n`` columns). The last 64 lags, which the projection divides by
-      small :math:`d - k`, are summed exactly.
+      :math:`O(n d \log d)`, directly :math:`d^2 n / 2` for ``d <= min(384, 1.5 n)``;
+      ``from_inner(X)`` applies it to :math:`A^\top X` (three FFTs of the ``n``
+      columns, or directly :math:`d^2 n` for such ``d``), or, for ``n >= 8 d``, to
+      :math:`A^\top (X X^\top) A` (:math:`d^2 n / 2 + O(d^3)`; the one kernel with a
+      ``d x d`` intermediate, at most an eighth of ``X``). With FFTs the last 64 lags,
+      which the projection divides by small :math:`d - k`, are summed exactly.
     - ``from_inner()``: the ``k``-th diagonal sum of :math:`A^\top A` is
       :math:`\sum_p (d - k - p) c_p c_{p+k}` (the same for :math:`A A^\top`), one
       correlation, :math:`O(d \log d)`.
@@ -158,11 +174,24 @@ class TriangularToeplitz(LinearStructure):
             return causal_convolution(kernel, signals)
         return anticausal_correlation(kernel, signals)
 
+    def _times(self, X: Tensor, transpose: bool) -> Tensor:
+        """``A X`` (``A^T X`` with ``transpose``) for ``X`` of shape ``(d, n)`` in a compute dtype.
+
+        Direct below the measured crossover (see :mod:`structmat._toeplitz_direct`),
+        FFT above it. The result may be a transposed view of a slice of an FFT buffer.
+        """
+        if use_direct_product(X):
+            kernel = self.coefficients.to(X.dtype)
+            return lower_product(kernel, X, transpose=self.upper != transpose)
+        return self._apply(X.mT, transpose).mT
+
     def _product(self, X: Tensor, transpose: bool) -> Tensor:
         out_dtype = torch.promote_types(self.dtype, X.dtype)
-        signals = X.mT.to(compute_dtype(out_dtype))
-        # The kernels may return a slice of a longer FFT buffer: copy it out compactly.
-        return self._apply(signals, transpose).to(out_dtype).contiguous().mT
+        product = self._times(X.to(compute_dtype(out_dtype)), transpose)
+        if not product.is_contiguous():
+            # An FFT result is a slice of a longer buffer: copy it out compactly.
+            product = product.mT.contiguous().mT
+        return product.to(out_dtype)
 
     def _matmat(self, X: Tensor) -> Tensor:
         return self._product(X, transpose=False)
@@ -210,15 +239,35 @@ class TriangularToeplitz(LinearStructure):
     @classmethod
     def _from_mat_inner(cls: type[T], X: Tensor) -> T:
         dtype = X.dtype if X.is_floating_point() else torch.get_default_dtype()
-        lags = lag_sums(X.mT.to(compute_dtype(dtype)))
+        work = X.to(compute_dtype(dtype))
+        lags = gram_lag_sums(work) if use_direct_lags(*X.shape) else lag_sums(work.mT)
         return cls(average_diagonal_pairs(2 * lags).to(dtype))
 
     def _from_inner(self: T, X: Tensor) -> T:
+        r"""Lag sums of :math:`Y = A^\top X` by one of three routes.
+
+        With many columns (``n >= 8 d``), through :math:`S = X X^\top`: the diagonal
+        sums of :math:`Y Y^\top = A^\top S A` (:math:`d^2 n / 2 + O(d^3)`, ``d x d`` memory
+        at most an eighth of ``X``). Otherwise, for moderate ``d``, ``Y`` and its lag
+        sums by blocked GEMMs (:math:`d^2 n`); else by three FFTs of the ``n`` columns.
+        The crossovers are in :mod:`structmat._toeplitz_direct`.
+        """
         out_dtype = torch.promote_types(self.dtype, X.dtype)
-        signals = X.mT.to(compute_dtype(out_dtype))
-        # A^T X: a convolution for upper A, a correlation for lower A.
-        lags = filtered_lag_sums(self.coefficients.to(signals.dtype), signals, self.upper)
-        return self._rebuild(average_diagonal_pairs(2 * lags).to(out_dtype))
+        work = X.to(compute_dtype(out_dtype))
+        d, n = X.shape
+        if use_gram_first(d, n):
+            S = gram(work)
+            # A^T S A = A^T (A^T S)^T, as S is symmetric.
+            inner = self._times(self._times(S, True).mT, True)
+            pair_sums = upper_diagonal_sums(inner) + upper_diagonal_sums(inner.mT)
+        elif use_direct_lags(d, n):
+            Y = self._times(work, True)
+            pair_sums = 2 * gram_lag_sums(Y)
+        else:
+            # A^T X: a convolution for upper A, a correlation for lower A.
+            kernel = self.coefficients.to(work.dtype)
+            pair_sums = 2 * filtered_lag_sums(kernel, work.mT, self.upper)
+        return self._rebuild(average_diagonal_pairs(pair_sums).to(out_dtype))
 
     def _from_inner_identity(self: T) -> T:
         c = self.coefficients

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from structmat._hierarchical_kernels import GRAM_ROUTE_MIN_ELEMENTS, outer_arrow, project_arrow
 from structmat._hierarchical_layout import HierarchicalLayout
 from structmat.hierarchical import Hierarchical, project_outer_gram, project_outer_sandwich
 from structmat.registry import register_family
@@ -110,6 +111,19 @@ class TransposedHierarchical(HierarchicalLayout):
     def _from_mat_inner(cls, X: Tensor) -> TransposedHierarchical:
         r""":math:`P_M(X X^\top) = P_H(X X^\top)^\top` since :math:`X X^\top` is symmetric."""
         return cls._of(cls._hierarchical_class()._from_mat_inner(X))
+
+    def _from_inner(self, X: Tensor) -> TransposedHierarchical:
+        r""":math:`P_M(M^\top X X^\top M) = P_H(Y Y^\top)^\top` for :math:`Y = H X`.
+
+        Only the rows ``a, e`` of ``Y`` are formed
+        (:func:`~structmat._hierarchical_kernels.outer_arrow`): :math:`O(n d k)` in two
+        GEMMs and one pass over ``X``; small operands take ``from_mat_inner(M^T @ X)``.
+        """
+        if X.numel() < GRAM_ROUTE_MIN_ELEMENTS:
+            return self.from_mat_inner(self._rmatmat(X))
+        H = self._untransposed()
+        G, s = outer_arrow(H.parts(), X)
+        return self._of(type(H)(**project_arrow(G, s, self.sizes)))
 
     def _from_inner_identity(self) -> TransposedHierarchical:
         r""":math:`P_M(M^\top M) = P_H(H H^\top)^\top` (blockwise, :math:`O(d k^2)`)."""

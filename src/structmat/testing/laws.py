@@ -676,7 +676,10 @@ class StructureLaws:
 
         Every operation runs under :class:`~structmat.testing.LargestAllocation`; the
         largest new tensor must have fewer than ``d * d`` elements, or at most as many as
-        the storage when the storage itself is that large (dense, triangular).
+        the storage when the storage itself is that large (dense, triangular). The
+        operand ``X`` has few columns: with ``n >= 8 d`` columns the triangular Toeplitz
+        ``from_inner(X)`` forms ``X X^T`` by design, which is then at most an eighth of
+        ``X`` (``tests/test_toeplitz_direct.py`` bounds such routes by the size of ``X``).
         """
         cls = self.structure
         for dim in self.allocation_dims:

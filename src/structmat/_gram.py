@@ -1,0 +1,43 @@
+r"""Symmetric Gram matrices :math:`Z Z^\top` in about half the multiply-adds.
+
+A GEMM computes both triangles of :math:`Z Z^\top`. Computing the block rows
+:math:`(Z Z^\top)_{s:e,\ s:} = Z_{s:e} Z_{s:}^\top` on and right of the diagonal and
+mirroring them costs :math:`d^2 m / 2 + O(d b m)` multiply-adds and one ``d x d``
+copy, which pays from inner dimension ``m`` of a few hundred on: measured with one
+thread (CPU, float32), 0.55-0.7 of the full GEMM for ``d = m = 785 ... 4097``, 0.85
+for ``d = 289``, ``m = 16384``, and 1.2 (slower) for ``m = 64``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from structmat._layout import needs_grad
+
+#: Rows per block of :func:`gram`.
+GRAM_BLOCK_ROWS = 128
+
+#: Least ``d`` and inner dimension ``m`` for which :func:`gram` goes block by block.
+HALF_GRAM_MIN_SIZE = 256
+
+
+def gram(Z: Tensor) -> Tensor:
+    r"""Return :math:`Z Z^\top` for ``Z`` of shape ``(d, m)``, exactly symmetric when blocked.
+
+    Blocked (upper block rows, then mirrored) for ``d, m >=``
+    :data:`HALF_GRAM_MIN_SIZE` without autograd, one GEMM otherwise.
+
+    Complexity:
+        :math:`d^2 m / 2 + O(d b m)` multiply-adds blocked, :math:`d^2 m` otherwise.
+    """
+    d, m = Z.shape
+    if min(d, m) < HALF_GRAM_MIN_SIZE or needs_grad(Z):
+        return Z @ Z.mT
+    out = Z.new_empty((d, d))
+    for s in range(0, d, GRAM_BLOCK_ROWS):
+        e = min(s + GRAM_BLOCK_ROWS, d)
+        upper = out[s:e, s:]
+        torch.mm(Z[s:e], Z[s:].mT, out=upper)
+        out[e:, s:e].copy_(upper[:, e - s :].mT)
+    return out
