@@ -31,7 +31,7 @@ def test_quick_mode_writes_results_and_a_table(
     ttt: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     output = tmp_path / "time_to_target.json"
-    data = ttt.main(["--quick", "--output", str(output)])
+    data = ttt.main(["--quick", "--workloads", "digits_cnn", "digits_mlp", "--output", str(output)])
     assert json.loads(output.read_text()) == json.loads(json.dumps(data))
     assert data["meta"]["quick"] is True and data["meta"]["threads"] == 1
     expected = {"adamw", "sgd", "singd/diagonal/default", "singd/diagonal/fast"}
@@ -64,9 +64,7 @@ def test_steps_are_counted_to_the_first_evaluation_that_hits(ttt: ModuleType) ->
 
     hit = ttt.run_to_target(workload, split, build, seed=0)
     assert hit.steps == hit.steps_run == 5 and not hit.diverged
-    missed = ttt.run_to_target(
-        dataclasses.replace(workload, target=1.01), split, build, seed=0
-    )
+    missed = ttt.run_to_target(dataclasses.replace(workload, target=1.01), split, build, seed=0)
     assert missed.steps is None and missed.steps_run == 12 and missed.seconds > hit.seconds
 
 
@@ -87,3 +85,10 @@ def test_medians_count_misses_as_infinitely_slow(ttt: ModuleType) -> None:
     assert ttt.median_or_none([30, None, 10]) == 30
     assert ttt.median_or_none([None, None, 10]) is None
     assert ttt.median_or_none([20, 40]) == 30
+
+
+def test_the_language_model_is_a_workload_with_a_loss_target(ttt: ModuleType) -> None:
+    workload = ttt.WORKLOADS["lm"]
+    assert workload.target == -ttt.LM_TARGET_LOSS  # scores are higher-is-better
+    assert "nats/char" in workload.target_text
+    assert workload.singd_options == {"loss_average": "batch+sequence"}
