@@ -143,15 +143,27 @@ def factor_step(
     return new_K, new_C
 
 
-def gram(K: StructuredMatrix) -> StructuredMatrix | None:
-    r"""Return :math:`K K^\top` when it is a member of ``K``'s structure, else ``None``.
+def gram(K: StructuredMatrix, other_dim: int, uses: int) -> StructuredMatrix | None:
+    r"""Return :math:`K K^\top` when caching it makes the natural gradient cheaper, else ``None``.
 
-    That is the case when the structure is closed under transposition (diagonal,
-    block-diagonal, ...); then the natural gradient needs one structured product
-    per side instead of two. Dense factors return ``None``: their product costs as
-    much as the two products it saves at ``T = 1`` and would double their memory.
+    With :math:`K K^\top` at hand the natural gradient needs one product per side
+    instead of two (:func:`natural_gradient`). For a structure closed under
+    transposition (diagonal, block-diagonal, hierarchical, ...) the product is a member
+    of the structure and costs about as much as one product with a vector: it always
+    pays. For a dense ``d x d`` factor it costs :math:`d^3` and saves :math:`d^2 n`
+    per use, with :math:`n` the other dimension of the gradient matrix: it pays when
+    :math:`d < u\,n` for :math:`u` uses (the steps until the next update, ``T``), at
+    the price of one more ``d x d`` matrix in memory. Other structures (triangular,
+    Toeplitz, arrows) would need a dense product and return ``None``.
+
+    Args:
+        K: The factor.
+        other_dim: :math:`n`, the gradient matrix's size along the other side.
+        uses: :math:`u`, how many natural gradients the product serves.
     """
-    if isinstance(K, Dense) or not type(K).closed_under_transpose:
+    if isinstance(K, Dense):
+        return K @ K.T if K.shape[0] < uses * other_dim else None
+    if not type(K).closed_under_transpose:
         return None
     return K @ K.T
 

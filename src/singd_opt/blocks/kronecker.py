@@ -165,10 +165,14 @@ class KroneckerBlock(PreconditionerBlock):
             grad_unscaling=context.grad_unscaling,
         )
 
-    def _cached_grams(self, K: StructuredMatrix, C: StructuredMatrix) -> tuple[Any, Any]:
+    def _cached_grams(
+        self, K: StructuredMatrix, C: StructuredMatrix, uses: int
+    ) -> tuple[Any, Any]:
+        """``K K^T`` and ``C C^T`` where caching pays (see :func:`gram`), for ``uses`` steps."""
         cached = self._grams
         if cached is None or cached[0] is not K or cached[1] is not C:
-            cached = (K, C, gram(K), gram(C))
+            layer = self.layer
+            cached = (K, C, gram(K, layer.dim_C, uses), gram(C, layer.dim_K, uses))
         return cached[2], cached[3]
 
     def propose(self, group: Mapping[str, Any], context: StepContext) -> Proposal:
@@ -202,7 +206,7 @@ class KroneckerBlock(PreconditionerBlock):
         if grad is not None:
             if context.grad_factor != 1.0:
                 grad = grad / context.grad_factor
-            gram_K, gram_C = self._cached_grams(K, C)
+            gram_K, gram_C = self._cached_grams(K, C, group["T"])
             directions = self.layer.split(natural_gradient(K, C, grad, gram_K, gram_C))
 
         def commit() -> None:
