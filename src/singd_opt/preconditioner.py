@@ -148,7 +148,7 @@ def gram(K: StructuredMatrix, other_dim: int, uses: int) -> StructuredMatrix | N
 
     With :math:`K K^\top` at hand the natural gradient needs one product per side
     instead of two (:func:`natural_gradient`). For a structure closed under
-    transposition (diagonal, block-diagonal, hierarchical, ...) the product is a member
+    transposition (diagonal, block-diagonal) the product is a member
     of the structure and costs about as much as one product with a vector: it always
     pays. For a dense ``d x d`` factor it costs :math:`d^3` and saves :math:`d^2 n`
     per use, with :math:`n` the other dimension of the gradient matrix: it pays when
