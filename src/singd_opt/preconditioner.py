@@ -153,8 +153,8 @@ def gram(K: StructuredMatrix, other_dim: int, uses: int) -> StructuredMatrix | N
     pays. For a dense ``d x d`` factor it costs :math:`d^3` and saves :math:`d^2 n`
     per use, with :math:`n` the other dimension of the gradient matrix: it pays when
     :math:`d < u\,n` for :math:`u` uses (the steps until the next update, ``T``), at
-    the price of one more ``d x d`` matrix in memory. Other structures (triangular,
-    Toeplitz, arrows) would need a dense product and return ``None``.
+    the price of one more ``d x d`` matrix in memory. Other structures (hierarchical,
+    triangular, Toeplitz, arrows) would need a dense product and return ``None``.
 
     Args:
         K: The factor.
