@@ -31,7 +31,10 @@ from singd_opt.distributed.sharding import is_sharded, local_tensor, shard_like
 def all_finite(tensors: Sequence[Tensor]) -> Tensor:
     """Return a 0-dim boolean tensor: are all entries of all tensors finite.
 
-    One fused pass (the largest absolute value of each tensor, NaN if it has one).
+    A fused Euclidean norm per dtype (``torch._foreach_norm``, one pass over the data)
+    decides: a NaN or an infinity makes a norm non-finite, so finite norms prove every
+    entry finite. Only when a norm is not finite (a non-finite entry, or finite
+    entries so huge that their squares overflow) does a second, exact pass decide.
     """
     by_dtype: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
     for tensor in tensors:
@@ -40,11 +43,14 @@ def all_finite(tensors: Sequence[Tensor]) -> Tensor:
             by_dtype.setdefault((tensor.dtype, tensor.device), []).append(tensor)
     if not by_dtype:
         return torch.tensor(True)
-    norms = [
-        torch.stack(torch._foreach_norm(group, float("inf"))).isfinite().all()
-        for group in by_dtype.values()
-    ]
-    return torch.stack([n.to(norms[0].device) for n in norms]).all()
+    norms = torch.cat(
+        [torch.stack(torch._foreach_norm(group, 2.0)).float().cpu() for group in by_dtype.values()]
+    )
+    if bool(norms.isfinite().all()):
+        return torch.tensor(True)
+    return torch.stack(
+        [t.isfinite().all().cpu() for group in by_dtype.values() for t in group]
+    ).all()
 
 
 def _learning_rate(block: PreconditionerBlock, group: Mapping[str, Any]) -> float:
