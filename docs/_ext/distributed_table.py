@@ -58,6 +58,6 @@ def write(out: Path, results: Path) -> None:
     note = (
         f"\n{meta.get('model', '')}; measured on a machine with {meta.get('cpu_count')} "
         f"cores (torch {meta.get('torch')}). Times are the median over the repetitions of "
-        "the slowest process; bytes are each process's payload.\n"
+        "the slowest process; bytes are those each process sends (ring algorithms).\n"
     )
     (out / "distributed.rst").write_text(list_table(header, table) + note)
