@@ -60,7 +60,7 @@ def _record_gradient(record: RecordFn, saved_input: Tensor, grad_output: Tensor)
     record(saved_input, grad_output.detach())
 
 
-def _hook_output(output: Tensor, x: Tensor, record: RecordFn) -> None:
+def hook_output(output: Tensor, x: Tensor, record: RecordFn) -> None:
     """Call ``record(x, grad_output)`` when the gradient of ``output`` is computed."""
     output.register_hook(functools.partial(_record_gradient, record, x.detach()))
 
@@ -86,7 +86,7 @@ def install_module_hook(module: nn.Module, block: Recordable, record: RecordFn) 
             return
         x = args[0] if args else kwargs.get("input")
         if isinstance(x, Tensor):
-            _hook_output(output, x, record)
+            hook_output(output, x, record)
 
     return module.register_forward_hook(forward_hook, with_kwargs=True)
 
@@ -289,8 +289,3 @@ def install_functional_scope(
         owner.register_forward_pre_hook(pre_hook, with_kwargs=True),
         owner.register_forward_hook(post_hook, with_kwargs=True, always_call=True),
     ]
-
-
-def hook_output(output: Tensor, x: Tensor, record: RecordFn) -> None:
-    """Call ``record(x, grad_output)`` when the gradient of ``output`` is computed."""
-    _hook_output(output, x, record)

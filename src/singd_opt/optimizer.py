@@ -42,7 +42,7 @@ from singd_opt.validation import (
     check_group,
     check_init_grad_scale,
 )
-from singd_opt.views import BlockViews, StructureTable
+from singd_opt.views import STANDARD_STRUCTURES, BlockViews
 from structmat import StructuredMatrix
 
 
@@ -83,16 +83,7 @@ class SINGD(BlockViews, Optimizer):
         hook_handles: Handles of the recording hooks installed on the model.
     """
 
-    SUPPORTED_STRUCTURES: ClassVar[Mapping[str, type[StructuredMatrix]]] = StructureTable(
-        (
-            "dense",
-            "diagonal",
-            "block30diagonal",
-            "hierarchical15_15",
-            "triltoeplitz",
-            "triutoeplitz",
-        )
-    )
+    SUPPORTED_STRUCTURES: ClassVar[Mapping[str, type[StructuredMatrix]]] = STANDARD_STRUCTURES
     SUPPORTED_MODULES: ClassVar[tuple[type[nn.Module], ...]] = SUPPORTED_MODULES
     SUPPORTED_LOSS_AVERAGE: ClassVar[tuple[str | None, ...]] = LOSS_AVERAGES
     _step_supports_amp_scaling = True  # GradScaler passes grad_scale and found_inf

@@ -37,6 +37,12 @@ class StructureTable(Mapping[str, type[StructuredMatrix]]):
         return f"StructureTable({list(self._names)})"
 
 
+#: The structure names SINGD documents as standard (any registered name is accepted).
+STANDARD_STRUCTURES = StructureTable(
+    ("dense", "diagonal", "block30diagonal", "hierarchical15_15", "triltoeplitz", "triutoeplitz")
+)
+
+
 def kronecker_blocks(blocks: Iterable[PreconditionerBlock]) -> Iterator[KroneckerBlock]:
     """Yield the Kronecker blocks (deferred blocks that became one included)."""
     for block in blocks:

@@ -165,9 +165,7 @@ class KroneckerBlock(PreconditionerBlock):
             grad_unscaling=context.grad_unscaling,
         )
 
-    def _cached_grams(
-        self, K: StructuredMatrix, C: StructuredMatrix, uses: int
-    ) -> tuple[Any, Any]:
+    def _cached_grams(self, K: StructuredMatrix, C: StructuredMatrix, uses: int) -> tuple[Any, Any]:
         """``K K^T`` and ``C C^T`` where caching pays (see :func:`gram`), for ``uses`` steps."""
         cached = self._grams
         if cached is None or cached[0] is not K or cached[1] is not C:
