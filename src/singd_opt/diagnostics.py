@@ -8,6 +8,9 @@ remembers the versions after each step and warns (once) when parameters changed
 between two steps in two consecutive steps, which a second optimizer does and a
 one-off change (loading a checkpoint into the model) does not.
 
+**Skipped steps.** :func:`report_skipped_step` reports the steps the optimizer
+skips, sparsely.
+
 **Unrecorded layers.** A Kronecker block whose weight is used neither through its
 module nor through ``torch.nn.functional`` records no curvature, so its ``K`` and ``C``
 would silently stay the identity. :func:`warn_unrecorded` names such blocks (once)
@@ -89,3 +92,26 @@ def warn_unrecorded(blocks: Iterable[PreconditionerBlock], warned: set[str]) -> 
             "used through its module or through torch.nn.functional",
             stacklevel=5,
         )
+
+
+def report_skipped_step(step: int, skipped: int, scaler: bool) -> None:
+    """Warn about a skipped step: the 1st, 2nd, 4th, 8th, ... of a run.
+
+    Args:
+        step: The number of the skipped step (steps taken before it).
+        skipped: Steps skipped so far, this one included.
+        scaler: Whether a gradient scaler found the gradients non-finite (else the
+            optimizer's own check did).
+    """
+    if skipped & (skipped - 1):
+        return
+    reason = (
+        "the gradient scaler found non-finite gradients"
+        if scaler
+        else "a preconditioned gradient or a new preconditioner is not finite"
+    )
+    warnings.warn(
+        f"{reason}; skipping step {step} (the state is unchanged; {skipped} step(s) "
+        "skipped so far, see optimizer.skipped_steps)",
+        stacklevel=5,
+    )

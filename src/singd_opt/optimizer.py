@@ -14,7 +14,6 @@ learning rate. The SINGD equations are in :mod:`singd_opt.preconditioner`.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -26,7 +25,7 @@ from torch.utils.hooks import RemovableHandle
 
 from singd_opt import checkpoint
 from singd_opt.blocks import KroneckerBlock, PreconditionerBlock, Proposal, StepContext
-from singd_opt.diagnostics import ForeignUpdateWatch, warn_unrecorded
+from singd_opt.diagnostics import ForeignUpdateWatch, report_skipped_step, warn_unrecorded
 from singd_opt.discovery import plan_blocks, unwrap_model
 from singd_opt.distributed.collectives import CommunicationStats
 from singd_opt.distributed.setup import check_distribute, make_sync
@@ -325,11 +324,11 @@ class SINGD(BlockViews, Optimizer):
         self._foreign_updates.check()
         grad_factor = self._grad_scales.resolve(self.steps, self.__dict__)
         found_inf = self.__dict__.get("found_inf")
-        if found_inf is not None and bool(found_inf):
-            self._skip("the gradient scaler found non-finite gradients")
+        if found_inf is not None and not self.skip_nonfinite and bool(found_inf):
+            self._skip(scaler=True)
         else:
             with torch.no_grad():
-                taken = self._step(grad_factor)
+                taken = self._step(grad_factor, found_inf)
             if taken:
                 self.steps += 1
                 self._grad_scales.forget_before(self.steps)
@@ -354,8 +353,8 @@ class SINGD(BlockViews, Optimizer):
         if self._sync is not None:
             self._sync.synchronize_gradients(self.param_groups)
 
-    def _step(self, grad_factor: float) -> bool:
-        """Propose, check, commit and apply; return whether the step was taken."""
+    def _step(self, grad_factor: float, found_inf: Tensor | None = None) -> bool:
+        """Propose, check (with a scaler's ``found_inf``), commit, apply; return if taken."""
         warn_unrecorded(self.blocks, self._unrecorded)
         sync = self._sync
         gradients = sync.prepare_step(self.blocks, self.param_groups) if sync else None
@@ -372,13 +371,16 @@ class SINGD(BlockViews, Optimizer):
                 proposals[block.name] = block.propose(self.param_groups[block.group_index], context)
         finite = torch.tensor(True)
         if self.skip_nonfinite:
-            finite = all_finite([t for p in proposals.values() for t in p.checked])
+            checked = [t for p in proposals.values() for t in p.checked]
+            if found_inf is not None:  # infinite where the scaler found non-finite values
+                checked.append(torch.where(found_inf > 0, torch.inf, 0.0).reshape(1))
+            finite = all_finite(checked)
         if sync is not None:
             finite = sync.exchange(
                 self.blocks, proposals, finite, self.param_groups, context, self.skip_nonfinite
             )
         if self.skip_nonfinite and not bool(finite):
-            self._skip("a preconditioned gradient or a new preconditioner is not finite")
+            self._skip(found_inf is not None and bool(found_inf))
             return False
         taken = [(block, proposals[block.name]) for block in self.blocks]
         for _, proposal in taken:
@@ -386,15 +388,10 @@ class SINGD(BlockViews, Optimizer):
         apply_directions(self, taken)
         return True
 
-    def _skip(self, reason: str) -> None:
-        """Drop this step: its curvature and gradient scale; count and report it."""
+    def _skip(self, scaler: bool) -> None:
+        """Drop this step (its curvature and gradient scale); count and report it."""
         for block in self.blocks:
             block.drop_curvature()
         self._grad_scales.scales.pop(self.steps, None)
         self.skipped_steps += 1
-        if self.skipped_steps & (self.skipped_steps - 1) == 0:  # 1st, 2nd, 4th, 8th, ...
-            warnings.warn(
-                f"{reason}; skipping step {self.steps} (the state is unchanged; "
-                f"{self.skipped_steps} step(s) skipped so far, see optimizer.skipped_steps)",
-                stacklevel=3,
-            )
+        report_skipped_step(self.steps, self.skipped_steps, scaler)
