@@ -1,25 +1,19 @@
 r"""Recording the inputs and output gradients of linear maps during the backward pass.
 
-Two mechanisms hand a call's input and output gradient to a Kronecker block, both
-active only on steps that record curvature (a flag per block; nothing but that flag
-is read on other steps):
+A recorded call's output gets a tensor hook (:func:`hook_output`), which receives the
+output gradient and hands it, with the input saved at forward time, to the block. (A
+module backward hook would break when the output feeds an in-place activation.) Which
+calls are recorded is found by :mod:`singd_opt.map_calls` (every linear map of a
+tracked parameter, however it is reached), except for the projections of
+:class:`~torch.nn.MultiheadAttention`:
 
-- **Module hooks.** A forward hook on a :class:`~torch.nn.Linear`, convolution or
-  :class:`~torch.nn.Embedding` module saves the input and installs a tensor hook on
-  the output, which receives the output gradient. (A module backward hook would
-  break when the output feeds an in-place activation.)
-- **Functional scopes.** Some weights never pass through their module's ``forward``:
-  :class:`~torch.nn.MultiheadAttention` hands ``in_proj_weight`` and
-  ``out_proj.weight`` to ``torch.nn.functional.linear``, and custom modules call
-  ``functional.linear`` or ``functional.conv2d`` on their own parameters. While the
-  module that owns such weights runs its forward pass on a recording step, the
-  functions ``linear``, ``conv1d``, ``conv2d``, ``conv3d`` and ``embedding`` of
-  :mod:`torch.nn.functional` are replaced by wrappers that call the original and
-  record the call when its weight (or a block of rows of it) is a tracked parameter.
-  Calls through ``torch.nn.functional`` (as ``F.linear`` or from inside
-  :mod:`torch.nn.functional` itself) are seen; a function imported by name before
-  (``from torch.nn.functional import linear``) or a ``torch.*`` built-in is not, and
-  such a weight is reported at its first preconditioner update.
+**Functional scopes.** :class:`~torch.nn.MultiheadAttention` hands ``in_proj_weight``
+(or row blocks of it) and ``out_proj.weight`` to ``torch.nn.functional.linear`` from
+inside ``multi_head_attention_forward``, where a torch function mode does not look.
+While such a module runs its forward pass on a recording step, the functions
+``linear``, ``conv1d``, ``conv2d``, ``conv3d`` and ``embedding`` of
+:mod:`torch.nn.functional` are replaced by wrappers that call the original and record
+the call when its weight (or a block of rows of it) is a tracked parameter.
 """
 
 from __future__ import annotations
@@ -63,32 +57,6 @@ def _record_gradient(record: RecordFn, saved_input: Tensor, grad_output: Tensor)
 def hook_output(output: Tensor, x: Tensor, record: RecordFn) -> None:
     """Call ``record(x, grad_output)`` when the gradient of ``output`` is computed."""
     output.register_hook(functools.partial(_record_gradient, record, x.detach()))
-
-
-def install_module_hook(module: nn.Module, block: Recordable, record: RecordFn) -> RemovableHandle:
-    """Record every call of ``module`` (its first positional input or ``input=``).
-
-    Args:
-        module: A :class:`~torch.nn.Linear`, convolution or embedding module.
-        block: Its block; calls are recorded while ``block.recording`` is true.
-        record: Receives ``(input, grad_output)`` in the backward pass.
-
-    Returns:
-        The hook's handle.
-    """
-
-    @torch._dynamo.disable
-    def forward_hook(
-        called: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
-    ) -> None:
-        # a copy of the module (``copy.deepcopy`` copies hooks) is not recorded
-        if called is not module or not _should_record(block, output):
-            return
-        x = args[0] if args else kwargs.get("input")
-        if isinstance(x, Tensor):
-            hook_output(output, x, record)
-
-    return module.register_forward_hook(forward_hook, with_kwargs=True)
 
 
 # --------------------------------------------------------------- functional calls

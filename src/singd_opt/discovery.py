@@ -40,11 +40,10 @@ from torch.utils.hooks import RemovableHandle
 
 from singd_opt.blocks import ElementwiseBlock, KroneckerBlock, PreconditionerBlock
 from singd_opt.blocks.deferred import DeferredBlock
-from singd_opt.capture import FunctionalTarget, install_functional_scope, install_module_hook
+from singd_opt.capture import FunctionalTarget, install_functional_scope
 from singd_opt.functional_targets import (
     AttentionLayout,
     BlockRecordFn,
-    DeferredTarget,
     ProjectionPart,
     ProjectionTarget,
 )
@@ -52,17 +51,25 @@ from singd_opt.layers import (
     CONV_MODULES,
     SUPPORTED_MODULES,
     ConvGeometry,
+    ConvLayer,
     Layer,
     LinearLayer,
     ParameterRows,
+    TiedEmbeddingLayer,
     make_layer,
 )
+from singd_opt.map_calls import MapTarget
+from singd_opt.map_targets import DeferredTarget, KroneckerTarget
 
 #: Module types whose weight (and bias) form a Kronecker block recorded by a module hook.
 KRONECKER_MODULES: tuple[type[nn.Module], ...] = (*SUPPORTED_MODULES, nn.Embedding)
 
 #: ``install(record)`` installs a block's recording hooks and returns their handles.
 Installer = Callable[[BlockRecordFn], list[RemovableHandle]]
+
+#: ``(module, attribute, make_target)``: the tensor ``getattr(module, attribute)`` and
+#: a function making its receiver of linear-map calls from the record function.
+MapEntry = tuple[nn.Module, str, Callable[[BlockRecordFn], MapTarget]]
 
 
 @dataclass
@@ -71,17 +78,23 @@ class Plan:
 
     Attributes:
         blocks: The blocks, in the order of the model's modules.
-        installers: Functions that install the recording hooks.
+        installers: Functions that install the functional scopes (attention layers).
+        map_entries: The tracked parameters of :mod:`singd_opt.map_calls`.
         module_names: Layer modules of Kronecker blocks and their names.
     """
 
     blocks: list[PreconditionerBlock] = field(default_factory=list)
     installers: list[Installer] = field(default_factory=list)
+    map_entries: list[MapEntry] = field(default_factory=list)
     module_names: dict[nn.Module, str] = field(default_factory=dict)
 
     def install(self, record: BlockRecordFn) -> list[RemovableHandle]:
-        """Install every recording hook; return the handles."""
+        """Install the functional scopes; return the handles."""
         return [handle for install in self.installers for handle in install(record)]
+
+    def map_targets(self, record: BlockRecordFn) -> list[tuple[nn.Module, str, MapTarget]]:
+        """Return ``(module, attribute, target)`` of every tracked parameter."""
+        return [(module, name, make(record)) for module, name, make in self.map_entries]
 
 
 def _joined(prefix: str, name: str) -> str:
@@ -166,6 +179,43 @@ class _Planner:
             modules.append(other)
         return modules
 
+    def tied_embedding(self, name: str, module: nn.Module) -> bool:
+        """One Kronecker block for an embedding whose weight output projections share.
+
+        Applies when every holder of the embedding's weight is an ``Embedding`` or a
+        ``Linear`` (its biases keep element-wise blocks); see
+        :mod:`singd_opt.layers.tied`. Returns whether the weight was taken.
+        """
+        weight = module.weight
+        holders = self.holders[id(weight)]
+        if not self.trained(weight) or not isinstance(module, nn.Embedding):
+            return False
+        kinds = {type(m) for _, m in holders}
+        if not any(isinstance(m, nn.Linear) for _, m in holders) or not all(
+            isinstance(m, nn.Embedding | nn.Linear) for _, m in holders
+        ):
+            return False
+        if any(isinstance(m, nn.Embedding) and m.sparse for _, m in holders):
+            raise ValueError(
+                f"params: embedding {name!r} has sparse=True; SINGD needs dense gradients "
+                "(create it with sparse=False)"
+            )
+        del kinds
+        names = [n for n, m in holders if isinstance(m, nn.Embedding)]
+        names += [n for n, m in holders if not isinstance(m, nn.Embedding)]
+        block = self.kronecker("+".join(names), TiedEmbeddingLayer(ParameterRows(weight)))
+        for _, holder in holders:
+            self.plan.module_names[holder] = block.name
+        param_name = self.param_names[id(weight)]
+        self.track(module, "weight", lambda record: KroneckerTarget(block, param_name, record))
+        return True
+
+    def track(
+        self, module: nn.Module, attribute: str, make: Callable[[BlockRecordFn], MapTarget]
+    ) -> None:
+        """Hand the linear-map calls of ``getattr(module, attribute)`` to ``make(record)``."""
+        self.plan.map_entries.append((module, attribute, make))
+
     def layer_module(self, name: str, module: nn.Module) -> None:
         weight = module.weight if self.trained(module.weight) else None
         bias = getattr(module, "bias", None)
@@ -174,6 +224,8 @@ class _Planner:
         if not params or any(id(p) in self.claimed for p in params):
             return  # nothing to train, or a shared weight that is a block already
         modules = self.sharing_modules(module)
+        if modules is None and self.train_all and self.tied_embedding(name, module):
+            return
         if modules is None or any(len(self.holders[id(p)]) != len(modules) for p in params):
             users = sorted({n for p in params for n, _ in self.holders[id(p)]})
             if not self.train_all:
@@ -197,16 +249,18 @@ class _Planner:
                 )
             if weight is None:
                 return
-        block = self.kronecker(name, make_layer(module, weight, bias))
+        layer = make_layer(module, weight, bias)
+        if isinstance(module, CONV_MODULES) and module.padding_mode != "zeros":
+            # such a module pads its input itself, then convolves without padding
+            geometry = ConvGeometry.of_call(
+                module.weight, module.stride, 0, module.dilation, module.groups
+            )
+            layer = ConvLayer(layer.weight, layer.bias, module.weight, geometry)
+        block = self.kronecker(name, layer)
         for other in modules:
             self.plan.module_names[other] = name
-
-        def install(record: BlockRecordFn) -> list[RemovableHandle]:
-            return [
-                install_module_hook(m, block, lambda x, g: record(block, x, g)) for m in modules
-            ]
-
-        self.plan.installers.append(install)
+        param_name = self.param_names[id(module.weight)]
+        self.track(module, "weight", lambda record: KroneckerTarget(block, param_name, record))
 
     def attention(self, name: str, module: nn.MultiheadAttention) -> None:
         """Kronecker blocks for the query, key, value and output projections."""
@@ -273,34 +327,56 @@ class _Planner:
         self.plan.installers.append(install)
 
     def own_parameters(self, name: str, module: nn.Module) -> None:
-        """Blocks for the parameters a module holds directly that no map claimed."""
-        deferred: list[DeferredBlock] = []
-        for param in module.parameters(recurse=False):
-            if not self.trained(param) or id(param) in self.claimed:
+        """Blocks for the parameters a module holds directly that no map claimed.
+
+        A parameter of two or more dimensions gets a :class:`DeferredBlock` (with the
+        module's own 1-D ``bias`` as a possible bias of its map when there is one
+        such parameter); the others get element-wise blocks.
+        """
+        own = [
+            (attribute, param)
+            for attribute, param in module.named_parameters(recurse=False)
+            if self.trained(param)
+            and id(param) not in self.claimed
+            and self.holders[id(param)][0][1] is module  # else handled with its first holder
+        ]
+        matrices = [(a, p) for a, p in own if p.ndim >= 2 and len(self.holders[id(p)]) == 1]
+        bias = dict(own).get("bias")
+        if bias is not None and (
+            len(matrices) != 1
+            or bias.ndim != 1
+            or len(self.holders[id(bias)]) != 1
+            or self.group_of[id(bias)] != self.group_of[id(matrices[0][1])]
+        ):
+            bias = None
+        matrix_ids = {id(p) for _, p in matrices}
+        for attribute, param in own:
+            if param is bias:
                 continue
-            if self.holders[id(param)][0][1] is not module:
-                continue  # handled with its first holder
-            if param.ndim >= 2 and len(self.holders[id(param)]) == 1:
-                index = self.group_of[id(param)]
-                block = DeferredBlock(
-                    self.param_names[id(param)], ParameterRows(param), index, self.groups[index]
-                )
-                self.add(block)
-                deferred.append(block)
-            else:
+            if id(param) not in matrix_ids:
+                if param.ndim >= 2:
+                    users = sorted(n for n, _ in self.holders[id(param)])
+                    warnings.warn(
+                        f"parameter {self.param_names[id(param)]!r} is held by several modules "
+                        f"{users}; it is trained with the element-wise rule",
+                        stacklevel=5,
+                    )
                 self.add_elementwise(param)
-        if deferred:
-
-            def install(record: BlockRecordFn) -> list[RemovableHandle]:
-                scope: list[tuple[nn.Module, str, FunctionalTarget]] = [
-                    (module, self.attribute_names[id(b.params[0].param)], DeferredTarget(b, record))
-                    for b in deferred
-                ]
-                return install_functional_scope(
-                    module, scope, lambda: any(b.recording for b in deferred)
-                )
-
-            self.plan.installers.append(install)
+                continue
+            index = self.group_of[id(param)]
+            block = DeferredBlock(
+                self.param_names[id(param)],
+                ParameterRows(param),
+                index,
+                self.groups[index],
+                ParameterRows(bias) if bias is not None else None,
+            )
+            self.add(block)
+            self.track(
+                module,
+                attribute,
+                lambda record, block=block: DeferredTarget(block, record),  # type: ignore[misc]
+            )
 
     # --------------------------------------------------------------- plans
     def build(self) -> Plan:

@@ -25,6 +25,7 @@ from torch.utils.hooks import RemovableHandle
 
 from singd_opt import checkpoint
 from singd_opt.blocks import KroneckerBlock, PreconditionerBlock, Proposal, StepContext
+from singd_opt.compile_stance import eager_while_recording
 from singd_opt.diagnostics import ForeignUpdateWatch, report_skipped_step, warn_unrecorded
 from singd_opt.discovery import plan_blocks, unwrap_model
 from singd_opt.distributed.collectives import CommunicationStats
@@ -32,6 +33,7 @@ from singd_opt.distributed.setup import check_distribute, make_sync
 from singd_opt.grad_scale import GradScales
 from singd_opt.layers import LOSS_AVERAGES, SUPPORTED_MODULES
 from singd_opt.layers import preconditioner_dims as _preconditioner_dims
+from singd_opt.map_calls import MapCapture
 from singd_opt.param_groups import parameter_groups
 from singd_opt.summary import describe_blocks, total_state_bytes
 from singd_opt.update import all_finite, apply_directions
@@ -224,8 +226,12 @@ class SINGD(BlockViews, Optimizer):
         self._foreign_updates = ForeignUpdateWatch(self.blocks)
         self._unrecorded: set[str] = set()  # Kronecker blocks already warned about
         self._sync = sync
+        self._recording_any = False
         self._set_recording()
         self.hook_handles: list[RemovableHandle] = plan.install(self._record)
+        self._capture = MapCapture(model, plan.map_targets(self._record), self._is_recording)
+        self.hook_handles += self._capture.install()
+        self._set_recording()
         self.register_state_dict_post_hook(checkpoint.add_block_state)
         self.register_load_state_dict_pre_hook(checkpoint.validate_block_state)
         self.register_load_state_dict_post_hook(checkpoint.load_block_state)
@@ -259,6 +265,7 @@ class SINGD(BlockViews, Optimizer):
         for handle in self.hook_handles:
             handle.remove()
         self.hook_handles = []
+        eager_while_recording(self, False)
 
     def full_state_dict(self) -> dict[str, Any]:
         """Return :meth:`state_dict` with the whole tensors of sharded (FSDP2) parameters.
@@ -279,9 +286,18 @@ class SINGD(BlockViews, Optimizer):
 
     # ------------------------------------------------------- curvature hooks
     def _set_recording(self) -> None:
-        """Tell every block whether the coming step records curvature."""
+        """Tell every block whether the coming step records curvature.
+
+        A step that records runs the model eagerly under ``torch.compile`` (see
+        :mod:`singd_opt.compile_stance`).
+        """
         for block in self.blocks:
             block.recording = self.steps % self.param_groups[block.group_index]["T"] == 0
+        self._recording_any = any(block.recording for block in self.blocks)
+        eager_while_recording(self, self._recording_any and bool(getattr(self, "hook_handles", ())))
+
+    def _is_recording(self) -> bool:
+        return self._recording_any
 
     def _record(self, block: KroneckerBlock, x: Tensor, grad_output: Tensor) -> None:
         """Hand one call's input and output gradient to ``block``."""
@@ -332,6 +348,8 @@ class SINGD(BlockViews, Optimizer):
             if taken:
                 self.steps += 1
                 self._grad_scales.forget_before(self.steps)
+        if self._recording_any:  # parameters that became element-wise need no more calls
+            self._capture.drop(lambda target: target.active())
         self._set_recording()
         self._foreign_updates.remember()
         return loss

@@ -373,12 +373,13 @@ class TinyLM(nn.Module):
         return self.head(self.norm(self.block(h, src_mask=mask, is_causal=True)))
 
 
-def test_transformer_trains_and_preconditions_every_parameter_without_warnings() -> None:
+def test_transformer_trains_and_preconditions_every_parameter() -> None:
+    """The one element-wise matrix (a position table added to the tokens) is reported."""
     torch.manual_seed(0)
     model = TinyLM()
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         optimizer = SINGD(model, lr=0.01, lr_cov=0.05, damping=0.1, T=2)
         tokens = torch.randint(0, 13, (8, 7))
         losses = []
@@ -389,6 +390,9 @@ def test_transformer_trains_and_preconditions_every_parameter_without_warnings()
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1, messages
+    assert "'position' is used by Tensor.add" in messages[0]
     assert losses[-1] < losses[0]
     for name, param in model.named_parameters():
         assert not torch.equal(param, before[name]), name

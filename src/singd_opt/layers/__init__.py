@@ -17,7 +17,8 @@ from singd_opt.layers.base import (
 )
 from singd_opt.layers.conv import ConvGeometry, ConvLayer
 from singd_opt.layers.embedding import EmbeddingLayer
-from singd_opt.layers.linear import LinearLayer
+from singd_opt.layers.linear import LinearLayer, TransposedLinearLayer
+from singd_opt.layers.tied import TiedEmbeddingLayer
 
 #: Module types whose forward call is recorded by a module hook (the reference's layers).
 SUPPORTED_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -68,6 +69,8 @@ __all__ = [
     "Layer",
     "LinearLayer",
     "ParameterRows",
+    "TiedEmbeddingLayer",
+    "TransposedLinearLayer",
     "make_layer",
     "num_loss_terms",
 ]

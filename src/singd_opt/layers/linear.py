@@ -54,3 +54,31 @@ class LinearLayer(Layer):
         elif g.ndim > 2:
             g = g.sum(dim=tuple(range(1, g.ndim - 1)))
         return (g * math.sqrt(terms) if terms != 1 else g), terms
+
+
+class TransposedLinearLayer(LinearLayer):
+    r"""A linear map whose parameter is stored as :math:`P = W^\top` (``(d_in, d_out)``).
+
+    The map ``x @ P + b`` (``torch.addmm(b, x, P)``, Hugging Face's ``Conv1D``) is
+    :class:`LinearLayer` with weight :math:`W = P^\top`: the same input and
+    output-gradient matrices; only the gradient matrix is :math:`\nabla_P^\top`
+    and the update is transposed back to ``P``'s shape.
+    """
+
+    def __init__(
+        self, weight: ParameterRows | None, bias: ParameterRows | None, full: Tensor
+    ) -> None:
+        """Describe the map.
+
+        Args:
+            weight: The trained ``(d_in, d_out)`` parameter, or ``None``.
+            bias: The trained bias ``(d_out,)``, or ``None``.
+            full: The ``(d_in, d_out)`` parameter (trained or not).
+        """
+        super().__init__(weight, bias, full.mT)
+
+    def _weight_columns(self, weight_grad: Tensor) -> Tensor:
+        return weight_grad.mT
+
+    def _weight_update(self, columns: Tensor) -> Tensor:
+        return columns.mT

@@ -1,0 +1,420 @@
+r"""Finding the linear maps of a forward pass by what it computes.
+
+On a step that records curvature, the forward pass of the model runs under a
+:class:`~torch.overrides.TorchFunctionMode` (:class:`MapCallMode`). It sees every
+call of a torch function, however the function is reached (``F.linear``, a
+``linear`` imported by name, ``torch.addmm``, ``torch.mm``, ``torch.matmul``, the
+``@`` operator, ``F.embedding``, ``F.conv1d/2d/3d``) and reads from the call which
+tracked parameter is the matrix of a linear map and in which orientation:
+
+=====================================  =========================================
+call                                   map (weight :math:`W` of ``(d_out, d_in)``)
+=====================================  =========================================
+``linear(x, W, b)``, ``x @ W.T``       :math:`y = x W^\top + b`
+``addmm(b, x, P)``, ``x @ P``, ``mm``  :math:`W = P^\top`: ``P`` is ``(d_in, d_out)``
+``P @ x`` with ``x`` of ``(d_in, n)``  :math:`W = P`, inputs are the columns of ``x``
+``embedding(ids, E)``                  an embedding (:mod:`singd_opt.layers.embedding`)
+``conv{1,2,3}d(x, W, b, ...)``         a convolution with the call's geometry
+=====================================  =========================================
+
+Transposed views (``W.T``, ``W.t()``, ``W.mT``) and casts (``W.to(dtype)``) of a
+tracked parameter are followed to the parameter, and a block of its rows (a view
+into its storage) is recognised. Each such call is a :class:`MapCall` handed to the
+parameter's :class:`MapTarget`, which installs the tensor hook that records the
+output gradient. Any other function that uses a tracked parameter with gradients
+enabled (``einsum``, an element-wise product, ...) is reported to the target as an
+*other use* (:meth:`MapTarget.other_use`); reshaping views are passed over.
+
+The mode is entered by a forward pre-hook of the model only on recording steps; on
+other steps the hook reads one flag. The mode does not see inside functions that
+dispatch torch functions themselves after their own override check (such as
+``F.multi_head_attention_forward``); :class:`~torch.nn.MultiheadAttention` is
+therefore recorded by the functional scopes of :mod:`singd_opt.capture`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional
+from torch.overrides import TorchFunctionMode
+from torch.utils.hooks import RemovableHandle
+
+
+@dataclass(frozen=True)
+class MapCall:
+    r"""One call of a linear map whose matrix is (a view of) a tracked parameter.
+
+    Attributes:
+        function: ``"linear"``, ``"embedding"``, ``"conv1d"``, ``"conv2d"`` or ``"conv3d"``.
+        transposed: Whether the parameter is used as :math:`W^\top` (``x @ P``: the
+            parameter is ``(d_in, d_out)``).
+        rows: The rows ``(start, stop)`` of the parameter the call uses.
+        x: The input, with features in the last dimension (linear) or second
+            dimension (convolution); token indices for an embedding.
+        output: The output (its gradient is the output gradient).
+        bias: The bias operand of the call (``linear``, ``addmm``, convolutions), or ``None``.
+        layout: Brings the output gradient to the layout of ``x`` (features last).
+        options: A convolution's ``stride``, ``padding``, ``dilation``, ``groups``.
+        name: The torch function's name (for messages).
+    """
+
+    function: str
+    transposed: bool
+    rows: tuple[int, int]
+    x: Tensor
+    output: Tensor
+    bias: Tensor | None = None
+    layout: Callable[[Tensor], Tensor] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+
+
+class MapTarget(Protocol):
+    """The receiver of a tracked parameter's calls."""
+
+    def capture(self, call: MapCall) -> None:
+        """Record ``call`` (install hooks on its output) if its block records now."""
+
+    def other_use(self, name: str) -> None:
+        """Note a use of the parameter that is not a linear map (``name``: the function)."""
+
+
+def _name(func: Any) -> str:
+    name = getattr(func, "__name__", None) or getattr(func, "__qualname__", None) or repr(func)
+    module = getattr(func, "__module__", None) or ""
+    if module.startswith("torch.nn.functional") or module == "torch._C._nn":
+        return f"torch.nn.functional.{name}"
+    if module == "torch":
+        return f"torch.{name}"
+    return f"Tensor.{name}"
+
+
+# calls of the form f(x, W): the second operand is the right factor
+_MATMULS = {torch.matmul, torch.mm, Tensor.matmul, Tensor.mm, Tensor.__matmul__}
+_ADDMMS = {torch.addmm, Tensor.addmm}
+_CONVS = {torch.conv1d: "conv1d", torch.conv2d: "conv2d", torch.conv3d: "conv3d"}
+_CONV_OPTIONS = ("stride", "padding", "dilation", "groups")
+# followed to the parameter: transposes and casts
+_TRANSPOSES = {Tensor.t, Tensor.T.__get__, Tensor.mT.__get__, Tensor.transpose}
+_CASTS = {Tensor.to, Tensor.type_as, Tensor.float, Tensor.half, Tensor.bfloat16, Tensor.double}
+# reshaping views and calls without a gradient path to the output: not uses
+_PASSED = {
+    Tensor.view,
+    Tensor.reshape,
+    Tensor.__getitem__,
+    Tensor.chunk,
+    Tensor.split,
+    Tensor.unbind,
+    Tensor.narrow,
+    Tensor.contiguous,
+    Tensor.detach,
+    Tensor.permute,
+    Tensor.unflatten,
+    Tensor.flatten,
+    torch.chunk,
+    torch.split,
+    torch.unbind,
+    torch.narrow,
+}
+
+
+@dataclass
+class _Tracked:
+    """A tensor of the forward pass that is a tracked parameter (or a view/cast of it)."""
+
+    param: Tensor
+    target: MapTarget
+    transposed: bool
+
+
+class MapCallMode(TorchFunctionMode):
+    """Hands the linear-map calls of tracked parameters to their targets (module docstring).
+
+    Args:
+        lookup: Returns ``(tensor, target)`` for every tracked parameter, as the
+            tensors are now; called at the start and again when a parameter that is
+            not known appears (FSDP2 swaps in the gathered weights module by module).
+    """
+
+    def __init__(self, lookup: Callable[[], list[tuple[Tensor, MapTarget]]]) -> None:
+        super().__init__()
+        self.lookup = lookup
+        self.known: dict[int, _Tracked] = {}
+        self.keep: list[Tensor] = []  # derived tensors stay alive while their ids are known
+        self.storages: dict[int, list[_Tracked]] = {}
+        self.unknown: set[int] = set()
+        self._refresh()
+
+    def _refresh(self) -> None:
+        for tensor, target in self.lookup():
+            if id(tensor) not in self.known:
+                entry = _Tracked(tensor, target, False)
+                self.known[id(tensor)] = entry
+                self.keep.append(tensor)
+                key = _storage(tensor)
+                if key is not None:
+                    self.storages.setdefault(key, []).append(entry)
+
+    # ---------------------------------------------------------------- matching
+    def match(self, t: Any) -> tuple[_Tracked, tuple[int, int]] | None:
+        """Return the tracked parameter behind ``t`` and the rows it covers."""
+        if not isinstance(t, Tensor):
+            return None
+        entry = self.known.get(id(t))
+        if entry is None and isinstance(t, nn.Parameter) and id(t) not in self.unknown:
+            self._refresh()
+            entry = self.known.get(id(t))
+            if entry is None:
+                self.unknown.add(id(t))
+        if entry is not None:
+            return entry, (0, entry.param.shape[0])
+        if t._base is None or t.ndim == 0:
+            return None
+        for entry in self.storages.get(_storage(t), ()):
+            p = entry.param
+            if p.ndim != t.ndim or p.ndim == 0:
+                continue
+            transposed = t.shape == p.shape[::-1] and t.stride() == p.stride()[::-1]
+            if p.ndim == 2 and transposed and t.storage_offset() == p.storage_offset():
+                return _Tracked(p, entry.target, not entry.transposed), (0, p.shape[0])
+            if p.stride() == t.stride() and p.shape[1:] == t.shape[1:]:
+                start, rest = divmod(t.storage_offset() - p.storage_offset(), p.stride(0))
+                if rest == 0 and start >= 0 and start + t.shape[0] <= p.shape[0]:
+                    return entry, (start, start + t.shape[0])
+        return None
+
+    def _derive(self, output: Any, entry: _Tracked, transposed: bool) -> None:
+        if isinstance(output, Tensor):
+            self.known[id(output)] = _Tracked(entry.param, entry.target, transposed)
+            self.keep.append(output)
+
+    # ------------------------------------------------------------------- calls
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        output = func(*args, **kwargs)
+        if not (isinstance(output, Tensor) and output.requires_grad):
+            return output
+        self._dispatch(func, args, kwargs, output)
+        return output
+
+    def _dispatch(
+        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Tensor
+    ) -> None:
+        if func is functional.linear:
+            self._linear(args, kwargs, output)
+        elif func in _ADDMMS:
+            self._addmm(func, args, kwargs, output)
+        elif func in _MATMULS or func is Tensor.__rmatmul__:
+            left, right = args[0], args[1] if len(args) > 1 else kwargs.get("other")
+            if func is Tensor.__rmatmul__:
+                left, right = right, left
+            self._product(func, left, right, None, output)
+        elif func is functional.embedding:
+            found = self.match(args[1] if len(args) > 1 else kwargs.get("weight"))
+            if found is not None:
+                entry, rows = found
+                x = args[0] if args else kwargs["input"]
+                if entry.transposed:
+                    entry.target.other_use(_name(func))
+                else:
+                    entry.target.capture(
+                        MapCall("embedding", False, rows, x, output, name=_name(func))
+                    )
+            self._others(func, args[2:], kwargs, skip=("input", "weight"))
+        elif func in _CONVS:
+            self._conv(func, args, kwargs, output)
+        elif func in _TRANSPOSES:
+            found = self.match(args[0])
+            if found is not None and found[0].param.ndim == 2:
+                self._derive(output, found[0], not found[0].transposed)
+        elif func in _CASTS:
+            found = self.match(args[0])
+            if found is not None:
+                self._derive(output, found[0], found[0].transposed)
+        elif func not in _PASSED:
+            self._others(func, args, kwargs)
+
+    def _others(
+        self, func: Any, args: Any, kwargs: dict[str, Any], skip: tuple[str, ...] = ()
+    ) -> None:
+        """Report every tracked parameter among the arguments as an other use."""
+        values = list(args) + [v for k, v in kwargs.items() if k not in skip]
+        for value in values:
+            items = value if isinstance(value, list | tuple) else (value,)
+            for item in items:
+                found = self.match(item)
+                if found is not None:
+                    found[0].target.other_use(_name(func))
+
+    def _linear(self, args: tuple[Any, ...], kwargs: dict[str, Any], output: Tensor) -> None:
+        x = args[0] if args else kwargs.get("input")
+        weight = args[1] if len(args) > 1 else kwargs.get("weight")
+        bias = args[2] if len(args) > 2 else kwargs.get("bias")
+        found = self.match(weight)
+        if found is not None and isinstance(x, Tensor):
+            entry, rows = found
+            entry.target.capture(
+                MapCall("linear", entry.transposed, rows, x, output, bias, name="linear")
+            )
+        self._others(functional.linear, (x, bias), {})
+
+    def _addmm(
+        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Tensor
+    ) -> None:
+        names = ("input", "mat1", "mat2")
+        bias, left, right = (
+            args[i] if len(args) > i else kwargs.get(name) for i, name in enumerate(names)
+        )
+        if kwargs.get("beta", 1) != 1 or kwargs.get("alpha", 1) != 1:
+            self._others(func, args, kwargs)
+            return
+        self._product(func, left, right, bias, output)
+
+    def _product(self, func: Any, left: Any, right: Any, bias: Any, output: Tensor) -> None:
+        """``left @ right (+ bias)`` with a tracked parameter as one 2-D operand."""
+        found_right, found_left = self.match(right), self.match(left)
+        name = _name(func)
+        if found_right is not None and found_left is None and right.ndim == 2:
+            entry, rows = found_right
+            if isinstance(left, Tensor) and left.ndim >= 1:
+                # x @ P: the parameter P is (d_in, d_out), i.e. W = P^T
+                entry.target.capture(
+                    MapCall("linear", not entry.transposed, rows, left, output, bias, name=name)
+                )
+                self._others(func, (bias,), {})
+                return
+        elif found_left is not None and found_right is None and left.ndim == 2:
+            entry, rows = found_left
+            if isinstance(right, Tensor) and right.ndim >= 2 and bias is None:
+                # P @ x: the inputs are the columns of x
+                entry.target.capture(
+                    MapCall(
+                        "linear",
+                        entry.transposed,
+                        rows,
+                        right.mT,
+                        output,
+                        None,
+                        layout=_last_two_swapped,
+                        name=name,
+                    )
+                )
+                return
+        self._others(func, (left, right, bias), {})
+
+    def _conv(
+        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Tensor
+    ) -> None:
+        x = args[0] if args else kwargs.get("input")
+        weight = args[1] if len(args) > 1 else kwargs.get("weight")
+        bias = args[2] if len(args) > 2 else kwargs.get("bias")
+        options = dict(zip(_CONV_OPTIONS, args[3:], strict=False))
+        options.update({k: v for k, v in kwargs.items() if k in _CONV_OPTIONS})
+        found = self.match(weight)
+        if found is not None and isinstance(x, Tensor):
+            entry, rows = found
+            if entry.transposed:
+                entry.target.other_use(_name(func))
+            else:
+                entry.target.capture(
+                    MapCall(_CONVS[func], False, rows, x, output, bias, None, options, _name(func))
+                )
+        self._others(func, (bias,), {})
+
+
+def _storage(t: Tensor) -> int | None:
+    """The address of ``t``'s storage, ``None`` when it has none (a freed or sharded one)."""
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+def _last_two_swapped(t: Tensor) -> Tensor:
+    return t.mT
+
+
+class MapCapture:
+    """Enters :class:`MapCallMode` for the forward passes of a model on recording steps.
+
+    Attributes:
+        targets: ``(module, attribute, target)``: the tracked tensor is
+            ``getattr(module, attribute)``, read when the forward pass starts (so a
+            parameter replaced by another tensor for the pass, as FSDP2 does, is found).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        targets: list[tuple[nn.Module, str, MapTarget]],
+        is_recording: Callable[[], bool],
+    ) -> None:
+        self.model = model
+        self.targets = targets
+        self.is_recording = is_recording
+        self._modes: list[MapCallMode | None] = []
+        self.handles: list[RemovableHandle] = []
+
+    def install(self) -> list[RemovableHandle]:
+        """Install the model's forward pre- and post-hook; return their handles.
+
+        The hooks are plain functions, so a copy of the model (``copy.deepcopy`` copies
+        hooks) shares them; they act only for this model.
+        """
+        if not self.targets:
+            return []
+        model, modes = self.model, self._modes
+
+        def enter(called: nn.Module, args: Any) -> None:
+            if called is model and torch.is_grad_enabled() and self.is_recording():
+                modes.append(self._open())
+            else:
+                modes.append(None)
+
+        def exit_(called: nn.Module, args: Any, output: Any) -> None:
+            mode = modes.pop() if modes else None
+            if mode is not None:
+                _close(mode)
+
+        self.handles = [
+            model.register_forward_pre_hook(enter),
+            model.register_forward_hook(exit_, always_call=True),
+        ]
+        return self.handles
+
+    def drop(self, keep: Callable[[MapTarget], bool]) -> None:
+        """Stop tracking the targets ``keep`` rejects; remove the hooks when none is left."""
+        self.targets = [t for t in self.targets if keep(t[2])]
+        if not self.targets:
+            for handle in self.handles:
+                handle.remove()
+            self.handles = []
+
+    def _tracked(self) -> list[tuple[Tensor, MapTarget]]:
+        tracked = [(getattr(m, a, None), t) for m, a, t in self.targets]
+        return [(w, t) for w, t in tracked if isinstance(w, Tensor)]
+
+    @torch._dynamo.disable
+    def _open(self) -> MapCallMode:
+        mode = MapCallMode(self._tracked)
+        mode.__enter__()
+        return mode
+
+
+@torch._dynamo.disable
+def _close(mode: MapCallMode) -> None:
+    mode.__exit__(None, None, None)
+    mode.known.clear()
+    mode.keep.clear()
+    mode.storages.clear()

@@ -1,0 +1,172 @@
+"""Receivers of the linear-map calls found by :mod:`singd_opt.map_calls`.
+
+A :class:`KroneckerTarget` feeds a block chosen when the optimizer is created (the
+weight of a ``Linear``, convolution or ``Embedding`` module, or an embedding tied to
+output projections); a :class:`DeferredTarget` feeds a parameter whose block its
+first use chooses. Each checks that a call is the map its block models
+(:func:`call_role`): a call of another map, or a use that is no linear map at all,
+is reported once with a warning naming the parameter and the function (for a
+deferred parameter not yet decided, that use makes it element-wise).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+from torch import Tensor
+
+from singd_opt.blocks import KroneckerBlock
+from singd_opt.blocks.deferred import DeferredBlock
+from singd_opt.capture import hook_output
+from singd_opt.layers import (
+    ConvGeometry,
+    ConvLayer,
+    EmbeddingLayer,
+    Layer,
+    LinearLayer,
+    TiedEmbeddingLayer,
+    TransposedLinearLayer,
+)
+from singd_opt.map_calls import MapCall
+
+#: ``record(block, input, grad_output)``: hands a call to the optimizer.
+BlockRecordFn = Callable[[KroneckerBlock, Tensor, Tensor], None]
+
+
+def call_role(layer: Layer, call: MapCall) -> str | None:
+    """How ``call`` feeds ``layer``'s curvature: ``"direct"``, ``"swapped"`` or ``None``.
+
+    ``"swapped"`` is the output projection of a tied embedding: its output gradient
+    gives vocabulary-side rows and its input hidden-side rows
+    (:mod:`singd_opt.layers.tied`). ``None``: the call is not the layer's map.
+    """
+    weight = layer.weight
+    if weight is not None and (weight.rows is not None or call.rows[0] != 0):
+        return None
+    if weight is not None and call.rows[1] != weight.param.shape[0]:
+        return None
+    if isinstance(layer, TiedEmbeddingLayer):
+        if call.function == "embedding":
+            return "direct"
+        return "swapped" if call.function == "linear" and not call.transposed else None
+    if isinstance(layer, EmbeddingLayer):
+        return "direct" if call.function == "embedding" else None
+    if isinstance(layer, TransposedLinearLayer):
+        return "direct" if call.function == "linear" and call.transposed else None
+    if isinstance(layer, LinearLayer):
+        return "direct" if call.function == "linear" and not call.transposed else None
+    if isinstance(layer, ConvLayer) and call.function == f"conv{len(layer.geometry.kernel)}d":
+        kernel = layer.geometry.kernel
+        geometry = ConvGeometry.of_call(_Shape(2 + len(kernel), kernel), **call.options)
+        return "direct" if geometry == layer.geometry else None
+    return None
+
+
+class _Shape:
+    """What :meth:`ConvGeometry.of_call` reads of a weight: ``ndim`` and ``shape[2:]``."""
+
+    def __init__(self, ndim: int, kernel: tuple[int, ...]) -> None:
+        self.ndim = ndim
+        self.shape = (0, 0, *kernel)
+
+
+def _hook(call: MapCall, block: KroneckerBlock, role: str, record: BlockRecordFn) -> None:
+    layout = call.layout
+
+    def record_call(x: Tensor, grad_output: Tensor) -> None:
+        if layout is not None:
+            grad_output = layout(grad_output)
+        if role == "swapped":
+            record(block, grad_output, x)
+        else:
+            record(block, x, grad_output)
+
+    hook_output(call.output, call.x, record_call)
+
+
+class KroneckerTarget:
+    """The calls of a parameter whose Kronecker block was chosen at construction."""
+
+    def __init__(self, block: KroneckerBlock, param_name: str, record: BlockRecordFn) -> None:
+        self.block = block
+        self.param_name = param_name
+        self.record = record
+        self.reported: set[str] = set()
+
+    def capture(self, call: MapCall) -> None:
+        """See :meth:`singd_opt.map_calls.MapTarget.capture`."""
+        if not self.block.recording:
+            return
+        role = call_role(self.block.layer, call)
+        if role is None:
+            self.other_use(call.name)
+        else:
+            _hook(call, self.block, role, self.record)
+
+    def other_use(self, name: str) -> None:
+        """See :meth:`singd_opt.map_calls.MapTarget.other_use`: warn once per function."""
+        if name in self.reported:
+            return
+        self.reported.add(name)
+        warnings.warn(
+            f"parameter {self.param_name!r} is also used by {name}, which is not the map "
+            f"of its Kronecker block {self.block.name!r}; that use adds no curvature",
+            stacklevel=2,
+        )
+
+    def active(self) -> bool:
+        """Whether the parameter still needs its calls (always)."""
+        return True
+
+
+class DeferredTarget:
+    """The calls of a parameter whose block is chosen by its first use."""
+
+    def __init__(self, block: DeferredBlock, record: BlockRecordFn) -> None:
+        self.block = block
+        self.record = record
+        self.reported: set[str] = set()
+
+    def capture(self, call: MapCall) -> None:
+        """See :meth:`singd_opt.map_calls.MapTarget.capture`."""
+        block = self.block
+        if not block.recording:
+            return
+        if not block.accepts(call):
+            self.other_use(call.name)
+            return
+        resolved = block.effective  # the Kronecker block the call chose (or an earlier one)
+        layer = getattr(resolved, "layer", None)
+        role = call_role(layer, call) if layer is not None else None
+        if role is None:
+            self.other_use(call.name)
+            return
+        _hook(call, resolved, role, self.record)  # type: ignore[arg-type]
+
+    def other_use(self, name: str) -> None:
+        """See :meth:`singd_opt.map_calls.MapTarget.other_use`.
+
+        Before the choice this makes the parameter element-wise (with a warning);
+        after a Kronecker choice the use is reported once.
+        """
+        block = self.block
+        if block.fall_back(f"it is used by {name}"):
+            warnings.warn(
+                f"parameter {block.name!r} is used by {name}, which SINGD does not model as "
+                "a linear map; it is trained with the element-wise rule",
+                stacklevel=2,
+            )
+            return
+        if name in self.reported or block.effective.kind != "kronecker":
+            return
+        self.reported.add(name)
+        warnings.warn(
+            f"parameter {block.name!r} is also used by {name}, which is not the map of its "
+            "Kronecker block; that use adds no curvature",
+            stacklevel=2,
+        )
+
+    def active(self) -> bool:
+        """Whether the parameter still needs its calls (not once it is element-wise)."""
+        return self.block.effective.kind != "elementwise"
