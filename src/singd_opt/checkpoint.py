@@ -105,6 +105,27 @@ def _count(value: object, name: str) -> int:
     return value
 
 
+#: Name segments that model wrappers add (``torch.compile``, ``DistributedDataParallel``).
+WRAPPER_PREFIXES: tuple[str, ...] = ("_orig_mod.", "module.")
+
+
+def unwrapped_name(name: str) -> str:
+    """Return a block name without the leading segments a model wrapper adds.
+
+    Used when the saved block names differ from the optimizer's: a state saved by an
+    optimizer that named its blocks after a wrapped model (names starting with
+    ``_orig_mod.`` or ``module.``) loads into one built on the bare model (the
+    optimizer unwraps the model it is given, so it names blocks after the bare model).
+    """
+    changed = True
+    while changed:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name, changed = name[len(prefix) :], True
+    return name
+
+
 def validate_block_state(optimizer: Any, state_dict: dict[str, Any]) -> dict[str, Any]:
     """Load-state-dict pre hook: check everything, prepare the blocks' loading.
 
@@ -158,6 +179,8 @@ def validate_block_state(optimizer: Any, state_dict: dict[str, Any]) -> dict[str
     scales = GradScales.validated(entry["grad_scales"])
     blocks = entry["blocks"]
     names = [block.name for block in optimizer.blocks]
+    if isinstance(blocks, dict) and set(blocks) != set(names):
+        blocks = {unwrapped_name(name): value for name, value in blocks.items()}
     if not isinstance(blocks, dict) or set(blocks) != set(names):
         saved = sorted(blocks) if isinstance(blocks, dict) else blocks
         raise ValueError(

@@ -409,23 +409,40 @@ class _Planner:
         return self.plan
 
 
+def _compiled_inner(model: object) -> nn.Module | None:
+    """The module inside a ``torch.compile`` wrapper (``OptimizedModule``), else ``None``."""
+    inner = getattr(model, "_orig_mod", None)
+    if isinstance(model, nn.Module) and isinstance(inner, nn.Module):
+        return inner
+    return None
+
+
 def unwrap_model(model: object) -> tuple[nn.Module, bool]:
     """Return the module to train and whether it came wrapped in ``DistributedDataParallel``.
+
+    ``torch.compile``'s wrapper is unwrapped too (the optimizer names its blocks after
+    the bare model, so states load across the wrapper).
 
     Raises:
         TypeError: For ``DataParallel`` (use ``DistributedDataParallel``) or a
             ``model`` that is not a module.
     """
+    wrapped = False
+    while True:
+        inner = _compiled_inner(model)
+        if inner is None and isinstance(model, DistributedDataParallel):
+            inner, wrapped = model.module, True
+        if inner is None:
+            break
+        model = inner
     if isinstance(model, DataParallel):
         raise TypeError(
             "model: DataParallel is not supported; use DistributedDataParallel or pass "
             "the wrapped module"
         )
-    if isinstance(model, DistributedDataParallel):
-        return model.module, True
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return model, False
+    return model, wrapped
 
 
 def plan_blocks(

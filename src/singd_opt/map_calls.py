@@ -34,6 +34,7 @@ therefore recorded by the functional scopes of :mod:`singd_opt.capture`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -139,11 +140,18 @@ class MapCallMode(TorchFunctionMode):
         lookup: Returns ``(tensor, target)`` for every tracked parameter, as the
             tensors are now; called at the start and again when a parameter that is
             not known appears (FSDP2 swaps in the gathered weights module by module).
+        batch: The batch size of the model's input (its first tensor argument), or
+            ``None``. A linear map applied to a flattened ``(batch * positions, d)``
+            input is recorded as ``(batch, positions, d)``, so that its loss terms and
+            ``"reduce"`` averages are those of the same map on the unflattened input.
     """
 
-    def __init__(self, lookup: Callable[[], list[tuple[Tensor, MapTarget]]]) -> None:
+    def __init__(
+        self, lookup: Callable[[], list[tuple[Tensor, MapTarget]]], batch: int | None = None
+    ) -> None:
         super().__init__()
         self.lookup = lookup
+        self.batch = batch
         self.known: dict[int, _Tracked] = {}
         self.keep: list[Tensor] = []  # derived tensors stay alive while their ids are known
         self.storages: dict[int, list[_Tracked]] = {}
@@ -264,10 +272,18 @@ class MapCallMode(TorchFunctionMode):
         found = self.match(weight)
         if found is not None and isinstance(x, Tensor):
             entry, rows = found
+            x, layout = self._unflattened(x)
             entry.target.capture(
-                MapCall("linear", entry.transposed, rows, x, output, bias, name="linear")
+                MapCall("linear", entry.transposed, rows, x, output, bias, layout, name="linear")
             )
         self._others(functional.linear, (x, bias), {})
+
+    def _unflattened(self, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor] | None]:
+        """``x`` as ``(batch, positions, d)`` if it is a flattened ``(batch * positions, d)``."""
+        batch = self.batch
+        if batch is None or x.ndim != 2 or x.shape[0] == batch or x.shape[0] % batch:
+            return x, None
+        return x.unflatten(0, (batch, -1)), functools.partial(_unflatten_rows, batch=batch)
 
     def _addmm(
         self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Tensor
@@ -289,8 +305,10 @@ class MapCallMode(TorchFunctionMode):
             entry, rows = found_right
             if isinstance(left, Tensor) and left.ndim >= 1:
                 # x @ P: the parameter P is (d_in, d_out), i.e. W = P^T
+                x, layout = self._unflattened(left)
+                transposed = not entry.transposed
                 entry.target.capture(
-                    MapCall("linear", not entry.transposed, rows, left, output, bias, name=name)
+                    MapCall("linear", transposed, rows, x, output, bias, layout, name=name)
                 )
                 self._others(func, (bias,), {})
                 return
@@ -341,6 +359,10 @@ def _storage(t: Tensor) -> int | None:
         return None
 
 
+def _unflatten_rows(t: Tensor, batch: int) -> Tensor:
+    return t.unflatten(0, (batch, -1))
+
+
 def _last_two_swapped(t: Tensor) -> Tensor:
     return t.mT
 
@@ -376,9 +398,9 @@ class MapCapture:
             return []
         model, modes = self.model, self._modes
 
-        def enter(called: nn.Module, args: Any) -> None:
+        def enter(called: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
             if called is model and torch.is_grad_enabled() and self.is_recording():
-                modes.append(self._open())
+                modes.append(self._open(args, kwargs))
             else:
                 modes.append(None)
 
@@ -388,7 +410,7 @@ class MapCapture:
                 _close(mode)
 
         self.handles = [
-            model.register_forward_pre_hook(enter),
+            model.register_forward_pre_hook(enter, with_kwargs=True),
             model.register_forward_hook(exit_, always_call=True),
         ]
         return self.handles
@@ -406,8 +428,11 @@ class MapCapture:
         return [(w, t) for w, t in tracked if isinstance(w, Tensor)]
 
     @torch._dynamo.disable
-    def _open(self) -> MapCallMode:
-        mode = MapCallMode(self._tracked)
+    def _open(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> MapCallMode:
+        first = next(
+            (v for v in (*args, *kwargs.values()) if isinstance(v, Tensor) and v.ndim > 0), None
+        )
+        mode = MapCallMode(self._tracked, first.shape[0] if first is not None else None)
         mode.__enter__()
         return mode
 

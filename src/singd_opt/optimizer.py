@@ -78,7 +78,8 @@ class SINGD(BlockViews, Optimizer):
         SUPPORTED_LOSS_AVERAGE: The valid values of ``loss_average``.
         blocks: The preconditioner blocks, in the order of the model's modules.
         module_names: Layer modules of the Kronecker blocks and their block names.
-        parameter_names: The model's names of the parameters, by ``id``.
+        parameter_names: The model's names of the parameters, by ``id`` (the names of a
+            shared parameter joined by ``" = "``).
         steps: Number of steps taken (skipped steps do not count).
         skipped_steps: Number of steps skipped because something was not finite.
         hook_handles: Handles of the recording hooks installed on the model.
@@ -216,9 +217,10 @@ class SINGD(BlockViews, Optimizer):
         self._constructed = True
         self.blocks: list[PreconditionerBlock] = plan.blocks
         self.module_names: dict[nn.Module, str] = plan.module_names
-        self.parameter_names: dict[int, str] = {
-            id(param): name for name, param in model.named_parameters(remove_duplicate=False)
-        }
+        self.parameter_names: dict[int, str] = {}
+        for name, param in model.named_parameters(remove_duplicate=False):
+            known = self.parameter_names.get(id(param))
+            self.parameter_names[id(param)] = name if known is None else f"{known} = {name}"
         self.steps: int = 0
         self.skipped_steps: int = 0
         self.skip_nonfinite = skip_nonfinite

@@ -1,0 +1,161 @@
+"""Real models (Hugging Face ``transformers``, built from small configs, no downloads).
+
+Every weight matrix of their transformer blocks, and the embeddings (tied to the output
+layer or not), get a Kronecker block; nothing falls back without a warning; and
+GPT-2's ``Conv1D`` (``torch.addmm`` with a ``(d_in, d_out)`` weight) trains exactly
+like an ``nn.Linear`` holding the transposed weight.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+from singd_opt import SINGD
+
+transformers = pytest.importorskip("transformers")
+
+VOCABULARY, WIDTH = 48, 16
+
+
+def gpt2() -> nn.Module:
+    config = transformers.GPT2Config(
+        vocab_size=VOCABULARY, n_positions=16, n_embd=WIDTH, n_layer=2, n_head=2
+    )
+    return transformers.GPT2LMHeadModel(config)
+
+
+def llama() -> nn.Module:
+    config = transformers.LlamaConfig(
+        vocab_size=VOCABULARY,
+        hidden_size=WIDTH,
+        intermediate_size=2 * WIDTH,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=16,
+        tie_word_embeddings=True,
+    )
+    return transformers.LlamaForCausalLM(config)
+
+
+def bert() -> nn.Module:
+    config = transformers.BertConfig(
+        vocab_size=VOCABULARY,
+        hidden_size=WIDTH,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=2 * WIDTH,
+        max_position_embeddings=16,
+    )
+    return transformers.BertForMaskedLM(config)
+
+
+MODELS: dict[str, tuple[Callable[[], nn.Module], str, str]] = {
+    # builder, the container of the transformer blocks, the tied pair
+    "gpt2": (gpt2, "transformer.h.", "transformer.wte+lm_head"),
+    "llama": (llama, "model.layers.", "model.embed_tokens+lm_head"),
+    "bert": (
+        bert,
+        "bert.encoder.layer.",
+        "bert.embeddings.word_embeddings+cls.predictions.decoder",
+    ),
+}
+
+
+def _train(model: nn.Module, optimizer: SINGD, steps: int, same_batch: bool = False) -> list[float]:
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, VOCABULARY, (2, 8), generator=generator)
+    losses = []
+    for _ in range(steps):
+        if not same_batch:
+            ids = torch.randint(0, VOCABULARY, (2, 8), generator=generator)
+        optimizer.zero_grad()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_weight_matrix_gets_a_kronecker_block(name: str) -> None:
+    build, blocks_prefix, tied = MODELS[name]
+    torch.manual_seed(0)
+    model = build()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        optimizer = SINGD(model, lr=1e-3, T=1)
+        _train(model, optimizer, steps=2)
+    ours = [str(w.message) for w in caught if "singd_opt" in w.filename]
+    assert ours == []  # nothing fell back (a fallback warns, naming the parameter)
+    kronecker = {
+        id(rows.param)
+        for block in optimizer.blocks
+        if block.effective.kind == "kronecker"
+        for rows in block.effective.params
+    }
+    in_blocks = [p for n, p in model.named_parameters() if n.startswith(blocks_prefix)]
+    matrices = [p for p in in_blocks if p.ndim >= 2]
+    assert len(matrices) >= 8 and all(id(p) in kronecker for p in matrices)
+    missing = [n for n, p in model.named_parameters() if p.ndim >= 2 and id(p) not in kronecker]
+    assert missing == []
+    total = sum(p.numel() for p in model.parameters())
+    covered = sum(p.numel() for p in model.parameters() if id(p) in kronecker)
+    assert covered / total >= 0.95, covered / total
+    assert tied in optimizer.Ks  # input and output embedding share one block
+    assert optimizer.Ks[tied].shape[0] == VOCABULARY
+    assert type(optimizer.Ks[tied]).__name__ == "Diagonal"
+
+
+def _linear_twin(model: nn.Module) -> nn.Module:
+    """The model with every ``Conv1D`` replaced by an ``nn.Linear`` of the transposed weight."""
+    from transformers.pytorch_utils import Conv1D
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, Conv1D):
+            linear = nn.Linear(*module.weight.shape, dtype=module.weight.dtype)
+            with torch.no_grad():
+                linear.weight.copy_(module.weight.T)
+                linear.bias.copy_(module.bias)
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, linear)
+    return model
+
+
+def test_gpt2_conv1d_trains_like_its_linear_twin() -> None:
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    model = gpt2().to(torch.float64).eval()  # eval: no dropout
+    twin = gpt2().to(torch.float64).eval()
+    twin.load_state_dict(model.state_dict())
+    twin = _linear_twin(twin)
+    assert not any(isinstance(m, Conv1D) for m in twin.modules())
+    config = {"lr": 0.05, "lr_cov": 0.1, "damping": 1e-3, "T": 2, "loss_average": "batch"}
+    optimizer, twin_optimizer = SINGD(model, **config), SINGD(twin, **config)
+    with torch.enable_grad():
+        losses = _train(model, optimizer, steps=4, same_batch=True)
+        twin_losses = _train(twin, twin_optimizer, steps=4, same_batch=True)
+    assert losses[-1] < losses[0]
+    torch.testing.assert_close(losses, twin_losses, rtol=1e-12, atol=1e-12)
+    conv_blocks = 0
+    for name, module in model.named_modules():
+        if isinstance(module, Conv1D):
+            linear = twin.get_submodule(name)
+            torch.testing.assert_close(module.weight.T, linear.weight, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(module.bias, linear.bias, rtol=1e-12, atol=1e-12)
+            pairs = ((optimizer.Ks, twin_optimizer.Ks), (optimizer.Cs, twin_optimizer.Cs))
+            for ours, theirs in pairs:
+                torch.testing.assert_close(
+                    ours[f"{name}.weight"].to_dense(),
+                    theirs[name].to_dense(),
+                    rtol=1e-12,
+                    atol=1e-12,
+                )
+            conv_blocks += 1
+    assert conv_blocks == 8  # c_attn, c_proj, c_fc, mlp.c_proj in two blocks
