@@ -90,7 +90,7 @@ def _name(func: Any) -> str:
     module = getattr(func, "__module__", None) or ""
     if module.startswith("torch.nn.functional") or module == "torch._C._nn":
         return f"torch.nn.functional.{name}"
-    if module == "torch":
+    if module.startswith("torch"):
         return f"torch.{name}"
     return f"Tensor.{name}"
 

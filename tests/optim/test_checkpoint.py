@@ -184,3 +184,31 @@ def test_bad_state_dict_changes_nothing() -> None:
             if isinstance(matrix, dict):
                 for tname, tensor in matrix["tensors"].items():
                     assert torch.equal(blocks(after)[name][key]["tensors"][tname], tensor)
+
+
+def test_a_checkpoint_loads_across_the_compile_wrapper() -> None:
+    """Blocks are named after the bare model, with or without ``torch.compile``'s wrapper."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2))
+    optimizer = SINGD(model, T=1)
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(torch.randn(3, 4)).square().sum().backward()
+        optimizer.step()
+    state = optimizer.state_dict()
+    copy_ = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2))
+    compiled = torch.compile(copy_, backend="eager")
+    resumed = SINGD(compiled, T=1)
+    assert [b.name for b in resumed.blocks] == [b.name for b in optimizer.blocks]
+    resumed.load_state_dict(state)
+    assert resumed.steps == 2
+    for name, K in optimizer.Ks.items():
+        torch.testing.assert_close(resumed.Ks[name].to_dense(), K.to_dense())
+    # a state whose block names carry a wrapper's prefix loads as well
+    prefixed = copy.deepcopy(state)
+    entry = next(v for v in prefixed.values() if isinstance(v, dict) and "blocks" in v)
+    entry["blocks"] = {f"_orig_mod.{name}": value for name, value in entry["blocks"].items()}
+    again = SINGD(nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2)), T=1)
+    again.load_state_dict(prefixed)
+    for name, C in optimizer.Cs.items():
+        torch.testing.assert_close(again.Cs[name].to_dense(), C.to_dense())

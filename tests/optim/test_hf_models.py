@@ -159,3 +159,52 @@ def test_gpt2_conv1d_trains_like_its_linear_twin() -> None:
                 )
             conv_blocks += 1
     assert conv_blocks == 8  # c_attn, c_proj, c_fc, mlp.c_proj in two blocks
+
+
+def _compiled_run(
+    build: Callable[[], nn.Module], use_singd: bool, steps: int
+) -> tuple[list[int], int, float]:
+    """Graphs after each step, graph breaks, and the largest compiled-eager loss gap."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    model, twin = build().eval(), build().eval()  # eval: no dropout
+    twin.load_state_dict(model.state_dict())
+
+    def make(net: nn.Module) -> torch.optim.Optimizer:
+        if use_singd:
+            return SINGD(net, lr=1e-3, T=3)
+        return torch.optim.AdamW(net.parameters(), lr=1e-3)
+
+    optimizer, twin_optimizer = make(model), make(twin)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, backend="eager")
+    generator = torch.Generator().manual_seed(0)
+    graphs, gap = [], 0.0
+    try:
+        for _ in range(steps):
+            ids = torch.randint(0, VOCABULARY, (2, 8), generator=generator)
+            losses = []
+            for net, opt in ((compiled, optimizer), (twin, twin_optimizer)):
+                opt.zero_grad()
+                with torch.enable_grad():
+                    loss = net(input_ids=ids, labels=ids).loss
+                    loss.backward()
+                opt.step()
+                losses.append(loss.item())
+            gap = max(gap, abs(losses[0] - losses[1]))
+            graphs.append(counters["stats"]["unique_graphs"])
+        return graphs, sum(counters["graph_break"].values()), gap
+    finally:
+        torch._dynamo.reset()
+
+
+def test_compiled_model_has_the_graphs_of_adamw() -> None:
+    """Llama-style (the GPT-2-style figures are in ``benchmarks/compile_graphs.py``)."""
+    adamw_graphs, adamw_breaks, _ = _compiled_run(llama, use_singd=False, steps=2)
+    graphs, breaks, gap = _compiled_run(llama, use_singd=True, steps=5)  # T = 3
+    assert graphs[-1] <= adamw_graphs[-1] + 1
+    assert breaks <= adamw_breaks + 1
+    assert graphs[-1] == graphs[2]  # no recompilation after the third step
+    assert gap < 1e-5  # float32 losses of the compiled and the eager model
