@@ -6,7 +6,7 @@ layer norm, head; batch 16, 64 positions, width 128) runs forward and backward
 - without any optimizer hooks,
 - with SINGD's hooks on a step that does not record curvature (``T = 2``, odd step),
 - with SINGD's hooks on a recording step whose blocks discard what they receive (the
-  cost of the capture itself: module hooks, tensor hooks, and the functional scope of
+  cost of the capture itself: the torch function mode, tensor hooks, and the functional scope of
   the attention that intercepts its projections),
 - with SINGD's hooks on a recording step (capture and the curvature terms),
 
@@ -85,10 +85,12 @@ def main(argv: list[str] | None = None) -> None:
         times["no hooks"].append(forward_backward(plain, tokens))
         for block in optimizer.blocks:
             block.recording = False
+        optimizer._recording_any = False  # the flag the model's forward pre-hook reads
         hooked.zero_grad()
         times["not recording"].append(forward_backward(hooked, tokens))
         for block in optimizer.blocks:
             block.recording = True
+        optimizer._recording_any = True
         for block in kronecker:
             block.record = lambda *args, **kwargs: None  # type: ignore[method-assign]
         hooked.zero_grad()

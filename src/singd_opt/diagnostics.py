@@ -11,8 +11,9 @@ one-off change (loading a checkpoint into the model) does not.
 **Skipped steps.** :func:`report_skipped_step` reports the steps the optimizer
 skips, sparsely.
 
-**Unrecorded layers.** A Kronecker block whose weight is used neither through its
-module nor through ``torch.nn.functional`` records no curvature, so its ``K`` and ``C``
+**Unrecorded layers.** A Kronecker block whose weight no forward pass of the
+optimizer's model uses as a linear map (a layer called outside that model's forward
+pass) records no curvature, so its ``K`` and ``C``
 would silently stay the identity. :func:`warn_unrecorded` names such blocks (once)
 at their first update step.
 """
@@ -88,8 +89,8 @@ def warn_unrecorded(blocks: Iterable[PreconditionerBlock], warned: set[str]) -> 
         warned.update(missing)
         warnings.warn(
             f"no curvature was recorded for {missing} before their first preconditioner "
-            "update (their K and C stay the identity until it is); the weight is not "
-            "used through its module or through torch.nn.functional",
+            "update (their K and C stay the identity until it is); no forward pass of the "
+            "optimizer's model used the weight as a linear map",
             stacklevel=5,
         )
 

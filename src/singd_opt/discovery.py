@@ -4,21 +4,25 @@ With ``train_all_parameters=True`` (the default) every parameter in the groups g
 block:
 
 - the weight (and bias) of a :class:`~torch.nn.Linear`, ``Conv1d/2d/3d`` or
-  :class:`~torch.nn.Embedding` module: a Kronecker block, recorded by a module hook
-  (a weight shared by several modules of the same kind, with the same bias, is one
-  block recording all of their calls);
+  :class:`~torch.nn.Embedding` module: a Kronecker block, recorded from every call of
+  the weight as that map (:mod:`singd_opt.map_calls`; a weight shared by several
+  modules of the same kind, with the same bias, is one block recording all of them);
+- an embedding whose weight ``Linear`` modules share (tied input and output
+  embeddings): one Kronecker block for the lookups and the projections
+  (:mod:`singd_opt.layers.tied`), named after all the modules (``"wte+lm_head"``);
 - the projections of a :class:`~torch.nn.MultiheadAttention`: one Kronecker block for
   each of query, key, value (rows of ``in_proj_weight`` and ``in_proj_bias``, or the
   separate ``q_proj_weight``, ... ) and the output projection, recorded through the
   attention's functional calls;
 - any other parameter with two or more dimensions: a
-  :class:`~singd_opt.blocks.deferred.DeferredBlock` (Kronecker if the module that owns
-  it uses it as the weight of a functional linear map, convolution or embedding,
-  element-wise otherwise). The weights of recurrent layers (``nn.LSTM``, ``nn.GRU``,
-  ``nn.RNN``) go to a fused kernel, not to ``functional.linear``, so they are trained
-  by the element-wise rule;
-- everything else (normalisation scales and shifts, biases of custom modules,
-  parameters not in the model, weights shared between maps of different kinds): an
+  :class:`~singd_opt.blocks.deferred.DeferredBlock`, Kronecker if the forward pass
+  uses it as the matrix of a linear map (``linear``, ``addmm``, ``matmul``, ``@``,
+  ``conv*d``, ``embedding``; the module's own ``bias`` joins the block when the call
+  adds it, as Hugging Face's ``Conv1D`` does), element-wise otherwise, with a warning
+  naming the parameter and the function that used it (the weights of recurrent layers
+  go to a fused kernel and are reported as not used as a linear map);
+- everything else (normalisation scales and shifts, biases, parameters not in the
+  model, weights shared between maps of different kinds, with a warning): an
   element-wise block.
 
 With ``train_all_parameters=False`` (the reference's behaviour) only the weights and

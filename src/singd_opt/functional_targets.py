@@ -1,4 +1,4 @@
-"""Receivers of functional calls: attention projections and parameters of custom modules.
+"""Receivers of functional calls: the projections of attention layers.
 
 See :mod:`singd_opt.capture` for how functional calls are intercepted.
 :class:`~torch.nn.MultiheadAttention` projects query, key and value with the rows
@@ -20,7 +20,6 @@ from typing import Any
 from torch import Tensor
 
 from singd_opt.blocks import KroneckerBlock
-from singd_opt.blocks.deferred import DeferredBlock
 from singd_opt.capture import FunctionalCall, hook_output
 
 #: ``record(block, input, grad_output)``: hands a call to the optimizer.
@@ -97,20 +96,3 @@ class ProjectionTarget:
                 record(part.block, x, grad_output[..., part.start - first : part.stop - first])
 
         hook_output(call.output, call.x, record_parts)
-
-
-class DeferredTarget:
-    """The functional calls of a parameter whose block is chosen by its first use."""
-
-    def __init__(self, block: DeferredBlock, record: BlockRecordFn) -> None:
-        self.block = block
-        self.record = record
-
-    def capture(self, call: FunctionalCall) -> None:
-        """Record the call if it is (or makes the parameter) a Kronecker block's map."""
-        if not self.block.recording or not self.block.accepts(call):
-            return
-        resolved = self.block.resolved
-        assert isinstance(resolved, KroneckerBlock)
-        record = self.record
-        hook_output(call.output, call.x, lambda x, g: record(resolved, x, g))
