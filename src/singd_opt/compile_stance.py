@@ -10,7 +10,9 @@ previous :meth:`~singd_opt.SINGD.step` to the end of the recording one, and rest
 the stance found before afterwards. The compiled graphs are therefore those of the
 model alone: no graph, graph break or recompilation is added, and the other steps run
 them unchanged. The cost is an eager forward and backward pass every ``T`` steps.
-While the stance is set, every compiled function of the process runs eagerly.
+While the stance is set, every compiled function of the process runs eagerly; it is
+restored when no optimizer's next step records, when the optimizer's hooks are removed
+(:meth:`~singd_opt.SINGD.remove_hooks`) or when the optimizer is deleted.
 """
 
 from __future__ import annotations
@@ -37,14 +39,21 @@ def eager_while_recording(owner: object, eager: bool) -> None:
     one releases it, the stance found before is restored.
     """
     if eager:
+        if owner in _eager_owners:
+            return
         if not _eager_owners:
             _saved[:] = [_current_stance()]
             torch.compiler.set_stance("force_eager")
         _eager_owners.add(owner)
+        weakref.finalize(owner, _restore_if_unowned)  # an optimizer deleted mid-schedule
         return
-    if owner not in _eager_owners:
-        return
-    _eager_owners.discard(owner)
+    if owner in _eager_owners:
+        _eager_owners.discard(owner)
+        _restore_if_unowned()
+
+
+def _restore_if_unowned() -> None:
+    """Restore the saved stance when no (living) owner asks for eager execution."""
     if not _eager_owners and _saved:
         stance = _saved.pop()
         torch.compiler.set_stance(
@@ -52,3 +61,4 @@ def eager_while_recording(owner: object, eager: bool) -> None:
             skip_guard_eval_unsafe=stance.skip_guard_eval_unsafe,
             force_backend=stance.backend,
         )
+
