@@ -41,7 +41,7 @@ def eager_while_recording(owner: object, eager: bool) -> None:
     if eager:
         if owner in _eager_owners:
             return
-        if not _eager_owners:
+        if next(iter(_eager_owners), None) is None:
             _saved[:] = [_current_stance()]
             torch.compiler.set_stance("force_eager")
         _eager_owners.add(owner)
@@ -54,7 +54,8 @@ def eager_while_recording(owner: object, eager: bool) -> None:
 
 def _restore_if_unowned() -> None:
     """Restore the saved stance when no (living) owner asks for eager execution."""
-    if not _eager_owners and _saved:
+    living = next(iter(_eager_owners), None)  # iteration skips owners being deleted
+    if living is None and _saved:
         stance = _saved.pop()
         torch.compiler.set_stance(
             stance.stance,
