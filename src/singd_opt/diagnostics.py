@@ -24,7 +24,7 @@ from collections.abc import Iterable
 
 from torch import nn
 
-from singd_opt.blocks import KroneckerBlock, PreconditionerBlock
+from singd_opt.blocks import PreconditionerBlock
 
 
 class ForeignUpdateWatch:
@@ -66,24 +66,13 @@ class ForeignUpdateWatch:
 
 
 def warn_unrecorded(blocks: Iterable[PreconditionerBlock], warned: set[str]) -> None:
-    """Warn once about Kronecker blocks that have a gradient but never recorded curvature.
+    """Warn once about blocks that have a gradient but never recorded curvature.
 
     Args:
-        blocks: The blocks, their ``recording`` flags set for the current step.
+        blocks: The blocks doing this step's work, their ``recording`` flags set.
         warned: Names already reported (updated in place).
     """
-    missing = []
-    for block in blocks:
-        inner = block.effective
-        if (
-            isinstance(inner, KroneckerBlock)
-            and block.recording
-            and not inner.updated
-            and not inner.has_curvature()
-            and inner.name not in warned
-            and any(rows.param.grad is not None for rows in inner.layer.params)
-        ):
-            missing.append(inner.name)
+    missing = [b.name for b in blocks if b.name not in warned and b.lacks_curvature()]
     if missing:
         warned.update(missing)
         warnings.warn(

@@ -19,12 +19,12 @@ from typing import Any
 
 from torch import Tensor
 
-from singd_opt.blocks import KroneckerBlock
+from singd_opt.blocks import PreconditionerBlock
 from singd_opt.blocks.deferred import DeferredBlock
 from singd_opt.capture import FunctionalCall, hook_output
 
 #: ``record(block, input, grad_output)``: hands a call to the optimizer.
-BlockRecordFn = Callable[[KroneckerBlock, Tensor, Tensor], None]
+BlockRecordFn = Callable[[PreconditionerBlock, Tensor, Tensor], None]
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class ProjectionPart:
 
     start: int
     stop: int
-    block: KroneckerBlock
+    block: PreconditionerBlock
 
 
 class AttentionLayout:
@@ -108,9 +108,8 @@ class DeferredTarget:
 
     def capture(self, call: FunctionalCall) -> None:
         """Record the call if it is (or makes the parameter) a Kronecker block's map."""
-        if not self.block.recording or not self.block.accepts(call):
+        recipient = self.block.recipient(call)
+        if recipient is None:
             return
-        resolved = self.block.resolved
-        assert isinstance(resolved, KroneckerBlock)
         record = self.record
-        hook_output(call.output, call.x, lambda x, g: record(resolved, x, g))
+        hook_output(call.output, call.x, lambda x, g: record(recipient, x, g))

@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import Tensor
 
-from singd_opt.blocks import KroneckerBlock, PreconditionerBlock
+from singd_opt.blocks import PreconditionerBlock
 
 
 def state_bytes(tensors: list[Tensor], seen: set[int] | None = None) -> int:
@@ -52,21 +52,14 @@ def describe_blocks(optimizer: Any) -> str:
     total = 0
     seen: set[int] = set()
     for block in optimizer.blocks:
-        effective = block.effective
-        if isinstance(effective, KroneckerBlock):
-            dim_K, dim_C = effective.layer.dim_K, effective.layer.dim_C
-            structure_K, structure_C = effective.structures
-            kind = f"kronecker ({type(effective.layer).__name__})"
-            preconditioner = f"K {structure_K} {dim_K}, C {structure_C} {dim_C}"
-        else:
-            kind = effective.kind
-            preconditioner = "diagonal second moment" if kind == "elementwise" else "undecided"
+        summary = block.describe()
+        kind, preconditioner = summary["kind"], summary["preconditioner"]
         momenta = [
             optimizer.state[rows.param]["momentum_buffer"]
             for rows in block.params
             if "momentum_buffer" in optimizer.state.get(rows.param, {})
         ]
-        size = state_bytes(effective.state_tensors() + momenta, seen)
+        size = state_bytes(block.state_tensors() + momenta, seen)
         total += size
         rows.append((block.name, kind, preconditioner, _parameters(block, names), f"{size:,}"))
     rows.append(("total", "", "", "", f"{total:,}"))
@@ -85,7 +78,7 @@ def total_state_bytes(optimizer: Any) -> int:
     Every block's state (cached products included) and the per-parameter state
     (momentum buffers).
     """
-    tensors = [t for block in optimizer.blocks for t in block.effective.state_tensors()]
+    tensors = [t for block in optimizer.blocks for t in block.state_tensors()]
     for param_state in optimizer.state.values():
         tensors.extend(v for v in param_state.values() if isinstance(v, Tensor))
     return state_bytes(tensors)

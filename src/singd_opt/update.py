@@ -24,8 +24,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from singd_opt.blocks import ElementwiseBlock, PreconditionerBlock, Proposal
-from singd_opt.distributed.sharding import is_sharded, local_tensor, shard_like
+from singd_opt.blocks import PreconditionerBlock, Proposal
+from singd_opt.sharding import is_sharded, local_tensor, shard_like
 
 
 def all_finite(tensors: Sequence[Tensor]) -> Tensor:
@@ -51,13 +51,6 @@ def all_finite(tensors: Sequence[Tensor]) -> Tensor:
     return torch.stack(
         [t.isfinite().all().cpu() for group in by_dtype.values() for t in group]
     ).all()
-
-
-def _learning_rate(block: PreconditionerBlock, group: Mapping[str, Any]) -> float:
-    elementwise_lr = group.get("elementwise_lr")
-    if elementwise_lr is not None and isinstance(block.effective, ElementwiseBlock):
-        return float(elementwise_lr)
-    return group["lr"]
 
 
 def clip_directions(directions: list[Tensor], max_rms: float) -> None:
@@ -106,7 +99,7 @@ def apply_directions(
         max_rms = group.get("max_update_rms")
         if max_rms is not None:
             clip_directions([d for _, d in proposal.directions], max_rms)
-        lr = _learning_rate(block, group)
+        lr = block.learning_rate(group)
         for rows, direction in proposal.directions:
             if rows.rows is None:
                 apply_update(optimizer, rows.param, direction, group, lr)

@@ -83,82 +83,94 @@ def _layer_from_spec(param: ParameterRows, spec: object, what: str) -> Layer:
 class DeferredBlock(PreconditionerBlock):
     """A parameter whose block (Kronecker or element-wise) is chosen by its first use.
 
-    Attributes:
-        resolved: The chosen block, ``None`` until the choice is made.
+    The first recorded functional call that fits a linear map chooses a
+    :class:`KroneckerBlock` of that map, which records the call. At the block's first
+    step (:meth:`for_step`) a parameter no call has used gets an
+    :class:`ElementwiseBlock`. The choice does the step's work and takes this block's
+    place in the optimizer once the step is taken; a skipped step forgets it
+    (:meth:`drop_curvature`), so the next step chooses again. This block stays the
+    :attr:`~PreconditionerBlock.origin` of its choice: it saves and loads the choice's
+    state with the chosen map.
     """
 
     kind = "deferred"
+    splittable = True  # its choice may be a Kronecker block
 
     def __init__(
         self, name: str, param: ParameterRows, group_index: int, group: Mapping[str, Any]
     ) -> None:
         super().__init__(name, (param,), group_index)
         self._group = group
-        self.resolved: PreconditionerBlock | None = None
+        self._choice: PreconditionerBlock | None = None
 
-    @property
-    def effective(self) -> PreconditionerBlock:
-        """The chosen block, or this one while the choice is open."""
-        return self.resolved if self.resolved is not None else self
-
-    def _resolve(self, block: PreconditionerBlock) -> None:
-        self.resolved = block
+    def _adopt(self, block: PreconditionerBlock) -> PreconditionerBlock:
+        block.origin = self
+        block.recording = self.recording
+        self._choice = block
+        return block
 
     # ---------------------------------------------------------------- capture
-    def accepts(self, call: FunctionalCall) -> bool:
-        """Whether ``call`` is a use of the Kronecker block (choosing it on a first use).
+    def recipient(self, call: FunctionalCall) -> PreconditionerBlock | None:
+        """The block that records ``call`` now, choosing a Kronecker block on a first use.
 
-        The first call whose weight is the whole parameter and fits a linear map,
-        convolution or embedding chooses a Kronecker block of that map.
+        The first call on a recording step whose weight is the whole parameter and
+        fits a linear map, convolution or embedding chooses a Kronecker block of that
+        map. ``None`` when the call is not recorded (no fitting map, not recording, or
+        the parameter went to the element-wise rule).
         """
         (param,) = self.params
-        if self.resolved is None:
-            if call.rows != (0, param.value.shape[0]):
-                return False
+        choice = self._choice
+        if choice is None:
+            if not self.recording or call.rows != (0, param.value.shape[0]):
+                return None
             layer = layer_of_call(param, call.function, call.options)
             if layer is None:
-                return False
-            self._resolve(KroneckerBlock(self.name, layer, self.group_index, self._group))
-        return isinstance(self.resolved, KroneckerBlock)
+                return None
+            choice = self._adopt(KroneckerBlock(self.name, layer, self.group_index, self._group))
+        if isinstance(choice, KroneckerBlock) and choice.recording:
+            return choice
+        return None
 
-    # ------------------------------------------------------------- delegation
+    # ------------------------------------------------------------------ step
+    def for_step(self) -> PreconditionerBlock:
+        """The chosen block; the element-wise one if no call has chosen a Kronecker block."""
+        if self._choice is None:
+            return self._adopt(ElementwiseBlock(self.name, self.params[0], self.group_index))
+        return self._choice
+
     def has_curvature(self) -> bool:
         """See :meth:`PreconditionerBlock.has_curvature`."""
-        return self.resolved is not None and self.resolved.has_curvature()
-
-    def curvature_tensors(self) -> list[Tensor]:
-        """See :meth:`PreconditionerBlock.curvature_tensors`."""
-        return self.resolved.curvature_tensors() if self.resolved is not None else []
+        return self._choice is not None and self._choice.has_curvature()
 
     def drop_curvature(self) -> None:
-        """See :meth:`PreconditionerBlock.drop_curvature`."""
-        if self.resolved is not None:
-            self.resolved.drop_curvature()
-
-    def resolve_unused(self) -> PreconditionerBlock:
-        """Choose the element-wise block if no call chose a Kronecker one; return the choice."""
-        if self.resolved is None:
-            self._resolve(ElementwiseBlock(self.name, self.params[0], self.group_index))
-        assert self.resolved is not None
-        return self.resolved
+        """Forget this step's choice with its curvature (the choice stays open)."""
+        self._choice = None
 
     def propose(self, group: Mapping[str, Any], context: StepContext) -> Proposal:
-        """See :meth:`PreconditionerBlock.propose`."""
-        return self.resolve_unused().propose(group, context)
+        """The proposal of :meth:`for_step`'s block, which replaces this one once taken."""
+        choice = self.for_step()
+        proposal = choice.propose(group, context)
+        proposal.replacement = choice
+        return proposal
 
+    # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         """See :meth:`PreconditionerBlock.state_dict`; the chosen map is saved as ``layer``."""
-        if self.resolved is None:
+        choice = self._choice
+        if choice is None:
             return {"kind": self.kind}
-        state = self.resolved.state_dict()
-        if isinstance(self.resolved, KroneckerBlock):
-            state["layer"] = _layer_spec(self.resolved.layer)
+        state = choice.state_dict()
+        if isinstance(choice, KroneckerBlock):
+            state["layer"] = _layer_spec(choice.layer)
         return state
 
     def load_state_dict(
         self, state: Mapping[str, Any], group: Mapping[str, Any]
-    ) -> Callable[[], None]:
-        """See :meth:`PreconditionerBlock.load_state_dict`."""
+    ) -> Callable[[], PreconditionerBlock]:
+        """See :meth:`PreconditionerBlock.load_state_dict`.
+
+        The returned function gives the loaded choice (or this block, undecided).
+        """
         what = f"state_dict: block {self.name!r}"
         kind = state.get("kind")
         (param,) = self.params
@@ -174,21 +186,28 @@ class DeferredBlock(PreconditionerBlock):
             raise ValueError(f"{what} has an unknown kind {kind!r}")
         load_block = block.load_state_dict(state, group) if block is not None else None
 
-        def load() -> None:
-            if load_block is not None and block is not None:
-                load_block()
-                self._resolve(block)
-            else:
-                self.resolved = None
+        def load() -> PreconditionerBlock:
+            if load_block is None:
+                self._choice = None
+                return self
+            return self._adopt(load_block())
 
         return load
 
     def state_tensors(self) -> list[Tensor]:
         """See :meth:`PreconditionerBlock.state_tensors`."""
-        return self.resolved.state_tensors() if self.resolved is not None else []
+        return self._choice.state_tensors() if self._choice is not None else []
+
+    def cost(self) -> float:
+        """The cost of a dense Kronecker block of the parameter's rows and columns."""
+        rows = self.params[0].value
+        dim_C, dim_K = rows.shape[0], rows[0].numel()
+        return 2.0 * (dim_K**3 + dim_C**3) + 2.0 * dim_C * dim_K * (dim_K + dim_C)
 
     def describe(self) -> dict[str, Any]:
         """See :meth:`PreconditionerBlock.describe`."""
-        if self.resolved is None:
-            return {"kind": self.kind, "shape": tuple(self.params[0].value.shape)}
-        return self.resolved.describe()
+        return {
+            "kind": self.kind,
+            "preconditioner": "undecided",
+            "shape": tuple(self.params[0].value.shape),
+        }
