@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from structmat import Dense, StructuredMatrix
+from structmat import StructuredMatrix
 
 
 @dataclass(frozen=True)
@@ -148,24 +148,26 @@ def gram(K: StructuredMatrix, other_dim: int, uses: int) -> StructuredMatrix | N
 
     With :math:`K K^\top` at hand the natural gradient needs one product per side
     instead of two (:func:`natural_gradient`). For a structure closed under
-    transposition (diagonal, block-diagonal) the product is a member
-    of the structure and costs about as much as one product with a vector: it always
-    pays. For a dense ``d x d`` factor it costs :math:`d^3` and saves :math:`d^2 n`
-    per use, with :math:`n` the other dimension of the gradient matrix: it pays when
-    :math:`d < u\,n` for :math:`u` uses (the steps until the next update, ``T``), at
-    the price of one more ``d x d`` matrix in memory. Other structures (hierarchical,
-    triangular, Toeplitz, arrows) would need a dense product and return ``None``.
+    transposition the product is a member of the structure; with :math:`s` stored
+    entries, :math:`s / d` per row, it costs about :math:`s^2 / d` multiply-adds and
+    saves a product with the ``d x n`` gradient side, :math:`s n`, per use, with
+    :math:`n` the other dimension of the gradient matrix. It pays when
+    :math:`s / d < u\,n` for :math:`u` uses (the steps until the next update, ``T``):
+    always for diagonal and block-diagonal factors (:math:`s / d` = 1 or the block
+    size), for dense ones (:math:`s / d = d`) when :math:`d < u\,n`, at the price of one
+    more ``d x d`` matrix in memory. Structures not closed under transposition
+    (hierarchical, triangular, Toeplitz, arrows) would need a dense product and return
+    ``None``.
 
     Args:
         K: The factor.
         other_dim: :math:`n`, the gradient matrix's size along the other side.
         uses: :math:`u`, how many natural gradients the product serves.
     """
-    if isinstance(K, Dense):
-        return K @ K.T if K.shape[0] < uses * other_dim else None
     if not type(K).closed_under_transpose:
         return None
-    return K @ K.T
+    stored = sum(t.numel() for t in K.tensors().values())
+    return K @ K.T if stored < uses * other_dim * K.shape[0] else None
 
 
 def natural_gradient(
