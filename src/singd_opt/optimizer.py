@@ -402,7 +402,7 @@ class SINGD(BlockViews, Optimizer):
             checked = [t for p in proposals.values() for t in p.checked]
             if found_inf is not None:  # infinite where the scaler found non-finite values
                 checked.append(torch.where(found_inf > 0, torch.inf, 0.0).reshape(1))
-            finite = all_finite(checked)
+            finite = all_finite(sync.local_tensors(checked) if sync is not None else checked)
         if sync is not None:
             finite = sync.exchange(
                 working, proposals, finite, self.param_groups, context, self.skip_nonfinite
@@ -414,7 +414,7 @@ class SINGD(BlockViews, Optimizer):
         for _, proposal in taken:
             proposal.commit()
         self.blocks[:] = working  # a block that turned into another is replaced for good
-        apply_directions(self, taken)
+        apply_directions(self, taken, sync.fit_update if sync is not None else None)
         return True
 
     def _skip(self, scaler: bool, working: list[PreconditionerBlock] | None = None) -> None:
