@@ -143,7 +143,7 @@ def factor_step(
     return new_K, new_C
 
 
-def gram(K: StructuredMatrix, other_dim: int, uses: int) -> StructuredMatrix | None:
+def cached_square(K: StructuredMatrix, other_dim: int, uses: int) -> StructuredMatrix | None:
     r"""Return :math:`K K^\top` when caching it makes the natural gradient cheaper, else ``None``.
 
     With :math:`K K^\top` at hand the natural gradient needs one product per side
@@ -174,8 +174,8 @@ def natural_gradient(
     K: StructuredMatrix,
     C: StructuredMatrix,
     grad: Tensor,
-    gram_K: StructuredMatrix | None = None,
-    gram_C: StructuredMatrix | None = None,
+    KKT: StructuredMatrix | None = None,
+    CCT: StructuredMatrix | None = None,
 ) -> Tensor:
     r"""Return :math:`C C^\top G K K^\top` in the dtype of ``grad``.
 
@@ -185,12 +185,12 @@ def natural_gradient(
         K: Input-side factor (``d_K x d_K``).
         C: Output-side factor (``d_C x d_C``).
         grad: The gradient matrix :math:`G` of shape ``(d_C, d_K)``.
-        gram_K: :math:`K K^\top` from :func:`gram`, if available.
-        gram_C: :math:`C C^\top` from :func:`gram`, if available.
+        KKT: :math:`K K^\top` from :func:`cached_square`, if available.
+        CCT: :math:`C C^\top` from :func:`cached_square`, if available.
     """
     grad_T = grad.mT.to(K.dtype)
     # G K K^T = (K K^T G^T)^T
-    right = (gram_K @ grad_T if gram_K is not None else K @ K.rmatmat(grad_T)).mT
+    right = (KKT @ grad_T if KKT is not None else K @ K.rmatmat(grad_T)).mT
     right = right.to(C.dtype)
-    result = gram_C @ right if gram_C is not None else C @ C.rmatmat(right)
+    result = CCT @ right if CCT is not None else C @ C.rmatmat(right)
     return result.to(grad.dtype)

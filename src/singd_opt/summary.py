@@ -45,8 +45,8 @@ def _parameters(block: PreconditionerBlock, names: dict[int, str]) -> str:
     parts = []
     for rows in block.params:
         name = names.get(id(rows.param), "?")
-        if rows.rows is not None:
-            name += f"[{rows.rows.start}:{rows.rows.stop}]"
+        if rows.row_slice is not None:
+            name += f"[{rows.row_slice.start}:{rows.row_slice.stop}]"
         parts.append(name)
     return ", ".join(parts)
 
@@ -64,7 +64,7 @@ def describe_blocks(optimizer: Any) -> str:
         for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])
     }
     names.update(optimizer.parameter_names)
-    rows = [("block", "kind", "preconditioner", "parameters", "state bytes")]
+    table = [("block", "kind", "preconditioner", "parameters", "state bytes")]
     total = 0
     seen: set[tuple[int, int]] = set()
     for block in optimizer.blocks:
@@ -77,12 +77,12 @@ def describe_blocks(optimizer: Any) -> str:
         ]
         size = tensor_bytes(block.state_tensors() + momenta, seen)
         total += size
-        rows.append((block.name, kind, preconditioner, _parameters(block, names), f"{size:,}"))
-    rows.append(("total", "", "", "", f"{total:,}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        table.append((block.name, kind, preconditioner, _parameters(block, names), f"{size:,}"))
+    table.append(("total", "", "", "", f"{total:,}"))
+    widths = [max(len(row[i]) for row in table) for i in range(5)]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-        for row in rows
+        for row in table
     ]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(line.rstrip() for line in lines)

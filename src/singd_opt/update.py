@@ -117,7 +117,7 @@ def apply_directions(
             clip_directions([d for _, d in proposal.directions], max_rms)
         lr = block.learning_rate(group)
         for rows, direction in proposal.directions:
-            if rows.rows is None:
+            if rows.row_slice is None:
                 apply_update(optimizer, rows.param, direction, group, lr, fit)
                 continue
             entry = assembled.get(rows.param)
@@ -125,6 +125,6 @@ def apply_directions(
                 param = rows.param
                 whole = torch.zeros(param.shape, dtype=param.dtype, device=direction.device)
                 entry = assembled[param] = (whole, group, lr)
-            entry[0][rows.rows] = direction
+            entry[0][rows.row_slice] = direction
     for param, (update, group, lr) in assembled.items():
         apply_update(optimizer, param, update, group, lr, fit)

@@ -121,7 +121,7 @@ class DeferredBlock(PreconditionerBlock):
         (param,) = self.params
         choice = self._choice
         if choice is None:
-            if not self.recording or call.rows != (0, param.value.shape[0]):
+            if not self.recording or call.row_range != (0, param.value.shape[0]):
                 return None
             layer = layer_of_call(param, call.function, call.options)
             if layer is None:
