@@ -97,7 +97,7 @@ def test_singd_alone_trains_and_preconditions_every_parameter() -> None:
             optimizer.step()
     for name, param in model.named_parameters():
         assert not torch.equal(param, before[name]), f"{name} did not change"
-    kinds = {block.name: block.effective.kind for block in optimizer.blocks}
+    kinds = {block.name: block.kind for block in optimizer.blocks}
     elementwise = {name for name, kind in kinds.items() if kind == "elementwise"}
     assert "position" in elementwise
     assert all(kind in ("kronecker", "elementwise") for kind in kinds.values())

@@ -1,86 +1,50 @@
-"""Structured matrices as plain checkpoint entries (tensors, strings and ints only).
+"""The optimizer's checkpoint entry: saving, checking and loading the blocks' state.
 
-A matrix is stored as ``{"structure": name, "tensors": {tensor name: tensor}}``, so
-optimizer checkpoints load with ``torch.load(path)`` and its default
-``weights_only=True``. The optimizer adds its blocks' state to torch's state dict
-through state-dict hooks (:func:`add_block_state`, :func:`validate_block_state`,
-:func:`load_block_state`).
+torch's optimizer state dict holds the parameter groups and the per-parameter state
+(momentum buffers); the optimizer adds the entry ``"singd"`` with its steps, gradient
+scales and each block's state (plain tensors, strings and numbers, so checkpoints
+load with ``torch.load(path)`` and its default ``weights_only=True``). Loading checks
+everything before anything changes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from singd_opt.distributed.sharding import is_sharded, shard_like
+from singd_opt.blocks import PreconditionerBlock
 from singd_opt.grad_scale import GradScales
-from singd_opt.validation import check_group, resolve_structure
-from structmat import StructuredMatrix
+from singd_opt.sharding import is_sharded, shard_like
+from singd_opt.validation import check_group
 
-
-def matrix_to_state(structure: str, matrix: StructuredMatrix) -> dict[str, Any]:
-    """Return the checkpoint entry of ``matrix`` (its tensors, not copies).
-
-    Args:
-        structure: The registry name of the matrix's structure.
-        matrix: The matrix.
-    """
-    return {"structure": structure, "tensors": dict(matrix.tensors())}
-
-
-def matrix_from_state(
-    entry: object,
-    dim: int,
-    dtype: torch.dtype,
-    device: torch.device,
-    what: str,
-) -> tuple[str, StructuredMatrix]:
-    """Rebuild a matrix from a checkpoint entry, as a copy in ``dtype`` on ``device``.
-
-    Args:
-        entry: The entry written by :func:`matrix_to_state`.
-        dim: The expected dimension.
-        dtype: The dtype of the result.
-        device: The device of the result.
-        what: Name of the entry, for error messages.
-
-    Returns:
-        The structure name and the matrix.
-
-    Raises:
-        ValueError: If the entry is malformed, names an unknown structure, or has the
-            wrong dimension.
-    """
-    if not isinstance(entry, dict) or set(entry) != {"structure", "tensors"}:
-        raise ValueError(f"state_dict: {what} must be a dict with keys 'structure' and 'tensors'")
-    name, tensors = entry["structure"], entry["tensors"]
-    if not isinstance(tensors, dict) or not all(
-        isinstance(t, torch.Tensor) for t in tensors.values()
-    ):
-        raise ValueError(f"state_dict: {what}['tensors'] must map names to tensors")
-    cls = resolve_structure(name, argument=f"state_dict {what}")
-    try:
-        matrix = cls(**{k: t.to(device=device, dtype=dtype, copy=True) for k, t in tensors.items()})
-    except (TypeError, ValueError) as error:
-        raise ValueError(
-            f"state_dict: {what} does not describe a {name!r} matrix: {error}"
-        ) from None
-    if tuple(matrix.shape) != (dim, dim):
-        raise ValueError(
-            f"state_dict: {what} has shape {tuple(matrix.shape)}, expected {(dim, dim)}"
-        )
-    return name, matrix
-
-
-# ----------------------------------------------------------- optimizer state hooks
+# ----------------------------------------------------------- the optimizer's entry
 _CALLABLE = "<callable>"  # stands for a callable ``lr_cov`` in a state_dict
 _ENTRY = "singd"
 
 
-def add_block_state(optimizer: Any, state: dict[str, Any]) -> dict[str, Any]:
-    """State-dict post hook: add the blocks' state, steps and gradient scales.
+@dataclass
+class SavedState:
+    """The optimizer's own part of a checkpoint (torch's state dict holds the rest).
+
+    Attributes:
+        steps: Steps taken.
+        skipped_steps: Steps skipped.
+        grad_scales: The gradient scales still needed (:class:`GradScales` state).
+        blocks: The blocks, whose :attr:`~PreconditionerBlock.origin` saves and loads
+            their state.
+    """
+
+    steps: int
+    skipped_steps: int
+    grad_scales: dict[int, float]
+    blocks: list[PreconditionerBlock]
+
+
+def add_entry(state: dict[str, Any], saved: SavedState) -> dict[str, Any]:
+    """Add the optimizer's entry to torch's state dict ``state`` (in place; returned).
 
     The entry ``"singd"`` holds ``steps``, ``skipped_steps``, ``grad_scales`` and
     ``blocks`` (each block's state by block name). A callable ``lr_cov`` is saved as
@@ -91,10 +55,10 @@ def add_block_state(optimizer: Any, state: dict[str, Any]) -> dict[str, Any]:
         if callable(group["lr_cov"]):
             group["lr_cov"] = _CALLABLE
     state[_ENTRY] = {
-        "steps": optimizer.steps,
-        "skipped_steps": optimizer.skipped_steps,
-        "grad_scales": optimizer._grad_scales.state(),
-        "blocks": {block.name: block.state_dict() for block in optimizer.blocks},
+        "steps": saved.steps,
+        "skipped_steps": saved.skipped_steps,
+        "grad_scales": saved.grad_scales,
+        "blocks": {block.name: block.origin.state_dict() for block in saved.blocks},
     }
     return state
 
@@ -126,11 +90,42 @@ def unwrapped_name(name: str) -> str:
     return name
 
 
-def validate_block_state(optimizer: Any, state_dict: dict[str, Any]) -> dict[str, Any]:
-    """Load-state-dict pre hook: check everything, prepare the blocks' loading.
+@dataclass
+class PreparedLoad:
+    """A validated checkpoint entry, ready to be applied.
 
-    Nothing of the optimizer changes here; :func:`load_block_state` applies what was
-    prepared once torch has loaded its part.
+    Attributes:
+        steps: The saved steps.
+        skipped_steps: The saved skipped steps.
+        grad_scales: The saved gradient scales.
+        loaders: One function per block (in the optimizer's order) that loads its
+            state and returns the block that holds it.
+    """
+
+    steps: int
+    skipped_steps: int
+    grad_scales: dict[int, float]
+    loaders: list[Callable[[], PreconditionerBlock]]
+
+
+def prepare_load(
+    state_dict: dict[str, Any],
+    param_groups: list[dict[str, Any]],
+    blocks: list[PreconditionerBlock],
+) -> tuple[dict[str, Any], PreparedLoad]:
+    """Check a state dict against the optimizer and prepare the blocks' loading.
+
+    Nothing changes here; the returned :class:`PreparedLoad` is applied once torch has
+    loaded its part.
+
+    Args:
+        state_dict: The state dict being loaded.
+        param_groups: The optimizer's parameter groups.
+        blocks: The optimizer's blocks.
+
+    Returns:
+        torch's part of the state dict (the entry removed, groups completed) and the
+        prepared load.
 
     Raises:
         ValueError: If the state does not fit this optimizer: missing entries, other
@@ -145,13 +140,13 @@ def validate_block_state(optimizer: Any, state_dict: dict[str, Any]) -> dict[str
             "'blocks' (was it saved by singd_opt.SINGD?)"
         )
     groups = state.get("param_groups")
-    if not isinstance(groups, list) or len(groups) != len(optimizer.param_groups):
+    if not isinstance(groups, list) or len(groups) != len(param_groups):
         raise ValueError(
-            f"state_dict: expected {len(optimizer.param_groups)} parameter groups, got "
+            f"state_dict: expected {len(param_groups)} parameter groups, got "
             f"{len(groups) if isinstance(groups, list) else groups!r}"
         )
     new_groups = []
-    for index, (saved, current) in enumerate(zip(groups, optimizer.param_groups, strict=True)):
+    for index, (saved, current) in enumerate(zip(groups, param_groups, strict=True)):
         group = dict(saved)
         if group.get("lr_cov") == _CALLABLE:
             if not callable(current["lr_cov"]):
@@ -177,52 +172,38 @@ def validate_block_state(optimizer: Any, state_dict: dict[str, Any]) -> dict[str
     steps = _count(entry["steps"], "steps")
     skipped = _count(entry.get("skipped_steps", 0), "skipped_steps")
     scales = GradScales.validated(entry["grad_scales"])
-    blocks = entry["blocks"]
-    names = [block.name for block in optimizer.blocks]
-    if isinstance(blocks, dict) and set(blocks) != set(names):
-        blocks = {unwrapped_name(name): value for name, value in blocks.items()}
-    if not isinstance(blocks, dict) or set(blocks) != set(names):
-        saved = sorted(blocks) if isinstance(blocks, dict) else blocks
+    saved_blocks = entry["blocks"]
+    names = [block.name for block in blocks]
+    if isinstance(saved_blocks, dict) and set(saved_blocks) != set(names):
+        saved_blocks = {unwrapped_name(name): value for name, value in saved_blocks.items()}
+    if not isinstance(saved_blocks, dict) or set(saved_blocks) != set(names):
+        saved_names = sorted(saved_blocks) if isinstance(saved_blocks, dict) else saved_blocks
         raise ValueError(
-            f"state_dict: the saved blocks {saved} differ from this optimizer's blocks "
+            f"state_dict: the saved blocks {saved_names} differ from this optimizer's blocks "
             f"{sorted(names)}"
         )
     loaders = []
-    for block in optimizer.blocks:
-        group = {**optimizer.param_groups[block.group_index], **new_groups[block.group_index]}
-        block_state = blocks[block.name]
+    for block in blocks:
+        group = {**param_groups[block.group_index], **new_groups[block.group_index]}
+        block_state = saved_blocks[block.name]
         if not isinstance(block_state, dict):
             raise ValueError(f"state_dict: block {block.name!r} must be a dict")
-        loaders.append(block.load_state_dict(block_state, group))
-
-    def finish() -> None:
-        for load in loaders:
-            load()
-        optimizer.steps = steps
-        optimizer.skipped_steps = skipped
-        optimizer._grad_scales.scales = scales
-
-    optimizer._finish_loading = finish
-    return state
+        loaders.append(block.origin.load_state_dict(block_state, group))
+    return state, PreparedLoad(steps, skipped, scales, loaders)
 
 
-def load_block_state(optimizer: Any) -> None:
-    """Load-state-dict post hook: apply what :func:`validate_block_state` prepared.
+def shard_parameter_state(state: dict[Any, dict[str, Any]]) -> None:
+    """Cut whole-tensor per-parameter states of sharded (FSDP2) parameters to local rows.
 
-    Whole-tensor states of sharded (FSDP2) parameters, as saved by a single process
-    or by :meth:`~singd_opt.SINGD.full_state_dict`, are cut to the rows this process
-    holds.
+    States saved by a single process or by :meth:`~singd_opt.SINGD.full_state_dict`
+    hold whole tensors; each process keeps the rows it holds.
     """
-    finish = optimizer.__dict__.pop("_finish_loading", None)
-    if finish is not None:
-        finish()
-    for param, param_state in optimizer.state.items():
+    for param, param_state in state.items():
         if not is_sharded(param):
             continue
         for key, value in param_state.items():
             if isinstance(value, Tensor) and not is_sharded(value) and value.shape == param.shape:
                 param_state[key] = shard_like(param, value)
-    optimizer._set_recording()
 
 
 def full_tensors(state: Any) -> Any:

@@ -19,11 +19,11 @@ from typing import Any
 
 from torch import Tensor
 
-from singd_opt.blocks import KroneckerBlock
+from singd_opt.blocks import PreconditionerBlock
 from singd_opt.capture import FunctionalCall, hook_output
 
 #: ``record(block, input, grad_output)``: hands a call to the optimizer.
-BlockRecordFn = Callable[[KroneckerBlock, Tensor, Tensor], None]
+BlockRecordFn = Callable[[PreconditionerBlock, Tensor, Tensor], None]
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class ProjectionPart:
 
     start: int
     stop: int
-    block: KroneckerBlock
+    block: PreconditionerBlock
 
 
 class AttentionLayout:
@@ -84,7 +84,7 @@ class ProjectionTarget:
 
     def capture(self, call: FunctionalCall) -> None:
         """Record the blocks whose rows the call's weight covers."""
-        first, last = call.rows
+        first, last = call.row_range
         parts = [p for p in self.parts if first <= p.start and p.stop <= last and p.block.recording]
         if not parts:
             return

@@ -54,7 +54,7 @@ class MapCall:
         function: ``"linear"``, ``"embedding"``, ``"conv1d"``, ``"conv2d"`` or ``"conv3d"``.
         transposed: Whether the parameter is used as :math:`W^\top` (``x @ P``: the
             parameter is ``(d_in, d_out)``).
-        rows: The rows ``(start, stop)`` of the parameter the call uses.
+        row_range: The rows ``(start, stop)`` of the parameter the call uses.
         x: The input, with features in the last dimension (linear) or second
             dimension (convolution); token indices for an embedding.
         output: The output (its gradient is the output gradient).
@@ -66,7 +66,7 @@ class MapCall:
 
     function: str
     transposed: bool
-    rows: tuple[int, int]
+    row_range: tuple[int, int]
     x: Tensor
     output: Tensor
     bias: Tensor | None = None

@@ -11,7 +11,6 @@ deferred parameter not yet decided, that use makes it element-wise).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 from torch import Tensor
@@ -29,6 +28,7 @@ from singd_opt.layers import (
     TransposedLinearLayer,
 )
 from singd_opt.map_calls import MapCall
+from singd_opt.user_warnings import warn_user
 
 #: ``record(block, input, grad_output)``: hands a call to the optimizer.
 BlockRecordFn = Callable[[KroneckerBlock, Tensor, Tensor], None]
@@ -42,9 +42,9 @@ def call_role(layer: Layer, call: MapCall) -> str | None:
     (:mod:`singd_opt.layers.tied`). ``None``: the call is not the layer's map.
     """
     weight = layer.weight
-    if weight is not None and (weight.rows is not None or call.rows[0] != 0):
+    if weight is not None and (weight.row_slice is not None or call.row_range[0] != 0):
         return None
-    if weight is not None and call.rows[1] != weight.param.shape[0]:
+    if weight is not None and call.row_range[1] != weight.param.shape[0]:
         return None
     if isinstance(layer, TiedEmbeddingLayer):
         if call.function == "embedding":
@@ -109,10 +109,9 @@ class KroneckerTarget:
         if name in self.reported:
             return
         self.reported.add(name)
-        warnings.warn(
+        warn_user(
             f"parameter {self.param_name!r} is also used by {name}, which is not the map "
-            f"of its Kronecker block {self.block.name!r}; that use adds no curvature",
-            stacklevel=2,
+            f"of its Kronecker block {self.block.name!r}; that use adds no curvature"
         )
 
     def active(self) -> bool:
@@ -133,16 +132,12 @@ class DeferredTarget:
         block = self.block
         if not block.recording:
             return
-        if not block.accepts(call):
+        recipient = block.recipient(call)  # chooses a Kronecker block on a first fitting use
+        role = call_role(recipient.layer, call) if recipient is not None else None
+        if recipient is None or role is None:
             self.other_use(call.name)
             return
-        resolved = block.effective  # the Kronecker block the call chose (or an earlier one)
-        layer = getattr(resolved, "layer", None)
-        role = call_role(layer, call) if layer is not None else None
-        if role is None:
-            self.other_use(call.name)
-            return
-        _hook(call, resolved, role, self.record)  # type: ignore[arg-type]
+        _hook(call, recipient, role, self.record)
 
     def other_use(self, name: str) -> None:
         """See :meth:`singd_opt.map_calls.MapTarget.other_use`.
@@ -151,22 +146,20 @@ class DeferredTarget:
         after a Kronecker choice the use is reported once.
         """
         block = self.block
-        if block.fall_back(f"it is used by {name}"):
-            warnings.warn(
+        if block.fall_back():
+            warn_user(
                 f"parameter {block.name!r} is used by {name}, which SINGD does not model as "
-                "a linear map; it is trained with the element-wise rule",
-                stacklevel=2,
+                "a linear map; it is trained with the element-wise rule"
             )
             return
-        if name in self.reported or block.effective.kind != "kronecker":
+        if name in self.reported or not block.takes_calls():
             return
         self.reported.add(name)
-        warnings.warn(
+        warn_user(
             f"parameter {block.name!r} is also used by {name}, which is not the map of its "
-            "Kronecker block; that use adds no curvature",
-            stacklevel=2,
+            "Kronecker block; that use adds no curvature"
         )
 
     def active(self) -> bool:
         """Whether the parameter still needs its calls (not once it is element-wise)."""
-        return self.block.effective.kind != "elementwise"
+        return self.block.takes_calls()

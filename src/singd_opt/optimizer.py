@@ -24,7 +24,7 @@ from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
 from singd_opt import checkpoint
-from singd_opt.blocks import KroneckerBlock, PreconditionerBlock, Proposal, StepContext
+from singd_opt.blocks import PreconditionerBlock, Proposal, StepContext
 from singd_opt.compile_stance import eager_while_recording
 from singd_opt.diagnostics import ForeignUpdateWatch, report_skipped_step, warn_unrecorded
 from singd_opt.discovery import plan_blocks, unwrap_model
@@ -234,9 +234,10 @@ class SINGD(BlockViews, Optimizer):
         self._capture = MapCapture(model, plan.map_targets(self._record), self._is_recording)
         self.hook_handles += self._capture.install()
         self._set_recording()
-        self.register_state_dict_post_hook(checkpoint.add_block_state)
-        self.register_load_state_dict_pre_hook(checkpoint.validate_block_state)
-        self.register_load_state_dict_post_hook(checkpoint.load_block_state)
+        self._prepared_load: checkpoint.PreparedLoad | None = None
+        self.register_state_dict_post_hook(SINGD._add_checkpoint_entry)
+        self.register_load_state_dict_pre_hook(SINGD._prepare_load)
+        self.register_load_state_dict_post_hook(SINGD._finish_load)
 
     # ------------------------------------------------------------------ set-up
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -278,6 +279,32 @@ class SINGD(BlockViews, Optimizer):
         """
         return checkpoint.full_tensors(self.state_dict())
 
+    # -------------------------------------------------------------- checkpoints
+    def _add_checkpoint_entry(self, state: dict[str, Any]) -> dict[str, Any]:
+        """State-dict post hook: add the blocks' state, steps and gradient scales."""
+        saved = checkpoint.SavedState(
+            self.steps, self.skipped_steps, self._grad_scales.state(), self.blocks
+        )
+        return checkpoint.add_entry(state, saved)
+
+    def _prepare_load(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """Load-state-dict pre hook: check everything, prepare the blocks' loading."""
+        state, self._prepared_load = checkpoint.prepare_load(
+            state_dict, self.param_groups, self.blocks
+        )
+        return state
+
+    def _finish_load(self) -> None:
+        """Load-state-dict post hook: apply what :meth:`_prepare_load` prepared."""
+        prepared, self._prepared_load = self._prepared_load, None
+        if prepared is not None:
+            self.blocks[:] = [load() for load in prepared.loaders]
+            self.steps = prepared.steps
+            self.skipped_steps = prepared.skipped_steps
+            self._grad_scales.scales = prepared.grad_scales
+        checkpoint.shard_parameter_state(self.state)
+        self._set_recording()
+
     def describe(self) -> str:
         """Return a table of the blocks: parameters, kind, structures and state bytes."""
         return describe_blocks(self)
@@ -301,7 +328,7 @@ class SINGD(BlockViews, Optimizer):
     def _is_recording(self) -> bool:
         return self._recording_any
 
-    def _record(self, block: KroneckerBlock, x: Tensor, grad_output: Tensor) -> None:
+    def _record(self, block: PreconditionerBlock, x: Tensor, grad_output: Tensor) -> None:
         """Hand one call's input and output gradient to ``block``."""
         group = self.param_groups[block.group_index]
         block.record(x, grad_output, group, self._grad_scales.prescale(self.steps))
@@ -375,10 +402,11 @@ class SINGD(BlockViews, Optimizer):
 
     def _step(self, grad_factor: float, found_inf: Tensor | None = None) -> bool:
         """Propose, check (with a scaler's ``found_inf``), commit, apply; return if taken."""
-        warn_unrecorded(self.blocks, self._unrecorded)
+        working = [block.for_step() for block in self.blocks]  # a deferred block's choice
+        warn_unrecorded(working, self._unrecorded)
         sync = self._sync
-        gradients = sync.prepare_step(self.blocks, self.param_groups) if sync else None
-        updating = any(block.has_curvature() for block in self.blocks)
+        gradients = sync.prepare_step(working, self.param_groups) if sync else None
+        updating = any(block.has_curvature() for block in working)
         context = StepContext(
             step=self.steps,
             grad_factor=grad_factor,
@@ -386,7 +414,7 @@ class SINGD(BlockViews, Optimizer):
             gradients=gradients,
         )
         proposals: dict[str, Proposal] = {}
-        for block in self.blocks:
+        for block in working:
             if sync is None or sync.computes(block):
                 proposals[block.name] = block.propose(self.param_groups[block.group_index], context)
         finite = torch.tensor(True)
@@ -394,23 +422,24 @@ class SINGD(BlockViews, Optimizer):
             checked = [t for p in proposals.values() for t in p.checked]
             if found_inf is not None:  # infinite where the scaler found non-finite values
                 checked.append(torch.where(found_inf > 0, torch.inf, 0.0).reshape(1))
-            finite = all_finite(checked)
+            finite = all_finite(sync.local_tensors(checked) if sync is not None else checked)
         if sync is not None:
             finite = sync.exchange(
-                self.blocks, proposals, finite, self.param_groups, context, self.skip_nonfinite
+                working, proposals, finite, self.param_groups, context, self.skip_nonfinite
             )
         if self.skip_nonfinite and not bool(finite):
-            self._skip(found_inf is not None and bool(found_inf))
+            self._skip(found_inf is not None and bool(found_inf), working)
             return False
-        taken = [(block, proposals[block.name]) for block in self.blocks]
+        taken = [(block, proposals[block.name]) for block in working]
         for _, proposal in taken:
             proposal.commit()
-        apply_directions(self, taken)
+        self.blocks[:] = working  # a block that turned into another is replaced for good
+        apply_directions(self, taken, sync.fit_update if sync is not None else None)
         return True
 
-    def _skip(self, scaler: bool) -> None:
-        """Drop this step (its curvature and gradient scale); count and report it."""
-        for block in self.blocks:
+    def _skip(self, scaler: bool, working: list[PreconditionerBlock] | None = None) -> None:
+        """Drop this step (its curvature, choices and gradient scale); count and report it."""
+        for block in [*self.blocks, *(working or [])]:
             block.drop_curvature()
         self._grad_scales.scales.pop(self.steps, None)
         self.skipped_steps += 1

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from singd_opt.layers.base import KFAC_APPROXIMATIONS, LOSS_AVERAGES
-from structmat import StructuredMatrix, available_structures, get_structure
+from singd_opt.structures import resolve_structure, where
 
 HYPERPARAMETERS: tuple[str, ...] = (
     "lr",
@@ -34,10 +34,6 @@ HYPERPARAMETERS: tuple[str, ...] = (
 )
 
 
-def _where(group_index: int | None) -> str:
-    return "" if group_index is None else f" (parameter group {group_index})"
-
-
 def _is_real(value: object) -> bool:
     if isinstance(value, bool):
         return False
@@ -54,10 +50,10 @@ def check_nonnegative(name: str, value: object, group_index: int | None = None) 
         ValueError: If it is negative, NaN or infinite.
     """
     if not _is_real(value):
-        raise TypeError(f"{name} must be a real number{_where(group_index)}, got {value!r}")
+        raise TypeError(f"{name} must be a real number{where(group_index)}, got {value!r}")
     number = float(value)  # type: ignore[arg-type]
     if not (math.isfinite(number) and number >= 0.0):
-        raise ValueError(f"{name} must be finite and >= 0{_where(group_index)}, got {value!r}")
+        raise ValueError(f"{name} must be finite and >= 0{where(group_index)}, got {value!r}")
 
 
 def check_interval(
@@ -73,7 +69,7 @@ def check_interval(
     number = float(value)  # type: ignore[arg-type]
     if number > 1.0 or (not closed and number == 1.0):
         interval = "[0, 1]" if closed else "[0, 1)"
-        raise ValueError(f"{name} must lie in {interval}{_where(group_index)}, got {value!r}")
+        raise ValueError(f"{name} must lie in {interval}{where(group_index)}, got {value!r}")
 
 
 def check_positive(name: str, value: object, group_index: int | None = None) -> None:
@@ -85,7 +81,7 @@ def check_positive(name: str, value: object, group_index: int | None = None) -> 
     """
     check_nonnegative(name, value, group_index)
     if float(value) == 0.0:  # type: ignore[arg-type]
-        raise ValueError(f"{name} must be finite and > 0{_where(group_index)}, got {value!r}")
+        raise ValueError(f"{name} must be finite and > 0{where(group_index)}, got {value!r}")
 
 
 def check_flag(name: str, value: object, group_index: int | None = None) -> None:
@@ -95,29 +91,7 @@ def check_flag(name: str, value: object, group_index: int | None = None) -> None
         TypeError: If ``value`` is not a bool.
     """
     if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False{_where(group_index)}, got {value!r}")
-
-
-def resolve_structure(
-    name: object, argument: str = "structures", group_index: int | None = None
-) -> type[StructuredMatrix]:
-    """Return the structmat class for a structure name.
-
-    Raises:
-        TypeError: If ``name`` is not a string.
-        ValueError: If no structure has that name; the message lists the valid ones.
-    """
-    if not isinstance(name, str):
-        raise TypeError(
-            f"{argument} entries must be structure names (str){_where(group_index)}, got {name!r}"
-        )
-    try:
-        return get_structure(name)
-    except ValueError:
-        raise ValueError(
-            f"{argument}: unknown structure {name!r}{_where(group_index)}; valid names are: "
-            f"{', '.join(available_structures())}"
-        ) from None
+        raise TypeError(f"{name} must be True or False{where(group_index)}, got {value!r}")
 
 
 def check_group(group: dict[str, Any], group_index: int | None = None) -> None:
@@ -127,7 +101,7 @@ def check_group(group: dict[str, Any], group_index: int | None = None) -> None:
         TypeError: For a value of the wrong type.
         ValueError: For a value out of range or not among the valid choices.
     """
-    where = _where(group_index)
+    in_group = where(group_index)
     for name in ("lr", "damping", "weight_decay"):
         check_nonnegative(name, group[name], group_index)
     check_interval("momentum", group["momentum"], group_index, closed=False)
@@ -141,9 +115,9 @@ def check_group(group: dict[str, Any], group_index: int | None = None) -> None:
 
     T = group["T"]
     if isinstance(T, bool) or not isinstance(T, int):
-        raise TypeError(f"T must be an int{where}, got {T!r}")
+        raise TypeError(f"T must be an int{in_group}, got {T!r}")
     if T < 1:
-        raise ValueError(f"T must be >= 1{where}, got {T}")
+        raise ValueError(f"T must be >= 1{in_group}, got {T}")
 
     lr_cov: float | Callable[[int], float] = group["lr_cov"]
     if not callable(lr_cov):
@@ -151,20 +125,22 @@ def check_group(group: dict[str, Any], group_index: int | None = None) -> None:
 
     if group["loss_average"] not in LOSS_AVERAGES:
         raise ValueError(
-            f"loss_average must be one of {LOSS_AVERAGES}{where}, got {group['loss_average']!r}"
+            f"loss_average must be one of {LOSS_AVERAGES}{in_group}, got {group['loss_average']!r}"
         )
     if group["kfac_approx"] not in KFAC_APPROXIMATIONS:
         raise ValueError(
-            f"kfac_approx must be one of {KFAC_APPROXIMATIONS}{where}, got {group['kfac_approx']!r}"
+            f"kfac_approx must be one of {KFAC_APPROXIMATIONS}{in_group}, "
+            f"got {group['kfac_approx']!r}"
         )
 
     structures = group["structures"]
     if isinstance(structures, str) or not isinstance(structures, tuple | list):
         raise TypeError(
-            f"structures must be a pair (structure of K, structure of C){where}, got {structures!r}"
+            "structures must be a pair (structure of K, structure of C)"
+            f"{in_group}, got {structures!r}"
         )
     if len(structures) != 2:
-        raise ValueError(f"structures must have two entries{where}, got {structures!r}")
+        raise ValueError(f"structures must have two entries{in_group}, got {structures!r}")
     for name in structures:
         resolve_structure(name, group_index=group_index)
 
@@ -172,12 +148,12 @@ def check_group(group: dict[str, Any], group_index: int | None = None) -> None:
     if not isinstance(dtypes, tuple | list) or len(dtypes) != 2:
         raise TypeError(
             f"preconditioner_dtype must be a pair (dtype of K, dtype of C), each a floating "
-            f"torch.dtype or None{where}, got {dtypes!r}"
+            f"torch.dtype or None{in_group}, got {dtypes!r}"
         )
     for dtype in dtypes:
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise TypeError(
-                f"preconditioner_dtype entries must be floating torch.dtypes or None{where}, "
+                f"preconditioner_dtype entries must be floating torch.dtypes or None{in_group}, "
                 f"got {dtype!r}"
             )
 
@@ -187,7 +163,7 @@ def check_group(group: dict[str, Any], group_index: int | None = None) -> None:
     if group["warm_start"] and float(group["damping"]) == 0.0:
         raise ValueError(
             f"warm_start=True needs damping > 0 (the fixed point of a singular curvature "
-            f"does not exist){where}"
+            f"does not exist){in_group}"
         )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 
-from singd_opt.blocks import KroneckerBlock, PreconditionerBlock
+from singd_opt.blocks import PreconditionerBlock
 from structmat import StructuredMatrix, get_structure
 
 
@@ -43,13 +43,6 @@ STANDARD_STRUCTURES = StructureTable(
 )
 
 
-def kronecker_blocks(blocks: Iterable[PreconditionerBlock]) -> Iterator[KroneckerBlock]:
-    """Yield the Kronecker blocks (deferred blocks that became one included)."""
-    for block in blocks:
-        if isinstance(block.effective, KroneckerBlock):
-            yield block.effective
-
-
 class BlockViews:
     """Dictionaries of the Kronecker blocks' matrices by block name (new dicts per access)."""
 
@@ -57,10 +50,18 @@ class BlockViews:
 
     def _matrices(self, key: str) -> dict[str, StructuredMatrix]:
         found = {}
-        for block in kronecker_blocks(self.blocks):
+        for block in self.blocks:
             matrix = block.matrices().get(key)
             if matrix is not None:
                 found[block.name] = matrix
+        return found
+
+    def _pending(self) -> dict[str, tuple[StructuredMatrix, StructuredMatrix, int, int]]:
+        found = {}
+        for block in self.blocks:
+            pending = block.pending_curvature()
+            if pending is not None:
+                found[block.name] = pending
         return found
 
     @property
@@ -86,26 +87,14 @@ class BlockViews:
     @property
     def H_Ks(self) -> dict[str, StructuredMatrix]:
         """Curvature :math:`H_K` recorded since the last update, by block name."""
-        return {
-            b.name: b.curvature.H_K
-            for b in kronecker_blocks(self.blocks)
-            if b.curvature is not None
-        }
+        return {name: found[0] for name, found in self._pending().items()}
 
     @property
     def H_Cs(self) -> dict[str, StructuredMatrix]:
         """Curvature :math:`H_C` recorded since the last update, by block name."""
-        return {
-            b.name: b.curvature.H_C
-            for b in kronecker_blocks(self.blocks)
-            if b.curvature is not None
-        }
+        return {name: found[1] for name, found in self._pending().items()}
 
     @property
     def H_counts(self) -> dict[str, tuple[int, int]]:
         """``(input rows, loss terms)`` behind :attr:`H_Ks` and :attr:`H_Cs`, by block name."""
-        return {
-            b.name: (b.curvature.rows, b.curvature.terms)
-            for b in kronecker_blocks(self.blocks)
-            if b.curvature is not None
-        }
+        return {name: (found[2], found[3]) for name, found in self._pending().items()}

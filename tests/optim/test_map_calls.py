@@ -25,6 +25,7 @@ def _addmm(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 USES: dict[str, tuple[str, bool, Callable[[Tensor, Tensor, Tensor], Tensor]]] = {
     "linear by name": ("out_in", True, linear_by_name),
     "x @ W.T": ("out_in", False, lambda x, w, b: x @ w.T),
+    "x @ W.T + b": ("out_in", True, lambda x, w, b: x @ w.T + b),
     "torch.matmul(x, W.t())": ("out_in", False, lambda x, w, b: torch.matmul(x, w.t())),
     "x @ P": ("in_out", False, lambda x, w, b: x @ w),
     "torch.addmm (Conv1D)": ("in_out", True, _addmm),
@@ -35,11 +36,13 @@ USES: dict[str, tuple[str, bool, Callable[[Tensor, Tensor, Tensor], Tensor]]] = 
 
 
 class Custom(nn.Module):
-    def __init__(self, layout: str, use: Callable[[Tensor, Tensor, Tensor], Tensor]) -> None:
+    def __init__(
+        self, layout: str, use: Callable[[Tensor, Tensor, Tensor], Tensor], with_bias: bool
+    ) -> None:
         super().__init__()
         shape = (3, 5) if layout == "out_in" else (5, 3)
         self.weight = nn.Parameter(torch.randn(*shape, dtype=DTYPE))
-        self.bias = nn.Parameter(torch.randn(3, dtype=DTYPE))
+        self.bias = nn.Parameter(torch.randn(3, dtype=DTYPE)) if with_bias else None
         self.layout, self.use = layout, use
 
     def forward(self, x: Tensor) -> Tensor:
@@ -73,7 +76,7 @@ def _twin(model: Model, with_bias: bool) -> Model:
 def test_every_way_of_using_a_weight_equals_a_linear_layer(use: str) -> None:
     layout, with_bias, forward = USES[use]
     torch.manual_seed(0)
-    model = Model(Custom(layout, forward))
+    model = Model(Custom(layout, forward, with_bias))
     twin = _twin(model, with_bias)
     optimizer = SINGD(model, **CONFIG)
     twin_optimizer = SINGD(twin, **CONFIG)
@@ -108,7 +111,7 @@ def test_a_weight_used_element_wise_falls_back_with_a_warning_and_loses_its_hook
     with pytest.warns(UserWarning, match=r"'scale' is used by Tensor.mul.*element-wise"):
         model(torch.randn(2, 4, 5)).sum().backward()
     optimizer.step()
-    assert [block.effective.kind for block in optimizer.blocks] == ["elementwise"]
+    assert [block.kind for block in optimizer.blocks] == ["elementwise"]
     assert len(model._forward_pre_hooks) == 0 and len(model._forward_hooks) == 0
 
 
@@ -126,7 +129,7 @@ def test_einsum_with_a_batch_dimension_on_the_weight_falls_back() -> None:
     with pytest.warns(UserWarning, match=r"'weight' is used by torch.einsum"):
         model(torch.randn(4, 5)).square().sum().backward()
     optimizer.step()
-    assert optimizer.blocks[0].effective.kind == "elementwise"
+    assert optimizer.blocks[0].kind == "elementwise"
 
 
 def test_recording_does_not_replace_torch_functions() -> None:

@@ -307,19 +307,19 @@ def test_functional_weights_become_kronecker_blocks_at_their_first_call() -> Non
         for name in ("kernel", "matrix"):
             assert_close(optimizer.Ks[name].to_dense(), reference.K[name], f"step {step} K")
             assert_close(optimizer.Cs[name].to_dense(), reference.C[name], f"step {step} C")
-    assert [b.effective.kind for b in optimizer.blocks] == ["kronecker", "kronecker"]
+    assert [b.kind for b in optimizer.blocks] == ["kronecker", "kronecker"]
 
 
 def test_unused_deferred_parameter_becomes_elementwise() -> None:
     model = FunctionalMaps().to(DTYPE)
     optimizer = SINGD(model, **CONFIG)
-    kinds = {block.name: block.effective.kind for block in optimizer.blocks}
+    kinds = {block.name: block.kind for block in optimizer.blocks}
     assert kinds["position"] == "deferred"
     x = torch.randn(4, 2, 5, 5, dtype=DTYPE)
     functional.mse_loss(model(x), torch.zeros(4, 3, dtype=DTYPE)).backward()
     before = model.position.detach().clone()
     optimizer.step()
-    kinds = {block.name: block.effective.kind for block in optimizer.blocks}
+    kinds = {block.name: block.kind for block in optimizer.blocks}
     assert kinds == {"kernel": "kronecker", "matrix": "kronecker", "position": "elementwise"}
     assert not torch.equal(model.position, before)
 
@@ -501,7 +501,7 @@ def test_recurrent_layers_train_with_the_elementwise_rule() -> None:
     assert len(messages) == 2, messages
     for message, name in zip(messages, ("lstm.weight_hh_l0", "lstm.weight_ih_l0"), strict=True):
         assert f"parameter {name!r} was not used as the matrix of a linear map" in message
-    kinds = {block.name: block.effective.kind for block in optimizer.blocks}
+    kinds = {block.name: block.kind for block in optimizer.blocks}
     assert kinds["head"] == "kronecker"
     assert all(kind == "elementwise" for name, kind in kinds.items() if name.startswith("lstm"))
     for name, param in model.named_parameters():

@@ -56,57 +56,128 @@ class Proposal:
     """A block's proposed step: directions and a new state, not yet committed.
 
     Attributes:
-        directions: ``(parameter rows, direction)`` for every parameter with a gradient.
+        directions: ``(parameter rows, direction)`` for every parameter with a gradient,
+            in the order of :meth:`PreconditionerBlock.gradient_rows`.
         checked: Tensors that must be finite for the step to be taken (the new
             preconditioner's and the directions).
         commit: Makes the proposed preconditioner the block's state.
-        matrices: Structured matrices other processes need to follow the step (the new
-            momenta ``m_K``, ``m_C`` of an updated Kronecker block), by name.
+        shared: What other processes need to follow the step when they receive it
+            instead of computing it (``distribute="split"``): tensors laid out like
+            :meth:`PreconditionerBlock.shared_buffers`, or ``None`` when the step
+            changed nothing they cannot compute themselves.
+        replacement: The block that takes this block's place once the step is taken
+            (a deferred block's choice), else ``None``.
     """
 
     directions: list[tuple[ParameterRows, Tensor]]
     checked: list[Tensor] = field(default_factory=list)
     commit: Callable[[], None] = lambda: None
-    matrices: dict[str, StructuredMatrix] = field(default_factory=dict)
+    shared: list[Tensor] | None = None
+    replacement: PreconditionerBlock | None = None
 
 
 class PreconditionerBlock(ABC):
-    """The preconditioner of a set of parameters.
+    """The preconditioner of a set of parameters, and all of its state.
+
+    Consumers (the optimizer, the distributor, summaries) use only this interface;
+    facts about a block are declared as class attributes.
 
     Attributes:
         kind: Short name of the block type (``"kronecker"``, ``"elementwise"``).
+        splittable: Whether one process can do the block's work and hand the result to
+            the others (``distribute="split"``); else every process does it.
+        mixes_rows: Whether a direction mixes the rows of the gradient, so that a
+            sharded parameter needs its whole gradient.
         name: The block's name (the layer's or the parameter's name in the model).
         params: The parameters (or their blocks of rows) the block preconditions.
         group_index: Index of the parameter group that holds the parameters.
         recording: Whether the block records curvature in the current step (set by
             the optimizer before each step's forward pass; the only value the
             recording hooks read).
+        origin: The block the optimizer created for these parameters, which saves and
+            loads their state (the block itself, unless it replaced another).
     """
 
     kind: ClassVar[str]
+    splittable: ClassVar[bool] = False
+    mixes_rows: ClassVar[bool] = False
 
     def __init__(self, name: str, params: tuple[ParameterRows, ...], group_index: int) -> None:
         self.name = name
         self.params = params
         self.group_index = group_index
         self.recording = False
+        self.origin: PreconditionerBlock = self
 
-    @property
-    def effective(self) -> PreconditionerBlock:
-        """The block that does the work (a deferred block's choice; else itself)."""
+    def for_step(self) -> PreconditionerBlock:
+        """The block that does this step's work: this one, or the block it turns into.
+
+        A block that turns into another (a deferred block's choice) returns that
+        block; the optimizer puts it in this block's place once the step is taken,
+        and forgets it (:meth:`drop_curvature`) when the step is skipped.
+        """
         return self
 
+    def gradient_rows(self) -> list[ParameterRows]:
+        """The parameters (rows) that have a gradient now: the order of the directions."""
+        return [rows for rows in self.params if rows.param.grad is not None]
+
     # ------------------------------------------------------------- curvature
+    def record(
+        self,
+        x: Tensor,
+        grad_output: Tensor,
+        group: Mapping[str, Any],
+        grad_prescale: float = 1.0,
+    ) -> None:
+        """Add one recorded call (input and output gradient) to the block's curvature.
+
+        Only blocks with recording hooks receive calls.
+
+        Raises:
+            TypeError: For a block that records no curvature.
+        """
+        raise TypeError(f"a {self.kind} block records no curvature")
+
     def has_curvature(self) -> bool:
         """Whether curvature was recorded since the last preconditioner update."""
         return False
 
-    def curvature_tensors(self) -> list[Tensor]:
-        """The tensors of the curvature recorded since the last update (for checks)."""
-        return []
-
     def drop_curvature(self) -> None:  # noqa: B027 (blocks without curvature keep none)
         """Forget the curvature recorded since the last update."""
+
+    def lacks_curvature(self) -> bool:
+        """Whether the block should have recorded curvature for its first update and did not.
+
+        Read on recording steps, before the update (for the unrecorded-layer warning).
+        """
+        return False
+
+    def curvature_buffers(self) -> list[Tensor]:
+        """Templates (shape, dtype, device) of the curvature summed over processes.
+
+        Empty for a block that does not record in this step.
+        """
+        return []
+
+    def reducible_curvature(self) -> list[Tensor] | None:
+        """This process's summands of the curvature summed over processes.
+
+        May change the recorded curvature in place; ``None`` when nothing was
+        recorded here (the process then contributes zeros).
+        """
+        return None
+
+    def set_reduced_curvature(  # noqa: B027 (blocks without curvature keep none)
+        self, sums: list[Tensor], processes: int, group: Mapping[str, Any]
+    ) -> None:
+        """Adopt the summed curvature (views into buffers of this step, which it may keep).
+
+        Args:
+            sums: The sums, laid out like :meth:`curvature_buffers`.
+            processes: Number of processes summed over.
+            group: The block's parameter group.
+        """
 
     # ------------------------------------------------------------------ step
     @abstractmethod
@@ -118,19 +189,56 @@ class PreconditionerBlock(ABC):
             context: The step.
         """
 
+    def shared_buffers(self) -> list[Tensor]:
+        """Templates of what a proposal shares (:attr:`Proposal.shared`) in this step."""
+        return []
+
+    def received(
+        self,
+        directions: list[tuple[ParameterRows, Tensor]],
+        shared: list[Tensor] | None,
+        group: Mapping[str, Any],
+        context: StepContext,
+    ) -> Proposal:
+        """The proposal of this block from the process that computed it.
+
+        Args:
+            directions: That process's directions.
+            shared: That proposal's :attr:`Proposal.shared` (views into buffers of
+                this step, which the block may keep).
+            group: The block's parameter group.
+            context: The step.
+
+        Raises:
+            TypeError: For a block that is not :attr:`splittable`.
+        """
+        raise TypeError(f"a {self.kind} block is computed by every process")
+
+    def learning_rate(self, group: Mapping[str, Any]) -> float:
+        """The learning rate of the block's directions in ``group``."""
+        return float(group["lr"])
+
+    def cost(self) -> float:
+        """Estimated multiply-adds of one preconditioner update and one direction."""
+        return 0.0
+
     # ---------------------------------------------------------------- state
     @abstractmethod
     def state_dict(self) -> dict[str, Any]:
-        """Return the block's state: tensors (the live ones) and plain values."""
+        """Return the block's state: tensors (the live ones) and plain values.
+
+        The optimizer saves and loads through :attr:`origin`.
+        """
 
     @abstractmethod
     def load_state_dict(
         self, state: Mapping[str, Any], group: Mapping[str, Any]
-    ) -> Callable[[], None]:
+    ) -> Callable[[], PreconditionerBlock]:
         """Validate ``state`` and return a function that loads it.
 
         Nothing changes until the returned function is called, so an optimizer can
-        validate every block before loading any.
+        validate every block before loading any. The function returns the block that
+        holds the loaded state (this one, or the block a deferred block had chosen).
 
         Args:
             state: An entry written by :meth:`state_dict`.
@@ -144,6 +252,14 @@ class PreconditionerBlock(ABC):
     def state_tensors(self) -> list[Tensor]:
         """Return every tensor of the block's state (for memory accounting)."""
 
+    def matrices(self) -> dict[str, StructuredMatrix]:
+        """The block's structured matrices by name (none for most blocks)."""
+        return {}
+
+    def pending_curvature(self) -> tuple[StructuredMatrix, StructuredMatrix, int, int] | None:
+        """``(H_K, H_C, rows, terms)`` recorded since the last update, if the block keeps such."""
+        return None
+
     def describe(self) -> dict[str, Any]:
-        """Return a summary: kind, parameter shapes and structures."""
-        return {"kind": self.kind}
+        """Return a summary: ``kind`` and ``preconditioner`` (texts) and kind-specific facts."""
+        return {"kind": self.kind, "preconditioner": ""}

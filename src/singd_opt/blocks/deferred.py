@@ -8,18 +8,18 @@ watches the recording forward passes; the first call with the whole parameter as
 matrix of a map makes it a :class:`~singd_opt.blocks.KroneckerBlock` of that map (with
 the parameter as :math:`W^\top` for ``x @ P``). A parameter first used otherwise, or
 not used by the time of its first update, gets an
-:class:`~singd_opt.blocks.ElementwiseBlock`, with a warning naming it. The choice is
-final and saved with the state.
+:class:`~singd_opt.blocks.ElementwiseBlock`. The choice is final and saved with the
+state.
 
-A deferred block may hold a *bias*: the module's own 1-D ``bias`` parameter. A call
-that adds it to the map (``addmm(bias, x, P)``, ``linear(x, W, bias)``) makes it the
-bias column of the Kronecker block; otherwise it keeps an element-wise block of its
-own.
+A deferred block may hold a *bias*: the module's own 1-D ``bias`` parameter with as
+many entries as the map has outputs (Hugging Face's ``Conv1D`` adds it through
+``addmm(bias, x, P)``; a module computing ``x @ W.T + bias`` adds it to the map's
+output as well). It is the bias column of the Kronecker block, or has its own
+element-wise rule when the weight has one.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -38,6 +38,7 @@ from singd_opt.layers import (
     TransposedLinearLayer,
 )
 from singd_opt.map_calls import MapCall
+from singd_opt.user_warnings import warn_user
 
 _CONVS = {"conv1d": 3, "conv2d": 4, "conv3d": 5}
 
@@ -66,7 +67,7 @@ def layer_of_call(
         if transposed:
             return TransposedLinearLayer(param, bias, value)
         return LinearLayer(param, bias, value)
-    if function == "embedding" and value.ndim == 2:
+    if function == "embedding" and value.ndim == 2 and not transposed and bias is None:
         return EmbeddingLayer(param)
     if _CONVS.get(function) == value.ndim and not transposed:
         if bias is not None and bias.value.shape != (value.shape[0],):
@@ -103,15 +104,11 @@ def _layer_from_spec(
     options = {k: v for k, v in spec.items() if k not in ("function", "transposed", "bias")}
     if "padding" in options:
         options["padding"] = [int(p[0]) for p in options["padding"]]
-    if spec.get("bias") and bias is None:
-        raise ValueError(f"{what}: the saved map has a bias but the block holds none")
+    if bool(spec.get("bias")) != (bias is not None):
+        raise ValueError(f"{what}: the saved map's bias does not fit the block's parameters")
     try:
         layer = layer_of_call(
-            param,
-            spec["function"],
-            options,
-            bool(spec.get("transposed", False)),
-            bias if spec.get("bias") else None,
+            param, spec["function"], options, bool(spec.get("transposed", False)), bias
         )
     except (TypeError, ValueError):
         layer = None
@@ -120,16 +117,88 @@ def _layer_from_spec(
     return layer
 
 
+def warn_unused(name: str) -> None:
+    """Report a deferred parameter that goes to the element-wise rule unused."""
+    warn_user(
+        f"parameter {name!r} was not used as the matrix of a linear map in a recording "
+        "forward pass; it is trained with the element-wise rule"
+    )
+
+
+class _ElementwiseParts(PreconditionerBlock):
+    """The element-wise rule for a weight and its bias: one :class:`ElementwiseBlock` each."""
+
+    kind = ElementwiseBlock.kind
+
+    def __init__(self, parts: list[ElementwiseBlock]) -> None:
+        super().__init__(parts[0].name, tuple(p.params[0] for p in parts), parts[0].group_index)
+        self.parts = parts
+
+    def propose(self, group: Mapping[str, Any], context: StepContext) -> Proposal:
+        """The parts' directions and states together."""
+        proposals = [part.propose(group, context) for part in self.parts]
+
+        def commit() -> None:
+            for proposal in proposals:
+                proposal.commit()
+
+        return Proposal(
+            [d for p in proposals for d in p.directions],
+            [t for p in proposals for t in p.checked],
+            commit,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"kind": "elementwise", "parts": [each part's state]}``."""
+        return {"kind": self.kind, "parts": [part.state_dict() for part in self.parts]}
+
+    def load_state_dict(
+        self, state: Mapping[str, Any], group: Mapping[str, Any]
+    ) -> Callable[[], PreconditionerBlock]:
+        """See :meth:`PreconditionerBlock.load_state_dict`."""
+        parts = state.get("parts")
+        if not isinstance(parts, list) or len(parts) != len(self.parts):
+            raise ValueError(
+                f"state_dict: block {self.name!r} needs {len(self.parts)} element-wise parts"
+            )
+        pairs = zip(self.parts, parts, strict=True)
+        loads = [part.load_state_dict(entry, group) for part, entry in pairs]
+
+        def load() -> PreconditionerBlock:
+            for load_part in loads:
+                load_part()
+            return self
+
+        return load
+
+    def state_tensors(self) -> list[Tensor]:
+        """See :meth:`PreconditionerBlock.state_tensors`."""
+        return [t for part in self.parts for t in part.state_tensors()]
+
+    def learning_rate(self, group: Mapping[str, Any]) -> float:
+        """See :meth:`ElementwiseBlock.learning_rate`."""
+        return self.parts[0].learning_rate(group)
+
+    def describe(self) -> dict[str, Any]:
+        """See :meth:`PreconditionerBlock.describe`."""
+        return {**self.parts[0].describe(), "parts": len(self.parts)}
+
+
 class DeferredBlock(PreconditionerBlock):
     """A parameter whose block (Kronecker or element-wise) is chosen by its first use.
 
-    Attributes:
-        resolved: The chosen block, ``None`` until the choice is made.
-        bias_block: The element-wise block of the bias when the chosen block does not
-            hold it (``None`` otherwise).
+    The first recorded functional call that fits a linear map chooses a
+    :class:`KroneckerBlock` of that map, which records the call. At the block's first
+    step (:meth:`for_step`) a parameter no call has used gets an
+    :class:`ElementwiseBlock`. The choice does the step's work and takes this block's
+    place in the optimizer once the step is taken; a skipped step forgets it
+    (:meth:`drop_curvature`), so the next step chooses again. This block stays the
+    :attr:`~PreconditionerBlock.origin` of its choice: it saves and loads the choice's
+    state with the chosen map.
     """
 
     kind = "deferred"
+    splittable = True  # its choice may be a Kronecker block
 
     def __init__(
         self,
@@ -141,119 +210,103 @@ class DeferredBlock(PreconditionerBlock):
     ) -> None:
         super().__init__(name, (param,) if bias is None else (param, bias), group_index)
         self._group = group
-        self.resolved: PreconditionerBlock | None = None
-        self.bias_block: ElementwiseBlock | None = None
-        self.reason: str | None = None  # why the element-wise rule was chosen
-
-    @property
-    def effective(self) -> PreconditionerBlock:
-        """The chosen block, or this one while the choice is open."""
-        return self.resolved if self.resolved is not None else self
+        self._choice: PreconditionerBlock | None = None
 
     @property
     def bias(self) -> ParameterRows | None:
-        """The module's bias the block may hold, or ``None``."""
+        """The module's bias the block holds, or ``None``."""
         return self.params[1] if len(self.params) > 1 else None
 
-    def _resolve(self, block: PreconditionerBlock) -> None:
-        self.resolved = block
-        holds_bias = any(rows is self.bias for rows in block.params)
-        if self.bias is not None and not holds_bias:
-            self.bias_block = ElementwiseBlock(f"{self.name}:bias", self.bias, self.group_index)
+    def _elementwise(self) -> PreconditionerBlock:
+        parts = [ElementwiseBlock(self.name, self.params[0], self.group_index)]
+        if self.bias is not None:
+            parts.append(ElementwiseBlock(f"{self.name}:bias", self.bias, self.group_index))
+            return _ElementwiseParts(parts)
+        return parts[0]
+
+    def _adopt(self, block: PreconditionerBlock) -> PreconditionerBlock:
+        block.origin = self
+        block.recording = self.recording
+        self._choice = block
+        return block
 
     # ---------------------------------------------------------------- capture
-    def accepts(self, call: MapCall) -> bool:
-        """Whether ``call`` is a use of the Kronecker block (choosing it on a first use).
+    def recipient(self, call: MapCall) -> KroneckerBlock | None:
+        """The block that records ``call`` now, choosing a Kronecker block on a first use.
 
-        The first call whose weight is the whole parameter and fits a linear map,
-        convolution or embedding chooses a Kronecker block of that map; the bias
-        joins it when the call adds it.
+        The first call on a recording step whose weight is the whole parameter and
+        fits a linear map, convolution or embedding (with the block's bias as the
+        map's bias) chooses a Kronecker block of that map. ``None`` when the call is
+        not recorded (no fitting map, not recording, or the parameter went to the
+        element-wise rule).
         """
-        param, bias = self.params[0], self.bias
-        if self.resolved is None:
-            if call.rows != (0, param.value.shape[0]):
-                return False
-            used_bias = bias if bias is not None and call.bias is bias.param else None
-            layer = layer_of_call(param, call.function, call.options, call.transposed, used_bias)
+        param = self.params[0]
+        choice = self._choice
+        if choice is None:
+            if not self.recording or call.row_range != (0, param.value.shape[0]):
+                return None
+            layer = layer_of_call(
+                param, call.function, call.options, call.transposed, self.bias
+            )
             if layer is None:
-                return False
-            self._resolve(KroneckerBlock(self.name, layer, self.group_index, self._group))
-        return isinstance(self.resolved, KroneckerBlock)
+                return None
+            choice = self._adopt(KroneckerBlock(self.name, layer, self.group_index, self._group))
+        if isinstance(choice, KroneckerBlock) and choice.recording:
+            return choice
+        return None
 
-    def fall_back(self, reason: str) -> bool:
-        """Choose the element-wise rule (if nothing is chosen yet) because of ``reason``.
-
-        Returns:
-            Whether this call made the choice.
-        """
-        if self.resolved is not None:
+    def fall_back(self) -> bool:
+        """Choose the element-wise rule now, if nothing is chosen; return whether it was."""
+        if self._choice is not None:
             return False
-        self.reason = reason
-        self._resolve(ElementwiseBlock(self.name, self.params[0], self.group_index))
+        self._adopt(self._elementwise())
         return True
 
-    # ------------------------------------------------------------- delegation
+    def takes_calls(self) -> bool:
+        """Whether calls may still be recorded (not once the element-wise rule is chosen)."""
+        return self._choice is None or isinstance(self._choice, KroneckerBlock)
+
+    # ------------------------------------------------------------------ step
+    def for_step(self) -> PreconditionerBlock:
+        """The chosen block; the element-wise one if no call has chosen a Kronecker block."""
+        if self._choice is None:
+            warn_unused(self.name)
+            return self._adopt(self._elementwise())
+        return self._choice
+
     def has_curvature(self) -> bool:
         """See :meth:`PreconditionerBlock.has_curvature`."""
-        return self.resolved is not None and self.resolved.has_curvature()
-
-    def curvature_tensors(self) -> list[Tensor]:
-        """See :meth:`PreconditionerBlock.curvature_tensors`."""
-        return self.resolved.curvature_tensors() if self.resolved is not None else []
+        return self._choice is not None and self._choice.has_curvature()
 
     def drop_curvature(self) -> None:
-        """See :meth:`PreconditionerBlock.drop_curvature`."""
-        if self.resolved is not None:
-            self.resolved.drop_curvature()
-
-    def resolve_unused(self) -> PreconditionerBlock:
-        """Choose the element-wise block if no call chose a Kronecker one; return the choice.
-
-        The choice is reported with a warning naming the parameter.
-        """
-        if self.fall_back("it was not used as the matrix of a linear map"):
-            warnings.warn(
-                f"parameter {self.name!r} was not used as the matrix of a linear map in a "
-                "recording forward pass; it is trained with the element-wise rule",
-                stacklevel=4,
-            )
-        assert self.resolved is not None
-        return self.resolved
+        """Forget this step's choice with its curvature (the choice stays open)."""
+        self._choice = None
 
     def propose(self, group: Mapping[str, Any], context: StepContext) -> Proposal:
-        """See :meth:`PreconditionerBlock.propose`."""
-        proposal = self.resolve_unused().propose(group, context)
-        if self.bias_block is None:
-            return proposal
-        extra = self.bias_block.propose(group, context)
-        first, second = proposal.commit, extra.commit
+        """The proposal of :meth:`for_step`'s block, which replaces this one once taken."""
+        choice = self.for_step()
+        proposal = choice.propose(group, context)
+        proposal.replacement = choice
+        return proposal
 
-        def commit() -> None:
-            first()
-            second()
-
-        return Proposal(
-            proposal.directions + extra.directions,
-            proposal.checked + extra.checked,
-            commit,
-            proposal.matrices,
-        )
-
+    # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         """See :meth:`PreconditionerBlock.state_dict`; the chosen map is saved as ``layer``."""
-        if self.resolved is None:
+        choice = self._choice
+        if choice is None:
             return {"kind": self.kind}
-        state = self.resolved.state_dict()
-        if isinstance(self.resolved, KroneckerBlock):
-            state["layer"] = _layer_spec(self.resolved.layer)
-        if self.bias_block is not None:
-            state["bias_block"] = self.bias_block.state_dict()
+        state = choice.state_dict()
+        if isinstance(choice, KroneckerBlock):
+            state["layer"] = _layer_spec(choice.layer)
         return state
 
     def load_state_dict(
         self, state: Mapping[str, Any], group: Mapping[str, Any]
-    ) -> Callable[[], None]:
-        """See :meth:`PreconditionerBlock.load_state_dict`."""
+    ) -> Callable[[], PreconditionerBlock]:
+        """See :meth:`PreconditionerBlock.load_state_dict`.
+
+        The returned function gives the loaded choice (or this block, undecided).
+        """
         what = f"state_dict: block {self.name!r}"
         kind = state.get("kind")
         param = self.params[0]
@@ -264,42 +317,33 @@ class DeferredBlock(PreconditionerBlock):
             layer = _layer_from_spec(param, self.bias, state.get("layer"), what)
             block = KroneckerBlock(self.name, layer, self.group_index, group)
         elif kind == ElementwiseBlock.kind:
-            block = ElementwiseBlock(self.name, param, self.group_index)
+            block = self._elementwise()
         else:
             raise ValueError(f"{what} has an unknown kind {kind!r}")
         load_block = block.load_state_dict(state, group) if block is not None else None
-        bias_block: ElementwiseBlock | None = None
-        load_bias = None
-        holds_bias = block is not None and any(rows is self.bias for rows in block.params)
-        if block is not None and self.bias is not None and not holds_bias:
-            bias_state = state.get("bias_block")
-            if not isinstance(bias_state, Mapping):
-                raise ValueError(f"{what} has no valid 'bias_block' entry")
-            bias_block = ElementwiseBlock(f"{self.name}:bias", self.bias, self.group_index)
-            load_bias = bias_block.load_state_dict(bias_state, group)
 
-        def load() -> None:
-            if load_block is not None and block is not None:
-                load_block()
-                self.resolved = block
-                self.bias_block = bias_block
-                if load_bias is not None:
-                    load_bias()
-            else:
-                self.resolved = None
-                self.bias_block = None
+        def load() -> PreconditionerBlock:
+            if load_block is None:
+                self._choice = None
+                return self
+            return self._adopt(load_block())
 
         return load
 
     def state_tensors(self) -> list[Tensor]:
         """See :meth:`PreconditionerBlock.state_tensors`."""
-        tensors = self.resolved.state_tensors() if self.resolved is not None else []
-        if self.bias_block is not None:
-            tensors = tensors + self.bias_block.state_tensors()
-        return tensors
+        return self._choice.state_tensors() if self._choice is not None else []
+
+    def cost(self) -> float:
+        """The cost of a dense Kronecker block of the parameter's rows and columns."""
+        rows = self.params[0].value
+        dim_C, dim_K = rows.shape[0], rows[0].numel()
+        return 2.0 * (dim_K**3 + dim_C**3) + 2.0 * dim_C * dim_K * (dim_K + dim_C)
 
     def describe(self) -> dict[str, Any]:
         """See :meth:`PreconditionerBlock.describe`."""
-        if self.resolved is None:
-            return {"kind": self.kind, "shape": tuple(self.params[0].value.shape)}
-        return self.resolved.describe()
+        return {
+            "kind": self.kind,
+            "preconditioner": "undecided",
+            "shape": tuple(self.params[0].value.shape),
+        }

@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 
 from singd_opt.blocks.base import PreconditionerBlock, Proposal, StepContext
-from singd_opt.distributed.sharding import is_sharded, shard_like
 from singd_opt.layers import ParameterRows
+from singd_opt.sharding import is_sharded, shard_like
 
 
 def moment_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -82,7 +82,7 @@ class ElementwiseBlock(PreconditionerBlock):
 
     def load_state_dict(
         self, state: Mapping[str, Any], group: Mapping[str, Any]
-    ) -> Callable[[], None]:
+    ) -> Callable[[], PreconditionerBlock]:
         """See :meth:`PreconditionerBlock.load_state_dict`."""
         what = f"state_dict: block {self.name!r}"
         if state.get("kind") != self.kind:
@@ -105,9 +105,10 @@ class ElementwiseBlock(PreconditionerBlock):
         elif updates:
             raise ValueError(f"{what} has {updates} updates but no second_moment")
 
-        def load() -> None:
+        def load() -> PreconditionerBlock:
             self.second_moment = second_moment
             self.updates = updates
+            return self
 
         return load
 
@@ -115,6 +116,15 @@ class ElementwiseBlock(PreconditionerBlock):
         """See :meth:`PreconditionerBlock.state_tensors`."""
         return [self.second_moment] if self.second_moment is not None else []
 
+    def learning_rate(self, group: Mapping[str, Any]) -> float:
+        """The group's ``elementwise_lr``, else its ``lr``."""
+        elementwise_lr = group.get("elementwise_lr")
+        return float(group["lr"] if elementwise_lr is None else elementwise_lr)
+
     def describe(self) -> dict[str, Any]:
         """See :meth:`PreconditionerBlock.describe`."""
-        return {"kind": self.kind, "shape": tuple(self.params[0].value.shape)}
+        return {
+            "kind": self.kind,
+            "preconditioner": "diagonal second moment",
+            "shape": tuple(self.params[0].value.shape),
+        }

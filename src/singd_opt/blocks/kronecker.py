@@ -18,17 +18,17 @@ import torch
 from torch import Tensor
 
 from singd_opt.blocks.base import PreconditionerBlock, Proposal, StepContext
-from singd_opt.checkpoint import matrix_from_state, matrix_to_state
+from singd_opt.blocks.matrix_state import matrix_from_state, matrix_to_state
 from singd_opt.curvature import CurvatureSums
 from singd_opt.layers import EmbeddingLayer, Layer, ParameterRows
 from singd_opt.preconditioner import (
     UpdateConfig,
+    cached_square,
     factor_step,
-    gram,
     natural_gradient,
     update_preconditioner,
 )
-from singd_opt.validation import resolve_structure
+from singd_opt.structures import resolve_structure
 from singd_opt.warm_start import fixed_point_factors
 from structmat import StructuredMatrix
 
@@ -39,6 +39,21 @@ _GRAPH_TASK_ID = getattr(torch._C, "_current_graph_task_id", None)
 def _current_backward_pass() -> int | None:
     """Identify the running backward pass (autograd's graph task), ``None`` if unknown."""
     return _GRAPH_TASK_ID() if _GRAPH_TASK_ID is not None else None
+
+
+def _tensors(first: StructuredMatrix, second: StructuredMatrix) -> list[Tensor]:
+    """The stored tensors of two matrices, in a fixed order."""
+    return [*first.tensors().values(), *second.tensors().values()]
+
+
+def _matrices_like(
+    K: StructuredMatrix, C: StructuredMatrix, tensors: list[Tensor]
+) -> tuple[StructuredMatrix, StructuredMatrix]:
+    """Two matrices of the structures of ``K, C`` from :func:`_tensors`' layout."""
+    values = iter(tensors)
+    first = type(K).from_tensors({name: next(values) for name in K.tensors()})
+    second = type(C).from_tensors({name: next(values) for name in C.tensors()})
+    return first, second
 
 
 class KroneckerBlock(PreconditionerBlock):
@@ -54,6 +69,8 @@ class KroneckerBlock(PreconditionerBlock):
     """
 
     kind = "kronecker"
+    splittable = True
+    mixes_rows = True
 
     def __init__(
         self,
@@ -85,10 +102,10 @@ class KroneckerBlock(PreconditionerBlock):
             self.m_K = cls_K.zeros(layer.dim_K, dtype=dtype_K, device=device)
             self.m_C = cls_C.zeros(layer.dim_C, dtype=dtype_C, device=device)
         self.curvature: CurvatureSums | None = None
-        self.updated = False  # whether K, C have been updated at least once
+        self.ever_updated = False  # whether K, C have been updated at least once
         # (K, C, K K^T, C C^T) for structures closed under transposition; rebuilt
         # whenever K or C is replaced.
-        self._grams: tuple[Any, Any, Any, Any] | None = None
+        self._squares: tuple[Any, Any, Any, Any] | None = None
 
     @staticmethod
     def structures_for(layer: Layer, group: Mapping[str, Any]) -> tuple[str, str]:
@@ -143,13 +160,49 @@ class KroneckerBlock(PreconditionerBlock):
         """See :meth:`PreconditionerBlock.has_curvature`."""
         return self.curvature is not None
 
-    def curvature_tensors(self) -> list[Tensor]:
-        """See :meth:`PreconditionerBlock.curvature_tensors`."""
-        return self.curvature.tensors() if self.curvature is not None else []
-
     def drop_curvature(self) -> None:
         """See :meth:`PreconditionerBlock.drop_curvature`."""
         self.curvature = None
+
+    def lacks_curvature(self) -> bool:
+        """See :meth:`PreconditionerBlock.lacks_curvature`."""
+        return (
+            self.recording
+            and not self.ever_updated
+            and self.curvature is None
+            and any(rows.param.grad is not None for rows in self.layer.params)
+        )
+
+    def curvature_buffers(self) -> list[Tensor]:
+        """``H_K``'s and ``H_C``'s tensors (laid out like ``K``, ``C``), then the counts.
+
+        See :meth:`PreconditionerBlock.curvature_buffers`.
+        """
+        if not self.recording:
+            return []
+        counts = torch.zeros(2, dtype=torch.float64, device=self.K.device)
+        return [*_tensors(self.K, self.C), counts]
+
+    def reducible_curvature(self) -> list[Tensor] | None:
+        """See :meth:`PreconditionerBlock.reducible_curvature`, :meth:`CurvatureSums.reducible`."""
+        if self.curvature is None:
+            return None
+        tensors, counts = self.curvature.reducible()
+        return [*tensors, torch.tensor(counts, dtype=torch.float64)]
+
+    def set_reduced_curvature(
+        self, sums: list[Tensor], processes: int, group: Mapping[str, Any]
+    ) -> None:
+        """See :meth:`PreconditionerBlock.set_reduced_curvature` (keeps views of ``sums``)."""
+        *matrices, counts = sums
+        rows, terms = counts.tolist()
+        if rows == 0:
+            self.curvature = None
+            return
+        H_K, H_C = _matrices_like(self.K, self.C, matrices)
+        curvature = CurvatureSums(H_K, H_C, 1, 1, group["loss_average"] is not None)
+        curvature.set_reduced([rows, terms], processes)
+        self.curvature = curvature
 
     # ------------------------------------------------------------------ step
     def _update_config(self, group: Mapping[str, Any], context: StepContext) -> UpdateConfig:
@@ -165,12 +218,14 @@ class KroneckerBlock(PreconditionerBlock):
             grad_unscaling=context.grad_unscaling,
         )
 
-    def _cached_grams(self, K: StructuredMatrix, C: StructuredMatrix, uses: int) -> tuple[Any, Any]:
-        """``K K^T`` and ``C C^T`` where caching pays (see :func:`gram`), for ``uses`` steps."""
-        cached = self._grams
+    def _cached_squares(
+        self, K: StructuredMatrix, C: StructuredMatrix, uses: int
+    ) -> tuple[Any, Any]:
+        """``K K^T`` and ``C C^T`` where caching pays (:func:`cached_square`) for ``uses`` steps."""
+        cached = self._squares
         if cached is None or cached[0] is not K or cached[1] is not C:
-            layer = self.layer
-            cached = (K, C, gram(K, layer.dim_C, uses), gram(C, layer.dim_K, uses))
+            dim_K, dim_C = self.layer.dim_K, self.layer.dim_C
+            cached = (K, C, cached_square(K, dim_C, uses), cached_square(C, dim_K, uses))
         return cached[2], cached[3]
 
     def propose(self, group: Mapping[str, Any], context: StepContext) -> Proposal:
@@ -180,46 +235,57 @@ class KroneckerBlock(PreconditionerBlock):
         """
         K, C, m_K, m_C = self.K, self.C, self.m_K, self.m_C
         checked: list[Tensor] = []
-        updated = self.curvature is not None
-        shared: dict[str, StructuredMatrix] = {}
+        updating = self.curvature is not None
+        shared: list[Tensor] | None = None
         if self.curvature is not None:
             H_K, H_C = self.curvature.H_K, self.curvature.H_C
             self.curvature = None  # consumed: its storage becomes the new momenta
             config = self._update_config(group, context)
-            if group.get("warm_start") and not self.updated:
+            if self._warm_starts(group):
                 # the first update jumps to the fixed point of this curvature
                 H_C = H_C.mul_(config.grad_unscaling) if config.grad_unscaling != 1.0 else H_C
                 K, C = fixed_point_factors(H_K, H_C, float(config.damping), config.kfac_like)
-                shared = {"K": K, "C": C}
+                shared = _tensors(K, C)
             else:
                 K, C, new_m_K, new_m_C = update_preconditioner(K, C, m_K, m_C, H_K, H_C, config)
                 if config.alpha1 != 0.0:
                     m_K, m_C = new_m_K, new_m_C
-                shared = {"m_K": new_m_K, "m_C": new_m_C}
+                shared = _tensors(new_m_K, new_m_C)
             for matrix in (K, C):
                 checked.extend(matrix.tensors().values())
         directions = []
         grad = self.layer.gradient_matrix(context.gradients)
-        gram_K = gram_C = None
+        KKT = CCT = None
         if grad is not None:
             if context.grad_factor != 1.0:
                 grad = grad / context.grad_factor
-            gram_K, gram_C = self._cached_grams(K, C, group["T"])
-            directions = self.layer.split(natural_gradient(K, C, grad, gram_K, gram_C))
+            KKT, CCT = self._cached_squares(K, C, group["T"])
+            directions = self.layer.split(natural_gradient(K, C, grad, KKT, CCT))
 
         def commit() -> None:
-            if updated:
+            if updating:
                 self.K, self.C, self.m_K, self.m_C = K, C, m_K, m_C
-                self.updated = True
+                self.ever_updated = True
             if grad is not None:
-                self._grams = (K, C, gram_K, gram_C)
+                self._squares = (K, C, KKT, CCT)
 
         return Proposal(directions, checked + [d for _, d in directions], commit, shared)
+
+    def _warm_starts(self, group: Mapping[str, Any]) -> bool:
+        """Whether this update is a warm start (the first update, with ``warm_start``)."""
+        return bool(group.get("warm_start")) and not self.ever_updated
+
+    def shared_buffers(self) -> list[Tensor]:
+        """Room for the new momenta ``m_K, m_C`` (or, for a warm start, ``K, C``).
+
+        See :meth:`PreconditionerBlock.shared_buffers`; only on recording steps.
+        """
+        return _tensors(self.K, self.C) if self.recording else []
 
     def received(
         self,
         directions: list[tuple[ParameterRows, Tensor]],
-        shared: dict[str, StructuredMatrix],
+        shared: list[Tensor] | None,
         group: Mapping[str, Any],
         context: StepContext,
     ) -> Proposal:
@@ -227,31 +293,49 @@ class KroneckerBlock(PreconditionerBlock):
 
         Args:
             directions: The owner's directions.
-            shared: What the owner shared of its update (its proposal's ``matrices``):
-                the new momenta ``m_K, m_C``, from which the new factors follow
-                (:func:`factor_step`) exactly as the owner computed them; or, for a
-                warm start, the new factors ``K, C`` themselves; empty without update.
+            shared: What the owner shared of its update: the new momenta
+                ``m_K, m_C``, from which the new factors follow (:func:`factor_step`)
+                exactly as the owner computed them; or, for a warm start, the new
+                factors ``K, C`` themselves; ``None`` without update.
             group: The block's parameter group.
             context: The step.
         """
         K, C = self.K, self.C
-        momenta = "m_K" in shared
-        if momenta:
-            config = self._update_config(group, context)
-            K, C = factor_step(K, C, shared["m_K"], shared["m_C"], config)
-        elif shared:
-            K, C = shared["K"], shared["C"]
+        momenta: tuple[StructuredMatrix, StructuredMatrix] | None = None
+        if shared is not None:
+            first, second = _matrices_like(self.K, self.C, shared)
+            if self._warm_starts(group):
+                K, C = first, second
+            else:
+                momenta = (first, second)
+                K, C = factor_step(K, C, first, second, self._update_config(group, context))
 
         def commit() -> None:
             self.curvature = None  # the owner used it
-            if shared:
+            if shared is not None:
                 self.K, self.C = K, C
-                if momenta and group["alpha1"] != 0.0:
-                    self.m_K, self.m_C = shared["m_K"], shared["m_C"]
-                self.updated = True
-                self._grams = None
+                if momenta is not None and group["alpha1"] != 0.0:
+                    self.m_K, self.m_C = momenta
+                self.ever_updated = True
+                self._squares = None
 
         return Proposal(directions, [], commit)
+
+    def cost(self) -> float:
+        r"""See :meth:`PreconditionerBlock.cost`.
+
+        With :math:`s_K` the stored entries of ``K`` (``d_K^2`` dense, ``d_K``
+        diagonal, ...), updating ``K`` costs about :math:`2 s_K d_K` multiply-adds (the
+        products :math:`K^\top K` and :math:`K m_K`), and the natural gradient about
+        :math:`2 d_C d_K (s_K / d_K + s_C / d_C)` (one structured product per side and
+        row or column of the gradient matrix, twice).
+        """
+        dim_K, dim_C = self.layer.dim_K, self.layer.dim_C
+        stored_K = sum(t.numel() for t in self.K.tensors().values())
+        stored_C = sum(t.numel() for t in self.C.tensors().values())
+        update = 2.0 * (stored_K * dim_K + stored_C * dim_C)
+        precondition = 2.0 * dim_C * dim_K * (stored_K / dim_K + stored_C / dim_C)
+        return update + precondition
 
     # ---------------------------------------------------------------- state
     def matrices(self) -> dict[str, StructuredMatrix]:
@@ -271,12 +355,12 @@ class KroneckerBlock(PreconditionerBlock):
         if self.curvature is not None:
             state["H_K"] = matrix_to_state(self.structures[0], self.curvature.H_K)
             state["H_C"] = matrix_to_state(self.structures[1], self.curvature.H_C)
-            state["counts"] = [self.curvature.rows, self.curvature.terms]
+            state["counts"] = [self.curvature.row_count, self.curvature.terms]
         return state
 
     def load_state_dict(
         self, state: Mapping[str, Any], group: Mapping[str, Any]
-    ) -> Callable[[], None]:
+    ) -> Callable[[], PreconditionerBlock]:
         """See :meth:`PreconditionerBlock.load_state_dict`.
 
         Raises:
@@ -331,30 +415,38 @@ class KroneckerBlock(PreconditionerBlock):
                 mean_loss=group["loss_average"] is not None,
             )
 
-        def load() -> None:
+        def load() -> PreconditionerBlock:
             self.structures = structures
             self.K, self.C = loaded["K"], loaded["C"]  # type: ignore[assignment]
             self.m_K, self.m_C = loaded["m_K"], loaded["m_C"]
             self.curvature = curvature
-            self._grams = None
-            self.updated = True  # a loaded state counts as updated (no first-update warning)
+            self._squares = None
+            self.ever_updated = True  # a loaded state counts as updated (no first-update warning)
+            return self
 
         return load
 
     def state_tensors(self) -> list[Tensor]:
         """See :meth:`PreconditionerBlock.state_tensors` (the cached ``K K^T`` included)."""
         tensors = [t for m in self.matrices().values() for t in m.tensors().values()]
-        if self._grams is not None:
+        if self._squares is not None:
             tensors.extend(
-                t for m in self._grams[2:] if m is not None for t in m.tensors().values()
+                t for m in self._squares[2:] if m is not None for t in m.tensors().values()
             )
         return tensors
 
+    def pending_curvature(self) -> tuple[StructuredMatrix, StructuredMatrix, int, int] | None:
+        """See :meth:`PreconditionerBlock.pending_curvature`."""
+        found = self.curvature
+        return None if found is None else (found.H_K, found.H_C, found.row_count, found.terms)
+
     def describe(self) -> dict[str, Any]:
         """See :meth:`PreconditionerBlock.describe`."""
+        (structure_K, structure_C), layer = self.structures, self.layer
         return {
-            "kind": self.kind,
-            "layer": type(self.layer).__name__,
+            "kind": f"{self.kind} ({type(layer).__name__})",
+            "preconditioner": f"K {structure_K} {layer.dim_K}, C {structure_C} {layer.dim_C}",
+            "layer": type(layer).__name__,
             "structures": self.structures,
-            "dims": (self.layer.dim_K, self.layer.dim_C),
+            "dims": (layer.dim_K, layer.dim_C),
         }

@@ -27,25 +27,25 @@ The number of collectives per step does not depend on the number of layers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from singd_opt.blocks import KroneckerBlock, PreconditionerBlock, Proposal, StepContext
-from singd_opt.curvature import CurvatureSums
+from singd_opt.blocks import PreconditionerBlock, Proposal, StepContext
 from singd_opt.distributed.buckets import Buckets, Key, Segments
 from singd_opt.distributed.collectives import Collectives
 from singd_opt.distributed.ownership import assign_owners
-from singd_opt.distributed.sharding import (
+from singd_opt.layers import ParameterRows
+from singd_opt.sharding import (
     full_from_gathered,
     is_sharded,
     local_tensor,
     padded_rows,
+    shard_like,
 )
-from singd_opt.layers import ParameterRows
 
 DISTRIBUTE_MODES: tuple[str, ...] = ("replicate", "split")
 
@@ -79,9 +79,11 @@ class DataParallelSync:
     # ------------------------------------------------------------ ownership
     def computes(self, block: PreconditionerBlock) -> bool:
         """Whether this process proposes ``block``'s step (always, unless split off)."""
-        if not self.split or not isinstance(block.effective, KroneckerBlock):
-            return True
-        return self.owners.get(block.name, 0) == self.collectives.rank
+        return not self._owned(block) or self.owners[block.name] == self.collectives.rank
+
+    def _owned(self, block: PreconditionerBlock) -> bool:
+        """Whether one process does ``block``'s work (``split`` and a splittable block)."""
+        return self.split and block.splittable and block.name in self.owners
 
     # ----------------------------------------------------------------- step
     def prepare_step(
@@ -135,7 +137,7 @@ class DataParallelSync:
         """Return the full gradients of the Kronecker blocks' sharded parameters."""
         params: dict[nn.Parameter, None] = {}
         for block in blocks:  # every process holds a shard of every parameter
-            if isinstance(block.effective, KroneckerBlock):
+            if block.mixes_rows:
                 for rows in block.params:
                     if is_sharded(rows.param) and rows.param.grad is not None:
                         params[rows.param] = None
@@ -168,68 +170,68 @@ class DataParallelSync:
             full[param] = full_from_gathered(param, pieces.view(world * shape[0], *shape[1:]))
         return full
 
+    def local_tensors(self, tensors: list[Tensor]) -> list[Tensor]:
+        """The local parts of sharded tensors (the others as they are), for checks."""
+        return [local_tensor(t) for t in tensors] if self.sharded else tensors
+
+    def fit_update(self, param: nn.Parameter, update: Tensor) -> Tensor:
+        """A whole-tensor ``update`` of a sharded ``param`` cut to the rows this process holds."""
+        if is_sharded(param) and not is_sharded(update):
+            return shard_like(param, update)
+        return update
+
     # ------------------------------------------------------------ curvature
     def reduce_curvature(
         self, blocks: Sequence[PreconditionerBlock], groups: list[dict[str, Any]]
     ) -> None:
-        """Combine the recording Kronecker blocks' curvature over the processes, in place.
+        """Combine the blocks' recorded curvature over the processes, in place.
 
-        In replicate mode one all-reduce per dtype leaves every process with every
-        block's curvature. In split mode only a block's owner needs it: the sums are
-        laid out by owner and one reduce-scatter per dtype hands each process its part
-        (half the traffic of an all-reduce); other processes drop theirs.
+        Each block lists its buffers (:meth:`~PreconditionerBlock.curvature_buffers`)
+        and its summands; in replicate mode one all-reduce per dtype leaves every
+        process with every block's sums. In split mode only a block's owner needs
+        them: the sums are laid out by owner and one reduce-scatter per dtype hands
+        each process its part (half the traffic of an all-reduce); other processes
+        drop theirs.
         """
-        recording = [
-            block.effective
-            for block in blocks
-            if block.recording and isinstance(block.effective, KroneckerBlock)
-        ]
-        if not recording:
+        entries = []
+        for block in blocks:
+            templates = block.curvature_buffers()
+            if templates:
+                entries.append((block, templates))
+        if not entries:
             return
         world, rank = self.collectives.world_size, self.collectives.rank
-        segments = Segments(world if self.split else 1)
-        slots = []
-        for block in recording:
-            segment = self.owners.get(block.name, 0) if self.split else 0
-            layout = segments.layouts[segment]
-            matrix_slots = [
-                layout.add_like(t) for m in (block.K, block.C) for t in m.tensors().values()
+        owned = [e for e in entries if self._owned(e[0])]
+        shared = [e for e in entries if not self._owned(e[0])]
+        if owned:
+            segments = Segments(world)
+            slots = [
+                [segments.layouts[self.owners[b.name]].add_like(t) for t in templates]
+                for b, templates in owned
             ]
-            count_slot = layout.add((2,), torch.float64, block.K.device)
-            slots.append((segment, matrix_slots, count_slot))
-        buffers = segments.empty()
-        for block, (segment, matrix_slots, count_slot) in zip(recording, slots, strict=True):
-            if block.curvature is None:
-                continue
-            tensors, block_counts = block.curvature.reducible()
-            for slot, tensor in zip(matrix_slots, tensors, strict=True):
-                segments.view(buffers, segment, slot).copy_(tensor)
-            segments.view(buffers, segment, count_slot).copy_(
-                torch.tensor(block_counts, dtype=torch.float64)
-            )
-        if self.split:
+            buffers = segments.empty()
+            for (block, _), block_slots in zip(owned, slots, strict=True):
+                owner = self.owners[block.name]
+                _pack(block, block_slots, lambda slot, o=owner: segments.view(buffers, o, slot))
             mine = {key: self.collectives.reduce_scatter(b) for key, b in buffers.items()}
-        else:
+            layout = segments.layouts[rank]
+            for (block, _), block_slots in zip(owned, slots, strict=True):
+                if self.owners[block.name] != rank:
+                    block.drop_curvature()  # its owner combines it
+                    continue
+                sums = [layout.view(mine, slot) for slot in block_slots]
+                block.set_reduced_curvature(sums, world, groups[block.group_index])
+        if shared:
+            layout = Buckets()
+            slots = [[layout.add_like(t) for t in templates] for _, templates in shared]
+            buffers = layout.empty()
+            for (block, _), block_slots in zip(shared, slots, strict=True):
+                _pack(block, block_slots, lambda slot: layout.view(buffers, slot))
             for buffer in buffers.values():
                 self.collectives.all_reduce(buffer)
-            mine = buffers
-        own = rank if self.split else 0
-        for block, (segment, matrix_slots, count_slot) in zip(recording, slots, strict=True):
-            if segment != own:
-                block.curvature = None  # its owner combines it
-                continue
-            layout = segments.layouts[segment]
-            rows, terms = layout.view(mine, count_slot).tolist()
-            if rows == 0:
-                block.curvature = None
-                continue
-            views = iter(layout.view(mine, slot) for slot in matrix_slots)
-            H_K = type(block.K).from_tensors({n: next(views) for n in block.K.tensors()})
-            H_C = type(block.C).from_tensors({n: next(views) for n in block.C.tensors()})
-            mean_loss = groups[block.group_index]["loss_average"] is not None
-            curvature = CurvatureSums(H_K, H_C, 1, 1, mean_loss)
-            curvature.set_reduced([rows, terms], world)
-            block.curvature = curvature
+            for (block, _), block_slots in zip(shared, slots, strict=True):
+                sums = [layout.view(buffers, slot) for slot in block_slots]
+                block.set_reduced_curvature(sums, world, groups[block.group_index])
 
     # ------------------------------------------------------------- exchange
     def exchange(
@@ -264,8 +266,8 @@ class DataParallelSync:
         world, rank = self.collectives.world_size, self.collectives.rank
         plan = _ExchangePlan(world)
         for block in blocks:
-            if isinstance(block.effective, KroneckerBlock):
-                plan.add(block, self.owners.get(block.name, 0))
+            if self._owned(block):
+                plan.add(block, self.owners[block.name])
         gathered = plan.gather(self.collectives, rank, proposals, local_finite)
         for entry in plan.entries:
             if entry.owner != rank:
@@ -274,29 +276,34 @@ class DataParallelSync:
         return plan.all_finite(gathered)
 
 
+def _pack(block: PreconditionerBlock, slots: list[int], view: Callable[[int], Tensor]) -> None:
+    """Copy ``block``'s curvature summands into the buffer views of ``slots`` (zeros if none)."""
+    summands = block.reducible_curvature()
+    if summands is not None:
+        for slot, tensor in zip(slots, summands, strict=True):
+            view(slot).copy_(tensor)
+
+
 @dataclass
 class _Entry:
-    """A Kronecker block's slots in its owner's segment of the exchange."""
+    """A split block's slots in its owner's segment of the exchange."""
 
     owner: int
     block: PreconditionerBlock
     params: list[ParameterRows]
     directions: list[int]
-    state: list[tuple[str, str, int]]
-    updated: int | None
+    shared: list[int]
+    present: int | None
 
 
 class _ExchangePlan:
     """The layout of the split-mode all-gather: one segment per process.
 
-    Segment :math:`r` holds the directions of the blocks process :math:`r` owns and,
-    for those that record curvature in this step, room for their new momenta
-    ``m_K, m_C`` with a flag saying whether they were updated (a block without
-    curvature on any process is not), and process :math:`r`'s finiteness flag. The
-    new factors follow from the momenta (:func:`~singd_opt.preconditioner.factor_step`),
-    so they need not travel: every process computes them from the same numbers. A
-    warm start (whose first update sets the factors directly) sends the factors in
-    the same room instead, flagged as such.
+    Segment :math:`r` holds the directions of the blocks process :math:`r` owns, room
+    for what their proposals share (:meth:`~PreconditionerBlock.shared_buffers`: for a
+    Kronecker block that records in this step, the new momenta ``m_K, m_C``, from
+    which every process computes the new factors) with a flag saying whether the
+    owner filled it, and process :math:`r`'s finiteness flag.
     """
 
     def __init__(self, world: int) -> None:
@@ -305,20 +312,15 @@ class _ExchangePlan:
         self.flags: list[int] = []
 
     def add(self, block: PreconditionerBlock, owner: int) -> None:
-        effective = block.effective
-        assert isinstance(effective, KroneckerBlock)
         layout = self.segments.layouts[owner]
-        params = [rows for rows in effective.layer.params if rows.param.grad is not None]
+        params = block.gradient_rows()
         directions = [
             layout.add(rows.value.shape, rows.value.dtype, rows.value.device) for rows in params
         ]
-        state, updated = [], None
-        if block.recording:
-            for side, factor in (("K", effective.K), ("C", effective.C)):
-                for name, tensor in factor.tensors().items():
-                    state.append((side, name, layout.add_like(tensor)))
-            updated = layout.add((1,), effective.K.dtype, effective.K.device)
-        self.entries.append(_Entry(owner, block, params, directions, state, updated))
+        templates = block.shared_buffers()
+        shared = [layout.add_like(t) for t in templates]
+        present = layout.add((1,), templates[0].dtype, templates[0].device) if templates else None
+        self.entries.append(_Entry(owner, block, params, directions, shared, present))
 
     def gather(
         self,
@@ -329,7 +331,7 @@ class _ExchangePlan:
     ) -> dict[Key, Tensor]:
         """Fill this process's segment, all-gather; return the full buffers."""
         # the flags (0 or 1, exact in every float dtype) share the first block's bucket
-        first = self.entries[0].params[0].value if self.entries else torch.empty(0)
+        first = next((e.params[0].value for e in self.entries if e.params), torch.empty(0))
         self.flags = [
             layout.add((1,), first.dtype, first.device) for layout in self.segments.layouts
         ]
@@ -342,14 +344,10 @@ class _ExchangePlan:
             proposal = proposals[entry.block.name]
             for slot, (_, direction) in zip(entry.directions, proposal.directions, strict=True):
                 segments.view(buffers, rank, slot).copy_(direction)
-            shared = proposal.matrices
-            if shared and entry.updated is not None:
-                momenta = "m_K" in shared
-                for side, name, slot in entry.state:
-                    matrix = shared[f"m_{side}" if momenta else side]
-                    segments.view(buffers, rank, slot).copy_(matrix.tensors()[name])
-                # 1: the new momenta travel; 2: the new factors (a warm start)
-                segments.view(buffers, rank, entry.updated).fill_(1.0 if momenta else 2.0)
+            if proposal.shared is not None and entry.present is not None:
+                for slot, tensor in zip(entry.shared, proposal.shared, strict=True):
+                    segments.view(buffers, rank, slot).copy_(tensor)
+                segments.view(buffers, rank, entry.present).fill_(1.0)
         mine = segments.part(buffers, rank)
         return {key: collectives.all_gather(part) for key, part in mine.items()}
 
@@ -366,20 +364,10 @@ class _ExchangePlan:
             (rows, view(gathered, entry.owner, slot))
             for rows, slot in zip(entry.params, entry.directions, strict=True)
         ]
-        effective = entry.block.effective
-        assert isinstance(effective, KroneckerBlock)
-        kind = view(gathered, entry.owner, entry.updated)[0] if entry.updated is not None else 0
-        shared = {}
-        if kind in (1.0, 2.0):
-            tensors: dict[str, dict[str, Tensor]] = {}
-            for side, name, slot in entry.state:
-                tensors.setdefault(side, {})[name] = view(gathered, entry.owner, slot).clone()
-            prefix = "m_" if kind == 1.0 else ""
-            shared = {
-                prefix + side: type(getattr(effective, side)).from_tensors(values)
-                for side, values in tensors.items()
-            }
-        return effective.received(directions, shared, group, context)
+        shared = None
+        if entry.present is not None and view(gathered, entry.owner, entry.present)[0] == 1.0:
+            shared = [view(gathered, entry.owner, slot).clone() for slot in entry.shared]
+        return entry.block.received(directions, shared, group, context)
 
     def all_finite(self, gathered: dict[Key, Tensor]) -> Tensor:
         """Whether every process's proposals were finite."""

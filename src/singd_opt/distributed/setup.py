@@ -10,7 +10,7 @@ from torch import nn
 from singd_opt.blocks import PreconditionerBlock
 from singd_opt.distributed.collectives import Collectives
 from singd_opt.distributed.data_parallel import DISTRIBUTE_MODES, DataParallelSync
-from singd_opt.distributed.sharding import check_shardings, is_sharded
+from singd_opt.sharding import check_shardings, is_sharded
 
 
 def check_distribute(distribute: object, process_group: object) -> None:
