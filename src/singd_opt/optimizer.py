@@ -21,11 +21,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torch.utils.hooks import RemovableHandle
 
 from singd_opt import checkpoint
 from singd_opt.blocks import PreconditionerBlock, Proposal, StepContext
-from singd_opt.compile_stance import eager_while_recording
 from singd_opt.diagnostics import ForeignUpdateWatch, report_skipped_step, warn_unrecorded
 from singd_opt.discovery import plan_blocks, unwrap_model
 from singd_opt.distributed.collectives import CommunicationStats
@@ -82,7 +80,8 @@ class SINGD(BlockViews, Optimizer):
             shared parameter joined by ``" = "``).
         steps: Number of steps taken (skipped steps do not count).
         skipped_steps: Number of steps skipped because something was not finite.
-        hook_handles: Handles of the recording hooks installed on the model.
+        hook_handles: Handles of the recording hooks installed on the model (and of
+            the recording switch of its ``forward``); each has ``remove()``.
     """
 
     SUPPORTED_STRUCTURES: ClassVar[Mapping[str, type[StructuredMatrix]]] = STANDARD_STRUCTURES
@@ -230,10 +229,9 @@ class SINGD(BlockViews, Optimizer):
         self._sync = sync
         self._recording_any = False
         self._set_recording()
-        self.hook_handles: list[RemovableHandle] = plan.install(self._record)
+        self.hook_handles: list[Any] = list(plan.install(self._record))
         self._capture = MapCapture(model, plan.map_targets(self._record), self._is_recording)
         self.hook_handles += self._capture.install()
-        self._set_recording()
         self._prepared_load: checkpoint.PreparedLoad | None = None
         self.register_state_dict_post_hook(SINGD._add_checkpoint_entry)
         self.register_load_state_dict_pre_hook(SINGD._prepare_load)
@@ -268,7 +266,6 @@ class SINGD(BlockViews, Optimizer):
         for handle in self.hook_handles:
             handle.remove()
         self.hook_handles = []
-        eager_while_recording(self, False)
 
     def full_state_dict(self) -> dict[str, Any]:
         """Return :meth:`state_dict` with the whole tensors of sharded (FSDP2) parameters.
@@ -317,13 +314,12 @@ class SINGD(BlockViews, Optimizer):
     def _set_recording(self) -> None:
         """Tell every block whether the coming step records curvature.
 
-        A step that records runs the model eagerly under ``torch.compile`` (see
-        :mod:`singd_opt.compile_stance`).
+        A step that records runs the model's forward pass eagerly, also under
+        ``torch.compile`` (see :class:`~singd_opt.map_calls.MapCapture`).
         """
         for block in self.blocks:
             block.recording = self.steps % self.param_groups[block.group_index]["T"] == 0
         self._recording_any = any(block.recording for block in self.blocks)
-        eager_while_recording(self, self._recording_any and bool(getattr(self, "hook_handles", ())))
 
     def _is_recording(self) -> bool:
         return self._recording_any

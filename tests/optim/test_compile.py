@@ -1,13 +1,13 @@
 """A compiled model does not recompile as the optimizer's step counter advances.
 
-Recording steps run eagerly (:mod:`singd_opt.compile_stance`), so the graphs are those
-of the model alone: a model with no graph breaks of its own compiles once, whatever
-``T`` is, and the compiled model records what the eager one records.
+A recording step runs the model's forward pass eagerly (excluded from tracing), so the
+graphs are those of the model alone: a model with no graph breaks of its own compiles
+once, whatever ``T`` is, and the compiled model records what the eager one records.
 """
 
 from __future__ import annotations
 
-import gc
+import copy
 
 import torch
 from torch import nn
@@ -18,7 +18,6 @@ from singd_opt import SINGD
 
 
 def test_twenty_steps_compile_at_most_twice() -> None:
-    gc.collect()  # optimizers of earlier tests release the eager stance
     torch._dynamo.reset()
     counters.clear()
     torch.manual_seed(0)
@@ -43,30 +42,16 @@ def test_twenty_steps_compile_at_most_twice() -> None:
     torch._dynamo.reset()
 
 
-def _stance() -> str:
-    from torch._dynamo import eval_frame
 
-    return eval_frame._stance.stance
-
-
-def test_the_eager_stance_covers_recording_steps_only() -> None:
-    gc.collect()
-    assert _stance() == "default"
+def test_the_forward_switch_is_removed_and_copies_do_not_record() -> None:
     model = nn.Sequential(nn.Linear(3, 2))
-    optimizer = SINGD(model, T=2)
-    stances = []
-    for _ in range(4):
-        stances.append(_stance())  # the stance the coming step runs under
-        optimizer.zero_grad()
-        model(torch.randn(4, 3)).sum().backward()
-        optimizer.step()
-    assert stances == ["force_eager", "default", "force_eager", "default"]
-    assert _stance() == "force_eager"  # step 4 records
+    optimizer = SINGD(model, T=1)
+    assert "forward" in model.__dict__  # the recording switch
+    copied = copy.deepcopy(model)
+    copied(torch.randn(4, 3)).sum().backward()  # the copy runs its own forward
+    assert optimizer.H_Ks == {}
+    model(torch.randn(4, 3)).sum().backward()
+    assert set(optimizer.H_Ks) == {"0"}
     optimizer.remove_hooks()
-    assert _stance() == "default"
-    other = nn.Sequential(nn.Linear(3, 2))
-    again = SINGD(other, T=1)
-    assert _stance() == "force_eager"
-    del again, other  # the model's hooks refer to the optimizer
-    gc.collect()
-    assert _stance() == "default"
+    assert "forward" not in model.__dict__
+    assert "forward" not in copied.__dict__ or copied.forward.__self__ is copied

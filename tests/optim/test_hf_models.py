@@ -8,7 +8,6 @@ like an ``nn.Linear`` holding the transposed weight.
 
 from __future__ import annotations
 
-import gc
 import warnings
 from collections.abc import Callable
 
@@ -179,7 +178,6 @@ def _compiled_run(
         return torch.optim.AdamW(net.parameters(), lr=1e-3)
 
     optimizer, twin_optimizer = make(model), make(twin)
-    gc.collect()  # optimizers of earlier tests release the eager stance
     torch._dynamo.reset()
     counters.clear()
     compiled = torch.compile(model, backend="eager")
