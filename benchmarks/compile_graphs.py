@@ -8,7 +8,10 @@ give, per run:
 
 - ``graphs``: the distinct graphs compiled (``counters["stats"]["unique_graphs"]``),
 - ``breaks``: the graph breaks met while tracing (``counters["graph_break"]``),
-- ``recompiles after step 2``: graphs compiled after the third step,
+- ``frames compiled``: the frames Dynamo compiled (``counters["frames"]["ok"]``: first
+  compilations, recompilations after a guard failed, and the resume functions after
+  graph breaks),
+- ``recompiles after step 2``: frames compiled after the third step,
 - ``loss gap``: the largest difference between the compiled and the eager losses.
 
 The figures go to ``benchmarks/results/compile_graphs.json``::
@@ -78,7 +81,7 @@ def run(kind: str, optimizer_name: str, backend: str) -> dict[str, Any]:
     counters.clear()
     compiled = torch.compile(model, backend=backend)
     generator = torch.Generator().manual_seed(1)
-    graphs, losses, twin_losses = [], [], []
+    graphs, frames, losses, twin_losses = [], [], [], []
     for _ in range(STEPS):
         ids = torch.randint(0, VOCABULARY, (4, 16), generator=generator)
         for net, opt, out in ((compiled, optimizer, losses), (twin, twin_optimizer, twin_losses)):
@@ -88,12 +91,15 @@ def run(kind: str, optimizer_name: str, backend: str) -> dict[str, Any]:
             opt.step()
             out.append(loss.item())
         graphs.append(counters["stats"]["unique_graphs"])
+        frames.append(counters["frames"]["ok"])
     torch._dynamo.reset()
     return {
         "graphs": graphs[-1],
         "breaks": sum(counters["graph_break"].values()),
-        "recompiles after step 2": graphs[-1] - graphs[2],
+        "frames compiled": frames[-1],
+        "recompiles after step 2": frames[-1] - frames[2],
         "graphs per step": graphs,
+        "frames per step": frames,
         "loss gap": max(abs(a - b) for a, b in zip(losses, twin_losses, strict=True)),
         "final loss": losses[-1],
     }
@@ -102,14 +108,15 @@ def run(kind: str, optimizer_name: str, backend: str) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backend", default="aot_eager")
+    parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(1)
     results: dict[str, Any] = {"backend": args.backend, "steps": STEPS, "T": T}
     for kind in ("gpt2", "llama"):
         for name in ("adamw", "singd"):
             results[f"{kind} {name}"] = figures = run(kind, name, args.backend)
-            print(kind, name, {k: v for k, v in figures.items() if k != "graphs per step"})
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+            print(kind, name, {k: v for k, v in figures.items() if "per step" not in k})
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

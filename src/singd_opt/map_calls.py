@@ -25,8 +25,12 @@ output gradient. Any other function that uses a tracked parameter with gradients
 enabled (``einsum``, an element-wise product, ...) is reported to the target as an
 *other use* (:meth:`MapTarget.other_use`); reshaping views are passed over.
 
-The mode is entered by a forward pre-hook of the model only on recording steps; on
-other steps the hook reads one flag. The mode does not see inside functions that
+The mode is active only during the model's forward pass on recording steps
+(:class:`MapCapture` switches the model's ``forward``); on other steps the switch
+reads one flag. The recording forward pass runs eagerly, also in a compiled model:
+a tensor hook that hands the output gradient to the optimizer has side effects
+Dynamo cannot trace without compiled autograd, so tracing the recording would split
+the model's graph at every linear map. The mode does not see inside functions that
 dispatch torch functions themselves after their own override check (such as
 ``F.multi_head_attention_forward``); :class:`~torch.nn.MultiheadAttention` is
 therefore recorded by the functional scopes of :mod:`singd_opt.capture`.
