@@ -65,7 +65,7 @@ from singd_opt.map_calls import MapTarget
 from singd_opt.map_targets import DeferredTarget, KroneckerTarget
 from singd_opt.user_warnings import warn_user
 
-#: Module types whose weight (and bias) form a Kronecker block recorded by a module hook.
+#: Module types whose weight (and bias) form a Kronecker block chosen at construction.
 KRONECKER_MODULES: tuple[type[nn.Module], ...] = (*SUPPORTED_MODULES, nn.Embedding)
 
 #: ``install(record)`` installs a block's recording hooks and returns their handles.

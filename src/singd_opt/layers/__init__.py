@@ -20,7 +20,7 @@ from singd_opt.layers.embedding import EmbeddingLayer
 from singd_opt.layers.linear import LinearLayer, TransposedLinearLayer
 from singd_opt.layers.tied import TiedEmbeddingLayer
 
-#: Module types whose forward call is recorded by a module hook (the reference's layers).
+#: Module types the reference trains (their weight and bias form a Kronecker block).
 SUPPORTED_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CONV_MODULES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
