@@ -28,10 +28,10 @@ from singd_opt.diagnostics import ForeignUpdateWatch, report_skipped_step, warn_
 from singd_opt.discovery import plan_blocks, unwrap_model
 from singd_opt.distributed.collectives import CommunicationStats
 from singd_opt.distributed.setup import check_distribute, make_sync
+from singd_opt.forward_switch import MapCapture
 from singd_opt.grad_scale import GradScales
 from singd_opt.layers import LOSS_AVERAGES, SUPPORTED_MODULES
 from singd_opt.layers import preconditioner_dims as _preconditioner_dims
-from singd_opt.map_calls import MapCapture
 from singd_opt.param_groups import parameter_groups
 from singd_opt.summary import describe_blocks, total_state_bytes
 from singd_opt.update import all_finite, apply_directions
@@ -315,7 +315,7 @@ class SINGD(BlockViews, Optimizer):
         """Tell every block whether the coming step records curvature.
 
         A step that records runs the model's forward pass eagerly, also under
-        ``torch.compile`` (see :class:`~singd_opt.map_calls.MapCapture`).
+        ``torch.compile`` (see :class:`~singd_opt.forward_switch.MapCapture`).
         """
         for block in self.blocks:
             block.recording = self.steps % self.param_groups[block.group_index]["T"] == 0
