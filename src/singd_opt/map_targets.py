@@ -24,7 +24,6 @@ from singd_opt.layers import (
     EmbeddingLayer,
     Layer,
     LinearLayer,
-    TiedEmbeddingLayer,
     TransposedLinearLayer,
 )
 from singd_opt.map_calls import MapCall
@@ -46,12 +45,10 @@ def call_role(layer: Layer, call: MapCall) -> str | None:
         return None
     if weight is not None and call.row_range[1] != weight.param.shape[0]:
         return None
-    if isinstance(layer, TiedEmbeddingLayer):
+    if isinstance(layer, EmbeddingLayer):  # a projection with the matrix: tied embeddings
         if call.function == "embedding":
             return "direct"
         return "swapped" if call.function == "linear" and not call.transposed else None
-    if isinstance(layer, EmbeddingLayer):
-        return "direct" if call.function == "embedding" else None
     if isinstance(layer, TransposedLinearLayer):
         return "direct" if call.function == "linear" and call.transposed else None
     if isinstance(layer, LinearLayer):

@@ -23,17 +23,24 @@ CONFIG = {"lr": 0.1, "momentum": 0.5, "damping": 0.01, "alpha1": 0.5, "lr_cov": 
 
 
 class TiedLM(nn.Module):
-    def __init__(self) -> None:
+    """Tied through a ``Linear`` module sharing the weight, or by ``h @ E.T`` in forward."""
+
+    def __init__(self, functional_head: bool = False) -> None:
         super().__init__()
         self.embed = nn.Embedding(V, D)
-        self.head = nn.Linear(D, V, bias=False)
-        self.head.weight = self.embed.weight
+        self.functional_head = functional_head
+        if not functional_head:
+            self.head = nn.Linear(D, V, bias=False)
+            self.head.weight = self.embed.weight
 
     def forward(self, tokens: Tensor) -> Tensor:
         self.looked_up = self.embed(tokens)
         self.looked_up.retain_grad()
         self.hidden = torch.tanh(self.looked_up)
-        self.logits = self.head(self.hidden)
+        if self.functional_head:
+            self.logits = self.hidden @ self.embed.weight.T
+        else:
+            self.logits = self.head(self.hidden)
         self.logits.retain_grad()
         return self.logits
 
@@ -53,13 +60,18 @@ def _dense_factors(model: TiedLM, tokens: Tensor, loss_average: str) -> tuple[Te
     return A.T @ A, G.T @ G
 
 
-@pytest.mark.parametrize("loss_average", ["batch", "batch+sequence"])
-def test_tied_block_equals_dense_reimplementation(loss_average: str) -> None:
+@pytest.mark.parametrize(
+    ("loss_average", "functional_head"),
+    [("batch", False), ("batch+sequence", False), ("batch+sequence", True)],
+)
+def test_tied_block_equals_dense_reimplementation(
+    loss_average: str, functional_head: bool
+) -> None:
     torch.manual_seed(0)
-    model = TiedLM().to(DTYPE)
+    model = TiedLM(functional_head).to(DTYPE)
     optimizer = SINGD(model, loss_average=loss_average, **CONFIG)
     (name,) = optimizer.Ks
-    assert name == "embed+head"
+    assert name == ("embed" if functional_head else "embed+head")
     K, C = torch.ones(V, dtype=DTYPE), torch.eye(D, dtype=DTYPE)
     m_K, m_C = torch.zeros(V, dtype=DTYPE), torch.zeros(D, D, dtype=DTYPE)
     weight = model.embed.weight.detach().clone()

@@ -42,6 +42,8 @@ class EmbeddingLayer(Layer):
         vocabulary, dim = weight.value.shape
         super().__init__(weight, None, dim, vocabulary)
         self._output_rows = LinearLayer(None, None, weight.value.mT)
+        # the vocabulary-side rows of a projection with the matrix, scaled like inputs
+        self._projection_rows = LinearLayer(weight, None, weight.value)
 
     def input_matrix(self, x: Tensor, kfac_approx: str) -> Tensor:
         """Not built for embeddings: see :meth:`input_curvature`.
@@ -65,11 +67,21 @@ class EmbeddingLayer(Layer):
         of the ``V x B`` matrix :math:`A^\top / \sqrt{B}` (for a diagonal ``K``
         :math:`k_t^2 \sum_b (c_{b,t} / P)^2 / B`, :math:`O(V B)`).
 
+        A float ``x`` is instead the logit gradient ``(batch, ..., V)`` of a projection
+        onto the vocabulary with the same matrix (tied embeddings,
+        :mod:`singd_opt.layers.tied`): its rows :math:`\delta` are the rows of
+        :math:`A` (for a diagonal ``K``, :math:`k_t^2 \sum \delta_t^2 / n`, :math:`O(nV)`);
+        ``"reduce"`` averages them over positions, the input rule, which with the hidden
+        side summed by the gradient rule gives the projection's own ``"reduce"`` KFAC.
+
         Args:
             K: The input-side factor (diagonal unless the caller chose otherwise).
-            x: Integer token indices ``(batch, ...)``.
+            x: Integer token indices ``(batch, ...)``, or a projection's logit gradient.
             kfac_approx: ``"expand"`` or ``"reduce"``.
         """
+        if x.is_floating_point():
+            rows = self._projection_rows.input_matrix(x.to(K.dtype), kfac_approx)
+            return K.from_inner(rows.mT), rows.shape[0]
         vocabulary = self.dim_K
         if x.ndim == 0:
             x = x.unsqueeze(0)

@@ -34,11 +34,7 @@ and :math:`O(V)` memory, never a ``V x V`` matrix (the projection of the dense
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
-
 from singd_opt.layers.embedding import EmbeddingLayer
-from structmat import Diagonal, StructuredMatrix
 
 
 class TiedEmbeddingLayer(EmbeddingLayer):
@@ -47,38 +43,8 @@ class TiedEmbeddingLayer(EmbeddingLayer):
     A lookup is recorded as ``(token indices, output gradient)`` like for
     :class:`~singd_opt.layers.EmbeddingLayer`; a projection as ``(logit gradient,
     projection input)``: its vocabulary-side rows are float ``(batch, ..., V)`` and
-    its hidden-side rows ``(batch, ..., d)``.
+    its hidden-side rows ``(batch, ..., d)`` (see
+    :meth:`EmbeddingLayer.input_curvature`). The layer of an embedding module whose
+    weight ``Linear`` modules share; an embedding whose weight the forward pass also
+    uses as ``F.linear(h, E)`` or ``h @ E.T`` records those projections the same way.
     """
-
-    def input_curvature(
-        self, K: StructuredMatrix, x: Tensor, kfac_approx: str
-    ) -> tuple[StructuredMatrix, int]:
-        r"""Return the diagonal :math:`H_K` of one use and its number of rows.
-
-        Args:
-            K: The diagonal vocabulary-side factor.
-            x: Token indices (a lookup), or logit gradients ``(batch, ..., V)`` (a
-                projection; ``"reduce"`` averages them over positions, the input
-                rule: with the hidden side summed by the gradient rule the Kronecker
-                product equals the projection's own ``"reduce"`` KFAC).
-            kfac_approx: ``"expand"`` or ``"reduce"``.
-
-        Raises:
-            TypeError: If ``K`` is not diagonal.
-        """
-        if not x.is_floating_point():
-            return super().input_curvature(K, x, kfac_approx)
-        if not isinstance(K, Diagonal):
-            raise TypeError(f"a tied embedding's K must be diagonal, got {type(K).__name__}")
-        x = x.to(K.dtype)
-        if x.ndim == 1:
-            x = x.unsqueeze(0)
-        if kfac_approx == "expand":
-            rows = x.reshape(-1, x.shape[-1])
-        elif x.ndim > 2:
-            rows = x.mean(dim=tuple(range(1, x.ndim - 1)))
-        else:
-            rows = x
-        n = rows.shape[0]
-        diagonal = torch.einsum("nv,nv->v", rows, rows) / n
-        return Diagonal(K.diag().square() * diagonal), n
