@@ -16,10 +16,11 @@ pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 pytest.importorskip("tqdm")
 
-from singd_opt import SINGD, cli
-from singd_opt.demo.data import load_split
-from singd_opt.demo.tasks import DIGITS, LM
-from singd_opt.demo.training import (
+from singd_opt import SINGD
+from singd_opt_demo import cli
+from singd_opt_demo.data import load_split
+from singd_opt_demo.tasks import DIGITS, LM
+from singd_opt_demo.training import (
     OptimizerSpec,
     optimizer_state_bytes,
     train,
@@ -133,9 +134,10 @@ def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     assert "benchmarks/demo_tuning.py --task lm" in out
 
 
-def test_python_m_entry_point_without_traceback(tmp_path: Path) -> None:
+@pytest.mark.parametrize("module", ["singd_opt", "singd_opt_demo"])
+def test_python_m_entry_point_without_traceback(module: str, tmp_path: Path) -> None:
     process = subprocess.run(
-        [sys.executable, "-m", "singd_opt", "--structures", "nope", "--out", str(tmp_path)],
+        [sys.executable, "-m", module, "--structures", "nope", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         check=False,

@@ -215,7 +215,7 @@ def module_docs(names: Sequence[str]) -> str:
 
 def command_help(width: int = 88) -> str:
     """Return ``singd-opt --help`` as printed in a terminal ``width`` columns wide."""
-    from singd_opt.cli import build_parser
+    from singd_opt_demo.cli import build_parser
 
     previous = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = str(width)  # argparse wraps to the terminal width

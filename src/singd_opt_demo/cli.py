@@ -1,13 +1,13 @@
 """The ``singd-opt`` command: SINGD against AdamW (and SGD) on bundled data.
 
 Trains one model per optimizer - SINGD with each requested structure, and the
-baselines - on one of two tasks (:mod:`singd_opt.demo.tasks`), then prints a table
+baselines - on one of two tasks (:mod:`singd_opt_demo.tasks`), then prints a table
 and writes a PNG figure of the training loss and an evaluation curve over steps:
 
-- ``--task digits`` (the default): the small CNN of :mod:`singd_opt.demo.models` on
+- ``--task digits`` (the default): the small CNN of :mod:`singd_opt_demo.models` on
   scikit-learn's bundled 8x8 handwritten digits, against AdamW and SGD with
   momentum; the table shows final train loss and test accuracy;
-- ``--task lm``: the character-level transformer of :mod:`singd_opt.demo.lm_model` on
+- ``--task lm``: the character-level transformer of :mod:`singd_opt_demo.lm_model` on
   the source of Python's standard library, every parameter trained by SINGD alone,
   against AdamW; the table shows validation and test loss in nats per character.
 
@@ -15,7 +15,7 @@ Both tables end with the wall time per step and the optimizer-state bytes. Split
 seeds are fixed; nothing is downloaded.
 
 Under ``torchrun --nproc_per_node R -m singd_opt ...`` the same comparison runs with
-every mini-batch split over the ``R`` processes (:mod:`singd_opt.demo.parallel`); the
+every mini-batch split over the ``R`` processes (:mod:`singd_opt_demo.parallel`); the
 first process prints the table and writes the figure, and the results equal those of
 one process up to rounding.
 
@@ -45,8 +45,8 @@ from typing import Any, NoReturn
 
 import torch
 
-from singd_opt.demo.tasks import BASELINE_LABELS, TASKS, Task
-from singd_opt.demo.training import DEFAULT_SEED
+from singd_opt_demo.tasks import BASELINE_LABELS, TASKS, Task
+from singd_opt_demo.training import DEFAULT_SEED
 
 PROG = "singd-opt"
 #: Environment variable read by OpenMP when PyTorch loads it (see the module docstring).
@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_structures(names: list[str]) -> list[str]:
-    from singd_opt.demo.training import available_structures
+    from singd_opt_demo.training import available_structures
 
     valid = available_structures()
     unknown = [name for name in names if name not in valid]
@@ -316,7 +316,7 @@ def _import_demo_dependencies(task: Task) -> None:
 
 
 def _restart_with_passive_openmp_wait() -> None:
-    """Replace this process by ``python -m singd_opt`` with passive OpenMP waiting.
+    """Replace this process by ``python -m singd_opt_demo`` with passive OpenMP waiting.
 
     Does nothing if ``OMP_WAIT_POLICY`` is set (so it restarts at most once) or on
     systems without ``exec``.
@@ -326,7 +326,7 @@ def _restart_with_passive_openmp_wait() -> None:
     environment = {**os.environ, WAIT_POLICY_VARIABLE: "PASSIVE"}
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "singd_opt", *sys.argv[1:]], environment)
+    os.execve(sys.executable, [sys.executable, "-m", "singd_opt_demo", *sys.argv[1:]], environment)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -355,9 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from tqdm import tqdm
 
-    from singd_opt.demo.parallel import start, stop
-    from singd_opt.demo.report import format_table, write_figure
-    from singd_opt.demo.training import OptimizerSpec, train
+    from singd_opt_demo.parallel import start, stop
+    from singd_opt_demo.report import format_table, write_figure
+    from singd_opt_demo.training import OptimizerSpec, train
 
     processes = start(device)
     report = print if processes.main else _quiet
