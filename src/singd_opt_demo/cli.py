@@ -20,8 +20,10 @@ first process prints the table and writes the figure, and the results equal thos
 one process up to rounding.
 
 Run ``singd-opt --help`` (or ``python -m singd_opt --help``) for the options. Errors
-in the arguments are reported on one line and exit with status 2. The demo needs
-the ``demo`` extra: ``pip install "singd-opt[demo]"``.
+in the arguments are reported on one line and exit with status 2. An interruption
+(Ctrl-C) is reported on one line and exits with status 130, after the table and the
+figure of the runs that finished. The demo needs the ``demo`` extra:
+``pip install "singd-opt[demo]"``.
 
 The number of threads is left at PyTorch's default. PyTorch's OpenMP threads
 busy-wait between parallel regions by default; with the many small kernels of this
@@ -52,6 +54,8 @@ PROG = "singd-opt"
 #: Environment variable read by OpenMP when PyTorch loads it (see the module docstring).
 WAIT_POLICY_VARIABLE = "OMP_WAIT_POLICY"
 DEFAULT_OUT = "singd-opt-output"
+#: Exit status after an interruption (Ctrl-C): 128 + SIGINT, as a shell reports it.
+EXIT_INTERRUPTED = 130
 #: Modules every task needs.
 DEMO_MODULES = ("matplotlib", "tqdm")
 DEFAULT_TASK = next(iter(TASKS))
@@ -109,6 +113,11 @@ def _names(values: Sequence[str]) -> list[str]:
             if name and name not in names:
                 names.append(name)
     return names
+
+
+def _count(number: int, noun: str) -> str:
+    """``"1 thread"``, ``"2 threads"``: ``number`` and ``noun``, plural unless one."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _format_hyperparameters(hyperparameters: Mapping[str, Any]) -> str:
@@ -329,6 +338,12 @@ def _restart_with_passive_openmp_wait() -> None:
     os.execve(sys.executable, [sys.executable, "-m", "singd_opt_demo", *sys.argv[1:]], environment)
 
 
+def interrupted(message: str) -> int:
+    """Print a one-line interruption notice to stderr; return :data:`EXIT_INTERRUPTED`."""
+    print(f"{PROG}: interrupted{message}", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``singd-opt`` command.
 
@@ -340,8 +355,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit status, 0 on success. Bad arguments exit with status 2 and a one-line
-        message on stderr.
+        message on stderr; an interruption (Ctrl-C) returns 130 with a one-line
+        message on stderr, after the table and figure of the runs that finished.
     """
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        return interrupted("")
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    """The command's work (see :func:`main`); interruptions during training handled here."""
     args = build_parser().parse_args(argv)
     task = TASKS[args.task]
     structures = _check_structures(_names(args.structures or task.default_structures))
@@ -378,40 +402,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if processes.world_size > 1:
         setting += f", each batch split over {processes.world_size} processes"
-    report(f"{setting} (torch {torch.__version__}, {torch.get_num_threads()} threads)")
+    threads = torch.get_num_threads()
+    report(f"{setting} (torch {torch.__version__}, {_count(threads, 'thread')})")
     results = []
-    for spec in specs:
-        with tqdm(
-            total=steps,
-            desc=spec.label,
-            unit="step",
-            disable=args.no_progress or not processes.main,
-            file=sys.stderr,
-            dynamic_ncols=True,
-        ) as bar:
+    interrupted_run: str | None = None
+    try:
+        for spec in specs:
+            with tqdm(
+                total=steps,
+                desc=spec.label,
+                unit="step",
+                disable=args.no_progress or not processes.main,
+                file=sys.stderr,
+                dynamic_ncols=True,
+            ) as bar:
 
-            def on_step(loss: float, bar: Any = bar) -> None:
-                bar.update()
-                if bar.n % 10 == 0:
-                    bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                def on_step(loss: float, bar: Any = bar) -> None:
+                    bar.update()
+                    if bar.n % 10 == 0:
+                        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
-            results.append(
-                train(
-                    spec,
-                    task,
-                    split,
-                    steps=steps,
-                    batch_size=batch_size,
-                    seed=args.seed,
-                    precision=args.precision,
-                    device=device,
-                    on_step=on_step,
-                    processes=processes,
+                results.append(
+                    train(
+                        spec,
+                        task,
+                        split,
+                        steps=steps,
+                        batch_size=batch_size,
+                        seed=args.seed,
+                        precision=args.precision,
+                        device=device,
+                        on_step=on_step,
+                        processes=processes,
+                    )
                 )
-            )
-    stop(processes)
+    except KeyboardInterrupt:
+        interrupted_run = specs[len(results)].label if len(results) < len(specs) else ""
+    if interrupted_run is None:
+        stop(processes)  # after an interruption the other processes may be gone
     if not processes.main:
-        return 0
+        return 0 if interrupted_run is None else EXIT_INTERRUPTED
+    if interrupted_run is not None:
+        finished = f"{len(results)} of {len(specs)} runs finished"
+        during = f" during {interrupted_run}" if interrupted_run else ""
+        if not results:
+            return interrupted(f"{during}; no run finished, so no table and no figure")
+        interrupted(f"{during}; {finished}, their table and figure follow")
 
     print()
     print(format_table(results, task.columns(list(split.eval_sets))))
@@ -422,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Hyper-parameters (chosen on a validation split, see {task.tuning_script}; "
         "lr decays to 0 by a cosine schedule):"
     )
-    for spec in specs:
+    for spec in specs[: len(results)]:
         print(f"  {spec.label}: {_format_hyperparameters(spec.hyperparameters)}")
     print(
         "Optimizer state: bytes of torch's per-parameter state (momentum buffers, Adam "
@@ -432,4 +468,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     figure_path = out / task.figure_name
     write_figure(results, task, split.eval_name, figure_path, setting)
     print(f"Figure written to {figure_path.resolve()}")
-    return 0
+    return 0 if interrupted_run is None else EXIT_INTERRUPTED
