@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.abc
 import math
 import os
 import re
@@ -259,11 +260,45 @@ def test_sigint_during_training_exits_130_without_traceback(tmp_path: Path) -> N
     time.sleep(1.0)  # well inside the first of a million steps
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
-    assert process.returncode == 130, err[-3000:]
+    # As a program it ends by SIGINT itself after reporting: a shell shows status 130.
+    assert process.returncode == -signal.SIGINT, err[-3000:]
     assert err.splitlines() == [
         "singd-opt: interrupted during SINGD (diagonal); no run finished, so no table and no figure"
     ]
     assert out == ""
+
+
+def test_ctrl_c_while_the_command_loads(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C while torch and the command are imported: one line, then SIGINT."""
+    from singd_opt_demo import program
+
+    class Interrupting(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, *args: object) -> None:
+            if name == "singd_opt_demo.cli":
+                raise KeyboardInterrupt
+
+    ended: list[bool] = []
+    monkeypatch.delitem(sys.modules, "singd_opt_demo.cli")
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    monkeypatch.setattr(program, "end_by_sigint", lambda: ended.append(True))
+    assert program.run() == 130
+    assert ended == [True]
+    assert capsys.readouterr() == ("", "singd-opt: interrupted\n")
+
+
+def test_end_by_sigint_flushes_and_ends_the_process_by_sigint() -> None:
+    code = (
+        "import sys; from singd_opt_demo.interrupt import end_by_sigint\n"
+        "print('reported'); print('one line', file=sys.stderr); end_by_sigint()\n"
+        "print('not reached')\n"
+    )
+    process = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert process.returncode == -signal.SIGINT
+    assert (process.stdout, process.stderr) == ("reported\n", "one line\n")
 
 
 def test_ctrl_c_while_loading_the_data(

@@ -38,7 +38,7 @@ def test_libraries_do_not_import_the_demo() -> None:
                 offenders.append(f"{path.relative_to(ROOT)}: {sorted(demo)}")
     assert not offenders, offenders
     # The forwarder does import it (the check above can see such an import).
-    assert "singd_opt_demo.cli" in imported_modules(FORWARDER)
+    assert "singd_opt_demo.program" in imported_modules(FORWARDER)
 
 
 def test_importing_every_library_module_loads_no_demo_module() -> None:
@@ -62,9 +62,9 @@ def test_console_command_points_into_the_demo_package() -> None:
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     module, _, function = project["scripts"]["singd-opt"].partition(":")
-    assert module == "singd_opt_demo.cli"
-    assert function == "main"
-    assert (SRC / "singd_opt_demo" / "cli.py").is_file()
+    assert module == "singd_opt_demo.program"
+    assert function == "run"
+    assert (SRC / "singd_opt_demo" / "program.py").is_file()
     assert (SRC / "singd_opt_demo" / "__init__.py").is_file()
     assert not (SRC / "singd_opt" / "cli.py").exists()
     assert not (SRC / "singd_opt" / "demo").exists()

@@ -8,9 +8,9 @@ imports the demo.
 
 def _run() -> int:
     """Run the ``singd-opt`` command with the process's arguments; its exit status."""
-    from singd_opt_demo.cli import main
+    from singd_opt_demo.program import run
 
-    return main()
+    return run()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """The training demo behind the ``singd-opt`` command.
 
-Small modules: :mod:`~singd_opt_demo.tasks` (the two tasks, digits and lm, with their
+Small modules: :mod:`~singd_opt_demo.cli` (the command line),
+:mod:`~singd_opt_demo.program` (the program around it) and
+:mod:`~singd_opt_demo.interrupt` (how it ends after Ctrl-C);
+:mod:`~singd_opt_demo.tasks` (the two tasks, digits and lm, with their
 tuned hyper-parameters), :mod:`~singd_opt_demo.training` (optimizers, the training
 loop shared by both tasks and its metrics), :mod:`~singd_opt_demo.report` (the table
 and the figure), :mod:`~singd_opt_demo.split` (the data as the loop sees it);

@@ -21,9 +21,10 @@ one process up to rounding.
 
 Run ``singd-opt --help`` (or ``python -m singd_opt --help``) for the options. Errors
 in the arguments are reported on one line and exit with status 2. An interruption
-(Ctrl-C) is reported on one line and exits with status 130, after the table and the
-figure of the runs that finished. The demo needs the ``demo`` extra:
-``pip install "singd-opt[demo]"``.
+(Ctrl-C) is reported on one line, after the table and the figure of the runs that
+finished; the program then ends by ``SIGINT`` itself, as a program that handles
+Ctrl-C should, so that a shell reports status 130 and a calling script stops too.
+The demo needs the ``demo`` extra: ``pip install "singd-opt[demo]"``.
 
 The number of threads is left at PyTorch's default. PyTorch's OpenMP threads
 busy-wait between parallel regions by default; with the many small kernels of this
@@ -47,15 +48,13 @@ from typing import Any, NoReturn
 
 import torch
 
+from singd_opt_demo.interrupt import EXIT_INTERRUPTED, PROG, end_by_sigint, report_interrupt
 from singd_opt_demo.tasks import BASELINE_LABELS, TASKS, Task
 from singd_opt_demo.training import DEFAULT_SEED
 
-PROG = "singd-opt"
 #: Environment variable read by OpenMP when PyTorch loads it (see the module docstring).
 WAIT_POLICY_VARIABLE = "OMP_WAIT_POLICY"
 DEFAULT_OUT = "singd-opt-output"
-#: Exit status after an interruption (Ctrl-C): 128 + SIGINT, as a shell reports it.
-EXIT_INTERRUPTED = 130
 #: Modules every task needs.
 DEMO_MODULES = ("matplotlib", "tqdm")
 DEFAULT_TASK = next(iter(TASKS))
@@ -338,12 +337,6 @@ def _restart_with_passive_openmp_wait() -> None:
     os.execve(sys.executable, [sys.executable, "-m", "singd_opt_demo", *sys.argv[1:]], environment)
 
 
-def interrupted(message: str) -> int:
-    """Print a one-line interruption notice to stderr; return :data:`EXIT_INTERRUPTED`."""
-    print(f"{PROG}: interrupted{message}", file=sys.stderr)
-    return EXIT_INTERRUPTED
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``singd-opt`` command.
 
@@ -355,13 +348,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit status, 0 on success. Bad arguments exit with status 2 and a one-line
-        message on stderr; an interruption (Ctrl-C) returns 130 with a one-line
-        message on stderr, after the table and figure of the runs that finished.
+        message on stderr. An interruption (Ctrl-C) prints a one-line message on
+        stderr, after the table and figure of the runs that finished, and returns
+        130; as a program (``argv`` is ``None``) the process then ends by ``SIGINT``
+        instead, which shells report as status 130.
     """
     try:
-        return _run(argv)
+        status = _run(argv)
     except KeyboardInterrupt:
-        return interrupted("")
+        status = report_interrupt("")
+    if status == EXIT_INTERRUPTED and argv is None:
+        end_by_sigint()
+    return status
 
 
 def _run(argv: Sequence[str] | None) -> int:
@@ -446,8 +444,8 @@ def _run(argv: Sequence[str] | None) -> int:
         finished = f"{len(results)} of {len(specs)} runs finished"
         during = f" during {interrupted_run}" if interrupted_run else ""
         if not results:
-            return interrupted(f"{during}; no run finished, so no table and no figure")
-        interrupted(f"{during}; {finished}, their table and figure follow")
+            return report_interrupt(f"{during}; no run finished, so no table and no figure")
+        report_interrupt(f"{during}; {finished}, their table and figure follow")
 
     print()
     print(format_table(results, task.columns(list(split.eval_sets))))
