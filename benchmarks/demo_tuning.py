@@ -7,7 +7,7 @@ batch size, cosine learning-rate decay), once per seed:
 
 ``--task digits`` (default): the training split (1437 images) is split once more,
 stratified and with a fixed seed, into 1149 training and 288 validation images
-(:func:`singd_opt.demo.data.load_split` with ``validation=True``); seeds 0 and 1.
+(:func:`singd_opt_demo.data.load_split` with ``validation=True``); seeds 0 and 1.
 
 - AdamW: ``lr`` in {1e-3, 3e-3, 1e-2, 3e-2} (other arguments at PyTorch's defaults);
 - SGD with momentum 0.9: ``lr`` in {0.01, 0.03, 0.1};
@@ -18,7 +18,7 @@ stratified and with a fixed seed, into 1149 training and 288 validation images
 The score is the validation accuracy, ties broken by the lower validation loss.
 
 ``--task lm``: the language model's own validation text (every 39th of 40 blocks of
-the corpus, :mod:`singd_opt.demo.lm_data`); 300 steps of 32 windows; seed 0. Both
+the corpus, :mod:`singd_opt_demo.lm_data`); 300 steps of 32 windows; seed 0. Both
 optimizers get the same number of settings, 12, centred by first, coarser sweeps
 (:data:`LM_FIRST_SWEEP`, 5 AdamW and 14 SINGD runs):
 
@@ -37,8 +37,8 @@ The score is the validation loss (nats per character).
 Each baseline takes its best setting (mean over seeds); SINGD takes one setting for
 all structures, the one with the best score averaged over structures and seeds. The
 script prints every score, the chosen settings and whether they equal the demo's
-(:data:`singd_opt.demo.tasks.DIGITS_HYPERPARAMETERS`,
-:data:`singd_opt.demo.tasks.LM_HYPERPARAMETERS`).
+(:data:`singd_opt_demo.tasks.DIGITS_HYPERPARAMETERS`,
+:data:`singd_opt_demo.tasks.LM_HYPERPARAMETERS`).
 
 Usage::
 
@@ -64,9 +64,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
-from singd_opt.demo.split import Metrics
-from singd_opt.demo.tasks import TASKS, Task
-from singd_opt.demo.training import DEFAULT_SEED, OptimizerSpec, train
+from singd_opt_demo.split import Metrics
+from singd_opt_demo.tasks import TASKS, Task
+from singd_opt_demo.training import DEFAULT_SEED, OptimizerSpec, train
 
 _LM_FIXED = {"lr_cov": 0.1, "T": 10, "loss_average": "batch+sequence"}
 

@@ -49,8 +49,8 @@ from torch import Tensor, nn
 from torch.nn import functional
 
 from singd_opt import SINGD
-from singd_opt.demo.data import load_split
 from singd_opt.warm_start import coupled_inverse_eigenvalues
+from singd_opt_demo.data import load_split
 from time_to_target import make_digits_mlp
 
 RESULTS = Path(__file__).resolve().parent / "results" / "preconditioner_adaptation.json"

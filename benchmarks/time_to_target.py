@@ -12,7 +12,7 @@ Protocol:
 - **Workloads** (:data:`WORKLOADS`, pluggable through :func:`register_workload`): the
   digits CNN of the ``singd-opt`` demo and an MLP 64-512-512-10 on the same data
   (scikit-learn's bundled 8x8 digits, the fixed split of
-  :func:`singd_opt.demo.data.load_split`), mini-batches of 32, constant learning rates.
+  :func:`singd_opt_demo.data.load_split`), mini-batches of 32, constant learning rates.
   Target: 97% accuracy on the 360 test images, evaluated every 10 steps, at most 600
   steps (13 epochs).
 - **Optimizers**: SINGD with each standard structure in two configurations, the
@@ -70,10 +70,10 @@ from torch.nn import functional
 from torch.optim import Optimizer
 
 from singd_opt import SINGD
-from singd_opt.demo.data import NUM_CLASSES, load_split
-from singd_opt.demo.models import make_cnn
-from singd_opt.demo.tasks import LM
-from singd_opt.demo.training import evaluate
+from singd_opt_demo.data import NUM_CLASSES, load_split
+from singd_opt_demo.models import make_cnn
+from singd_opt_demo.tasks import LM
+from singd_opt_demo.training import evaluate
 
 RESULTS = Path(__file__).resolve().parent / "results" / "time_to_target.json"
 MEASUREMENT_SEEDS = (0, 1, 2)

@@ -35,7 +35,10 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    # MathJax 3 shipped with the docs extra and copied into _static: math renders offline.
+    "sphinx-mathjax-offline",
     "sphinx.ext.viewcode",
+    "viewcode_backlinks",  # docs/_ext: back-links from the source pages to indexed entries
     "sphinx_gallery.gen_gallery",
 ]
 
@@ -84,13 +87,32 @@ sphinx_gallery_conf = {
     "abort_on_example_error": True,
     "only_warn_on_example_error": False,
     "show_memory": False,
+    # The computation-times pages load jQuery and DataTables from CDNs; the site must
+    # work offline, and the run time is shown on every example's own page.
+    "write_computation_times": False,
     "plot_gallery": "True",
 }
 
-# sphinx-gallery re-runs an example only when its source changes. The benchmark examples
-# read benchmarks/results/*.json instead, so they run on every build (in well under a
-# second) and new measurements always show up.
-for example in ("plot_07_benchmark_results", "plot_08_time_to_target"):
+# Pages written by builds that still had the computation times; removed so that they are
+# neither rebuilt nor left in the site.
+for stale in (DOCS / "sg_execution_times.rst", DOCS / "auto_examples" / "sg_execution_times.rst"):
+    stale.unlink(missing_ok=True)
+
+
+def reads_benchmark_results(example: Path) -> bool:
+    """Whether a gallery example plots files of ``benchmarks/results`` (it measures nothing)."""
+    return '"benchmarks" / "results"' in example.read_text(encoding="utf-8")
+
+
+#: Gallery examples that read ``benchmarks/results/*.json``.
+RESULT_EXAMPLES = sorted(
+    path.stem for path in (DOCS / "examples").glob("plot_*.py") if reads_benchmark_results(path)
+)
+
+# sphinx-gallery re-runs an example only when its source changes. The examples that read
+# benchmarks/results/*.json run on every build instead (in well under a second each), so
+# new measurements always show up.
+for example in RESULT_EXAMPLES:
     (DOCS / "auto_examples" / f"{example}.py.md5").unlink(missing_ok=True)
 
 # -- HTML ---------------------------------------------------------------------------

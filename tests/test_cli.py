@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.abc
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,10 +20,11 @@ pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 pytest.importorskip("tqdm")
 
-from singd_opt import SINGD, cli
-from singd_opt.demo.data import load_split
-from singd_opt.demo.tasks import DIGITS, LM
-from singd_opt.demo.training import (
+from singd_opt import SINGD
+from singd_opt_demo import cli
+from singd_opt_demo.data import load_split
+from singd_opt_demo.tasks import DIGITS, LM
+from singd_opt_demo.training import (
     OptimizerSpec,
     optimizer_state_bytes,
     train,
@@ -133,9 +138,10 @@ def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     assert "benchmarks/demo_tuning.py --task lm" in out
 
 
-def test_python_m_entry_point_without_traceback(tmp_path: Path) -> None:
+@pytest.mark.parametrize("module", ["singd_opt", "singd_opt_demo"])
+def test_python_m_entry_point_without_traceback(module: str, tmp_path: Path) -> None:
     process = subprocess.run(
-        [sys.executable, "-m", "singd_opt", "--structures", "nope", "--out", str(tmp_path)],
+        [sys.executable, "-m", module, "--structures", "nope", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         check=False,
@@ -171,6 +177,139 @@ def test_short_run_prints_table_writes_figure_and_trains(tmp_path: Path) -> None
         accuracy = float(match[3])
         assert accuracy >= (90.0 if label == "AdamW" else 85.0), (label, accuracy)
         assert float(match[2]) < 0.6, label
+
+
+def interrupt_run(monkeypatch: pytest.MonkeyPatch, finished: int) -> list[str]:
+    """Make the command's training runs raise ``KeyboardInterrupt`` after ``finished`` runs.
+
+    The interruption comes from inside autograd, as Ctrl-C during a backward pass
+    would: a hook on the model's output raises it. Returns the labels started.
+    """
+    from singd_opt_demo import training
+
+    started: list[str] = []
+    real_make_optimizer = training.make_optimizer
+
+    def raise_interrupt(grad: torch.Tensor) -> None:
+        raise KeyboardInterrupt
+
+    def on_output(module: torch.nn.Module, inputs: object, output: torch.Tensor) -> None:
+        if output.requires_grad:
+            output.register_hook(raise_interrupt)
+
+    def make_optimizer(spec: OptimizerSpec, model: torch.nn.Module) -> torch.optim.Optimizer:
+        started.append(spec.label)
+        if len(started) > finished:
+            model.register_forward_hook(on_output)
+        return real_make_optimizer(spec, model)
+
+    monkeypatch.setattr(training, "make_optimizer", make_optimizer)
+    return started
+
+
+INTERRUPT_ARGS = ["--structures", "diagonal", "--baselines", "adamw", "sgd", "--steps", "3"]
+
+
+def test_ctrl_c_reports_one_line_and_the_runs_that_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    started = interrupt_run(monkeypatch, finished=2)
+    code, out, err = run_main([*INTERRUPT_ARGS, "--no-progress", "--out", str(tmp_path)], capsys)
+    assert code == cli.EXIT_INTERRUPTED == 130
+    assert started == ["SINGD (diagonal)", "AdamW", "SGD"]
+    assert err.strip().splitlines() == [
+        "singd-opt: interrupted during SGD; 2 of 3 runs finished, their table and figure follow"
+    ]
+    rows = {match[1] for match in map(ROW.match, out.splitlines()) if match}
+    assert rows == {"SINGD (diagonal)", "AdamW"}
+    assert "  SGD: " not in out  # hyper-parameters only of the runs shown
+    figure = tmp_path / DIGITS.figure_name
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"Figure written to {figure.resolve()}" in out
+
+
+def test_ctrl_c_before_any_run_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    interrupt_run(monkeypatch, finished=0)
+    code, out, err = run_main([*INTERRUPT_ARGS, "--out", str(tmp_path)], capsys)
+    assert code == 130
+    message = [line for line in err.splitlines() if line.startswith("singd-opt:")]
+    assert message == [
+        "singd-opt: interrupted during SINGD (diagonal); no run finished, so no table and no figure"
+    ]
+    assert "Traceback" not in err
+    assert not any(map(ROW.match, out.splitlines()))
+    assert not (tmp_path / DIGITS.figure_name).exists()
+
+
+def test_sigint_during_training_exits_130_without_traceback(tmp_path: Path) -> None:
+    """A real SIGINT to ``python -m singd_opt`` in the middle of its first run."""
+    args = ["--structures", "diagonal", "--baselines", "none", "--steps", "1000000"]
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "singd_opt", *args, "--no-progress", "--out", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
+    assert process.stdout is not None
+    header = process.stdout.readline()  # printed once the data is loaded, before training
+    assert header.startswith("digits: "), header
+    time.sleep(1.0)  # well inside the first of a million steps
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    # As a program it ends by SIGINT itself after reporting: a shell shows status 130.
+    assert process.returncode == -signal.SIGINT, err[-3000:]
+    assert err.splitlines() == [
+        "singd-opt: interrupted during SINGD (diagonal); no run finished, so no table and no figure"
+    ]
+    assert out == ""
+
+
+def test_ctrl_c_while_the_command_loads(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C while torch and the command are imported: one line, then SIGINT."""
+    from singd_opt_demo import program
+
+    class Interrupting(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, *args: object) -> None:
+            if name == "singd_opt_demo.cli":
+                raise KeyboardInterrupt
+
+    ended: list[bool] = []
+    monkeypatch.delitem(sys.modules, "singd_opt_demo.cli")
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    monkeypatch.setattr(program, "end_by_sigint", lambda: ended.append(True))
+    assert program.run() == 130
+    assert ended == [True]
+    assert capsys.readouterr() == ("", "singd-opt: interrupted\n")
+
+
+def test_end_by_sigint_flushes_and_ends_the_process_by_sigint() -> None:
+    code = (
+        "import sys; from singd_opt_demo.interrupt import end_by_sigint\n"
+        "print('reported'); print('one line', file=sys.stderr); end_by_sigint()\n"
+        "print('not reached')\n"
+    )
+    process = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert process.returncode == -signal.SIGINT
+    assert (process.stdout, process.stderr) == ("reported\n", "one line\n")
+
+
+def test_ctrl_c_while_loading_the_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def load_split() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.TASKS, "digits", dataclasses.replace(DIGITS, load_split=load_split))
+    code, out, err = run_main(["--out", str(tmp_path)], capsys)
+    assert (code, out, err) == (130, "", "singd-opt: interrupted\n")
 
 
 def test_runs_are_deterministic_and_state_bytes_count_preconditioners() -> None:
@@ -276,6 +415,7 @@ def test_torchrun_splits_every_batch_and_matches_one_process(tmp_path: Path) -> 
     out = process.stdout
     assert out.count("Figure written to") == 1  # only the first process reports
     assert "each batch split over 2 processes" in out
+    assert ", 1 thread)" in out.splitlines()[0]  # OMP_NUM_THREADS=1 above
     rows = {match[1]: match for match in map(ROW.match, out.splitlines()) if match}
     assert sorted(rows) == ["AdamW", "SINGD (diagonal)"]
     split = load_split()
@@ -289,3 +429,5 @@ def test_torchrun_splits_every_batch_and_matches_one_process(tmp_path: Path) -> 
         accuracy = 100 * single.final["test"].accuracy
         assert abs(float(rows[label][2]) - loss) < 2e-4, (label, rows[label][2], loss)
         assert abs(float(rows[label][3]) - accuracy) < 0.01, (label, rows[label][3], accuracy)
+        # the optimizer state is the same in every process and counted the same way
+        assert int(rows[label][5].replace(",", "")) == single.state_bytes, label

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from singd_opt import SINGD
-from singd_opt.demo import lm_data
-from singd_opt.demo.lm_model import CharTransformer
-from singd_opt.demo.tasks import LM
-from singd_opt.demo.training import OptimizerSpec, make_optimizer, optimizer_state_bytes
+from singd_opt_demo import lm_data
+from singd_opt_demo.lm_model import CharTransformer
+from singd_opt_demo.tasks import LM
+from singd_opt_demo.training import OptimizerSpec, make_optimizer, optimizer_state_bytes
 
 
 def test_encoding_keeps_ascii_and_marks_everything_else_unknown() -> None:

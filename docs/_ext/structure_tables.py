@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,12 +50,28 @@ def stored_numbers(name: str, dim: int) -> int:
     return sum(math.prod(shape) for shape in shapes.values())
 
 
+#: A cell text that reST would read as the start of a bullet or enumerated list
+#: (``- / - / -``, ``* x``, ``1. x``, ``(a) x``, ``#. x``).
+_LIST_MARKER = re.compile(
+    r"([-*+\u2022\u2023\u2043]|\(?(\d+|[a-zA-Z]|[ivxlcdmIVXLCDM]+|#)[.)])(\s|$)"
+)
+
+
+def table_cell(text: str) -> str:
+    """Escape ``text`` so that it stays plain text in a ``list-table`` cell.
+
+    A leading list marker gets a backslash, which reST drops when it renders the cell;
+    any other text is returned unchanged.
+    """
+    return "\\" + text if _LIST_MARKER.match(text) else text
+
+
 def list_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Render a reST ``list-table`` with one header row, in the compact table style.
 
     Args:
         header: Column titles.
-        rows: Cell texts, one sequence per row.
+        rows: Cell texts, one sequence per row (escaped by :func:`table_cell`).
 
     Returns:
         The directive as reST text.
@@ -62,8 +79,9 @@ def list_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = [".. list-table::", "   :header-rows: 1", "   :class: compact-table"]
     lines.append("")
     for row in [header, *rows]:
-        lines.append(f"   * - {row[0]}")
-        lines.extend(f"     - {cell}" for cell in row[1:])
+        cells = [table_cell(str(cell)) for cell in row]
+        lines.append(f"   * - {cells[0]}")
+        lines.extend(f"     - {cell}" for cell in cells[1:])
     return "\n".join(lines) + "\n"
 
 
@@ -215,7 +233,7 @@ def module_docs(names: Sequence[str]) -> str:
 
 def command_help(width: int = 88) -> str:
     """Return ``singd-opt --help`` as printed in a terminal ``width`` columns wide."""
-    from singd_opt.cli import build_parser
+    from singd_opt_demo.cli import build_parser
 
     previous = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = str(width)  # argparse wraps to the terminal width

@@ -22,10 +22,10 @@ from structure_tables import list_table, load_results, missing_note
 DISTANCE_STEPS = (0, 10, 50, 100, 300)
 
 
-
 def target_text(workload: dict[str, Any]) -> str:
     """The workload's target in words (results from before it was recorded: accuracy)."""
     return workload.get("target_text") or f"{workload['target']:.0%} test accuracy"
+
 
 def _setting(setting: dict[str, Any]) -> str:
     return ", ".join(f"{key} {value:g}" for key, value in setting.items())

@@ -6,7 +6,7 @@ A transformer language model trained by SINGD alone
 of Python's own standard library, once with SINGD in several structures and once with
 AdamW, and compares validation loss at the same step budget, time per step and
 optimizer-state bytes. This example builds the same pieces from
-:mod:`singd_opt.demo` and runs a much shorter comparison, so that it finishes in
+:mod:`singd_opt_demo` and runs a much shorter comparison, so that it finishes in
 seconds; the command's full run is shown at the end.
 """
 
@@ -27,12 +27,12 @@ import matplotlib.pyplot as plt
 import torch
 from torch.nn import functional
 
-from singd_opt.demo import lm_data
-from singd_opt.demo.lm_model import make_char_transformer
-from singd_opt.demo.report import format_table
-from singd_opt.demo.split import Split
-from singd_opt.demo.tasks import LM
-from singd_opt.demo.training import OptimizerSpec, make_optimizer, train
+from singd_opt_demo import lm_data
+from singd_opt_demo.lm_model import make_char_transformer
+from singd_opt_demo.report import format_table
+from singd_opt_demo.split import Split
+from singd_opt_demo.tasks import LM
+from singd_opt_demo.training import OptimizerSpec, make_optimizer, train
 
 split = lm_data.load_split()
 print(f"modules: {', '.join(lm_data.SOURCE_MODULES)}")
@@ -68,9 +68,9 @@ print(optimizer.describe())
 # A short comparison
 # ------------------
 #
-# :func:`singd_opt.demo.training.train` is the loop the command runs: the same initial
+# :func:`singd_opt_demo.training.train` is the loop the command runs: the same initial
 # weights and mini-batches for every optimizer, a cosine learning-rate decay over the
-# run, the tuned hyper-parameters of :data:`singd_opt.demo.tasks.LM_HYPERPARAMETERS`.
+# run, the tuned hyper-parameters of :data:`singd_opt_demo.tasks.LM_HYPERPARAMETERS`.
 # Here: 60 steps of 16 windows and a quarter of the validation windows, on one thread.
 # Over so few steps AdamW is ahead; it also leads over the first part of the full
 # run below, which SINGD ends ahead.

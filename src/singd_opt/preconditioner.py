@@ -7,7 +7,7 @@ d_C}` members of structures :math:`\mathcal{S}_K, \mathcal{S}_C` and
 :math:`\bar{\operatorname{tr}}` is the average trace, :math:`\lambda` the damping,
 :math:`\alpha_1` the Riemannian momentum, :math:`\beta_1` the covariance learning rate.
 
-Curvature terms (accumulated over backward passes, see :mod:`singd_opt.hooks`):
+Curvature terms (recorded by :mod:`singd_opt.capture`, accumulated by :mod:`singd_opt.curvature`):
 
 .. math::
     H_K = \Pi_K(K^\top A^\top A K), \qquad H_C = \Pi_C(C^\top G_\text{out}^\top G_\text{out} C).

@@ -193,13 +193,14 @@ class KroneckerBlock(PreconditionerBlock):
     def set_reduced_curvature(
         self, sums: list[Tensor], processes: int, group: Mapping[str, Any]
     ) -> None:
-        """See :meth:`PreconditionerBlock.set_reduced_curvature` (keeps views of ``sums``)."""
+        """See :meth:`PreconditionerBlock.set_reduced_curvature` (copies ``sums``)."""
         *matrices, counts = sums
         rows, terms = counts.tolist()
         if rows == 0:
             self.curvature = None
             return
-        H_K, H_C = _matrices_like(self.K, self.C, matrices)
+        # copies: the block's state does not keep the communication buffer alive
+        H_K, H_C = _matrices_like(self.K, self.C, [t.clone() for t in matrices])
         curvature = CurvatureSums(H_K, H_C, 1, 1, group["loss_average"] is not None)
         curvature.set_reduced([rows, terms], processes)
         self.curvature = curvature

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from singd_opt.demo.split import Split
+from singd_opt_demo.split import Split
 
 #: The standard-library modules whose source forms the corpus, in reading order.
 SOURCE_MODULES: tuple[str, ...] = (

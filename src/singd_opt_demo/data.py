@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from singd_opt.demo.split import Split
+from singd_opt_demo.split import Split
 
 #: Seed of the train/test split; fixed so every run sees the same split.
 SPLIT_SEED = 0

@@ -1,13 +1,13 @@
 """The ``singd-opt`` command: SINGD against AdamW (and SGD) on bundled data.
 
 Trains one model per optimizer - SINGD with each requested structure, and the
-baselines - on one of two tasks (:mod:`singd_opt.demo.tasks`), then prints a table
+baselines - on one of two tasks (:mod:`singd_opt_demo.tasks`), then prints a table
 and writes a PNG figure of the training loss and an evaluation curve over steps:
 
-- ``--task digits`` (the default): the small CNN of :mod:`singd_opt.demo.models` on
+- ``--task digits`` (the default): the small CNN of :mod:`singd_opt_demo.models` on
   scikit-learn's bundled 8x8 handwritten digits, against AdamW and SGD with
   momentum; the table shows final train loss and test accuracy;
-- ``--task lm``: the character-level transformer of :mod:`singd_opt.demo.lm_model` on
+- ``--task lm``: the character-level transformer of :mod:`singd_opt_demo.lm_model` on
   the source of Python's standard library, every parameter trained by SINGD alone,
   against AdamW; the table shows validation and test loss in nats per character.
 
@@ -15,13 +15,16 @@ Both tables end with the wall time per step and the optimizer-state bytes. Split
 seeds are fixed; nothing is downloaded.
 
 Under ``torchrun --nproc_per_node R -m singd_opt ...`` the same comparison runs with
-every mini-batch split over the ``R`` processes (:mod:`singd_opt.demo.parallel`); the
+every mini-batch split over the ``R`` processes (:mod:`singd_opt_demo.parallel`); the
 first process prints the table and writes the figure, and the results equal those of
 one process up to rounding.
 
 Run ``singd-opt --help`` (or ``python -m singd_opt --help``) for the options. Errors
-in the arguments are reported on one line and exit with status 2. The demo needs
-the ``demo`` extra: ``pip install "singd-opt[demo]"``.
+in the arguments are reported on one line and exit with status 2. An interruption
+(Ctrl-C) is reported on one line, after the table and the figure of the runs that
+finished; the program then ends by ``SIGINT`` itself, as a program that handles
+Ctrl-C should, so that a shell reports status 130 and a calling script stops too.
+The demo needs the ``demo`` extra: ``pip install "singd-opt[demo]"``.
 
 The number of threads is left at PyTorch's default. PyTorch's OpenMP threads
 busy-wait between parallel regions by default; with the many small kernels of this
@@ -45,10 +48,10 @@ from typing import Any, NoReturn
 
 import torch
 
-from singd_opt.demo.tasks import BASELINE_LABELS, TASKS, Task
-from singd_opt.demo.training import DEFAULT_SEED
+from singd_opt_demo.interrupt import EXIT_INTERRUPTED, PROG, end_by_sigint, report_interrupt
+from singd_opt_demo.tasks import BASELINE_LABELS, TASKS, Task
+from singd_opt_demo.training import DEFAULT_SEED
 
-PROG = "singd-opt"
 #: Environment variable read by OpenMP when PyTorch loads it (see the module docstring).
 WAIT_POLICY_VARIABLE = "OMP_WAIT_POLICY"
 DEFAULT_OUT = "singd-opt-output"
@@ -109,6 +112,11 @@ def _names(values: Sequence[str]) -> list[str]:
             if name and name not in names:
                 names.append(name)
     return names
+
+
+def _count(number: int, noun: str) -> str:
+    """``"1 thread"``, ``"2 threads"``: ``number`` and ``noun``, plural unless one."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _format_hyperparameters(hyperparameters: Mapping[str, Any]) -> str:
@@ -251,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_structures(names: list[str]) -> list[str]:
-    from singd_opt.demo.training import available_structures
+    from singd_opt_demo.training import available_structures
 
     valid = available_structures()
     unknown = [name for name in names if name not in valid]
@@ -316,7 +324,7 @@ def _import_demo_dependencies(task: Task) -> None:
 
 
 def _restart_with_passive_openmp_wait() -> None:
-    """Replace this process by ``python -m singd_opt`` with passive OpenMP waiting.
+    """Replace this process by ``python -m singd_opt_demo`` with passive OpenMP waiting.
 
     Does nothing if ``OMP_WAIT_POLICY`` is set (so it restarts at most once) or on
     systems without ``exec``.
@@ -326,7 +334,7 @@ def _restart_with_passive_openmp_wait() -> None:
     environment = {**os.environ, WAIT_POLICY_VARIABLE: "PASSIVE"}
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "singd_opt", *sys.argv[1:]], environment)
+    os.execve(sys.executable, [sys.executable, "-m", "singd_opt_demo", *sys.argv[1:]], environment)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -340,8 +348,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit status, 0 on success. Bad arguments exit with status 2 and a one-line
-        message on stderr.
+        message on stderr. An interruption (Ctrl-C) prints a one-line message on
+        stderr, after the table and figure of the runs that finished, and returns
+        130; as a program (``argv`` is ``None``) the process then ends by ``SIGINT``
+        instead, which shells report as status 130.
     """
+    try:
+        status = _run(argv)
+    except KeyboardInterrupt:
+        status = report_interrupt("")
+    if status == EXIT_INTERRUPTED and argv is None:
+        end_by_sigint()
+    return status
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    """The command's work (see :func:`main`); interruptions during training handled here."""
     args = build_parser().parse_args(argv)
     task = TASKS[args.task]
     structures = _check_structures(_names(args.structures or task.default_structures))
@@ -355,9 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from tqdm import tqdm
 
-    from singd_opt.demo.parallel import start, stop
-    from singd_opt.demo.report import format_table, write_figure
-    from singd_opt.demo.training import OptimizerSpec, train
+    from singd_opt_demo.parallel import start, stop
+    from singd_opt_demo.report import format_table, write_figure
+    from singd_opt_demo.training import OptimizerSpec, train
 
     processes = start(device)
     report = print if processes.main else _quiet
@@ -378,40 +400,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if processes.world_size > 1:
         setting += f", each batch split over {processes.world_size} processes"
-    report(f"{setting} (torch {torch.__version__}, {torch.get_num_threads()} threads)")
+    threads = torch.get_num_threads()
+    report(f"{setting} (torch {torch.__version__}, {_count(threads, 'thread')})")
     results = []
-    for spec in specs:
-        with tqdm(
-            total=steps,
-            desc=spec.label,
-            unit="step",
-            disable=args.no_progress or not processes.main,
-            file=sys.stderr,
-            dynamic_ncols=True,
-        ) as bar:
+    interrupted_run: str | None = None
+    try:
+        for spec in specs:
+            with tqdm(
+                total=steps,
+                desc=spec.label,
+                unit="step",
+                disable=args.no_progress or not processes.main,
+                file=sys.stderr,
+                dynamic_ncols=True,
+            ) as bar:
 
-            def on_step(loss: float, bar: Any = bar) -> None:
-                bar.update()
-                if bar.n % 10 == 0:
-                    bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                def on_step(loss: float, bar: Any = bar) -> None:
+                    bar.update()
+                    if bar.n % 10 == 0:
+                        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
-            results.append(
-                train(
-                    spec,
-                    task,
-                    split,
-                    steps=steps,
-                    batch_size=batch_size,
-                    seed=args.seed,
-                    precision=args.precision,
-                    device=device,
-                    on_step=on_step,
-                    processes=processes,
+                results.append(
+                    train(
+                        spec,
+                        task,
+                        split,
+                        steps=steps,
+                        batch_size=batch_size,
+                        seed=args.seed,
+                        precision=args.precision,
+                        device=device,
+                        on_step=on_step,
+                        processes=processes,
+                    )
                 )
-            )
-    stop(processes)
+    except KeyboardInterrupt:
+        interrupted_run = specs[len(results)].label if len(results) < len(specs) else ""
+    if interrupted_run is None:
+        stop(processes)  # after an interruption the other processes may be gone
     if not processes.main:
-        return 0
+        return 0 if interrupted_run is None else EXIT_INTERRUPTED
+    if interrupted_run is not None:
+        finished = f"{len(results)} of {len(specs)} runs finished"
+        during = f" during {interrupted_run}" if interrupted_run else ""
+        if not results:
+            return report_interrupt(f"{during}; no run finished, so no table and no figure")
+        report_interrupt(f"{during}; {finished}, their table and figure follow")
 
     print()
     print(format_table(results, task.columns(list(split.eval_sets))))
@@ -422,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Hyper-parameters (chosen on a validation split, see {task.tuning_script}; "
         "lr decays to 0 by a cosine schedule):"
     )
-    for spec in specs:
+    for spec in specs[: len(results)]:
         print(f"  {spec.label}: {_format_hyperparameters(spec.hyperparameters)}")
     print(
         "Optimizer state: bytes of torch's per-parameter state (momentum buffers, Adam "
@@ -432,4 +466,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     figure_path = out / task.figure_name
     write_figure(results, task, split.eval_name, figure_path, setting)
     print(f"Figure written to {figure_path.resolve()}")
-    return 0
+    return 0 if interrupted_run is None else EXIT_INTERRUPTED

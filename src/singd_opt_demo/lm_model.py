@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from singd_opt.demo.lm_data import CONTEXT, VOCAB_SIZE
+from singd_opt_demo.lm_data import CONTEXT, VOCAB_SIZE
 
 
 class CharTransformer(nn.Module):
@@ -71,7 +71,7 @@ def make_char_transformer() -> CharTransformer:
     """Build the demo's language model with its default sizes (116,705 parameters).
 
     ``d_model`` 64, 4 heads, 2 layers, feed-forward width 256, context
-    :data:`~singd_opt.demo.lm_data.CONTEXT`, :data:`~singd_opt.demo.lm_data.VOCAB_SIZE`
+    :data:`~singd_opt_demo.lm_data.CONTEXT`, :data:`~singd_opt_demo.lm_data.VOCAB_SIZE`
     tokens. Seed ``torch`` before calling it to get a reproducible initialisation.
     """
     return CharTransformer()

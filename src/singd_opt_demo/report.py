@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from singd_opt.demo.tasks import Column, Task
-from singd_opt.demo.training import RunResult
+from singd_opt_demo.tasks import Column, Task
+from singd_opt_demo.training import RunResult
 
 
 def format_bytes(num_bytes: int) -> str:

@@ -22,9 +22,9 @@ from torch import Tensor, nn
 from torch.nn import functional
 from torch.optim import Optimizer
 
-from singd_opt.demo.parallel import Processes
-from singd_opt.demo.split import Metrics, Split
-from singd_opt.demo.tasks import BASELINE_LABELS, Task
+from singd_opt_demo.parallel import Processes
+from singd_opt_demo.split import Metrics, Split
+from singd_opt_demo.tasks import BASELINE_LABELS, Task
 
 #: Default seed (initial weights and mini-batch order).
 DEFAULT_SEED = 0
@@ -263,7 +263,7 @@ def train(
             ``task.evaluations``.
         on_step: Called with the mini-batch loss after every step (progress bars).
         processes: The data-parallel processes (each trains on its share of every
-            mini-batch, see :mod:`singd_opt.demo.parallel`); default one process.
+            mini-batch, see :mod:`singd_opt_demo.parallel`); default one process.
 
     Returns:
         The measurements.

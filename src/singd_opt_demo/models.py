@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from singd_opt.demo.data import NUM_CLASSES
+from singd_opt_demo.data import NUM_CLASSES
 
 
 def make_cnn() -> nn.Sequential:

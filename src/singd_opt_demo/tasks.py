@@ -1,10 +1,10 @@
 """The demo's tasks: what is trained, on which data, with which tuned hyper-parameters.
 
-- ``digits`` (the default): the small CNN of :mod:`~singd_opt.demo.models` on
-  scikit-learn's bundled 8x8 digits (:mod:`~singd_opt.demo.data`), 10 epochs, compared by
+- ``digits`` (the default): the small CNN of :mod:`~singd_opt_demo.models` on
+  scikit-learn's bundled 8x8 digits (:mod:`~singd_opt_demo.data`), 10 epochs, compared by
   test accuracy; SINGD against AdamW and SGD.
-- ``lm``: the character-level transformer of :mod:`~singd_opt.demo.lm_model` on the
-  source of Python's standard library (:mod:`~singd_opt.demo.lm_data`), 300 steps,
+- ``lm``: the character-level transformer of :mod:`~singd_opt_demo.lm_model` on the
+  source of Python's standard library (:mod:`~singd_opt_demo.lm_data`), 300 steps,
   compared by validation and test loss in nats per character; SINGD (training every
   parameter, :class:`singd_opt.SINGD` with ``params=None``) against AdamW.
 
@@ -25,10 +25,10 @@ from typing import Any
 
 from torch import nn
 
-from singd_opt.demo import data, lm_data
-from singd_opt.demo.lm_model import make_char_transformer
-from singd_opt.demo.models import make_cnn
-from singd_opt.demo.split import Metrics, Split
+from singd_opt_demo import data, lm_data
+from singd_opt_demo.lm_model import make_char_transformer
+from singd_opt_demo.models import make_cnn
+from singd_opt_demo.split import Metrics, Split
 
 #: Display names of the baselines.
 BASELINE_LABELS = {"adamw": "AdamW", "sgd": "SGD"}
