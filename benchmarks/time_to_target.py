@@ -203,30 +203,31 @@ register_workload(
 
 # ---------------------------------------------------- real model families
 #: The optimizers run by default on the real-architecture workloads: the baselines, the
-#: peers, SINGD as a user writes it (only ``lr``), and its every-step and fast-adapting
-#: configurations with dense and block-diagonal factors.
+#: peers, SINGD as a user writes it (only ``lr``) and dense SINGD updating its factors
+#: at every step (the setting the measurements recommend for layers this narrow).
 REAL_OPTIMIZERS = (
     "adamw",
     "sgd",
     "singd/defaults",
     "singd/dense/every_step",
-    "singd/dense/fast",
-    "singd/block30diagonal/fast",
     "soap",
     "psgd_kron",
     "muon",
 )
 #: Test losses (nats per character) the GPT-2 and Llama decoders must reach.
-GPT2_TARGET_LOSS, LLAMA_TARGET_LOSS = 2.5, 2.2
+GPT2_TARGET_LOSS, LLAMA_TARGET_LOSS = 2.7, 2.45
 #: Accuracy targets of the ViT and the ResNet.
-VIT_TARGET, RESNET_TARGET = 0.85, 0.97
+VIT_TARGET, RESNET_TARGET = 0.75, 0.97
+#: Every how many-th evaluation window of the language-model split is evaluated.
+LM_EVAL_STRIDE = 4
 
 
-def _load_lm_half_eval(validation: bool) -> Any:
-    """The language-model split with every second evaluation window (halves its cost)."""
+def _load_lm_strided_eval(validation: bool) -> Any:
+    """The language-model split with every :data:`LM_EVAL_STRIDE`-th evaluation window."""
     split = LM.load_split(validation)
+    stride = slice(None, None, LM_EVAL_STRIDE)
     return dataclasses.replace(
-        split, eval_sets={name: (x[::2], y[::2]) for name, (x, y) in split.eval_sets.items()}
+        split, eval_sets={name: (x[stride], y[stride]) for name, (x, y) in split.eval_sets.items()}
     )
 
 
@@ -240,15 +241,15 @@ for _name, _model, _make, _target in (
             f"{_model} decoder (transformers config, tied embeddings), 2 layers of width "
             f"64, on characters of Python's standard library",
             _make,
-            _load_lm_half_eval,
+            _load_lm_strided_eval,
             target=-_target,
             batch_size=16,
             eval_every=25,
-            max_steps=400,
+            max_steps=300,
             loss=_sequence_loss,
             score=_negative_loss,
             singd_options={"loss_average": "batch+sequence"},
-            target_text=f"test loss {_target} nats/char (every second test window)",
+            target_text=f"test loss {_target} nats/char (every {LM_EVAL_STRIDE}th test window)",
             optimizers=REAL_OPTIMIZERS,
             missing=real_architectures.transformers_missing,
         )
@@ -260,7 +261,7 @@ register_workload(
         real_architectures.make_vit,
         load_split,
         target=VIT_TARGET,
-        max_steps=600,
+        max_steps=400,
         target_text=f"{VIT_TARGET:.0%} test accuracy",
         optimizers=REAL_OPTIMIZERS,
         missing=real_architectures.transformers_missing,
@@ -274,7 +275,7 @@ register_workload(
         real_architectures.make_resnet,
         real_architectures.load_digits_16,
         target=RESNET_TARGET,
-        max_steps=400,
+        max_steps=300,
         target_text=f"{RESNET_TARGET:.0%} test accuracy",
         optimizers=REAL_OPTIMIZERS,
         missing=real_architectures.transformers_missing,
