@@ -14,18 +14,29 @@ Protocol:
   (scikit-learn's bundled 8x8 digits, the fixed split of
   :func:`singd_opt.demo.data.load_split`), mini-batches of 32, constant learning rates.
   Target: 97% accuracy on the 360 test images, evaluated every 10 steps, at most 600
-  steps (13 epochs).
-- **Optimizers**: SINGD with each standard structure in two configurations, the
+  steps (13 epochs). ``lm``: the demo's character transformer. **Real model families**
+  (:mod:`real_architectures`, built from ``transformers`` configs, skipped when it is
+  not installed): GPT-2 and Llama decoders on the demo's language-model text (batches
+  of 16 windows of 64 characters, a test-loss target), a ViT on the 8x8 digits and a
+  ResNet on the digits upsampled to 16x16 (accuracy targets); they run the optimizers
+  of :data:`REAL_OPTIMIZERS` unless ``--optimizers`` names others.
+- **Optimizers**: SINGD as a user who swaps AdamW for it writes it,
+  ``SINGD(model, lr=...)`` (every other argument the installed constructor's default,
+  recorded in the JSON); SINGD with each standard structure in two configurations, the
   constructor's defaults (``SINGD_DEFAULTS``) and the recommended fast-adapting one
   (``SINGD_FAST``: ``warm_start=True``, damping 0.01); AdamW; SGD with momentum 0.9;
   and, if the optional ``bench`` extra (heavyball) is installed, SOAP, PSGD-Kron and
   Muon (with AdamW for the non-matrix parameters), run without ``torch.compile``.
+  The SINGD configurations are named entries of :data:`SINGD_CONFIGS`; ``--singd
+  NAME=JSON`` adds one from the command line.
 - **Tuning**, never on the test split: every optimizer's learning rate (and SINGD's
   ``lr_cov``) is chosen from a small grid (:func:`candidates`, printed and stored in the
   JSON) by the mean number of steps to the same target on a validation split carved out
   of the training split (1149 training / 288 validation images), over two tuning seeds
-  (100, 101) that differ from the measurement seeds; a run that misses the target
-  counts as twice the step limit, and ties go to the smaller wall-clock time.
+  (100, 101; ``--tuning-seeds 1`` for the first only) that differ from the measurement
+  seeds; a run that misses the target counts as twice the step limit, and ties go to
+  the smaller wall-clock time. AdamW, SOAP, PSGD-Kron, Muon and ``SINGD(model, lr)``
+  choose from the same learning rates (:data:`LR_GRID`).
 - **Measurement**: the tuned setting, trained on the whole training split with seeds
   0, 1, 2 (seed-major: every optimizer's seed-0 run, then seed 1, then seed 2, so that
   a changing load on a shared machine affects all optimizers alike); the table gives
@@ -36,13 +47,17 @@ Protocol:
 
 Usage::
 
-    python benchmarks/time_to_target.py              # everything (about 30 minutes)
+    python benchmarks/time_to_target.py              # everything (over an hour)
     python benchmarks/time_to_target.py --quick      # smoke test: tiny grid, 1 seed
     python benchmarks/time_to_target.py --workloads digits_mlp --optimizers adamw \\
         singd/diagonal/fast                           # a subset
+    python benchmarks/time_to_target.py --tuning-seeds 1 --workloads gpt2_lm \\
+        llama_lm vit_digits resnet_digits             # the real architectures
+    python benchmarks/time_to_target.py --workloads vit_digits \\
+        --singd 'every_step={"T": 1}'                 # one more SINGD configuration
 
 Results go to ``benchmarks/results/time_to_target.json`` (``--output`` to change it);
-``docs/examples/plot_08_time_to_target.py`` plots them.
+``docs/examples/plot_10_time_to_target.py`` plots them.
 """
 
 from __future__ import annotations
