@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -37,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The sibling benchmark modules, however this file is loaded.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
 from torch import Tensor, nn
