@@ -25,6 +25,7 @@ class Dense(LinearStructure):
     """
 
     name = "dense"
+    closed_under_inverse = True
     closed_under_transpose = True
 
     def __init__(self, matrix: Tensor) -> None:
@@ -54,9 +55,6 @@ class Dense(LinearStructure):
 
     def _matmat(self, X: Tensor) -> Tensor:
         return self.matrix @ X
-
-    def _rmatmat(self, X: Tensor) -> Tensor:
-        return self.matrix.mT @ X
 
     def _transpose(self) -> Dense:
         return self._from_checked(self.shape, {"matrix": self.matrix.mT})

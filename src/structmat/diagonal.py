@@ -26,6 +26,7 @@ class Diagonal(LinearStructure):
     """
 
     name = "diagonal"
+    closed_under_inverse = True
     closed_under_transpose = True
 
     def __init__(self, diagonal: Tensor) -> None:
@@ -55,8 +56,6 @@ class Diagonal(LinearStructure):
 
     def _matmat(self, X: Tensor) -> Tensor:
         return self.diagonal.unsqueeze(1) * X
-
-    _rmatmat = _matmat
 
     def _transpose(self) -> Diagonal:
         return self
