@@ -1,4 +1,4 @@
-"""The abstract :class:`StructuredMatrix` and its generic (dense-fallback) defaults.
+r"""The abstract :class:`StructuredMatrix` and its generic (dense-fallback) defaults.
 
 A structure is a set of square ``d x d`` matrices, stored through a few named
 tensors. A new structure defines
@@ -53,10 +53,12 @@ Tensor operands (``X`` of ``A @ X``, ``X @ A``, ``rmatmat``, ``from_inner``, and
 products do not promote, and a float32 member with a float64 ``X`` raises
 ``TypeError`` (convert one of them first). ``from_mat_inner(X)`` and ``from_dense``
 return members in the dtype of their input. Operands may arrive in any strided layout:
-an optimizer passes transposed views such as ``grad.mT`` and slices. :class:`~structmat.LinearStructure` implements the linear operations
-(``+``, scalar ``*``, their in-place forms, zeros, the Frobenius norm) for structures
-whose matrix is linear in their tensors. :mod:`structmat.testing` verifies a structure
-against all of this.
+an optimizer passes transposed views such as ``grad.mT`` and slices.
+
+:class:`~structmat.LinearStructure` implements the linear operations (``+``, scalar
+``*``, their in-place forms, zeros, the Frobenius norm) for structures whose matrix is
+linear in their tensors. :mod:`structmat.testing` verifies a structure against all of
+this.
 """
 
 from __future__ import annotations

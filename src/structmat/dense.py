@@ -51,7 +51,7 @@ class Dense(LinearStructure):
         return self.matrix
 
     def _matmul(self, other: Dense) -> Dense:
-        return Dense(self.matrix @ other.matrix)
+        return type(self)(self.matrix @ other.matrix)
 
     def _matmat(self, X: Tensor) -> Tensor:
         return self.matrix @ X
@@ -66,7 +66,7 @@ class Dense(LinearStructure):
         self.matrix.diagonal().add_(value)
 
     def _inv(self) -> Dense:
-        return Dense(dense_inverse(self.matrix, "Dense matrix"))
+        return type(self)(dense_inverse(self.matrix, "Dense matrix"))
 
     @classmethod
     def _from_mat_inner(cls, X: Tensor) -> Dense:
@@ -82,11 +82,11 @@ class Dense(LinearStructure):
         d, n = X.shape
         M = self.matrix
         if n >= 2 * d:
-            return Dense(M.mT @ gram(X) @ M)
-        return Dense(gram(M.mT @ X))
+            return type(self)(M.mT @ gram(X) @ M)
+        return type(self)(gram(M.mT @ X))
 
     def _from_inner_identity(self) -> Dense:
-        return Dense(gram(self.matrix.mT))
+        return type(self)(gram(self.matrix.mT))
 
     def _from_inner2(self, XXT: Tensor) -> Dense:
-        return Dense(self.matrix.mT @ XXT @ self.matrix)
+        return type(self)(self.matrix.mT @ XXT @ self.matrix)

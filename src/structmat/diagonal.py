@@ -52,7 +52,7 @@ class Diagonal(LinearStructure):
         return torch.diag(self.diagonal)
 
     def _matmul(self, other: Diagonal) -> Diagonal:
-        return Diagonal(self.diagonal * other.diagonal)
+        return type(self)(self.diagonal * other.diagonal)
 
     def _matmat(self, X: Tensor) -> Tensor:
         return self.diagonal.unsqueeze(1) * X
@@ -68,7 +68,7 @@ class Diagonal(LinearStructure):
 
     def _inv(self) -> Diagonal:
         check_nonzero(self.diagonal, "Diagonal matrix")
-        return Diagonal(self.diagonal.reciprocal())
+        return type(self)(self.diagonal.reciprocal())
 
     @classmethod
     def _from_mat_inner(cls, X: Tensor) -> Diagonal:
@@ -76,11 +76,11 @@ class Diagonal(LinearStructure):
 
     def _from_inner(self, X: Tensor) -> Diagonal:
         # diag((aX)(aX)^T)_i = a_i^2 sum_j X_ij^2: one pass over X, no scaled copy of it
-        return Diagonal(row_sums_of_squares(X) * self.diagonal.square())
+        return type(self)(row_sums_of_squares(X) * self.diagonal.square())
 
     def _from_inner_identity(self) -> Diagonal:
-        return Diagonal(self.diagonal.square())
+        return type(self)(self.diagonal.square())
 
     def _from_inner2(self, XXT: Tensor) -> Diagonal:
         # diag(A^T M A)_i = a_i^2 M_ii: reads the d diagonal entries of M only
-        return Diagonal(self.diagonal.square() * XXT.diagonal())
+        return type(self)(self.diagonal.square() * XXT.diagonal())
