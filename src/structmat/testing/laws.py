@@ -18,7 +18,11 @@ entrywise agreement within ``rtol`` relative to the largest entry, in float64.
 ``test_declared_structure``
     not a template; ``closed_under_transpose`` iff ``transpose_structure() is cls``;
     the transpose of the transpose structure is ``cls``; a registered ``name``
-    resolves to ``cls``
+    resolves to ``cls``; the stored shapes determine ``d`` (``tensor_shapes(d)``
+    differs for every ``d`` and ``dim_from_shapes`` reads it back). The other declared
+    facts are checked by the laws they promise: ``closed_under_inverse`` by
+    ``test_inverse`` and ``test_singular_inverse_raises``, the transpose facts by
+    ``test_transpose_is_the_declared_structure``
 ``test_storage_layout``
     the tensors have the shapes of ``tensor_shapes(d)``, ``shape`` is ``(d, d)``,
     ``cls(**A.tensors())`` rebuilds :math:`A`, ``clone`` copies, ``to`` converts
@@ -30,16 +34,40 @@ entrywise agreement within ``rtol`` relative to the largest entry, in float64.
     match dense; sums, multiples and products are members (closure)
 ``test_in_place_operations_match_dense``
     ``add_``, ``mul_``, ``diag_add_`` match and return ``self``
+``test_products_after_in_place_updates``
+    after each of ``add_``, ``mul_``, ``diag_add_`` (and before), :math:`AX`,
+    :math:`A^\top X`, :math:`X^\top A`, :math:`AB`, the diagonal, :math:`\|A\|_F` and
+    ``from_inner`` match the updated dense matrix (no stale cache)
 ``test_products_with_tensors_match_dense``
-    :math:`AX`, :math:`X^\top A`, :math:`A^\top X` (matrices, vectors)
+    :math:`AX`, :math:`X^\top A`, :math:`A^\top X`, ``A.T @ X`` (matrices, vectors), with
+    the operand in every layout of :func:`~structmat.testing.layouts` (contiguous,
+    transposed view like ``grad.mT``, column-strided, transposed strided view); no
+    product writes into its operand
 ``test_reductions_match_dense``
     diagonal, trace, average trace, :math:`\|A\|_F`, :math:`\max_{ij} |a_{ij}|`
 ``test_projected_products_match_dense``
     ``from_inner(X)`` :math:`= P(a^\top X X^\top a)`, ``from_inner()`` :math:`=
     P(a^\top a)`, ``from_mat_inner(X)`` :math:`= P(X X^\top)`, ``from_inner2(M)``
-    :math:`= P(a^\top M a)`; all are members (closure)
+    :math:`= P(a^\top M a)`, ``X`` and ``M`` in every layout; all are members (closure)
+``test_large_members_and_batch_sized_operands``
+    a few draws (:attr:`~StructureLaws.large_examples`) at :math:`131 \le d \le 300`
+    with operands of 64 to 256 columns (``from_inner`` with 256): arithmetic, products
+    and projected products in every layout, transpose, inverse, products after
+    in-place updates
+``test_results_own_their_storage``
+    ``from_dense(S)`` is not a view of ``S``; ``from_mat_inner``, ``from_inner``,
+    ``from_inner2``, ``clone``, ``+``, ``*``, ``@``, ``inv`` share no storage with
+    their operands
+``test_every_operation_keeps_the_dtype``
+    every operation (``A.T``, ``A.T.T`` and ``from_dense`` included) on float32,
+    bfloat16 and float16 operands returns that dtype, in every stored tensor
+``test_mixed_dtype_operands_are_rejected``
+    a tensor operand of another dtype (float64 with a float32 member and the other way
+    round) raises ``TypeError`` for every product and leaves :math:`A` unchanged
 ``test_transpose_is_the_declared_structure``
-    ``type(A.T) is cls.transpose_structure()``, :math:`(A^\top)^\top = A`
+    ``type(A.T) is cls.transpose_structure()``, :math:`(A^\top)^\top = A` as a member
+    of ``cls`` (of :class:`~structmat.Dense` when the structure declares no transpose
+    facts: its transposes are dense, and so are theirs); the dtype is kept
 ``test_algebraic_laws``
     :math:`(AB)^\top = B^\top A^\top`, :math:`(A+B)^\top = A^\top + B^\top`,
     :math:`(AB)C = A(BC)`, distributivity, :math:`AI = IA = A`, trace linear,
@@ -49,7 +77,9 @@ entrywise agreement within ``rtol`` relative to the largest entry, in float64.
     closed under inversion: :math:`A^{-1}` matches, :math:`AA^{-1} = A^{-1}A = I`;
     else ``inv`` raises ``TypeError``
 ``test_singular_inverse_raises``
-    ``zeros(d).inv()`` raises :class:`~structmat.SingularMatrixError`
+    ``zeros(d).inv()`` and ``inv()`` of non-zero exactly singular members
+    (:meth:`~StructureLaws.singular_members`) raise
+    :class:`~structmat.SingularMatrixError`
 ``test_zeros_and_eye``
     :math:`0` and :math:`I` at every boundary dimension, dtype and device
 ``test_gradients``
@@ -75,6 +105,24 @@ entrywise agreement within ``rtol`` relative to the largest entry, in float64.
 The laws with hypothesis draw the dimension (boundaries included, see
 :func:`~structmat.testing.interesting_dims`) and the random seeds; the others loop over
 fixed dimensions.
+
+Reach and knobs. By default the hypothesis laws draw ``1 <= d <= 70``
+(:attr:`~StructureLaws.max_dim`) and operands of up to 6 columns; the large-size law
+draws ``131 <= d <= 300`` (:attr:`~StructureLaws.large_min_dim`,
+:attr:`~StructureLaws.large_max_dim`) with 64 to 256 columns, in
+:attr:`~StructureLaws.large_examples` examples (2, or a twelfth of the profile's
+``max_examples`` if that is more). Every other law runs with the active hypothesis
+profile's ``max_examples``. The suite sets what it needs on each law itself: no
+``deadline`` (an example builds and multiplies matrices, and its time varies with the
+machine) and the health checks for slow or large examples and for a law shared by
+several subclasses switched off, so a plain ``pytest`` run is not flaky. Set
+:attr:`~StructureLaws.rtol` and :attr:`~StructureLaws.low_precision_tolerance` for
+structures whose kernels round more, override :meth:`~StructureLaws.project` for a
+projection other than the pattern one and :meth:`~StructureLaws.singular_members` to
+supply singular members, and set a law to ``None`` to switch it off. Not reached:
+sizes between 71 and 130 and above 300 (a route switching there needs a larger
+``max_dim`` or ``large_max_dim``), devices other than the CPU, and autograd beyond the
+first derivatives of ``gradcheck``.
 """
 
 from __future__ import annotations
