@@ -122,6 +122,28 @@ class PreconditionerBlock(ABC):
         """The parameters (rows) that have a gradient now: the order of the directions."""
         return [rows for rows in self.params if rows.param.grad is not None]
 
+    # -------------------------------------------------------------- decisions
+    def decision(self) -> Tensor | None:
+        """What this process saw that every process must decide on alike, or ``None``.
+
+        A block with an open decision (a choice that depends on what was recorded,
+        which processes recording different data could make differently) returns a
+        float64 vector of a length fixed at construction; the same blocks return one
+        on every process of a step. The processes then gather their vectors and hand
+        them all to :meth:`decide` before anything else of the step happens.
+        """
+        return None
+
+    def decide(self, seen: list[Tensor]) -> None:  # noqa: B027 (most blocks decide nothing)
+        """Make the decision from what every process saw (the same on every process).
+
+        Args:
+            seen: :meth:`decision` of every process, by rank.
+
+        Raises:
+            ValueError: If the processes saw things that no decision can reconcile.
+        """
+
     # ------------------------------------------------------------- curvature
     def record(
         self,
@@ -224,11 +246,22 @@ class PreconditionerBlock(ABC):
 
     # ---------------------------------------------------------------- state
     @abstractmethod
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, pending: bool = True) -> dict[str, Any]:
         """Return the block's state: tensors (the live ones) and plain values.
 
         The optimizer saves and loads through :attr:`origin`.
+
+        Args:
+            pending: Include what was recorded since the last step (curvature, a
+                choice of block); ``False`` gives the state as of the last step.
         """
+
+    def settled_state_dict(self) -> dict[str, Any]:
+        """The state as of the last taken step (what every process holds alike).
+
+        Called on the block in the optimizer's list, which saves through :attr:`origin`.
+        """
+        return self.origin.state_dict(pending=False)
 
     @abstractmethod
     def load_state_dict(

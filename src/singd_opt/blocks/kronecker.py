@@ -103,6 +103,9 @@ class KroneckerBlock(PreconditionerBlock):
             self.m_C = cls_C.zeros(layer.dim_C, dtype=dtype_C, device=device)
         self.curvature: CurvatureSums | None = None
         self.updated = False  # whether K, C have been updated at least once
+        # whether some process recorded curvature for the coming first update (set by
+        # :meth:`decide` with several processes; else the own curvature decides)
+        self.recorded_somewhere = False
         # (K, C, K K^T, C C^T) for structures closed under transposition; rebuilt
         # whenever K or C is replaced.
         self._grams: tuple[Any, Any, Any, Any] | None = None
@@ -163,13 +166,29 @@ class KroneckerBlock(PreconditionerBlock):
     def drop_curvature(self) -> None:
         """See :meth:`PreconditionerBlock.drop_curvature`."""
         self.curvature = None
+        self.recorded_somewhere = False
+
+    def decision(self) -> Tensor | None:
+        """Whether this process recorded curvature, before the first update.
+
+        See :meth:`PreconditionerBlock.decision`: the processes agree on whether the
+        block lacks curvature (a layer may be used on some processes only).
+        """
+        if not self.recording or self.updated:
+            return None
+        return torch.tensor([float(self.curvature is not None)], dtype=torch.float64)
+
+    def decide(self, seen: list[Tensor]) -> None:
+        """Note whether any process recorded curvature (see :meth:`decision`)."""
+        self.recorded_somewhere = any(bool(s[0] > 0) for s in seen)
 
     def lacks_curvature(self) -> bool:
-        """See :meth:`PreconditionerBlock.lacks_curvature`."""
+        """See :meth:`PreconditionerBlock.lacks_curvature` (what every process recorded)."""
         return (
             self.recording
             and not self.updated
             and self.curvature is None
+            and not self.recorded_somewhere
             and any(rows.param.grad is not None for rows in self.layer.params)
         )
 
@@ -341,16 +360,16 @@ class KroneckerBlock(PreconditionerBlock):
         found = {"K": self.K, "C": self.C, "m_K": self.m_K, "m_C": self.m_C}
         return {key: matrix for key, matrix in found.items() if matrix is not None}
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, pending: bool = True) -> dict[str, Any]:
         """See :meth:`PreconditionerBlock.state_dict`.
 
         Matrices appear as ``{"structure": name, "tensors": {...}}``; the recorded
-        curvature (when there is some) as ``H_K``, ``H_C`` and ``counts``.
+        curvature (when there is some and ``pending``) as ``H_K``, ``H_C`` and ``counts``.
         """
         state: dict[str, Any] = {"kind": self.kind}
         for key, matrix in self.matrices().items():
             state[key] = matrix_to_state(self.structures[key.endswith("C")], matrix)
-        if self.curvature is not None:
+        if pending and self.curvature is not None:
             state["H_K"] = matrix_to_state(self.structures[0], self.curvature.H_K)
             state["H_C"] = matrix_to_state(self.structures[1], self.curvature.H_C)
             state["counts"] = [self.curvature.rows, self.curvature.terms]
