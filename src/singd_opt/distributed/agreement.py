@@ -54,7 +54,6 @@ def describe_setup(
     for index, group in enumerate(groups):
         for name in HYPERPARAMETERS:
             entries.append((f"parameter group {index} {name!r}", _text(group.get(name))))
-    entries.append(("number of blocks", str(len(blocks))))
     for block in blocks:
         what = f"block {block.name!r}"
         entries.append((f"{what} parameter group", str(block.group_index)))
@@ -62,6 +61,7 @@ def describe_setup(
         entries.append((f"{what} parameter shapes", _text(shapes)))
         for key, value in block.describe().items():
             entries.append((f"{what} {key}", _text(value)))
+    entries.append(("number of blocks", str(len(blocks))))
     return entries
 
 
