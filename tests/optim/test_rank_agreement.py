@@ -202,3 +202,47 @@ def test_a_checkpoint_with_pending_curvature_is_the_same_on_every_process(
     for rank in ranks:
         _assert_equals_one_process(rank["resumed"], single["state"])
         _assert_equals_one_process(rank["state"], single["state"])
+
+
+@pytest.mark.parametrize(
+    ("function", "options", "shape"),
+    [
+        ("linear", {}, (4, 3)),
+        ("embedding", {}, (6, 3)),
+        ("conv1d", {"stride": 2, "padding": 1, "dilation": 1}, (4, 2, 3)),
+        ("conv2d", {"stride": (1, 2), "padding": "same", "dilation": (2, 1)}, (4, 2, 2, 3)),
+        ("conv3d", {"groups": 2, "padding": (0, 1, 2)}, (4, 1, 1, 2, 3)),
+    ],
+)
+def test_a_chosen_map_survives_its_numeric_encoding(
+    function: str, options: dict[str, Any], shape: tuple[int, ...]
+) -> None:
+    from singd_opt.blocks.deferred import decode_layer, encode_layer, layer_of_call
+    from singd_opt.layers import ParameterRows
+
+    param = ParameterRows(torch.nn.Parameter(torch.zeros(shape)))
+    layer = layer_of_call(param, function, options)
+    code = encode_layer(layer)
+    decoded = decode_layer(param, code)
+    assert type(decoded) is type(layer)
+    assert getattr(decoded, "geometry", None) == getattr(layer, "geometry", None)
+    assert torch.equal(encode_layer(decoded), code)
+    assert not encode_layer(None).any()
+
+
+def test_the_first_difference_of_two_set_ups_is_named() -> None:
+    from singd_opt import SINGD
+    from singd_opt.distributed.agreement import describe_setup, first_difference
+
+    def description(structures: tuple[str, str]) -> list[tuple[str, str]]:
+        model = torch.nn.Sequential(torch.nn.Linear(3, 4))
+        optimizer = SINGD(model, structures=structures)
+        return describe_setup(optimizer.blocks, optimizer.param_groups, {"distribute": "split"})
+
+    lower = description(("dense", "triltoeplitz"))
+    assert lower == description(("dense", "triltoeplitz"))
+    message = first_difference([lower, description(("dense", "triutoeplitz"))])
+    assert message.startswith("parameter group 0 'structures' is ('dense', 'triltoeplitz')")
+    assert message.endswith("('dense', 'triutoeplitz') on process 1")
+    shorter = first_difference([lower, lower[:-1]])
+    assert "number of blocks" in shorter and "(nothing)" in shorter

@@ -65,6 +65,8 @@ class DataParallelSync:
         owners: The process of each Kronecker block, by name (``split`` only).
         average_gradients: Whether the optimizer averages the gradients itself.
         sharded: Whether some parameters are FSDP2 DTensors.
+        device: Where small collectives (votes, decisions) are communicated: the
+            parameters' device.
     """
 
     def __init__(
@@ -74,12 +76,14 @@ class DataParallelSync:
         distribute: str,
         average_gradients: bool,
         sharded: bool,
+        device: torch.device | None = None,
     ) -> None:
         self.collectives = collectives
         self.split = distribute == "split"
         self.owners = assign_owners(blocks, collectives.world_size) if self.split else {}
         self.average_gradients = average_gradients
         self.sharded = sharded
+        self.device = device if device is not None else torch.device("cpu")
         self._gradients_synchronized = False
 
     # ------------------------------------------------------------ ownership
@@ -102,8 +106,7 @@ class DataParallelSync:
         entries = [(block, seen) for block in blocks if (seen := block.decision()) is not None]
         if not entries:
             return
-        device = local_tensor(entries[0][0].params[0].param).device
-        local = torch.cat([seen.reshape(-1) for _, seen in entries]).to(device)
+        local = torch.cat([seen.reshape(-1) for _, seen in entries]).to(self.device)
         world = self.collectives.world_size
         gathered = self.collectives.all_gather(local).view(world, -1).cpu()
         offset = 0
@@ -253,9 +256,9 @@ class DataParallelSync:
     # ------------------------------------------------------------- exchange
     def agree(self, votes: Tensor) -> Tensor:
         """Sum every process's ``votes`` (a float32 vector of 0s and 1s): one all-reduce."""
-        summed = votes.to(torch.float32).clone()
+        summed = votes.to(device=self.device, dtype=torch.float32, copy=True)
         self.collectives.all_reduce(summed)
-        return summed
+        return summed.cpu()
 
     def exchange(
         self,

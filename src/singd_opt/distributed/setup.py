@@ -84,4 +84,4 @@ def make_sync(
     device = local_tensor(params[0]).device if params else torch.device("cpu")
     check_alike(collectives, description, device)
     check_shardings(list(params))
-    return DataParallelSync(collectives, blocks, distribute, average_gradients, sharded)
+    return DataParallelSync(collectives, blocks, distribute, average_gradients, sharded, device)
