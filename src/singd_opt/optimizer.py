@@ -356,7 +356,9 @@ class SINGD(BlockViews, Optimizer):
         :class:`torch.amp.GradScaler` found non-finite gradients or (with
         ``skip_nonfinite``) a direction or a new ``K, C`` is not finite; the curvature
         recorded for it is dropped, :attr:`skipped_steps` counts it and :attr:`steps`
-        does not. A warning reports the 1st, 2nd, 4th, 8th, ... skipped step.
+        does not. A warning reports the 1st, 2nd, 4th, 8th, ... skipped step. With
+        several processes the step is skipped on all of them when one of them finds
+        a reason to.
 
         Args:
             closure: Optional callable that re-evaluates the model (forward and
@@ -364,6 +366,14 @@ class SINGD(BlockViews, Optimizer):
 
         Returns:
             The closure's return value, or ``None`` without a closure.
+
+        Raises:
+            RuntimeError: On every process, when the gradient scalers of some
+                processes found non-finite gradients and others did not (call
+                :meth:`synchronize_gradients` before the scaler's ``unscale_`` and
+                ``step``).
+            ValueError: On every process, when a weight is used as different maps
+                (linear, convolution, embedding) on different processes.
         """
         loss = None
         if closure is not None:
