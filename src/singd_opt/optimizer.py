@@ -180,8 +180,10 @@ class SINGD(BlockViews, Optimizer):
 
         Raises:
             TypeError: For a ``DataParallel`` model, or an argument of the wrong type.
-            ValueError: For an invalid hyper-parameter, no parameter to train, or a
-                map whose parameters are in different groups. Nothing changes on error.
+            ValueError: For an invalid hyper-parameter, no parameter to train, a
+                map whose parameters are in different groups, or (on every process) a
+                set-up that differs between the processes of the group, naming the first
+                difference. Nothing changes on error.
         """
         # the hyper-parameters that parameter groups may set, by their argument names
         defaults: dict[str, Any] = {k: v for k, v in locals().items() if k in HYPERPARAMETERS}
