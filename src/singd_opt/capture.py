@@ -100,7 +100,7 @@ class FunctionalCall:
         function: ``"linear"``, ``"conv1d"``, ``"conv2d"``, ``"conv3d"`` or ``"embedding"``.
         x: The input.
         weight: The weight passed (the parameter, or a view of rows of it).
-        rows: The rows of the parameter the weight covers, ``(start, stop)``.
+        row_range: The rows of the parameter the weight covers, ``(start, stop)``.
         output: The call's output.
         options: The call's other arguments (stride, padding, ... of a convolution).
     """
@@ -108,7 +108,7 @@ class FunctionalCall:
     function: str
     x: Tensor
     weight: Tensor
-    rows: tuple[int, int]
+    row_range: tuple[int, int]
     output: Tensor
     options: dict[str, Any]
 

@@ -58,7 +58,7 @@ class CurvatureSums:
     Attributes:
         H_K: The merged :math:`H_K`.
         H_C: The merged :math:`H_C` (before any gradient un-scaling).
-        rows: :math:`\sum_i n_i`.
+        row_count: :math:`\sum_i n_i`.
         terms: :math:`N = \sum_i N_i` (the number of loss terms, 1 per call for a sum).
         mean_loss: Whether the loss is a mean (``loss_average`` is not ``None``).
     """
@@ -84,7 +84,7 @@ class CurvatureSums:
         """
         self.H_K = H_K
         self.H_C = H_C
-        self.rows = rows
+        self.row_count = rows
         self.terms = terms
         self.mean_loss = mean_loss
         self._pass = backward_pass
@@ -99,9 +99,9 @@ class CurvatureSums:
         backward_pass: int | None = None,
     ) -> None:
         """Merge one more call's terms (see :meth:`__init__`)."""
-        total_rows = self.rows + rows
-        self.H_K.mul_(self.rows / total_rows).add_(H_K, alpha=rows / total_rows)
-        self.rows = total_rows
+        total_rows = self.row_count + rows
+        self.H_K.mul_(self.row_count / total_rows).add_(H_K, alpha=rows / total_rows)
+        self.row_count = total_rows
         if backward_pass is not None and backward_pass == self._pass:
             # another call in the same pass: its H_C adds to this pass's, whose weight
             # in the merged H_C is N / N_p
@@ -130,10 +130,10 @@ class CurvatureSums:
         Returns:
             The tensors (to be summed in place) and the counts.
         """
-        self.H_K.mul_(float(self.rows))
+        self.H_K.mul_(float(self.row_count))
         if self.mean_loss:
             self.H_C.mul_(1.0 / self.terms)
-        return self.tensors(), [float(self.rows), float(self.terms)]
+        return self.tensors(), [float(self.row_count), float(self.terms)]
 
     def set_reduced(self, counts: list[float], processes: int) -> None:
         """Finish the combination of :meth:`reducible`'s summed tensors and counts.
@@ -147,4 +147,4 @@ class CurvatureSums:
         scale = (terms if self.mean_loss else 1.0) / processes**2
         if scale != 1.0:
             self.H_C.mul_(scale)
-        self.rows, self.terms = rows, terms
+        self.row_count, self.terms = rows, terms

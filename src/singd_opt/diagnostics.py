@@ -20,12 +20,12 @@ any process recorded it (see :meth:`~singd_opt.blocks.PreconditionerBlock.decide
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable
 
 from torch import nn
 
 from singd_opt.blocks import PreconditionerBlock
+from singd_opt.user_warnings import warn_user
 
 
 class ForeignUpdateWatch:
@@ -55,13 +55,12 @@ class ForeignUpdateWatch:
         )
         if changed and self._changed_before:
             self._warned = True
-            warnings.warn(
+            warn_user(
                 f"parameters of {changed[:5]}{' ...' if len(changed) > 5 else ''} were changed "
                 "in place outside SINGD.step in two consecutive steps; if another optimizer "
                 "also trains them they are updated twice (SINGD trains every parameter it is "
                 "given; pass train_all_parameters=False to train only Linear and Conv layers, "
-                "or give SINGD only its parameters)",
-                stacklevel=4,
+                "or give SINGD only its parameters)"
             )
         self._changed_before = bool(changed)
 
@@ -76,11 +75,10 @@ def warn_unrecorded(blocks: Iterable[PreconditionerBlock], warned: set[str]) -> 
     missing = [b.name for b in blocks if b.name not in warned and b.lacks_curvature()]
     if missing:
         warned.update(missing)
-        warnings.warn(
+        warn_user(
             f"no curvature was recorded for {missing} before their first preconditioner "
             "update (their K and C stay the identity until it is); the weight is not "
-            "used through its module or through torch.nn.functional",
-            stacklevel=5,
+            "used through its module or through torch.nn.functional"
         )
 
 
@@ -100,8 +98,7 @@ def report_skipped_step(step: int, skipped: int, scaler: bool) -> None:
         if scaler
         else "a preconditioned gradient or a new preconditioner is not finite"
     )
-    warnings.warn(
+    warn_user(
         f"{reason}; skipping step {step} (the state is unchanged; {skipped} step(s) "
-        "skipped so far, see optimizer.skipped_steps)",
-        stacklevel=5,
+        "skipped so far, see optimizer.skipped_steps)"
     )

@@ -28,7 +28,6 @@ alone, with a warning unless ``warn_unsupported=False``.
 
 from __future__ import annotations
 
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -57,6 +56,7 @@ from singd_opt.layers import (
     ParameterRows,
     make_layer,
 )
+from singd_opt.user_warnings import warn_user
 
 #: Module types whose weight (and bias) form a Kronecker block recorded by a module hook.
 KRONECKER_MODULES: tuple[type[nn.Module], ...] = (*SUPPORTED_MODULES, nn.Embedding)
@@ -181,10 +181,9 @@ class _Planner:
                     f"params: a parameter of layer {name!r} is shared by layers {users}; "
                     "SINGD needs one map per parameter"
                 )
-            warnings.warn(
+            warn_user(
                 f"the parameters of layer {name!r} are shared by layers {users} as different "
-                "maps; they are trained with the element-wise rule",
-                stacklevel=5,
+                "maps; they are trained with the element-wise rule"
             )
             for param in params:
                 self.add_elementwise(param)
@@ -324,11 +323,10 @@ class _Planner:
                 if id(param) not in self.claimed:  # a parameter given twice counts once
                     self.add_elementwise(param)
         elif untrained and self.warn_unsupported:
-            warnings.warn(
+            warn_user(
                 f"{len(untrained)} of the given parameters do not belong to a supported layer "
                 f"({', '.join(t.__name__ for t in SUPPORTED_MODULES)}) of the model and will "
-                "not be trained (train_all_parameters=True trains them)",
-                stacklevel=4,
+                "not be trained (train_all_parameters=True trains them)"
             )
         return self.plan
 
@@ -348,7 +346,13 @@ def unwrap_model(model: object) -> tuple[nn.Module, bool]:
     if isinstance(model, DistributedDataParallel):
         return model.module, True
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        hint = ""
+        if isinstance(model, Iterable) and not isinstance(model, str | bytes):
+            hint = (
+                "; SINGD takes the model first, to find its layers: pass SINGD(model), or "
+                "SINGD(model, params) to train only some parameters"
+            )
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}{hint}")
     return model, False
 
 

@@ -85,7 +85,7 @@ class ProjectionTarget:
 
     def capture(self, call: FunctionalCall) -> None:
         """Record the blocks whose rows the call's weight covers."""
-        first, last = call.rows
+        first, last = call.row_range
         parts = [p for p in self.parts if first <= p.start and p.stop <= last and p.block.recording]
         if not parts:
             return

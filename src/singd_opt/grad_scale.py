@@ -13,10 +13,10 @@ keeps :math:`H_C` in range in low precision.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
+from singd_opt.user_warnings import warn_user
 from singd_opt.validation import check_init_grad_scale
 
 
@@ -36,11 +36,10 @@ class GradScales:
         check_init_grad_scale(grad_scale)
         self.scales[step] = float(grad_scale)
         if step == 0 and self.scales[-1] == 1.0 and grad_scale != 1.0:
-            warnings.warn(
+            warn_user(
                 f"gradient scale {grad_scale} at step 0 but init_grad_scale=1.0; passing "
                 f"init_grad_scale={grad_scale} makes the first preconditioner update "
-                "numerically safer",
-                stacklevel=3,
+                "numerically safer"
             )
 
     def prescale(self, step: int) -> float:
@@ -61,12 +60,11 @@ class GradScales:
             if scaler_scale is None:  # the scaler already un-scaled the gradients
                 if step not in self.scales:
                     if not self._warned_unscaled:
-                        warnings.warn(
+                        warn_user(
                             "the gradients were un-scaled before step(); call "
                             "optimizer.set_current_grad_scale(scaler.get_scale()) before "
                             "step() so the preconditioner is un-scaled exactly (assuming "
-                            "the previous step's scale)",
-                            stacklevel=4,
+                            "the previous step's scale)"
                         )
                         self._warned_unscaled = True
                     self.scales[step] = self.scales.get(step - 1, 1.0)

@@ -14,7 +14,6 @@ learning rate. The SINGD equations are in :mod:`singd_opt.preconditioner`.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -36,6 +35,7 @@ from singd_opt.layers import preconditioner_dims as _preconditioner_dims
 from singd_opt.param_groups import parameter_groups
 from singd_opt.summary import describe_blocks, total_state_bytes
 from singd_opt.update import all_finite, apply_directions
+from singd_opt.user_warnings import warn_user
 from singd_opt.validation import (
     HYPERPARAMETERS,
     check_flag,
@@ -289,12 +289,11 @@ class SINGD(BlockViews, Optimizer):
         """
         settled = self._sync is not None
         if settled and any(block.has_curvature() for block in self.blocks):
-            warnings.warn(
+            warn_user(
                 "state_dict() was called with curvature recorded since the last step; "
                 "each process holds only its share of it, so the checkpoint leaves it out "
                 f"and holds the state after step {self.steps}: resume by redoing this "
-                "step's forward and backward passes, or save after step()",
-                stacklevel=3,
+                "step's forward and backward passes, or save after step()"
             )
         saved = checkpoint.SavedState(
             self.steps, self.skipped_steps, self._grad_scales.state(), self.blocks, settled
@@ -450,7 +449,7 @@ class SINGD(BlockViews, Optimizer):
             checked = [t for p in proposals.values() for t in p.checked]
             if found_inf is not None:  # infinite where the scaler found non-finite values
                 checked.append(torch.where(found_inf > 0, torch.inf, 0.0).reshape(1))
-            finite = bool(all_finite(checked))
+            finite = bool(all_finite(sync.local_tensors(checked) if sync is not None else checked))
             found = found_inf is not None and (sync is not None or not finite)
             votes = torch.tensor([float(not finite), float(found and bool(found_inf > 0))])
         if sync is not None:
@@ -462,7 +461,7 @@ class SINGD(BlockViews, Optimizer):
         for _, proposal in taken:
             proposal.commit()
         self.blocks[:] = working  # a block that turned into another is replaced for good
-        apply_directions(self, taken)
+        apply_directions(self, taken, sync.fit_update if sync is not None else None)
         return True
 
     def _skips(self, votes: Tensor, working: list[PreconditionerBlock]) -> bool:

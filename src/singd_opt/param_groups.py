@@ -9,13 +9,13 @@ constructor's values for what they leave out.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from torch import Tensor, nn
 
 from singd_opt.layers import SUPPORTED_MODULES
+from singd_opt.user_warnings import warn_user
 from singd_opt.validation import check_group
 
 
@@ -49,10 +49,9 @@ def parameter_groups(
         )
     for index, group in enumerate(groups):
         if group["kfac_like"] and group["alpha1"] != 0.0:
-            warnings.warn(
+            warn_user(
                 f"parameter group {index}: kfac_like=True ignores the Riemannian momentum; "
-                f"setting alpha1={group['alpha1']} to 0",
-                stacklevel=4,
+                f"setting alpha1={group['alpha1']} to 0"
             )
             group["alpha1"] = 0.0
     return groups
@@ -79,11 +78,10 @@ def _raw_groups(
                     p for p in (module.weight, module.bias) if p is not None and p.requires_grad
                 )
             elif warn_unsupported:
-                warnings.warn(
+                warn_user(
                     f"layer {name!r} ({type(module).__name__}) is not supported by SINGD; its "
                     "parameters will not be trained (warn_unsupported=False silences this; "
-                    "train_all_parameters=True trains them)",
-                    stacklevel=5,
+                    "train_all_parameters=True trains them)"
                 )
         return [{**defaults, "params": trainable}]
     if isinstance(params, Tensor):

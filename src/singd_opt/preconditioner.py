@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from structmat import Dense, StructuredMatrix
+from structmat import StructuredMatrix
 
 
 @dataclass(frozen=True)
@@ -143,37 +143,39 @@ def factor_step(
     return new_K, new_C
 
 
-def gram(K: StructuredMatrix, other_dim: int, uses: int) -> StructuredMatrix | None:
+def cached_square(K: StructuredMatrix, other_dim: int, uses: int) -> StructuredMatrix | None:
     r"""Return :math:`K K^\top` when caching it makes the natural gradient cheaper, else ``None``.
 
     With :math:`K K^\top` at hand the natural gradient needs one product per side
     instead of two (:func:`natural_gradient`). For a structure closed under
-    transposition (diagonal, block-diagonal) the product is a member
-    of the structure and costs about as much as one product with a vector: it always
-    pays. For a dense ``d x d`` factor it costs :math:`d^3` and saves :math:`d^2 n`
-    per use, with :math:`n` the other dimension of the gradient matrix: it pays when
-    :math:`d < u\,n` for :math:`u` uses (the steps until the next update, ``T``), at
-    the price of one more ``d x d`` matrix in memory. Other structures (hierarchical,
-    triangular, Toeplitz, arrows) would need a dense product and return ``None``.
+    transposition the product is a member of the structure; with :math:`s` stored
+    entries, :math:`s / d` per row, it costs about :math:`s^2 / d` multiply-adds and
+    saves a product with the ``d x n`` gradient side, :math:`s n`, per use, with
+    :math:`n` the other dimension of the gradient matrix. It pays when
+    :math:`s / d < u\,n` for :math:`u` uses (the steps until the next update, ``T``):
+    always for diagonal and block-diagonal factors (:math:`s / d` = 1 or the block
+    size), for dense ones (:math:`s / d = d`) when :math:`d < u\,n`, at the price of one
+    more ``d x d`` matrix in memory. Structures not closed under transposition
+    (hierarchical, triangular, Toeplitz, arrows) would need a dense product and return
+    ``None``.
 
     Args:
         K: The factor.
         other_dim: :math:`n`, the gradient matrix's size along the other side.
         uses: :math:`u`, how many natural gradients the product serves.
     """
-    if isinstance(K, Dense):
-        return K @ K.T if K.shape[0] < uses * other_dim else None
     if not type(K).closed_under_transpose:
         return None
-    return K @ K.T
+    stored = sum(t.numel() for t in K.tensors().values())
+    return K @ K.T if stored < uses * other_dim * K.shape[0] else None
 
 
 def natural_gradient(
     K: StructuredMatrix,
     C: StructuredMatrix,
     grad: Tensor,
-    gram_K: StructuredMatrix | None = None,
-    gram_C: StructuredMatrix | None = None,
+    KKT: StructuredMatrix | None = None,
+    CCT: StructuredMatrix | None = None,
 ) -> Tensor:
     r"""Return :math:`C C^\top G K K^\top` in the dtype of ``grad``.
 
@@ -183,12 +185,12 @@ def natural_gradient(
         K: Input-side factor (``d_K x d_K``).
         C: Output-side factor (``d_C x d_C``).
         grad: The gradient matrix :math:`G` of shape ``(d_C, d_K)``.
-        gram_K: :math:`K K^\top` from :func:`gram`, if available.
-        gram_C: :math:`C C^\top` from :func:`gram`, if available.
+        KKT: :math:`K K^\top` from :func:`cached_square`, if available.
+        CCT: :math:`C C^\top` from :func:`cached_square`, if available.
     """
     grad_T = grad.mT.to(K.dtype)
     # G K K^T = (K K^T G^T)^T
-    right = (gram_K @ grad_T if gram_K is not None else K @ K.rmatmat(grad_T)).mT
+    right = (KKT @ grad_T if KKT is not None else K @ K.rmatmat(grad_T)).mT
     right = right.to(C.dtype)
-    result = gram_C @ right if gram_C is not None else C @ C.rmatmat(right)
+    result = CCT @ right if CCT is not None else C @ C.rmatmat(right)
     return result.to(grad.dtype)

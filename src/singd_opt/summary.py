@@ -26,12 +26,27 @@ def state_bytes(tensors: list[Tensor], seen: set[int] | None = None) -> int:
     return total
 
 
+def tensor_bytes(tensors: list[Tensor], seen: set[tuple[int, int]]) -> int:
+    """Bytes of the distinct tensors in ``tensors`` (by address and size), ``seen`` updated.
+
+    Unlike :func:`state_bytes` this counts a view's own bytes, not its storage's, so
+    tensors carved out of one flat buffer are each counted with their own size.
+    """
+    total = 0
+    for tensor in tensors:
+        key = (tensor.data_ptr(), tensor.numel() * tensor.element_size())
+        if key not in seen:
+            seen.add(key)
+            total += key[1]
+    return total
+
+
 def _parameters(block: PreconditionerBlock, names: dict[int, str]) -> str:
     parts = []
     for rows in block.params:
         name = names.get(id(rows.param), "?")
-        if rows.rows is not None:
-            name += f"[{rows.rows.start}:{rows.rows.stop}]"
+        if rows.row_slice is not None:
+            name += f"[{rows.row_slice.start}:{rows.row_slice.stop}]"
         parts.append(name)
     return ", ".join(parts)
 
@@ -40,7 +55,8 @@ def describe_blocks(optimizer: Any) -> str:
     """Return one line per block: name, kind, structures or shape, parameters, state bytes.
 
     The state bytes count the block's state and the momentum buffers of its
-    parameters (a buffer shared by several blocks with its first block); the last
+    parameters (a buffer shared by several blocks with its first block; each tensor
+    with its own size, also where several are views of one flat buffer); the last
     line sums them.
     """
     names = {
@@ -48,9 +64,9 @@ def describe_blocks(optimizer: Any) -> str:
         for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])
     }
     names.update(optimizer.parameter_names)
-    rows = [("block", "kind", "preconditioner", "parameters", "state bytes")]
+    table = [("block", "kind", "preconditioner", "parameters", "state bytes")]
     total = 0
-    seen: set[int] = set()
+    seen: set[tuple[int, int]] = set()
     for block in optimizer.blocks:
         summary = block.describe()
         kind, preconditioner = summary["kind"], summary["preconditioner"]
@@ -59,14 +75,14 @@ def describe_blocks(optimizer: Any) -> str:
             for rows in block.params
             if "momentum_buffer" in optimizer.state.get(rows.param, {})
         ]
-        size = state_bytes(block.state_tensors() + momenta, seen)
+        size = tensor_bytes(block.state_tensors() + momenta, seen)
         total += size
-        rows.append((block.name, kind, preconditioner, _parameters(block, names), f"{size:,}"))
-    rows.append(("total", "", "", "", f"{total:,}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        table.append((block.name, kind, preconditioner, _parameters(block, names), f"{size:,}"))
+    table.append(("total", "", "", "", f"{total:,}"))
+    widths = [max(len(row[i]) for row in table) for i in range(5)]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-        for row in rows
+        for row in table
     ]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(line.rstrip() for line in lines)

@@ -17,7 +17,7 @@ its directions assembled into one tensor first.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -25,7 +25,6 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from singd_opt.blocks import PreconditionerBlock, Proposal
-from singd_opt.sharding import is_sharded, local_tensor, shard_like
 
 
 def all_finite(tensors: Sequence[Tensor]) -> Tensor:
@@ -38,7 +37,6 @@ def all_finite(tensors: Sequence[Tensor]) -> Tensor:
     """
     by_dtype: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
     for tensor in tensors:
-        tensor = local_tensor(tensor)
         if tensor.numel():
             by_dtype.setdefault((tensor.dtype, tensor.device), []).append(tensor)
     if not by_dtype:
@@ -64,15 +62,31 @@ def clip_directions(directions: list[Tensor], max_rms: float) -> None:
         direction.mul_(factor.to(direction.dtype))
 
 
+#: ``fit(param, update)``: ``update`` in the layout of ``param`` (e.g. cut to a shard).
+FitFn = Callable[[nn.Parameter, Tensor], Tensor]
+
+
 def apply_update(
-    optimizer: Optimizer, param: nn.Parameter, update: Tensor, group: Mapping[str, Any], lr: float
+    optimizer: Optimizer,
+    param: nn.Parameter,
+    update: Tensor,
+    group: Mapping[str, Any],
+    lr: float,
+    fit: FitFn | None = None,
 ) -> None:
     """Apply weight decay, momentum and the learning rate to one parameter (in place).
 
-    A whole-tensor ``update`` of a sharded parameter is cut to the rows it holds.
+    Args:
+        optimizer: The optimizer (its per-parameter state holds the momentum buffer).
+        param: The parameter.
+        update: Its direction.
+        group: Its parameter group.
+        lr: The learning rate.
+        fit: Brings ``update`` to the layout of ``param`` first (a whole-tensor update
+            of a sharded parameter is cut to the rows the process holds), if given.
     """
-    if is_sharded(param) and not is_sharded(update):
-        update = shard_like(param, update)
+    if fit is not None:
+        update = fit(param, update)
     momentum, weight_decay = group["momentum"], group["weight_decay"]
     if weight_decay != 0.0:
         update = update.add_(param, alpha=weight_decay)
@@ -88,9 +102,11 @@ def apply_update(
 
 
 def apply_directions(
-    optimizer: Optimizer, proposals: list[tuple[PreconditionerBlock, Proposal]]
+    optimizer: Optimizer,
+    proposals: list[tuple[PreconditionerBlock, Proposal]],
+    fit: FitFn | None = None,
 ) -> None:
-    """Apply every committed proposal's directions to its parameters."""
+    """Apply every committed proposal's directions to its parameters (see :func:`apply_update`)."""
     assembled: dict[nn.Parameter, tuple[Tensor, Mapping[str, Any], float]] = {}
     for block, proposal in proposals:
         if not proposal.directions:
@@ -101,14 +117,14 @@ def apply_directions(
             clip_directions([d for _, d in proposal.directions], max_rms)
         lr = block.learning_rate(group)
         for rows, direction in proposal.directions:
-            if rows.rows is None:
-                apply_update(optimizer, rows.param, direction, group, lr)
+            if rows.row_slice is None:
+                apply_update(optimizer, rows.param, direction, group, lr, fit)
                 continue
             entry = assembled.get(rows.param)
             if entry is None:
                 param = rows.param
                 whole = torch.zeros(param.shape, dtype=param.dtype, device=direction.device)
                 entry = assembled[param] = (whole, group, lr)
-            entry[0][rows.rows] = direction
+            entry[0][rows.row_slice] = direction
     for param, (update, group, lr) in assembled.items():
-        apply_update(optimizer, param, update, group, lr)
+        apply_update(optimizer, param, update, group, lr, fit)

@@ -26,8 +26,9 @@ curvature changes.
 
 How the equations are solved depends on the structure:
 
-- **exact** for :class:`~structmat.Dense`, :class:`~structmat.Diagonal` and
-  :class:`~structmat.BlockDiagonal`: their projection keeps whole symmetric blocks of
+- **exact** for the structures closed under spectral functions
+  (:attr:`~structmat.StructuredMatrix.closed_under_spectral_functions`: dense,
+  diagonal and block-diagonal): their projection keeps whole symmetric blocks of
   :math:`S`, so with :math:`M = \alpha H + \beta I` blockwise and the eigenvalues
   :math:`\sigma` of those blocks, the symmetric :math:`K = M^{-1/2}` satisfies
   :math:`\Pi(K^\top M K) = I` exactly. Cost: one symmetric eigendecomposition per block,
@@ -49,12 +50,13 @@ have the same average trace). With ``kfac_like`` (IKFAC) the equations decouple:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from structmat import BlockDiagonal, Dense, Diagonal, StructuredMatrix
+from structmat import StructuredMatrix
 
 #: Rounds of the alternating iteration for the coupled scale coefficients.
 COUPLING_ROUNDS = 50
@@ -67,25 +69,26 @@ class Spectrum:
     r"""The modes of one factor's curvature term ``H`` used to solve the fixed point.
 
     Attributes:
-        values: Eigenvalues of the symmetric blocks of ``H`` (exact structures), or the
-            single value :math:`\bar{\operatorname{tr}}(H)` (scalar solution); float64.
-        vectors: Eigenvectors per block, shape ``(blocks, b, b)``, for the exact
-            solution of dense and block-diagonal factors; ``None`` otherwise.
+        values: Eigenvalues of ``H`` (exact structures, clamped at 0), or the single
+            value :math:`\bar{\operatorname{tr}}(H)` (scalar solution); float64.
+        compose: Maps new eigenvalues to the member of ``H``'s structure with ``H``'s
+            eigenvectors (exact structures; ``None`` for the scalar solution).
         scalar: Whether this is the trace-matched scalar solution.
     """
 
     values: Tensor
-    vectors: Tensor | None
+    compose: Callable[[Tensor], StructuredMatrix] | None
     scalar: bool = False
 
 
 def solves_exactly(H: StructuredMatrix) -> bool:
     """Return whether :func:`fixed_point_factors` solves ``H``'s structure exactly.
 
-    True for dense, diagonal and block-diagonal structures (their projection keeps
-    whole symmetric blocks); the others get the trace-matched scalar solution.
+    True for structures closed under spectral functions (dense, diagonal and
+    block-diagonal: their projection keeps whole symmetric blocks); the others get the
+    trace-matched scalar solution.
     """
-    return isinstance(H, Dense | Diagonal | BlockDiagonal)
+    return type(H).closed_under_spectral_functions
 
 
 def spectrum(H: StructuredMatrix, exact: bool = True) -> Spectrum:
@@ -97,44 +100,14 @@ def spectrum(H: StructuredMatrix, exact: bool = True) -> Spectrum:
             scalar solution.
 
     Returns:
-        Block eigenvalues (clamped at 0) and eigenvectors for the exact structures,
-        else :math:`\bar{\operatorname{tr}}(H)` as a one-entry tensor. Computed in
-        float64.
+        The eigenvalues (clamped at 0) with the map back to the structure for the
+        exact structures, else :math:`\bar{\operatorname{tr}}(H)` as a one-entry
+        tensor. Computed in float64.
     """
     if not (exact and solves_exactly(H)):
         return Spectrum(H.average_trace().double().clamp(min=0.0).reshape(1), None, True)
-    if isinstance(H, Diagonal):
-        return Spectrum(H.diagonal.double().clamp(min=0.0), None)
-    if isinstance(H, Dense):
-        values, vectors = torch.linalg.eigh(_symmetrised(H.matrix.double()))
-        return Spectrum(values.clamp(min=0.0), vectors.unsqueeze(0))
-    if isinstance(H, BlockDiagonal):
-        parts = [H.blocks.double()]
-        if H.last_block.numel():
-            parts.append(H.last_block.double().unsqueeze(0))
-        values_list, vectors_list = [], []
-        for blocks in parts:
-            values, vectors = torch.linalg.eigh(_symmetrised(blocks))
-            values_list.append(values.reshape(-1))
-            vectors_list.append(vectors)
-        values = torch.cat(values_list).clamp(min=0.0)
-        # Blocks of two sizes cannot share one batch; keep the last one apart.
-    return Spectrum(values, _pack(vectors_list))
-
-
-def _symmetrised(X: Tensor) -> Tensor:
-    return 0.5 * (X + X.mT)
-
-
-def _pack(vectors: list[Tensor]) -> Tensor:
-    """Store the last (smaller) block's eigenvectors zero-padded into the batch."""
-    if len(vectors) == 1:
-        return vectors[0]
-    full, last = vectors
-    b, r = full.shape[-1], last.shape[-1]
-    padded = full.new_zeros(1, b, b)
-    padded[0, :r, :r] = last[0]
-    return torch.cat([full, padded])
+    values, compose = H.to(torch.float64).symmetric_eigen()
+    return Spectrum(values.clamp(min=0.0), compose)
 
 
 def coupled_inverse_eigenvalues(
@@ -201,27 +174,9 @@ def factor_from_spectrum(
         inverse_eigenvalues: Eigenvalues of :math:`K K^\top`, shaped like ``modes.values``.
     """
     roots = inverse_eigenvalues.sqrt()
-    dtype = H.dtype
-    if modes.scalar:
-        return type(H).eye(H.shape[0], dtype=dtype, device=H.device).mul_(float(roots[0]))
-    if isinstance(H, Diagonal):
-        return Diagonal(roots.to(dtype))
-    if isinstance(H, Dense | BlockDiagonal) and modes.vectors is not None:
-        vectors = modes.vectors
-        b = vectors.shape[-1]
-        if isinstance(H, Dense):
-            matrix = (vectors[0] * roots) @ vectors[0].mT
-            return Dense(matrix.to(dtype))
-        count = H.blocks.shape[0]
-        full = vectors[:count]
-        blocks = (full * roots[: count * b].reshape(count, 1, b)) @ full.mT
-        r = H.last_block.shape[0]
-        last = H.last_block.new_zeros(r, r, dtype=torch.float64)
-        if r:
-            last_vectors = vectors[count, :r, :r]
-            last = (last_vectors * roots[count * b :]) @ last_vectors.mT
-        return type(H)(blocks.to(dtype), last.to(dtype))
-    raise TypeError(f"no exact fixed-point solution for {type(H).__name__}")
+    if modes.scalar or modes.compose is None:
+        return type(H).eye(H.shape[0], dtype=H.dtype, device=H.device).mul_(float(roots[0]))
+    return modes.compose(roots).to(H.dtype)
 
 
 def fixed_point_factors(

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -86,6 +86,7 @@ class StructuredMatrix(ABC):
     name: ClassVar[str | None] = None
     closed_under_inverse: ClassVar[bool] = False
     closed_under_transpose: ClassVar[bool] = False
+    closed_under_spectral_functions: ClassVar[bool] = False
     transpose_name: ClassVar[str | None] = None
     parameters: ClassVar[tuple[str, ...]] = ()
     template_hint: ClassVar[str] = ""
@@ -427,6 +428,29 @@ class StructuredMatrix(ABC):
         r"""Return :math:`\operatorname{tr}(A) / d`, half types as in :meth:`trace`."""
         return stable_sum(self.diag(), mean=True)
 
+    def symmetric_eigen(self: S) -> tuple[Tensor, Callable[[Tensor], S]]:
+        r"""Eigenvalues of a symmetric member, and the members with the same eigenvectors.
+
+        For a structure closed under spectral functions (declared by
+        ``closed_under_spectral_functions``), :math:`A = V \operatorname{diag}(\lambda)
+        V^\top` and every :math:`V \operatorname{diag}(\mu) V^\top` are members. The
+        symmetric part :math:`(A + A^\top)/2` is decomposed.
+
+        Returns:
+            :math:`\lambda` (``d`` values in the member's dtype, in the order of the
+            structure's blocks) and ``compose(mu)``, which returns
+            :math:`V \operatorname{diag}(\mu) V^\top` as a member.
+
+        Raises:
+            TypeError: For a structure not closed under spectral functions.
+        """
+        if not type(self).closed_under_spectral_functions:
+            raise TypeError(
+                f"{type(self).__name__} is not closed under spectral functions; "
+                "symmetric_eigen needs closed_under_spectral_functions = True"
+            )
+        return self._symmetric_eigen()
+
     def frobenius_norm(self) -> Tensor:
         r"""Return :math:`\|A\|_F = (\sum_{ij} A_{ij}^2)^{1/2}`.
 
@@ -481,6 +505,28 @@ class StructuredMatrix(ABC):
                 f"got {tuple(XXT.shape)}"
             )
         return self._from_inner2(XXT)
+
+    def from_inner_diagonal(self: S, values: Tensor) -> S:
+        r"""Return ``from_dense(A^T diag(values) A)``: :meth:`from_inner2` for a diagonal ``M``.
+
+        For inputs with one-hot rows (embeddings), :math:`X X^\top` is diagonal and
+        ``d`` may be a vocabulary size: ``M`` is never formed. Structures compute it
+        without forming :math:`A^\top M A`; the generic default forms ``M``.
+
+        Raises:
+            TypeError: If ``values`` is not a tensor.
+            ValueError: If ``values`` is not of shape ``(d,)``.
+        """
+        if not isinstance(values, Tensor):
+            raise TypeError(
+                f"from_inner_diagonal: values must be a torch.Tensor, got {type(values).__name__}"
+            )
+        if values.ndim != 1 or values.shape[0] != self.shape[0]:
+            raise ValueError(
+                f"from_inner_diagonal: values must have shape ({self.shape[0]},), "
+                f"got {tuple(values.shape)}"
+            )
+        return self._from_inner_diagonal(values)
 
     def from_inner(self: S, X: Tensor | None = None) -> S:
         """Return ``from_dense((A^T X)(A^T X)^T)``; ``X = None`` means the identity.
@@ -582,6 +628,12 @@ class StructuredMatrix(ABC):
         self._warn_fallback("transpose")
         return type(self).transpose_structure().from_dense(self.to_dense().mT.contiguous())
 
+    def _symmetric_eigen(self: S) -> tuple[Tensor, Callable[[Tensor], S]]:
+        raise NotImplementedError(
+            f"{type(self).__name__} declares closed_under_spectral_functions but does not "
+            "implement _symmetric_eigen"
+        )
+
     def _diag(self) -> Tensor:
         self._warn_fallback("diag")
         return self.to_dense().diagonal()
@@ -617,6 +669,10 @@ class StructuredMatrix(ABC):
         self._warn_fallback("from_inner2")
         dense = self.to_dense()
         return self.from_dense(dense.mT @ XXT @ dense)
+
+    def _from_inner_diagonal(self: S, values: Tensor) -> S:
+        self._warn_fallback("from_inner_diagonal")
+        return self._from_inner2(torch.diag(values))
 
     @classmethod
     def _zeros(cls: type[S], dim: int, dtype: torch.dtype | None, device: Any) -> S:

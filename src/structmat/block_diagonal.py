@@ -14,7 +14,7 @@ divides ``d``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 import torch
@@ -54,6 +54,7 @@ class BlockDiagonal(LinearStructure):
     parameters = ("block_size",)
     template_hint = "use BlockDiagonal.with_block_size(b) or get_structure('block{b}diagonal')"
     closed_under_transpose = True
+    closed_under_spectral_functions = True
 
     def __init__(self, blocks: Tensor, last_block: Tensor) -> None:
         super().__init__(blocks=blocks, last_block=last_block)
@@ -231,6 +232,30 @@ class BlockDiagonal(LinearStructure):
             blocks=self.blocks.mT @ M_blocks @ self.blocks,
             last_block=self.last_block.mT @ M_last @ self.last_block,
         )
+
+    def _from_inner_diagonal(self, values: Tensor) -> BlockDiagonal:
+        # blockwise B^T diag(v_b) B: O(d b^2)
+        blocks, last = self.blocks, self.last_block
+        count = blocks.shape[0] * blocks.shape[-1]
+        head = values[:count].reshape(blocks.shape[:2]).unsqueeze(-1)
+        tail = values[count:].unsqueeze(-1)
+        return type(self)(blocks.mT @ (head * blocks), last.mT @ (tail * last))
+
+    def _symmetric_eigen(self) -> tuple[Tensor, Callable[[Tensor], BlockDiagonal]]:
+        """A batched symmetric eigendecomposition of the blocks, :math:`O(d b^2)`."""
+        blocks, last = self.blocks, self.last_block
+        values, vectors = torch.linalg.eigh(0.5 * (blocks + blocks.mT))
+        last_values, last_vectors = torch.linalg.eigh(0.5 * (last + last.mT))
+        count = blocks.shape[0] * blocks.shape[-1]
+        cls = type(self)
+
+        def compose(new_values: Tensor) -> BlockDiagonal:
+            new_values = new_values.to(vectors.dtype)
+            head = new_values[:count].reshape(values.shape).unsqueeze(-2)
+            tail = new_values[count:]
+            return cls((vectors * head) @ vectors.mT, (last_vectors * tail) @ last_vectors.mT)
+
+        return torch.cat([values.reshape(-1), last_values]), compose
 
 
 register_family(r"block(\d+)diagonal", BlockDiagonal.with_block_size, "block{b}diagonal")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -27,6 +27,7 @@ class Diagonal(LinearStructure):
 
     name = "diagonal"
     closed_under_transpose = True
+    closed_under_spectral_functions = True
 
     def __init__(self, diagonal: Tensor) -> None:
         super().__init__(diagonal=diagonal)
@@ -85,3 +86,12 @@ class Diagonal(LinearStructure):
     def _from_inner2(self, XXT: Tensor) -> Diagonal:
         # diag(A^T M A)_i = a_i^2 M_ii: reads the d diagonal entries of M only
         return Diagonal(self.diagonal.square() * XXT.diagonal())
+
+    def _from_inner_diagonal(self, values: Tensor) -> Diagonal:
+        # diag(A^T diag(v) A)_i = a_i^2 v_i, O(d)
+        return Diagonal(self.diagonal.square() * values)
+
+    def _symmetric_eigen(self) -> tuple[Tensor, Callable[[Tensor], Diagonal]]:
+        """The diagonal itself, :math:`O(d)`."""
+        dtype = self.dtype
+        return self.diagonal, lambda new_values: Diagonal(new_values.to(dtype))

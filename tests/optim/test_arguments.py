@@ -240,7 +240,7 @@ def test_wrapped_models_are_rejected() -> None:
     with pytest.raises(TypeError, match="DataParallel"):
         SINGD(nn.DataParallel(model))
     _assert_untouched(model, reference)
-    with pytest.raises(TypeError, match="model"):
+    with pytest.raises(TypeError, match=r"model must be .*pass SINGD\(model\)"):
         SINGD(model.parameters())  # type: ignore[arg-type]
 
 

@@ -246,22 +246,21 @@ class PreconditionerBlock(ABC):
 
     # ---------------------------------------------------------------- state
     @abstractmethod
-    def state_dict(self, pending: bool = True) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         """Return the block's state: tensors (the live ones) and plain values.
 
         The optimizer saves and loads through :attr:`origin`.
-
-        Args:
-            pending: Include what was recorded since the last step (curvature, a
-                choice of block); ``False`` gives the state as of the last step.
         """
 
     def settled_state_dict(self) -> dict[str, Any]:
-        """The state as of the last taken step (what every process holds alike).
+        """:attr:`origin`'s state as of the last taken step, without what was recorded since.
 
-        Called on the block in the optimizer's list, which saves through :attr:`origin`.
+        What every process holds alike (the curvature recorded since the last step is
+        each process's own share). Called on the block in the optimizer's list; a
+        block that keeps nothing between the backward pass and the step needs no
+        override.
         """
-        return self.origin.state_dict(pending=False)
+        return self.origin.state_dict()
 
     @abstractmethod
     def load_state_dict(

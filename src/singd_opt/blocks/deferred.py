@@ -187,7 +187,7 @@ class DeferredBlock(PreconditionerBlock):
         (param,) = self.params
         choice = self._choice
         if choice is None:
-            if not self.recording or call.rows != (0, param.value.shape[0]):
+            if not self.recording or call.row_range != (0, param.value.shape[0]):
                 return None
             layer = layer_of_call(param, call.function, call.options)
             if layer is None:
@@ -262,12 +262,12 @@ class DeferredBlock(PreconditionerBlock):
         return proposal
 
     # ---------------------------------------------------------------- state
-    def state_dict(self, pending: bool = True) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         """See :meth:`PreconditionerBlock.state_dict`; the chosen map is saved as ``layer``."""
         choice = self._choice
         if choice is None:
             return {"kind": self.kind}
-        state = choice.state_dict(pending)
+        state = choice.state_dict()
         if isinstance(choice, KroneckerBlock):
             state["layer"] = _layer_spec(choice.layer)
         return state

@@ -73,7 +73,7 @@ class ElementwiseBlock(PreconditionerBlock):
 
         return Proposal([(rows, direction)], [direction], commit)
 
-    def state_dict(self, pending: bool = True) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         """See :meth:`PreconditionerBlock.state_dict`."""
         state: dict[str, Any] = {"kind": self.kind, "updates": self.updates}
         if self.second_moment is not None:

@@ -23,8 +23,8 @@ from singd_opt.curvature import CurvatureSums
 from singd_opt.layers import EmbeddingLayer, Layer, ParameterRows
 from singd_opt.preconditioner import (
     UpdateConfig,
+    cached_square,
     factor_step,
-    gram,
     natural_gradient,
     update_preconditioner,
 )
@@ -102,13 +102,13 @@ class KroneckerBlock(PreconditionerBlock):
             self.m_K = cls_K.zeros(layer.dim_K, dtype=dtype_K, device=device)
             self.m_C = cls_C.zeros(layer.dim_C, dtype=dtype_C, device=device)
         self.curvature: CurvatureSums | None = None
-        self.updated = False  # whether K, C have been updated at least once
+        self.ever_updated = False  # whether K, C have been updated at least once
         # whether some process recorded curvature for the coming first update (set by
         # :meth:`decide` with several processes; else the own curvature decides)
         self.recorded_somewhere = False
         # (K, C, K K^T, C C^T) for structures closed under transposition; rebuilt
         # whenever K or C is replaced.
-        self._grams: tuple[Any, Any, Any, Any] | None = None
+        self._squares: tuple[Any, Any, Any, Any] | None = None
 
     @staticmethod
     def structures_for(layer: Layer, group: Mapping[str, Any]) -> tuple[str, str]:
@@ -174,7 +174,7 @@ class KroneckerBlock(PreconditionerBlock):
         See :meth:`PreconditionerBlock.decision`: the processes agree on whether the
         block lacks curvature (a layer may be used on some processes only).
         """
-        if not self.recording or self.updated:
+        if not self.recording or self.ever_updated:
             return None
         return torch.tensor([float(self.curvature is not None)], dtype=torch.float64)
 
@@ -186,7 +186,7 @@ class KroneckerBlock(PreconditionerBlock):
         """See :meth:`PreconditionerBlock.lacks_curvature` (what every process recorded)."""
         return (
             self.recording
-            and not self.updated
+            and not self.ever_updated
             and self.curvature is None
             and not self.recorded_somewhere
             and any(rows.param.grad is not None for rows in self.layer.params)
@@ -237,12 +237,14 @@ class KroneckerBlock(PreconditionerBlock):
             grad_unscaling=context.grad_unscaling,
         )
 
-    def _cached_grams(self, K: StructuredMatrix, C: StructuredMatrix, uses: int) -> tuple[Any, Any]:
-        """``K K^T`` and ``C C^T`` where caching pays (see :func:`gram`), for ``uses`` steps."""
-        cached = self._grams
+    def _cached_squares(
+        self, K: StructuredMatrix, C: StructuredMatrix, uses: int
+    ) -> tuple[Any, Any]:
+        """``K K^T`` and ``C C^T`` where caching pays (:func:`cached_square`) for ``uses`` steps."""
+        cached = self._squares
         if cached is None or cached[0] is not K or cached[1] is not C:
-            layer = self.layer
-            cached = (K, C, gram(K, layer.dim_C, uses), gram(C, layer.dim_K, uses))
+            dim_K, dim_C = self.layer.dim_K, self.layer.dim_C
+            cached = (K, C, cached_square(K, dim_C, uses), cached_square(C, dim_K, uses))
         return cached[2], cached[3]
 
     def propose(self, group: Mapping[str, Any], context: StepContext) -> Proposal:
@@ -252,7 +254,7 @@ class KroneckerBlock(PreconditionerBlock):
         """
         K, C, m_K, m_C = self.K, self.C, self.m_K, self.m_C
         checked: list[Tensor] = []
-        updated = self.curvature is not None
+        updating = self.curvature is not None
         shared: list[Tensor] | None = None
         if self.curvature is not None:
             H_K, H_C = self.curvature.H_K, self.curvature.H_C
@@ -272,25 +274,25 @@ class KroneckerBlock(PreconditionerBlock):
                 checked.extend(matrix.tensors().values())
         directions = []
         grad = self.layer.gradient_matrix(context.gradients)
-        gram_K = gram_C = None
+        KKT = CCT = None
         if grad is not None:
             if context.grad_factor != 1.0:
                 grad = grad / context.grad_factor
-            gram_K, gram_C = self._cached_grams(K, C, group["T"])
-            directions = self.layer.split(natural_gradient(K, C, grad, gram_K, gram_C))
+            KKT, CCT = self._cached_squares(K, C, group["T"])
+            directions = self.layer.split(natural_gradient(K, C, grad, KKT, CCT))
 
         def commit() -> None:
-            if updated:
+            if updating:
                 self.K, self.C, self.m_K, self.m_C = K, C, m_K, m_C
-                self.updated = True
+                self.ever_updated = True
             if grad is not None:
-                self._grams = (K, C, gram_K, gram_C)
+                self._squares = (K, C, KKT, CCT)
 
         return Proposal(directions, checked + [d for _, d in directions], commit, shared)
 
     def _warm_starts(self, group: Mapping[str, Any]) -> bool:
         """Whether this update is a warm start (the first update, with ``warm_start``)."""
-        return bool(group.get("warm_start")) and not self.updated
+        return bool(group.get("warm_start")) and not self.ever_updated
 
     def shared_buffers(self) -> list[Tensor]:
         """Room for the new momenta ``m_K, m_C`` (or, for a warm start, ``K, C``).
@@ -333,8 +335,8 @@ class KroneckerBlock(PreconditionerBlock):
                 self.K, self.C = K, C
                 if momenta is not None and group["alpha1"] != 0.0:
                     self.m_K, self.m_C = momenta
-                self.updated = True
-                self._grams = None
+                self.ever_updated = True
+                self._squares = None
 
         return Proposal(directions, [], commit)
 
@@ -360,19 +362,26 @@ class KroneckerBlock(PreconditionerBlock):
         found = {"K": self.K, "C": self.C, "m_K": self.m_K, "m_C": self.m_C}
         return {key: matrix for key, matrix in found.items() if matrix is not None}
 
-    def state_dict(self, pending: bool = True) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         """See :meth:`PreconditionerBlock.state_dict`.
 
         Matrices appear as ``{"structure": name, "tensors": {...}}``; the recorded
-        curvature (when there is some and ``pending``) as ``H_K``, ``H_C`` and ``counts``.
+        curvature (when there is some) as ``H_K``, ``H_C`` and ``counts``.
         """
         state: dict[str, Any] = {"kind": self.kind}
         for key, matrix in self.matrices().items():
             state[key] = matrix_to_state(self.structures[key.endswith("C")], matrix)
-        if pending and self.curvature is not None:
+        if self.curvature is not None:
             state["H_K"] = matrix_to_state(self.structures[0], self.curvature.H_K)
             state["H_C"] = matrix_to_state(self.structures[1], self.curvature.H_C)
-            state["counts"] = [self.curvature.rows, self.curvature.terms]
+            state["counts"] = [self.curvature.row_count, self.curvature.terms]
+        return state
+
+    def settled_state_dict(self) -> dict[str, Any]:
+        """See :meth:`PreconditionerBlock.settled_state_dict`: without the curvature."""
+        state = self.origin.state_dict()
+        for key in ("H_K", "H_C", "counts"):
+            state.pop(key, None)
         return state
 
     def load_state_dict(
@@ -437,8 +446,8 @@ class KroneckerBlock(PreconditionerBlock):
             self.K, self.C = loaded["K"], loaded["C"]  # type: ignore[assignment]
             self.m_K, self.m_C = loaded["m_K"], loaded["m_C"]
             self.curvature = curvature
-            self._grams = None
-            self.updated = True  # a loaded state counts as updated (no first-update warning)
+            self._squares = None
+            self.ever_updated = True  # a loaded state counts as updated (no first-update warning)
             return self
 
         return load
@@ -446,16 +455,16 @@ class KroneckerBlock(PreconditionerBlock):
     def state_tensors(self) -> list[Tensor]:
         """See :meth:`PreconditionerBlock.state_tensors` (the cached ``K K^T`` included)."""
         tensors = [t for m in self.matrices().values() for t in m.tensors().values()]
-        if self._grams is not None:
+        if self._squares is not None:
             tensors.extend(
-                t for m in self._grams[2:] if m is not None for t in m.tensors().values()
+                t for m in self._squares[2:] if m is not None for t in m.tensors().values()
             )
         return tensors
 
     def pending_curvature(self) -> tuple[StructuredMatrix, StructuredMatrix, int, int] | None:
         """See :meth:`PreconditionerBlock.pending_curvature`."""
         found = self.curvature
-        return None if found is None else (found.H_K, found.H_C, found.rows, found.terms)
+        return None if found is None else (found.H_K, found.H_C, found.row_count, found.terms)
 
     def describe(self) -> dict[str, Any]:
         """See :meth:`PreconditionerBlock.describe`."""

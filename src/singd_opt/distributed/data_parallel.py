@@ -51,6 +51,7 @@ from singd_opt.sharding import (
     is_sharded,
     local_tensor,
     padded_rows,
+    shard_like,
 )
 
 DISTRIBUTE_MODES: tuple[str, ...] = ("replicate", "split")
@@ -199,6 +200,16 @@ class DataParallelSync:
             )
             full[param] = full_from_gathered(param, pieces.view(world * shape[0], *shape[1:]))
         return full
+
+    def local_tensors(self, tensors: list[Tensor]) -> list[Tensor]:
+        """The local parts of sharded tensors (the others as they are), for checks."""
+        return [local_tensor(t) for t in tensors] if self.sharded else tensors
+
+    def fit_update(self, param: nn.Parameter, update: Tensor) -> Tensor:
+        """A whole-tensor ``update`` of a sharded ``param`` cut to the rows this process holds."""
+        if is_sharded(param) and not is_sharded(update):
+            return shard_like(param, update)
+        return update
 
     # ------------------------------------------------------------ curvature
     def reduce_curvature(

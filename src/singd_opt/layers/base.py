@@ -41,20 +41,20 @@ LOSS_AVERAGES: tuple[str | None, ...] = (None, "batch", "batch+sequence")
 
 @dataclass(frozen=True)
 class ParameterRows:
-    """A parameter, or the block ``param[rows]`` of its leading dimension.
+    """A parameter, or the block ``param[row_slice]`` of its leading dimension.
 
     Attributes:
         param: The parameter.
-        rows: The rows of ``param`` that belong to the block; ``None`` for all.
+        row_slice: The rows of ``param`` that belong to the block; ``None`` for all.
     """
 
     param: nn.Parameter
-    rows: slice | None = None
+    row_slice: slice | None = None
 
     @property
     def value(self) -> Tensor:
         """The (view of the) parameter's values."""
-        return self.param if self.rows is None else self.param[self.rows]
+        return self.param if self.row_slice is None else self.param[self.row_slice]
 
     @property
     def grad(self) -> Tensor | None:
@@ -71,9 +71,9 @@ class ParameterRows:
         grad = self.param.grad
         if gradients is not None and self.param in gradients:
             grad = gradients[self.param]
-        if grad is None or self.rows is None:
+        if grad is None or self.row_slice is None:
             return grad
-        return grad[self.rows]
+        return grad[self.row_slice]
 
 
 def num_loss_terms(loss_average: str | None, batch: int, positions: int) -> int:

@@ -16,12 +16,14 @@ one-hot rows. The factor ``K`` of an embedding is therefore always diagonal.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from singd_opt.layers.base import Layer, ParameterRows
 from singd_opt.layers.linear import LinearLayer
-from structmat import Diagonal, StructuredMatrix
+from structmat import StructuredMatrix
 
 
 class EmbeddingLayer(Layer):
@@ -52,42 +54,37 @@ class EmbeddingLayer(Layer):
     def input_curvature(
         self, K: StructuredMatrix, x: Tensor, kfac_approx: str
     ) -> tuple[StructuredMatrix, int]:
-        r"""Return :math:`H_K = \operatorname{diag}(k^2 c) / n` from the token counts.
+        r"""Return :math:`H_K = \Pi_K(K^\top A^\top A K)` from the token counts.
 
-        With ``"reduce"`` the one-hot rows are averaged over the positions of a
-        sample, so :math:`A^\top A` is no longer diagonal; its diagonal, the
-        projection onto ``K``'s structure, is
-        :math:`\sum_b (c_{b,t} / P)^2 / B` with :math:`c_{b,t}` the count of token
-        :math:`t` in sample :math:`b` of :math:`P` positions.
+        With ``"expand"`` the rows of :math:`A` are one-hot, :math:`A^\top A =
+        \operatorname{diag}(c) / n` (:meth:`~structmat.StructuredMatrix.from_inner_diagonal`:
+        :math:`\operatorname{diag}(k_t^2 c_t) / n` for a diagonal ``K``, :math:`O(V)`).
+        With ``"reduce"`` each sample's one-hot rows are averaged over its :math:`P`
+        positions, so :math:`A` has the :math:`B` rows :math:`c_{b,\cdot} / P` and
+        :math:`A^\top A` is no longer diagonal: :meth:`~structmat.StructuredMatrix.from_inner`
+        of the ``V x B`` matrix :math:`A^\top / \sqrt{B}` (for a diagonal ``K``
+        :math:`k_t^2 \sum_b (c_{b,t} / P)^2 / B`, :math:`O(V B)`).
 
         Args:
-            K: The diagonal input-side factor.
+            K: The input-side factor (diagonal unless the caller chose otherwise).
             x: Integer token indices ``(batch, ...)``.
             kfac_approx: ``"expand"`` or ``"reduce"``.
-
-        Raises:
-            TypeError: If ``K`` is not diagonal.
         """
-        if not isinstance(K, Diagonal):
-            raise TypeError(f"an embedding's K must be diagonal, got {type(K).__name__}")
         vocabulary = self.dim_K
         if x.ndim == 0:
             x = x.unsqueeze(0)
         if kfac_approx == "expand" or x.ndim == 1:
             counts = torch.bincount(x.reshape(-1), minlength=vocabulary).to(K.dtype)
             n = x.numel()
-            diagonal = counts / n
-        else:
-            batch = x.shape[0]
-            flat = x.reshape(batch, -1)
-            positions = flat.shape[1]
-            offsets = torch.arange(batch, device=x.device).unsqueeze(1) * vocabulary
-            per_sample = torch.bincount((flat + offsets).reshape(-1), minlength=batch * vocabulary)
-            per_sample = per_sample.view(batch, vocabulary).to(K.dtype) / positions
-            n = batch
-            diagonal = per_sample.square().sum(dim=0) / n
-        k = K.diag()
-        return Diagonal(k.square() * diagonal), n
+            return K.from_inner_diagonal(counts / n), n
+        batch = x.shape[0]
+        flat = x.reshape(batch, -1)
+        positions = flat.shape[1]
+        offsets = torch.arange(batch, device=x.device).unsqueeze(1) * vocabulary
+        per_sample = torch.bincount((flat + offsets).reshape(-1), minlength=batch * vocabulary)
+        # the rows of A: each sample's token counts over its positions, (V, batch) here
+        rows = per_sample.view(batch, vocabulary).to(K.dtype).mT / positions
+        return K.from_inner(rows / math.sqrt(batch)), batch
 
     def grad_output_matrix(
         self, g: Tensor, loss_average: str | None, kfac_approx: str
