@@ -14,7 +14,8 @@ skips, sparsely.
 **Unrecorded layers.** A Kronecker block whose weight is used neither through its
 module nor through ``torch.nn.functional`` records no curvature, so its ``K`` and ``C``
 would silently stay the identity. :func:`warn_unrecorded` names such blocks (once)
-at their first update step.
+at their first update step; with several processes a block counts as recorded when
+any process recorded it (see :meth:`~singd_opt.blocks.PreconditionerBlock.decide`).
 """
 
 from __future__ import annotations

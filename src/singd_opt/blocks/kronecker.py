@@ -103,6 +103,9 @@ class KroneckerBlock(PreconditionerBlock):
             self.m_C = cls_C.zeros(layer.dim_C, dtype=dtype_C, device=device)
         self.curvature: CurvatureSums | None = None
         self.ever_updated = False  # whether K, C have been updated at least once
+        # whether some process recorded curvature for the coming first update (set by
+        # :meth:`decide` with several processes; else the own curvature decides)
+        self.recorded_somewhere = False
         # (K, C, K K^T, C C^T) for structures closed under transposition; rebuilt
         # whenever K or C is replaced.
         self._squares: tuple[Any, Any, Any, Any] | None = None
@@ -163,13 +166,29 @@ class KroneckerBlock(PreconditionerBlock):
     def drop_curvature(self) -> None:
         """See :meth:`PreconditionerBlock.drop_curvature`."""
         self.curvature = None
+        self.recorded_somewhere = False
+
+    def decision(self) -> Tensor | None:
+        """Whether this process recorded curvature, before the first update.
+
+        See :meth:`PreconditionerBlock.decision`: the processes agree on whether the
+        block lacks curvature (a layer may be used on some processes only).
+        """
+        if not self.recording or self.ever_updated:
+            return None
+        return torch.tensor([float(self.curvature is not None)], dtype=torch.float64)
+
+    def decide(self, seen: list[Tensor]) -> None:
+        """Note whether any process recorded curvature (see :meth:`decision`)."""
+        self.recorded_somewhere = any(bool(s[0] > 0) for s in seen)
 
     def lacks_curvature(self) -> bool:
-        """See :meth:`PreconditionerBlock.lacks_curvature`."""
+        """See :meth:`PreconditionerBlock.lacks_curvature` (what every process recorded)."""
         return (
             self.recording
             and not self.ever_updated
             and self.curvature is None
+            and not self.recorded_somewhere
             and any(rows.param.grad is not None for rows in self.layer.params)
         )
 
@@ -357,6 +376,13 @@ class KroneckerBlock(PreconditionerBlock):
             state["H_K"] = matrix_to_state(self.structures[0], self.curvature.H_K)
             state["H_C"] = matrix_to_state(self.structures[1], self.curvature.H_C)
             state["counts"] = [self.curvature.row_count, self.curvature.terms]
+        return state
+
+    def settled_state_dict(self) -> dict[str, Any]:
+        """See :meth:`PreconditionerBlock.settled_state_dict`: without the curvature."""
+        state = self.origin.state_dict()
+        for key in ("H_K", "H_C", "counts"):
+            state.pop(key, None)
         return state
 
     def load_state_dict(
