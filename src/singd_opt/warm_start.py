@@ -54,6 +54,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from singd_opt.preconditioner import UpdateConfig
 from structmat import BlockDiagonal, Dense, Diagonal, StructuredMatrix
 
 #: Rounds of the alternating iteration for the coupled scale coefficients.
@@ -254,3 +255,35 @@ def fixed_point_factors(
     modes_K, modes_C = spectrum(H_K, exact), spectrum(H_C, exact)
     p, q = coupled_inverse_eigenvalues(modes_K.values, modes_C.values, damping, kfac_like)
     return factor_from_spectrum(H_K, modes_K, p), factor_from_spectrum(H_C, modes_C, q)
+
+
+def warm_start_factors(
+    H_K: StructuredMatrix, H_C: StructuredMatrix, config: UpdateConfig
+) -> tuple[StructuredMatrix, StructuredMatrix]:
+    r"""Return :func:`fixed_point_factors` for an update's configuration.
+
+    With ``config.relative_damping`` the damping is measured in units of the
+    curvature at :math:`K = C = I` (see :mod:`singd_opt.damping`): SINGD's coupled
+    equations get :math:`\lambda \bar{\operatorname{tr}}(H_K) \bar{\operatorname{tr}}(H_C)`;
+    IKFAC's decoupled ones are solved for :math:`H / \bar{\operatorname{tr}}(H)` with
+    :math:`\lambda` and the factor divided by :math:`\sqrt{\bar{\operatorname{tr}}(H)}`,
+    which is :math:`K K^\top = (H_K + \lambda \bar{\operatorname{tr}}(H_K) I)^{-1}` exactly.
+
+    Args:
+        H_K: The ``K``-side curvature term at :math:`K = I`.
+        H_C: The ``C``-side one, un-scaled.
+        config: The update's hyper-parameters (``damping``, ``kfac_like``,
+            ``relative_damping``).
+    """
+    damping = float(config.damping)
+    if not config.relative_damping:
+        return fixed_point_factors(H_K, H_C, damping, config.kfac_like)
+    tiny = torch.finfo(torch.float64).tiny
+    t_K = max(float(H_K.average_trace()), tiny)
+    t_C = max(float(H_C.average_trace()), tiny)
+    if not config.kfac_like:
+        return fixed_point_factors(H_K, H_C, damping * t_K * t_C)
+    K, C = fixed_point_factors(
+        H_K.clone().mul_(1.0 / t_K), H_C.clone().mul_(1.0 / t_C), damping, True
+    )
+    return K.mul_(t_K**-0.5), C.mul_(t_C**-0.5)

@@ -20,6 +20,7 @@ from torch import Tensor
 from singd_opt.blocks.base import PreconditionerBlock, Proposal, StepContext
 from singd_opt.checkpoint import matrix_from_state, matrix_to_state
 from singd_opt.curvature import CurvatureSums
+from singd_opt.grafting import FactoredMoment, graft_direction
 from singd_opt.layers import EmbeddingLayer, Layer, ParameterRows
 from singd_opt.preconditioner import (
     UpdateConfig,
@@ -28,8 +29,9 @@ from singd_opt.preconditioner import (
     natural_gradient,
     update_preconditioner,
 )
+from singd_opt.structure_choice import AUTO, choose_structure, copies_per_side
 from singd_opt.validation import resolve_structure
-from singd_opt.warm_start import fixed_point_factors
+from singd_opt.warm_start import warm_start_factors
 from structmat import StructuredMatrix
 
 _FACTORS = ("K", "C", "m_K", "m_C")
@@ -89,13 +91,23 @@ class KroneckerBlock(PreconditionerBlock):
         # (K, C, K K^T, C C^T) for structures closed under transposition; rebuilt
         # whenever K or C is replaced.
         self._grams: tuple[Any, Any, Any, Any] | None = None
+        # the factored second moment of the gradient matrix (graft="adafactor")
+        self._graft_moment: FactoredMoment | None = None
 
     @staticmethod
     def structures_for(layer: Layer, group: Mapping[str, Any]) -> tuple[str, str]:
-        """Return the structure names of ``(K, C)``: the group's, diagonal ``K`` for embeddings."""
+        """Return the structure names of ``(K, C)``: the group's, diagonal ``K`` for embeddings.
+
+        ``"auto"`` becomes :func:`~singd_opt.structure_choice.choose_structure`'s choice.
+        """
         name_K, name_C = group["structures"]
         if isinstance(layer, EmbeddingLayer):
             name_K = "diagonal"
+        numel, copies = layer.dim_K * layer.dim_C, copies_per_side(group["alpha1"])
+        if name_K == AUTO:
+            name_K = choose_structure(layer.dim_K, numel, copies)
+        if name_C == AUTO:
+            name_C = choose_structure(layer.dim_C, numel, copies)
         return name_K, name_C
 
     def dtypes(self, group: Mapping[str, Any]) -> tuple[torch.dtype, torch.dtype]:
@@ -163,6 +175,7 @@ class KroneckerBlock(PreconditionerBlock):
             normalize_lr_cov=group["normalize_lr_cov"],
             lr_cov=lr_cov,
             grad_unscaling=context.grad_unscaling,
+            relative_damping=group.get("relative_damping", False),
         )
 
     def _cached_grams(self, K: StructuredMatrix, C: StructuredMatrix, uses: int) -> tuple[Any, Any]:
@@ -189,7 +202,7 @@ class KroneckerBlock(PreconditionerBlock):
             if group.get("warm_start") and not self.updated:
                 # the first update jumps to the fixed point of this curvature
                 H_C = H_C.mul_(config.grad_unscaling) if config.grad_unscaling != 1.0 else H_C
-                K, C = fixed_point_factors(H_K, H_C, float(config.damping), config.kfac_like)
+                K, C = warm_start_factors(H_K, H_C, config)
                 shared = {"K": K, "C": C}
             else:
                 K, C, new_m_K, new_m_C = update_preconditioner(K, C, m_K, m_C, H_K, H_C, config)
@@ -201,11 +214,17 @@ class KroneckerBlock(PreconditionerBlock):
         directions = []
         grad = self.layer.gradient_matrix(context.gradients)
         gram_K = gram_C = None
+        graft_moment = self._graft_moment
         if grad is not None:
             if context.grad_factor != 1.0:
                 grad = grad / context.grad_factor
             gram_K, gram_C = self._cached_grams(K, C, group["T"])
-            directions = self.layer.split(natural_gradient(K, C, grad, gram_K, gram_C))
+            direction = natural_gradient(K, C, grad, gram_K, gram_C)
+            if group.get("graft") is not None:
+                direction, graft_moment = graft_direction(
+                    direction, grad, group["graft"], graft_moment, group
+                )
+            directions = self.layer.split(direction)
 
         def commit() -> None:
             if updated:
@@ -213,6 +232,7 @@ class KroneckerBlock(PreconditionerBlock):
                 self.updated = True
             if grad is not None:
                 self._grams = (K, C, gram_K, gram_C)
+                self._graft_moment = graft_moment
 
         return Proposal(directions, checked + [d for _, d in directions], commit, shared)
 

@@ -1,0 +1,102 @@
+r"""A structure for each factor that fits its layer's memory: ``structures=("auto", "auto")``.
+
+A Kronecker block of a ``d_C x d_K`` gradient matrix keeps, per side, the factor
+(``K``: ``d_K x d_K``), its Riemannian momentum when :math:`\alpha_1 \neq 0` and the
+cached product :math:`K K^\top` (see :func:`singd_opt.preconditioner.gram`): about
+:math:`c = 2 + [\alpha_1 \neq 0]` matrices. Dense factors cost :math:`c\, d_K^2`
+numbers against the weight's :math:`d_C d_K`, so a square ``4608 x 512`` convolution
+(``512 -> 512``, 3x3) would keep :math:`3 \cdot 4609^2 \approx 64\,\text{M}` numbers
+for its 2.4 M weights.
+
+With ``"auto"`` a side of dimension :math:`d` gets the richest structure within a
+budget of :data:`AUTO_BUDGET` (:math:`f`) times the weight's numbers:
+
+.. math::
+    \text{dense if } c\, d^2 \le f\, d_C d_K, \quad\text{else}\quad
+    \text{block-diagonal with blocks of } b = \min\!\left(\left\lfloor
+    \tfrac{f\, d_C d_K}{c\, d} \right\rfloor, b_\text{max}\right) \ (b \ge 2),
+    \quad\text{else diagonal,}
+
+with :math:`b_\text{max}` = :data:`MAX_BLOCK`, above which a block's eigen-free updates
+cost more time than they return (measured in ``benchmarks/defaults_study.py``). Both
+sides together then keep at most :math:`2 f` times the weight, so with the parameter's
+momentum buffer a block's state stays :math:`\le (1 + 2 f)` times the weight, below
+AdamW's 2 for :math:`f \le 1/2`. A dense side is also capped at
+:data:`MAX_BLOCK` (a dense ``d x d`` update costs :math:`O(d^3)` per update).
+
+:func:`large_factor_warning` reports explicitly requested structures whose state
+exceeds :data:`WARN_MULTIPLE` times the weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+#: The structure name that asks for :func:`choose_structure`.
+AUTO = "auto"
+#: :math:`f`: each side's factors may keep this fraction of the weight's numbers.
+AUTO_BUDGET = 0.25
+#: :math:`b_\text{max}`: the largest dense side or diagonal block chosen.
+MAX_BLOCK = 512
+#: Explicit structures whose state exceeds this multiple of the weight get a warning.
+WARN_MULTIPLE = 4.0
+
+
+def copies_per_side(alpha1: float) -> int:
+    r"""Return :math:`c`: matrices kept per side (factor, cached product, momentum)."""
+    return 2 + (alpha1 != 0.0)
+
+
+def choose_structure(dim: int, weight_numel: int, copies: int, budget: float = AUTO_BUDGET) -> str:
+    r"""Return the structure name for one side (see the module docstring).
+
+    Args:
+        dim: :math:`d`, the side's dimension.
+        weight_numel: :math:`d_C d_K`, the numbers of the block's gradient matrix.
+        copies: :math:`c`, matrices kept per side.
+        budget: :math:`f`.
+
+    Returns:
+        ``"dense"``, ``"block{b}diagonal"`` or ``"diagonal"``.
+    """
+    allowed = budget * weight_numel / copies  # numbers per matrix
+    if dim * dim <= allowed and dim <= MAX_BLOCK:
+        return "dense"
+    block = min(int(allowed // dim), MAX_BLOCK, dim)
+    return f"block{block}diagonal" if block >= 2 else "diagonal"
+
+
+def large_factor_warning(blocks: Iterable[Any], multiple: float = WARN_MULTIPLE) -> str | None:
+    r"""Return a warning for Kronecker blocks whose factors exceed ``multiple`` x the weight.
+
+    Counts ``K``, ``C`` and their momenta (when kept) in their dtypes against the
+    block's gradient matrix (:math:`d_C d_K` numbers in the weight's dtype); cached
+    products come on top. ``None`` when no block exceeds it.
+
+    Args:
+        blocks: Kronecker blocks (``layer``, ``K``, ``C``, ``m_K``, ``m_C``, ``structures``).
+        multiple: The stated multiple.
+    """
+    lines = []
+    for block in blocks:
+        layer = block.layer
+        weight = layer.dim_K * layer.dim_C * layer.params[0].param.element_size()
+        size = sum(
+            t.numel() * t.element_size()
+            for m in (block.K, block.C, block.m_K, block.m_C)
+            if m is not None
+            for t in m.tensors().values()
+        )
+        if size > multiple * weight:
+            lines.append(
+                f"{block.name}: K {block.structures[0]} {layer.dim_K}, C {block.structures[1]} "
+                f"{layer.dim_C}: {size / 2**20:.1f} MiB, {size / weight:.1f}x the weight's "
+                f"{weight / 2**20:.2f} MiB"
+            )
+    if not lines:
+        return None
+    return (
+        f"SINGD factors keep more than {multiple:g}x their layer's weight in memory; "
+        f"structures=('auto', 'auto') picks structures that fit:\n  " + "\n  ".join(lines)
+    )
