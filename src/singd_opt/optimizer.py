@@ -34,6 +34,7 @@ from singd_opt.grad_scale import GradScales
 from singd_opt.layers import LOSS_AVERAGES, SUPPORTED_MODULES
 from singd_opt.layers import preconditioner_dims as _preconditioner_dims
 from singd_opt.param_groups import parameter_groups
+from singd_opt.structure_choice import warn_large_factors
 from singd_opt.summary import describe_blocks, total_state_bytes
 from singd_opt.update import all_finite, apply_directions
 from singd_opt.validation import (
@@ -230,6 +231,7 @@ class SINGD(BlockViews, Optimizer):
         )
 
         super().__init__(groups, group_defaults)
+        warn_large_factors(plan.blocks)
         self._constructed = True
         self.blocks: list[PreconditionerBlock] = plan.blocks
         self.module_names: dict[nn.Module, str] = plan.module_names

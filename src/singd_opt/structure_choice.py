@@ -25,11 +25,12 @@ AdamW's 2 for :math:`f \le 1/2`. A dense side is also capped at
 :data:`MAX_BLOCK` (a dense ``d x d`` update costs :math:`O(d^3)` per update).
 
 :func:`large_factor_warning` reports explicitly requested structures whose state
-exceeds :data:`WARN_MULTIPLE` times the weight.
+exceeds :data:`WARN_MULTIPLE` times the weight (and :data:`WARN_MIN_BYTES`).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -39,8 +40,10 @@ AUTO = "auto"
 AUTO_BUDGET = 0.25
 #: :math:`b_\text{max}`: the largest dense side or diagonal block chosen.
 MAX_BLOCK = 512
-#: Explicit structures whose state exceeds this multiple of the weight get a warning.
+#: Explicit structures whose state exceeds this multiple of the weight get a warning...
 WARN_MULTIPLE = 4.0
+#: ... when the block's factors also exceed this many bytes (small layers never warn).
+WARN_MIN_BYTES = 2**20
 
 
 def copies_per_side(alpha1: float) -> int:
@@ -67,12 +70,18 @@ def choose_structure(dim: int, weight_numel: int, copies: int, budget: float = A
     return f"block{block}diagonal" if block >= 2 else "diagonal"
 
 
+def _size(count: int) -> str:
+    """Return a byte count in KiB or MiB."""
+    return f"{count / 2**20:.1f} MiB" if count >= 2**20 else f"{count / 2**10:.1f} KiB"
+
+
 def large_factor_warning(blocks: Iterable[Any], multiple: float = WARN_MULTIPLE) -> str | None:
     r"""Return a warning for Kronecker blocks whose factors exceed ``multiple`` x the weight.
 
     Counts ``K``, ``C`` and their momenta (when kept) in their dtypes against the
     block's gradient matrix (:math:`d_C d_K` numbers in the weight's dtype); cached
-    products come on top. ``None`` when no block exceeds it.
+    products come on top. Blocks whose factors keep at most :data:`WARN_MIN_BYTES`
+    are left out. ``None`` when no block exceeds it.
 
     Args:
         blocks: Kronecker blocks (``layer``, ``K``, ``C``, ``m_K``, ``m_C``, ``structures``).
@@ -88,11 +97,11 @@ def large_factor_warning(blocks: Iterable[Any], multiple: float = WARN_MULTIPLE)
             if m is not None
             for t in m.tensors().values()
         )
-        if size > multiple * weight:
+        if size > multiple * weight and size > WARN_MIN_BYTES:
             lines.append(
-                f"{block.name}: K {block.structures[0]} {layer.dim_K}, C {block.structures[1]} "
-                f"{layer.dim_C}: {size / 2**20:.1f} MiB, {size / weight:.1f}x the weight's "
-                f"{weight / 2**20:.2f} MiB"
+                f"{block.name or 'model'}: K {block.structures[0]} {layer.dim_K}, "
+                f"C {block.structures[1]} {layer.dim_C}: {_size(size)}, "
+                f"{size / weight:.1f}x the weight's {_size(weight)}"
             )
     if not lines:
         return None
@@ -100,3 +109,23 @@ def large_factor_warning(blocks: Iterable[Any], multiple: float = WARN_MULTIPLE)
         f"SINGD factors keep more than {multiple:g}x their layer's weight in memory; "
         f"structures=('auto', 'auto') picks structures that fit:\n  " + "\n  ".join(lines)
     )
+
+
+def warn_large_factors(blocks: Iterable[Any]) -> None:
+    """Warn (:class:`UserWarning`) about Kronecker blocks whose factors exceed the multiple.
+
+    ``"auto"`` sides stay within their budget by construction, so a warning always
+    names explicitly requested structures.
+
+    Args:
+        blocks: The optimizer's blocks (Kronecker blocks are checked, through
+            ``effective`` where blocks decide their kind later).
+    """
+    kronecker = [
+        block.effective
+        for block in blocks
+        if hasattr(block.effective, "layer") and hasattr(block.effective, "K")
+    ]
+    message = large_factor_warning(kronecker)
+    if message is not None:
+        warnings.warn(message, UserWarning, stacklevel=3)
