@@ -46,10 +46,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
-from singd_opt import SINGD
+from singd_opt import SINGD, structure_choice
+from singd_opt.structure_choice import AUTO_BUDGET
 
 STEPS = 40
 LR_GRID = (3e-4, 1e-3, 3e-3)
@@ -65,9 +66,7 @@ def _lm_batches(batch_size: int = 16) -> list[tuple[Tensor, Tensor]]:
     split = load_split(validation=True)
     generator = torch.Generator().manual_seed(SEED)
     order = torch.randperm(len(split.x_train), generator=generator)[: STEPS * batch_size]
-    return [
-        (split.x_train[idx], split.y_train[idx]) for idx in order.view(STEPS, batch_size)
-    ]
+    return [(split.x_train[idx], split.y_train[idx]) for idx in order.view(STEPS, batch_size)]
 
 
 def _digits(size: int) -> tuple[Tensor, Tensor]:
@@ -116,6 +115,7 @@ class ViT(nn.Module):
         self.head = nn.Linear(width, 10)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Return the logits ``(N, 10)`` of images ``(N, 1, 16, 16)``."""
         patches = F.unfold(x, self.patch, stride=self.patch).mT  # (N, count, p*p)
         hidden = self.embed(patches)
         hidden = torch.cat([self.cls.expand(len(x), -1, -1), hidden], dim=1) + self.position
@@ -139,6 +139,7 @@ class BasicBlock(nn.Module):
             )
 
     def forward(self, x: Tensor) -> Tensor:
+        """Return the block's output."""
         out = F.relu(self.bn1(self.conv1(x)))
         return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
@@ -161,6 +162,7 @@ class ResNet(nn.Module):
         self.head = nn.Linear(inputs, 10)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Return the logits ``(N, 10)`` of images ``(N, 1, 16, 16)``."""
         hidden = self.stages(self.stem(x))
         return self.head(hidden.mean(dim=(2, 3)))
 
@@ -171,8 +173,14 @@ def _gpt2() -> nn.Module:
     from singd_opt.demo.lm_data import CONTEXT, VOCAB_SIZE
 
     config = GPT2Config(
-        vocab_size=VOCAB_SIZE, n_positions=CONTEXT, n_embd=64, n_layer=2, n_head=4,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        vocab_size=VOCAB_SIZE,
+        n_positions=CONTEXT,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
     )
     return GPT2LMHeadModel(config)
 
@@ -183,8 +191,13 @@ def _llama() -> nn.Module:
     from singd_opt.demo.lm_data import CONTEXT, VOCAB_SIZE
 
     config = LlamaConfig(
-        vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=CONTEXT,
+        vocab_size=VOCAB_SIZE,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=CONTEXT,
         tie_word_embeddings=True,
     )
     return LlamaForCausalLM(config)
@@ -198,14 +211,21 @@ class RowBert(nn.Module):
         from transformers import BertConfig, BertForSequenceClassification
 
         config = BertConfig(
-            vocab_size=2, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=128, max_position_embeddings=8, num_labels=10,
-            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+            vocab_size=2,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            max_position_embeddings=8,
+            num_labels=10,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
         )
         self.rows = nn.Linear(8, 64)
         self.bert = BertForSequenceClassification(config)
 
     def forward(self, rows: Tensor) -> Tensor:
+        """Return the logits ``(N, 10)`` of row sequences ``(N, 8, 8)``."""
         return self.bert(inputs_embeds=self.rows(rows)).logits
 
 
@@ -240,9 +260,98 @@ WORKLOADS: dict[str, Workload] = {
 
 #: SINGD candidates: keyword arguments besides ``lr``. ``"reference"`` is the
 #: reference's defaults; the others are measured against it and against AdamW.
+_REF: dict[str, Any] = {"defaults": "reference", "train_all_parameters": True}
+_ADA: dict[str, Any] = {**_REF, "graft": "adafactor", "momentum_dampening": True}
+_REL: dict[str, Any] = {**_ADA, "relative_damping": 1e-2, "damping": 0.0}
+_WARM: dict[str, Any] = {**_REL, "warm_start": True}
+_SUM: dict[str, Any] = {**_WARM, "momentum_dampening": False}
+_AUTO = {"structures": ("auto", "auto")}
 CANDIDATES: dict[str, dict[str, Any]] = {
     "adamw": {},
-    "reference": {"defaults": "reference", "train_all_parameters": True},
+    "reference": _REF,
+    # round 1: one mechanism at a time
+    "graft_rms": {**_REF, "graft": "rms", "momentum_dampening": True},
+    "graft_ada": _ADA,
+    "graft_ada_nodampening": {**_ADA, "momentum_dampening": False},
+    "rel1e-3": {**_REL, "relative_damping": 1e-3},
+    "rel1e-2": _REL,
+    "rel1e-1": {**_REL, "relative_damping": 1e-1},
+    "rel1e-2_warm": _WARM,
+    "rel1e-2_warm_T1": {**_WARM, "T": 1},
+    "rel1e-2_warm_lrcov0.1": {**_WARM, "lr_cov": 0.1},
+    "rel1e-2_warm_auto": {**_WARM, **_AUTO},
+    "rel1e-2_warm_rms_auto": {**_WARM, "graft": "rms", **_AUTO},
+    # round 2: damping, T and the momentum's sum or average with the warm start
+    "rel1e-1_warm": {**_WARM, "relative_damping": 0.1},
+    "rel1_warm": {**_WARM, "relative_damping": 1.0},
+    "rel1e-1_warm_T1": {**_WARM, "relative_damping": 0.1, "T": 1},
+    "sum_rel1e-2_warm": _SUM,
+    "sum_rel1e-1_warm": {**_SUM, "relative_damping": 0.1},
+    "sum_rel1e-1_warm_T1": {**_SUM, "relative_damping": 0.1, "T": 1},
+    "sum_rel1e-1_warm_auto": {**_SUM, "relative_damping": 0.1, **_AUTO},
+    "sum_rel1e-1_warm_auto_alpha0": {**_SUM, "relative_damping": 0.1, **_AUTO, "alpha1": 0.0},
+    # round 3: absolute damping (large curvature preconditioned, small left alone)
+    "abs_warm_T1": {**_ADA, "warm_start": True, "T": 1},
+    "abs_warm_T1_sum": {**_ADA, "warm_start": True, "T": 1, "momentum_dampening": False},
+    "abs_warm_T10": {**_ADA, "warm_start": True},
+    "abs_warm_T1_auto": {**_ADA, "warm_start": True, "T": 1, **_AUTO},
+    "rel10_warm_T1": {**_WARM, "relative_damping": 10.0, "T": 1},
+    # round 4: state within AdamW's (auto structures, no Riemannian momentum)
+    "A_sum_rel1e-1_warm_T1_auto0": {
+        **_SUM,
+        "relative_damping": 0.1,
+        "T": 1,
+        **_AUTO,
+        "alpha1": 0.0,
+    },
+    "B_sum_abs_warm_T1_auto0": {
+        **_SUM,
+        "relative_damping": 0.0,
+        "damping": 1e-3,
+        "T": 1,
+        **_AUTO,
+        "alpha1": 0.0,
+    },
+    "C_avg_rel1e-1_warm_T1_auto0": {
+        **_WARM,
+        "relative_damping": 0.1,
+        "T": 1,
+        **_AUTO,
+        "alpha1": 0.0,
+    },
+    "D_sum_rel1_warm_T1_auto0": {**_SUM, "relative_damping": 1.0, "T": 1, **_AUTO, "alpha1": 0.0},
+    "E_sum_rel1e-1_warm_auto0_f045": {
+        **_SUM,
+        "relative_damping": 0.1,
+        **_AUTO,
+        "alpha1": 0.0,
+        "auto_budget": 0.45,
+    },
+    # round 5: absolute floor plus relative damping
+    "F_sum_abs_rel1e-1_warm_T1_auto0": {
+        **_SUM,
+        "damping": 1e-3,
+        "relative_damping": 0.1,
+        "T": 1,
+        **_AUTO,
+        "alpha1": 0.0,
+    },
+    "G_sum_abs_rel1e-2_warm_T1_auto0": {
+        **_SUM,
+        "damping": 1e-3,
+        "relative_damping": 0.01,
+        "T": 1,
+        **_AUTO,
+        "alpha1": 0.0,
+    },
+    "H_avg_abs_rel1e-1_warm_T1_auto0": {
+        **_WARM,
+        "damping": 1e-3,
+        "relative_damping": 0.1,
+        "T": 1,
+        **_AUTO,
+        "alpha1": 0.0,
+    },
     "defaults": {},
 }
 
@@ -251,7 +360,9 @@ def make_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimi
     """Return AdamW (PyTorch's defaults) or the SINGD candidate ``name``."""
     if name == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=lr)
-    return SINGD(model, lr=lr, **CANDIDATES[name])
+    arguments = dict(CANDIDATES[name])
+    structure_choice.AUTO_BUDGET = arguments.pop("auto_budget", AUTO_BUDGET)
+    return SINGD(model, lr=lr, **arguments)
 
 
 def adamw_state_bytes(model: nn.Module) -> int:
@@ -290,17 +401,65 @@ def run(workload: Workload, candidate: str, lr: float) -> dict[str, Any]:
     }
 
 
+def time_factor_updates(dims: tuple[int, ...] = (64, 128, 256, 512, 1024)) -> dict[str, Any]:
+    """Seconds of one preconditioner update and one natural gradient of a ``d x d`` layer.
+
+    Dense factors against block-diagonal ones with blocks of 64, and an AdamW step of
+    the same weight, median of 3 (one thread), for the size above which ``"auto"``
+    stops choosing dense factors.
+    """
+    from singd_opt.preconditioner import UpdateConfig, natural_gradient, update_preconditioner
+    from structmat import get_structure
+
+    config = UpdateConfig(1e-3, 0.5, False, False, 0.01)
+    timings: dict[str, Any] = {}
+    for dim in dims:
+        grad = torch.randn(dim, dim)
+        x = torch.randn(4 * dim, dim)
+        row: dict[str, float] = {}
+        for structure in ("dense", "block64diagonal"):
+            cls = get_structure(structure)
+            K, C = cls.eye(dim), cls.eye(dim)
+            m_K, m_C = cls.zeros(dim), cls.zeros(dim)
+            samples = []
+            for _ in range(3):
+                H_K, H_C = K.from_inner(x.T), C.from_inner(x.T)
+                start = time.perf_counter()
+                update_preconditioner(K, C, m_K, m_C, H_K, H_C, config)
+                natural_gradient(K, C, grad)
+                samples.append(time.perf_counter() - start)
+            row[structure] = sorted(samples)[1]
+        param = nn.Parameter(torch.randn(dim, dim))
+        adamw = torch.optim.AdamW([param])
+        samples = []
+        for _ in range(3):
+            param.grad = grad
+            start = time.perf_counter()
+            adamw.step()
+            samples.append(time.perf_counter() - start)
+        row["adamw"] = sorted(samples)[1]
+        timings[str(dim)] = row
+        print(f"d={dim:5d}  " + "  ".join(f"{k} {v * 1e3:.2f} ms" for k, v in row.items()))
+    return timings
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(WORKLOADS))
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES))
     parser.add_argument("--lrs", nargs="+", type=float, default=list(LR_GRID))
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--timing", action="store_true", help="time factor updates only")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     results: dict[str, Any] = {}
+    timings: dict[str, Any] = {}
     if args.output.exists():
-        results = json.loads(args.output.read_text()).get("results", {})
+        stored = json.loads(args.output.read_text())
+        results, timings = stored.get("results", {}), stored.get("factor_update_seconds", {})
+    if args.timing:
+        timings = time_factor_updates()
+        args.models = []
     for model_name in args.models:
         workload = WORKLOADS[model_name]
         for candidate in args.candidates:
@@ -333,6 +492,7 @@ def main(argv: list[str] | None = None) -> None:
                 "machine": {"python": platform.python_version(), "torch": torch.__version__},
                 "candidates": {k: v for k, v in CANDIDATES.items()},
                 "results": results,
+                "factor_update_seconds": timings,
             },
             indent=1,
             default=str,

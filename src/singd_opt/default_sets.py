@@ -47,7 +47,7 @@ REFERENCE: Mapping[str, Any] = {
     "normalize_lr_cov": False,
     "train_all_parameters": False,
     "warm_start": False,
-    "relative_damping": False,
+    "relative_damping": 0.0,
     "graft": None,
     "momentum_dampening": False,
 }

@@ -119,7 +119,7 @@ class SINGD(BlockViews, Optimizer):
         distribute: str = "replicate",
         average_gradients: bool | None = None,
         warm_start: bool = DEFAULT,
-        relative_damping: bool = DEFAULT,
+        relative_damping: float = DEFAULT,
         graft: str | None = DEFAULT,
         momentum_dampening: bool = DEFAULT,
         defaults: str = "recommended",
@@ -181,8 +181,9 @@ class SINGD(BlockViews, Optimizer):
                 (:func:`singd_opt.warm_start.fixed_point_factors`: exact for dense,
                 diagonal and block-diagonal factors, a trace-matched multiple of the
                 identity for the others). Needs ``damping > 0``.
-            relative_damping: Measure ``damping`` in units of each layer's curvature
-                (:mod:`singd_opt.damping`) instead of absolutely.
+            relative_damping: :math:`\lambda_r \geq 0`, damping in units of each
+                layer's curvature, added to the absolute ``damping``
+                (:mod:`singd_opt.damping`).
             graft: Give each Kronecker block's direction the size of another rule's
                 (:mod:`singd_opt.grafting`): ``"rms"``, ``"adafactor"`` or ``None``.
             momentum_dampening: Average the directions in the momentum buffer,

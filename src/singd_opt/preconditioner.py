@@ -55,7 +55,8 @@ class UpdateConfig:
         normalize_lr_cov: Normalise :math:`\beta_1` by the momentum's infinity norm.
         lr_cov: :math:`\beta_1` for this step.
         grad_unscaling: Factor :math:`u` that finishes un-scaling :math:`H_C`.
-        relative_damping: Damp relative to the curvature (:mod:`singd_opt.damping`).
+        relative_damping: :math:`\lambda_r`, damping relative to the curvature
+            (:mod:`singd_opt.damping`).
     """
 
     damping: float
@@ -64,7 +65,7 @@ class UpdateConfig:
     normalize_lr_cov: bool
     lr_cov: float
     grad_unscaling: float = 1.0
-    relative_damping: bool = False
+    relative_damping: float = 0.0
 
 
 def update_preconditioner(

@@ -51,18 +51,19 @@ def copies_per_side(alpha1: float) -> int:
     return 2 + (alpha1 != 0.0)
 
 
-def choose_structure(dim: int, weight_numel: int, copies: int, budget: float = AUTO_BUDGET) -> str:
+def choose_structure(dim: int, weight_numel: int, copies: int, budget: float | None = None) -> str:
     r"""Return the structure name for one side (see the module docstring).
 
     Args:
         dim: :math:`d`, the side's dimension.
         weight_numel: :math:`d_C d_K`, the numbers of the block's gradient matrix.
         copies: :math:`c`, matrices kept per side.
-        budget: :math:`f`.
+        budget: :math:`f`; ``None`` means :data:`AUTO_BUDGET`.
 
     Returns:
         ``"dense"``, ``"block{b}diagonal"`` or ``"diagonal"``.
     """
+    budget = AUTO_BUDGET if budget is None else budget
     allowed = budget * weight_numel / copies  # numbers per matrix
     if dim * dim <= allowed and dim <= MAX_BLOCK:
         return "dense"

@@ -190,14 +190,14 @@ def check_group(group: dict[str, Any], group_index: int | None = None) -> None:
     check_flag("kfac_like", group["kfac_like"], group_index)
     check_flag("normalize_lr_cov", group["normalize_lr_cov"], group_index)
     check_flag("warm_start", group["warm_start"], group_index)
-    check_flag("relative_damping", group["relative_damping"], group_index)
+    check_nonnegative("relative_damping", group["relative_damping"], group_index)
     check_flag("momentum_dampening", group["momentum_dampening"], group_index)
     if group["graft"] not in GRAFTS:
         raise ValueError(f"graft must be one of {GRAFTS}{where}, got {group['graft']!r}")
-    if group["warm_start"] and float(group["damping"]) == 0.0:
+    if group["warm_start"] and float(group["damping"]) + float(group["relative_damping"]) == 0.0:
         raise ValueError(
-            f"warm_start=True needs damping > 0 (the fixed point of a singular curvature "
-            f"does not exist){where}"
+            f"warm_start=True needs damping > 0 or relative_damping > 0 (the fixed point of "
+            f"a singular curvature does not exist){where}"
         )
 
 

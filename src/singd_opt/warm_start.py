@@ -262,12 +262,13 @@ def warm_start_factors(
 ) -> tuple[StructuredMatrix, StructuredMatrix]:
     r"""Return :func:`fixed_point_factors` for an update's configuration.
 
-    With ``config.relative_damping`` the damping is measured in units of the
-    curvature at :math:`K = C = I` (see :mod:`singd_opt.damping`): SINGD's coupled
-    equations get :math:`\lambda \bar{\operatorname{tr}}(H_K) \bar{\operatorname{tr}}(H_C)`;
-    IKFAC's decoupled ones are solved for :math:`H / \bar{\operatorname{tr}}(H)` with
-    :math:`\lambda` and the factor divided by :math:`\sqrt{\bar{\operatorname{tr}}(H)}`,
-    which is :math:`K K^\top = (H_K + \lambda \bar{\operatorname{tr}}(H_K) I)^{-1}` exactly.
+    With a relative damping :math:`\lambda_r` (``config.relative_damping``, see
+    :mod:`singd_opt.damping`) measured at :math:`K = C = I`, where
+    :math:`\rho = \bar{\operatorname{tr}}(H)`: SINGD's coupled equations get the damping
+    :math:`\lambda + \lambda_r \bar{\operatorname{tr}}(H_K) \bar{\operatorname{tr}}(H_C)`;
+    IKFAC's decoupled ones, with :math:`c = \lambda + \lambda_r \bar{\operatorname{tr}}(H)`
+    per side, are solved for :math:`H / c` with damping 1 and the factor divided by
+    :math:`\sqrt{c}`, which is :math:`K K^\top = (H_K + c_K I)^{-1}` exactly.
 
     Args:
         H_K: The ``K``-side curvature term at :math:`K = I`.
@@ -275,15 +276,16 @@ def warm_start_factors(
         config: The update's hyper-parameters (``damping``, ``kfac_like``,
             ``relative_damping``).
     """
-    damping = float(config.damping)
-    if not config.relative_damping:
+    damping, relative = float(config.damping), float(config.relative_damping)
+    if relative == 0.0:
         return fixed_point_factors(H_K, H_C, damping, config.kfac_like)
-    tiny = torch.finfo(torch.float64).tiny
-    t_K = max(float(H_K.average_trace()), tiny)
-    t_C = max(float(H_C.average_trace()), tiny)
+    t_K, t_C = float(H_K.average_trace()), float(H_C.average_trace())
+    if damping + relative * min(t_K, t_C) <= 0.0:  # no curvature and no floor: stay at I
+        return type(H_K).eye(H_K.shape[0], dtype=H_K.dtype, device=H_K.device), type(H_C).eye(
+            H_C.shape[0], dtype=H_C.dtype, device=H_C.device
+        )
     if not config.kfac_like:
-        return fixed_point_factors(H_K, H_C, damping * t_K * t_C)
-    K, C = fixed_point_factors(
-        H_K.clone().mul_(1.0 / t_K), H_C.clone().mul_(1.0 / t_C), damping, True
-    )
-    return K.mul_(t_K**-0.5), C.mul_(t_C**-0.5)
+        return fixed_point_factors(H_K, H_C, damping + relative * t_K * t_C)
+    c_K, c_C = damping + relative * t_K, damping + relative * t_C
+    K, C = fixed_point_factors(H_K.clone().mul_(1.0 / c_K), H_C.clone().mul_(1.0 / c_C), 1.0, True)
+    return K.mul_(c_K**-0.5), C.mul_(c_C**-0.5)

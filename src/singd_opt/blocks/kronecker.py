@@ -175,7 +175,7 @@ class KroneckerBlock(PreconditionerBlock):
             normalize_lr_cov=group["normalize_lr_cov"],
             lr_cov=lr_cov,
             grad_unscaling=context.grad_unscaling,
-            relative_damping=group.get("relative_damping", False),
+            relative_damping=group.get("relative_damping", 0.0),
         )
 
     def _cached_grams(self, K: StructuredMatrix, C: StructuredMatrix, uses: int) -> tuple[Any, Any]:
