@@ -352,6 +352,25 @@ CANDIDATES: dict[str, dict[str, Any]] = {
         **_AUTO,
         "alpha1": 0.0,
     },
+    # round 6: the best of round 4 with the stateless grafting rule
+    "A_rms": {**_SUM, "relative_damping": 0.1, "T": 1, **_AUTO, "alpha1": 0.0, "graft": "rms"},
+    # round 7: the best of round 4 with a small absolute floor (bounded factors)
+    "A_floor1e-8": {
+        **_SUM,
+        "damping": 1e-8,
+        "relative_damping": 0.1,
+        "T": 1,
+        **_AUTO,
+        "alpha1": 0.0,
+    },
+    "A_floor1e-6": {
+        **_SUM,
+        "damping": 1e-6,
+        "relative_damping": 0.1,
+        "T": 1,
+        **_AUTO,
+        "alpha1": 0.0,
+    },
     "defaults": {},
 }
 
@@ -443,6 +462,28 @@ def time_factor_updates(dims: tuple[int, ...] = (64, 128, 256, 512, 1024)) -> di
     return timings
 
 
+def table(results: dict[str, Any], candidates: list[str]) -> str:
+    """Return an RST list-table: best loss (its learning rate) per model and candidate."""
+    models = [m for m in WORKLOADS if m in results]
+    lines = [".. list-table::", "   :header-rows: 1", "", "   * - optimizer"]
+    lines += [f"     - {m}" for m in models]
+    for candidate in candidates:
+        lines.append(f"   * - {candidate}")
+        for m in models:
+            entry = results[m].get(candidate)
+            if entry is None:
+                lines.append("     - ")
+                continue
+            best = min(entry["runs"], key=lambda r: r["final_loss"])
+            ratio = (
+                best["state_bytes"] / best["adamw_state_bytes"]
+                if "state_bytes" in best
+                else best["state_over_adamw"]
+            )
+            lines.append(f"     - {best['final_loss']:.3f} ({best['lr']:g}; state {ratio:.2f})")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(WORKLOADS))
@@ -450,6 +491,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lrs", nargs="+", type=float, default=list(LR_GRID))
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--timing", action="store_true", help="time factor updates only")
+    parser.add_argument("--table", action="store_true", help="print the stored results")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     results: dict[str, Any] = {}
@@ -457,6 +499,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.output.exists():
         stored = json.loads(args.output.read_text())
         results, timings = stored.get("results", {}), stored.get("factor_update_seconds", {})
+    if args.table:
+        print(table(results, args.candidates))
+        return
     if args.timing:
         timings = time_factor_updates()
         args.models = []

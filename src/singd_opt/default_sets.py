@@ -58,7 +58,14 @@ SETTINGS: tuple[str, ...] = tuple(REFERENCE)
 #: The measured recommendation (see ``benchmarks/results/defaults_study.json``).
 RECOMMENDED: Mapping[str, Any] = {
     **REFERENCE,
+    "damping": 1e-8,
+    "relative_damping": 0.1,
+    "alpha1": 0.0,
+    "T": 1,
+    "structures": ("auto", "auto"),
     "train_all_parameters": True,
+    "warm_start": True,
+    "graft": "adafactor",
 }
 
 #: The sets by name.

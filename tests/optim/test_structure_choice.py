@@ -70,7 +70,7 @@ def test_auto_state_stays_within_the_budget(alpha1: float) -> None:
 def test_explicit_large_factors_warn_with_the_figure() -> None:
     model = nn.Linear(600, 4)
     with pytest.warns(UserWarning, match=r"(?s)more than 4x .*K dense 601.*x the weight") as record:
-        SINGD(model, structures=("dense", "dense"))
+        SINGD(model, structures=("dense", "dense"), alpha1=0.5)
     ratio = (2 * 601 * 601 + 2 * 16) / (601 * 4)  # K, m_K, C, m_C against the weight
     assert f"{ratio:.1f}x" in str(record[0].message)
     assert WARN_MULTIPLE == 4.0
