@@ -126,6 +126,12 @@ class SINGD(BlockViews, Optimizer):
     ) -> None:
         r"""Create the optimizer and install its recording hooks on ``model``.
 
+        Arguments left at ``DEFAULT`` take their value from the set of defaults named
+        by ``defaults`` (:mod:`singd_opt.default_sets`): ``"recommended"`` (Adafactor
+        grafting, relative damping 0.1 over an absolute 1e-8, warm start, ``T=1``,
+        ``alpha1=0``, ``structures=("auto", "auto")``, every parameter trained; the
+        rest as the reference) or ``"reference"`` (the reference's defaults).
+
         Args:
             model: The network (a ``DistributedDataParallel`` wrapper is unwrapped).
             params: ``None`` (every trainable parameter of the model), an iterable of

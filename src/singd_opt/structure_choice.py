@@ -17,12 +17,12 @@ budget of :data:`AUTO_BUDGET` (:math:`f`) times the weight's numbers:
     \tfrac{f\, d_C d_K}{c\, d} \right\rfloor, b_\text{max}\right) \ (b \ge 2),
     \quad\text{else diagonal,}
 
-with :math:`b_\text{max}` = :data:`MAX_BLOCK`, above which a block's eigen-free updates
-cost more time than they return (measured in ``benchmarks/defaults_study.py``). Both
+with :math:`b_\text{max}` = :data:`MAX_BLOCK`, above which a block's updates, cubic in
+its size, cost far more than an AdamW step (measured in
+``benchmarks/defaults_study.py --timing``). Both
 sides together then keep at most :math:`2 f` times the weight, so with the parameter's
 momentum buffer a block's state stays :math:`\le (1 + 2 f)` times the weight, below
-AdamW's 2 for :math:`f \le 1/2`. A dense side is also capped at
-:data:`MAX_BLOCK` (a dense ``d x d`` update costs :math:`O(d^3)` per update).
+AdamW's 2 for :math:`f \le 1/2`.
 
 :func:`large_factor_warning` reports explicitly requested structures whose state
 exceeds :data:`WARN_MULTIPLE` times the weight (and :data:`WARN_MIN_BYTES`).
@@ -38,8 +38,10 @@ from typing import Any
 AUTO = "auto"
 #: :math:`f`: each side's factors may keep this fraction of the weight's numbers.
 AUTO_BUDGET = 0.25
-#: :math:`b_\text{max}`: the largest dense side or diagonal block chosen.
-MAX_BLOCK = 512
+#: :math:`b_\text{max}`: the largest dense side or diagonal block chosen (one update and
+#: natural gradient of a dense side cost 46 ms at 256 and 320 ms at 512 on one CPU
+#: thread, against 1.2 ms and 51 ms for blocks of 64; ``defaults_study.py --timing``).
+MAX_BLOCK = 128
 #: Explicit structures whose state exceeds this multiple of the weight get a warning...
 WARN_MULTIPLE = 4.0
 #: ... when the block's factors also exceed this many bytes (small layers never warn).
