@@ -371,6 +371,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
         **_AUTO,
         "alpha1": 0.0,
     },
+    # the cause of the BERT miss: its self-attention projections left at the identity
+    "defaults_attention_identity": {"identity_for": ".attention.self."},
     "defaults": {},
 }
 
@@ -381,6 +383,17 @@ def make_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimi
         return torch.optim.AdamW(model.parameters(), lr=lr)
     arguments = dict(CANDIDATES[name])
     structure_choice.AUTO_BUDGET = arguments.pop("auto_budget", AUTO_BUDGET)
+    fixed = arguments.pop("identity_for", None)
+    if fixed is not None:  # parameters whose name contains it keep K = C = I
+        params = dict(model.named_parameters())
+        arguments["params"] = [
+            {"params": [p for n, p in params.items() if fixed not in n]},
+            {
+                "params": [p for n, p in params.items() if fixed in n],
+                "lr_cov": 0.0,
+                "warm_start": False,
+            },
+        ]
     return SINGD(model, lr=lr, **arguments)
 
 

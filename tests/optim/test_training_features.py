@@ -210,7 +210,9 @@ def test_bfloat16_autocast_converges_like_float32() -> None:
             lr_cov=0.05,
             damping=0.1,
             T=1,
-            **kwargs,  # type: ignore[arg-type], defaults="reference", train_all_parameters=True
+            defaults="reference",
+            train_all_parameters=True,
+            **kwargs,  # type: ignore[arg-type]
         )
         losses = []
         for x, y in data:
