@@ -80,3 +80,58 @@ def test_reference_set_matches_singd_0_0_5_signature() -> None:
 def test_invalid_defaults_name(value: object) -> None:
     with pytest.raises(ValueError, match="defaults must be one of 'recommended', 'reference'"):
         SINGD(model(), defaults=value)  # type: ignore[arg-type]
+
+
+def test_recommended_state_is_at_most_adamw() -> None:
+    """Momentum, factors, cached products and grafting moments <= AdamW's two copies."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * 16, 64),
+        nn.LayerNorm(64),
+        nn.Linear(64, 10),
+    )
+    optimizer = SINGD(net, lr=1e-3)
+    x, y = torch.randn(8, 3, 4, 4), torch.randint(0, 10, (8,))
+    for _ in range(3):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        optimizer.step()
+    adamw = 2 * sum(p.numel() * p.element_size() for p in net.parameters())
+    assert 0 < optimizer.state_bytes() <= adamw
+
+
+def test_recommended_checkpoint_resumes_exactly(tmp_path) -> None:
+    """Saving after 2 steps and loading into a new optimizer continues identically."""
+
+    def net() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.LayerNorm(5), nn.Linear(5, 3))
+
+    generator = torch.Generator().manual_seed(1)
+    data = [(torch.randn(8, 6, generator=generator), torch.randn(8, 3, generator=generator))]
+    data = data * 5
+
+    def steps(model: nn.Module, optimizer: SINGD, batches: list) -> None:
+        for x, y in batches:
+            optimizer.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            optimizer.step()
+
+    straight = net()
+    optimizer = SINGD(straight, lr=1e-2)
+    steps(straight, optimizer, data)
+
+    resumed = net()
+    first = SINGD(resumed, lr=1e-2)
+    steps(resumed, first, data[:2])
+    assert any("graft_moment" in entry for entry in first.state_dict()["singd"]["blocks"].values())
+    torch.save(first.state_dict(), tmp_path / "state.pt")
+    second = SINGD(resumed, lr=1e-2)
+    first.remove_hooks()
+    second.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    steps(resumed, second, data[2:])
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -292,6 +292,13 @@ class KroneckerBlock(PreconditionerBlock):
             state["H_K"] = matrix_to_state(self.structures[0], self.curvature.H_K)
             state["H_C"] = matrix_to_state(self.structures[1], self.curvature.H_C)
             state["counts"] = [self.curvature.rows, self.curvature.terms]
+        if self._graft_moment is not None:
+            moment = self._graft_moment
+            state["graft_moment"] = {
+                "rows": moment.rows,
+                "columns": moment.columns,
+                "updates": moment.updates,
+            }
         return state
 
     def load_state_dict(
@@ -351,7 +358,10 @@ class KroneckerBlock(PreconditionerBlock):
                 mean_loss=group["loss_average"] is not None,
             )
 
+        graft_moment = self._load_graft_moment(state.get("graft_moment"), what, device)
+
         def load() -> None:
+            self._graft_moment = graft_moment
             self.structures = structures
             self.K, self.C = loaded["K"], loaded["C"]  # type: ignore[assignment]
             self.m_K, self.m_C = loaded["m_K"], loaded["m_C"]
@@ -361,9 +371,36 @@ class KroneckerBlock(PreconditionerBlock):
 
         return load
 
+    def _load_graft_moment(
+        self, entry: Any, what: str, device: torch.device
+    ) -> FactoredMoment | None:
+        """Return the saved grafting moment (``graft="adafactor"``), checked, or ``None``."""
+        if entry is None:
+            return None
+        shapes = ((self.layer.dim_C,), (self.layer.dim_K,))
+        if not (
+            isinstance(entry, dict)
+            and all(isinstance(entry.get(k), Tensor) for k in ("rows", "columns"))
+            and (entry["rows"].shape, entry["columns"].shape) == shapes
+            and isinstance(entry.get("updates"), int)
+            and not isinstance(entry["updates"], bool)
+            and entry["updates"] >= 0
+        ):
+            raise ValueError(
+                f"{what} graft_moment must hold rows {shapes[0]}, columns {shapes[1]} "
+                "and a non-negative int updates"
+            )
+        return FactoredMoment(
+            entry["rows"].to(device=device, copy=True),
+            entry["columns"].to(device=device, copy=True),
+            entry["updates"],
+        )
+
     def state_tensors(self) -> list[Tensor]:
         """See :meth:`PreconditionerBlock.state_tensors` (the cached ``K K^T`` included)."""
         tensors = [t for m in self.matrices().values() for t in m.tensors().values()]
+        if self._graft_moment is not None:
+            tensors.extend((self._graft_moment.rows, self._graft_moment.columns))
         if self._grams is not None:
             tensors.extend(
                 t for m in self._grams[2:] if m is not None for t in m.tensors().values()
