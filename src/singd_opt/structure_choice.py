@@ -21,8 +21,9 @@ with :math:`b_\text{max}` = :data:`MAX_BLOCK`, above which a block's updates, cu
 its size, cost far more than an AdamW step (measured in
 ``benchmarks/defaults_study.py --timing``). Both
 sides together then keep at most :math:`2 f` times the weight, so with the parameter's
-momentum buffer a block's state stays :math:`\le (1 + 2 f)` times the weight, below
-AdamW's 2 for :math:`f \le 1/2`.
+momentum buffer (and the :math:`d_C + d_K` numbers of a grafting moment) a block's
+state stays near :math:`(1 + 2 f)` times the weight, below AdamW's 2 for
+:math:`f \le 1/2`.
 
 :func:`large_factor_warning` reports explicitly requested structures whose state
 exceeds :data:`WARN_MULTIPLE` times the weight (and :data:`WARN_MIN_BYTES`).
