@@ -425,7 +425,7 @@ def run(workload: Workload, candidate: str, lr: float) -> dict[str, Any]:
     return {
         "lr": lr,
         "final_loss": final if math.isfinite(final) else math.inf,
-        "losses": losses,
+        "losses": [round(loss, 5) for loss in losses],
         "state_bytes": state,
         "adamw_state_bytes": adamw_state_bytes(model),
         "seconds": seconds,
@@ -552,7 +552,6 @@ def main(argv: list[str] | None = None) -> None:
                 "results": results,
                 "factor_update_seconds": timings,
             },
-            indent=1,
             default=str,
         )
     )
