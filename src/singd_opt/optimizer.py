@@ -25,6 +25,7 @@ from torch.utils.hooks import RemovableHandle
 
 from singd_opt import checkpoint
 from singd_opt.blocks import PreconditionerBlock, Proposal, StepContext
+from singd_opt.default_sets import DEFAULT, SETTINGS, resolve_defaults
 from singd_opt.diagnostics import ForeignUpdateWatch, report_skipped_step, warn_unrecorded
 from singd_opt.discovery import plan_blocks, unwrap_model
 from singd_opt.distributed.collectives import CommunicationStats
@@ -33,6 +34,7 @@ from singd_opt.grad_scale import GradScales
 from singd_opt.layers import LOSS_AVERAGES, SUPPORTED_MODULES
 from singd_opt.layers import preconditioner_dims as _preconditioner_dims
 from singd_opt.param_groups import parameter_groups
+from singd_opt.structure_choice import warn_large_factors
 from singd_opt.summary import describe_blocks, total_state_bytes
 from singd_opt.update import all_finite, apply_directions
 from singd_opt.user_warnings import warn_user
@@ -92,23 +94,23 @@ class SINGD(BlockViews, Optimizer):
         self,
         model: nn.Module,
         params: Iterable[nn.Parameter] | Iterable[dict[str, Any]] | None = None,
-        lr: float = 0.001,
-        momentum: float = 0.9,
-        damping: float = 0.001,
-        alpha1: float = 0.5,
-        weight_decay: float = 0.0,
-        T: int = 10,
-        loss_average: str | None = "batch",
-        lr_cov: float | Callable[[int], float] = 1e-2,
-        structures: tuple[str, str] = ("dense", "dense"),
+        lr: float = DEFAULT,
+        momentum: float = DEFAULT,
+        damping: float = DEFAULT,
+        alpha1: float = DEFAULT,
+        weight_decay: float = DEFAULT,
+        T: int = DEFAULT,
+        loss_average: str | None = DEFAULT,
+        lr_cov: float | Callable[[int], float] = DEFAULT,
+        structures: tuple[str, str] = DEFAULT,
         kfac_approx: str = "expand",
         warn_unsupported: bool = True,
         kfac_like: bool = False,
         preconditioner_dtype: tuple[torch.dtype | None, torch.dtype | None] = (None, None),
         init_grad_scale: float = 1.0,
-        normalize_lr_cov: bool = False,
+        normalize_lr_cov: bool = DEFAULT,
         *,
-        train_all_parameters: bool = True,
+        train_all_parameters: bool = DEFAULT,
         skip_nonfinite: bool = True,
         elementwise_lr: float | None = None,
         elementwise_beta2: float = 0.999,
@@ -117,9 +119,19 @@ class SINGD(BlockViews, Optimizer):
         process_group: dist.ProcessGroup | None = None,
         distribute: str = "replicate",
         average_gradients: bool | None = None,
-        warm_start: bool = False,
+        warm_start: bool = DEFAULT,
+        relative_damping: float = DEFAULT,
+        graft: str | None = DEFAULT,
+        momentum_dampening: bool = DEFAULT,
+        defaults: str = "recommended",
     ) -> None:
         r"""Create the optimizer and install its recording hooks on ``model``.
+
+        Arguments left at ``DEFAULT`` take their value from the set of defaults named
+        by ``defaults`` (:mod:`singd_opt.default_sets`): ``"recommended"`` (Adafactor
+        grafting, relative damping 0.1 over an absolute 1e-8, warm start, ``T=1``,
+        ``alpha1=0``, ``structures=("auto", "auto")``, every parameter trained; the
+        rest as the reference) or ``"reference"`` (the reference's defaults).
 
         Args:
             model: The network (a ``DistributedDataParallel`` wrapper is unwrapped).
@@ -175,8 +187,17 @@ class SINGD(BlockViews, Optimizer):
                 jump to the fixed point of that update's curvature
                 (:func:`singd_opt.warm_start.fixed_point_factors`: exact for dense,
                 diagonal and block-diagonal factors, a trace-matched multiple of the
-                identity for the others). Needs ``damping > 0``. ``False`` (default)
-                keeps the reference's behaviour.
+                identity for the others). Needs ``damping > 0``.
+            relative_damping: :math:`\lambda_r \geq 0`, damping in units of each
+                layer's curvature, added to the absolute ``damping``
+                (:mod:`singd_opt.damping`).
+            graft: Give each Kronecker block's direction the size of another rule's
+                (:mod:`singd_opt.grafting`): ``"rms"``, ``"adafactor"`` or ``None``.
+            momentum_dampening: Average the directions in the momentum buffer,
+                :math:`b \leftarrow \mu b + (1 - \mu) N`, instead of summing them.
+            defaults: The set of defaults of every argument not passed
+                (:mod:`singd_opt.default_sets`): ``"recommended"`` or ``"reference"``
+                (the reference implementation's defaults).
 
         Raises:
             TypeError: For a ``DataParallel`` model, or an argument of the wrong type.
@@ -185,12 +206,16 @@ class SINGD(BlockViews, Optimizer):
                 set-up that differs between the processes of the group, naming the first
                 difference. Nothing changes on error.
         """
+        arguments = resolve_defaults(defaults, {k: v for k, v in locals().items() if k in SETTINGS})
+        train_all_parameters = arguments.pop("train_all_parameters")
         # the hyper-parameters that parameter groups may set, by their argument names
-        defaults: dict[str, Any] = {k: v for k, v in locals().items() if k in HYPERPARAMETERS}
-        if isinstance(structures, list):
-            defaults["structures"] = tuple(structures)
+        group_defaults: dict[str, Any] = {
+            k: v for k, v in {**locals(), **arguments}.items() if k in HYPERPARAMETERS
+        }
+        if isinstance(group_defaults["structures"], list):
+            group_defaults["structures"] = tuple(group_defaults["structures"])
         model, wrapped = unwrap_model(model)
-        check_group(defaults)
+        check_group(group_defaults)
         for flag, value in (
             ("warn_unsupported", warn_unsupported),
             ("train_all_parameters", train_all_parameters),
@@ -202,7 +227,9 @@ class SINGD(BlockViews, Optimizer):
         check_init_grad_scale(init_grad_scale)
         check_distribute(distribute, process_group)
 
-        groups = parameter_groups(model, params, defaults, train_all_parameters, warn_unsupported)
+        groups = parameter_groups(
+            model, params, group_defaults, train_all_parameters, warn_unsupported
+        )
         plan = plan_blocks(model, groups, train_all_parameters, warn_unsupported)
         sync = make_sync(
             plan.blocks,
@@ -219,7 +246,8 @@ class SINGD(BlockViews, Optimizer):
             },
         )
 
-        super().__init__(groups, defaults)
+        super().__init__(groups, group_defaults)
+        warn_large_factors(plan.blocks)
         self._constructed = True
         self.blocks: list[PreconditionerBlock] = plan.blocks
         self.module_names: dict[nn.Module, str] = plan.module_names

@@ -32,6 +32,10 @@ CASES = [
         for s in STRUCTURES
     ),
     Case("split-warm-start", options={"distribute": "split", "warm_start": True}),
+    *(
+        Case(f"recommended-{mode}", options={"defaults": "recommended", "distribute": mode})
+        for mode in ("replicate", "split")
+    ),
     Case("ddp", wrapper="ddp"),
     Case("ddp-split", wrapper="ddp", options={"distribute": "split"}),
     Case("sequence-batch+sequence", model="sequence", options={"loss_average": "batch+sequence"}),

@@ -292,6 +292,15 @@ class PreconditionerBlock(ABC):
         """``(H_K, H_C, rows, terms)`` recorded since the last update, if the block keeps such."""
         return None
 
+    def oversized(self, multiple: float, min_bytes: int) -> str | None:
+        """A line about the block if its preconditioner keeps more than ``multiple`` x its weight.
+
+        Args:
+            multiple: The stated multiple of the parameters' bytes.
+            min_bytes: Preconditioners of at most this many bytes are never reported.
+        """
+        return None
+
     def describe(self) -> dict[str, Any]:
         """Return a summary: ``kind`` and ``preconditioner`` (texts) and kind-specific facts."""
         return {"kind": self.kind, "preconditioner": ""}
