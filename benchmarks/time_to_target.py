@@ -14,18 +14,29 @@ Protocol:
   (scikit-learn's bundled 8x8 digits, the fixed split of
   :func:`singd_opt_demo.data.load_split`), mini-batches of 32, constant learning rates.
   Target: 97% accuracy on the 360 test images, evaluated every 10 steps, at most 600
-  steps (13 epochs).
-- **Optimizers**: SINGD with each standard structure in two configurations, the
+  steps (13 epochs). ``lm``: the demo's character transformer. **Real model families**
+  (:mod:`real_architectures`, built from ``transformers`` configs, skipped when it is
+  not installed): GPT-2 and Llama decoders on the demo's language-model text (batches
+  of 16 windows of 64 characters, a test-loss target), a ViT on the 8x8 digits and a
+  ResNet on the digits upsampled to 16x16 (accuracy targets); they run the optimizers
+  of :data:`REAL_OPTIMIZERS` unless ``--optimizers`` names others.
+- **Optimizers**: SINGD as a user who swaps AdamW for it writes it,
+  ``SINGD(model, lr=...)`` (every other argument the installed constructor's default,
+  recorded in the JSON); SINGD with each standard structure in two configurations, the
   constructor's defaults (``SINGD_DEFAULTS``) and the recommended fast-adapting one
   (``SINGD_FAST``: ``warm_start=True``, damping 0.01); AdamW; SGD with momentum 0.9;
   and, if the optional ``bench`` extra (heavyball) is installed, SOAP, PSGD-Kron and
   Muon (with AdamW for the non-matrix parameters), run without ``torch.compile``.
+  The SINGD configurations are named entries of :data:`SINGD_CONFIGS`; ``--singd
+  NAME=JSON`` adds one from the command line.
 - **Tuning**, never on the test split: every optimizer's learning rate (and SINGD's
   ``lr_cov``) is chosen from a small grid (:func:`candidates`, printed and stored in the
   JSON) by the mean number of steps to the same target on a validation split carved out
   of the training split (1149 training / 288 validation images), over two tuning seeds
-  (100, 101) that differ from the measurement seeds; a run that misses the target
-  counts as twice the step limit, and ties go to the smaller wall-clock time.
+  (100, 101; ``--tuning-seeds 1`` for the first only) that differ from the measurement
+  seeds; a run that misses the target counts as twice the step limit, and ties go to
+  the smaller wall-clock time. AdamW, SOAP, PSGD-Kron, Muon and ``SINGD(model, lr)``
+  choose from the same learning rates (:data:`LR_GRID`).
 - **Measurement**: the tuned setting, trained on the whole training split with seeds
   0, 1, 2 (seed-major: every optimizer's seed-0 run, then seed 1, then seed 2, so that
   a changing load on a shared machine affects all optimizers alike); the table gives
@@ -36,24 +47,30 @@ Protocol:
 
 Usage::
 
-    python benchmarks/time_to_target.py              # everything (about 30 minutes)
+    python benchmarks/time_to_target.py              # everything (over an hour)
     python benchmarks/time_to_target.py --quick      # smoke test: tiny grid, 1 seed
     python benchmarks/time_to_target.py --workloads digits_mlp --optimizers adamw \\
         singd/diagonal/fast                           # a subset
+    python benchmarks/time_to_target.py --tuning-seeds 1 --workloads gpt2_lm \\
+        llama_lm vit_digits resnet_digits             # the real architectures
+    python benchmarks/time_to_target.py --workloads vit_digits \\
+        --singd 'every_step={"T": 1}'                 # one more SINGD configuration
 
 Results go to ``benchmarks/results/time_to_target.json`` (``--output`` to change it);
-``docs/examples/plot_08_time_to_target.py`` plots them.
+``docs/examples/plot_10_time_to_target.py`` plots them.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import math
 import os
 import platform
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -63,12 +80,15 @@ from typing import Any
 
 # Before torch loads OpenMP: idle threads sleep instead of spinning (shared cores).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The sibling module with the real-architecture models, however this file is loaded.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional
 from torch.optim import Optimizer
 
+import real_architectures
 from singd_opt import SINGD
 from singd_opt_demo.data import NUM_CLASSES, load_split
 from singd_opt_demo.models import make_cnn
@@ -111,6 +131,10 @@ class Workload:
         singd_options: Extra keyword arguments of SINGD for this workload (for example
             ``loss_average`` of a sequence model).
         target_text: The target in words, for the table.
+        optimizers: Keys of the candidates run on this workload when the command line
+            names none (``None``: every candidate).
+        missing: Returns why the workload cannot run here (a package is missing), or
+            ``None``; such a workload is skipped with that note.
     """
 
     name: str
@@ -127,6 +151,8 @@ class Workload:
     )
     singd_options: Mapping[str, Any] = field(default_factory=dict)
     target_text: str = "97% test accuracy"
+    optimizers: tuple[str, ...] | None = None
+    missing: Callable[[], str | None] = field(default=lambda: None)
 
 
 WORKLOADS: dict[str, Workload] = {}
@@ -190,6 +216,87 @@ register_workload(
     )
 )
 
+# ---------------------------------------------------- real model families
+#: The optimizers run by default on the real-architecture workloads: the baselines, the
+#: peers, SINGD as a user writes it (only ``lr``) and dense SINGD updating its factors
+#: at every step (the setting the measurements recommend for layers this narrow).
+REAL_OPTIMIZERS = (
+    "adamw",
+    "sgd",
+    "singd/defaults",
+    "singd/dense/every_step",
+    "soap",
+    "psgd_kron",
+    "muon",
+)
+#: Test losses (nats per character) the GPT-2 and Llama decoders must reach.
+GPT2_TARGET_LOSS, LLAMA_TARGET_LOSS = 2.7, 2.45
+#: Accuracy targets of the ViT and the ResNet.
+VIT_TARGET, RESNET_TARGET = 0.75, 0.97
+#: Every how many-th evaluation window of the language-model split is evaluated.
+LM_EVAL_STRIDE = 4
+
+
+def _load_lm_strided_eval(validation: bool) -> Any:
+    """The language-model split with every :data:`LM_EVAL_STRIDE`-th evaluation window."""
+    split = LM.load_split(validation)
+    stride = slice(None, None, LM_EVAL_STRIDE)
+    return dataclasses.replace(
+        split, eval_sets={name: (x[stride], y[stride]) for name, (x, y) in split.eval_sets.items()}
+    )
+
+
+for _name, _model, _make, _target in (
+    ("gpt2_lm", "GPT-2", real_architectures.make_gpt2, GPT2_TARGET_LOSS),
+    ("llama_lm", "Llama", real_architectures.make_llama, LLAMA_TARGET_LOSS),
+):
+    register_workload(
+        Workload(
+            _name,
+            f"{_model} decoder (transformers config, tied embeddings), 2 layers of width "
+            f"64, on characters of Python's standard library",
+            _make,
+            _load_lm_strided_eval,
+            target=-_target,
+            batch_size=16,
+            eval_every=25,
+            max_steps=300,
+            loss=_sequence_loss,
+            score=_negative_loss,
+            singd_options={"loss_average": "batch+sequence"},
+            target_text=f"test loss {_target} nats/char (every {LM_EVAL_STRIDE}th test window)",
+            optimizers=REAL_OPTIMIZERS,
+            missing=real_architectures.transformers_missing,
+        )
+    )
+register_workload(
+    Workload(
+        "vit_digits",
+        "ViT (transformers config), 2 layers of width 64, patches 2x2, on 8x8 digits",
+        real_architectures.make_vit,
+        load_split,
+        target=VIT_TARGET,
+        max_steps=400,
+        target_text=f"{VIT_TARGET:.0%} test accuracy",
+        optimizers=REAL_OPTIMIZERS,
+        missing=real_architectures.transformers_missing,
+    )
+)
+register_workload(
+    Workload(
+        "resnet_digits",
+        "ResNet with basic blocks (transformers config), 16/32/64 channels, on digits "
+        "upsampled to 16x16",
+        real_architectures.make_resnet,
+        real_architectures.load_digits_16,
+        target=RESNET_TARGET,
+        max_steps=300,
+        target_text=f"{RESNET_TARGET:.0%} test accuracy",
+        optimizers=REAL_OPTIMIZERS,
+        missing=real_architectures.transformers_missing,
+    )
+)
+
 
 # ----------------------------------------------------------------- optimizers
 @dataclass(frozen=True)
@@ -218,13 +325,9 @@ def _grid(**axes: Iterable[Any]) -> list[dict[str, Any]]:
     return settings
 
 
-def _singd(config: Mapping[str, Any], structure: str) -> Callable[..., Optimizer]:
+def _singd(options: Mapping[str, Any]) -> Callable[..., Optimizer]:
     def build(model: nn.Module, setting: Mapping[str, Any], workload: Workload) -> Optimizer:
-        return SINGD(
-            model,
-            structures=(structure, structure),
-            **{**workload.singd_options, **config, **setting},
-        )
+        return SINGD(model, **{**workload.singd_options, **options, **setting})
 
     return build
 
@@ -261,26 +364,118 @@ def heavyball_missing() -> str | None:
     return None
 
 
-def candidates(quick: bool = False) -> list[Candidate]:
+#: The learning rates every Adam-like optimizer chooses from: AdamW, SOAP, PSGD-Kron,
+#: Muon+AdamW and SINGD with its constructor's defaults.
+LR_GRID = (1e-3, 3e-3, 1e-2, 3e-2)
+
+
+@dataclass(frozen=True)
+class SingdConfig:
+    """A named SINGD configuration: what is fixed and what is tuned.
+
+    The optimizer is ``SINGD(model, **workload.singd_options, **options, **setting)``
+    for each ``setting`` of ``grid``; every argument not named keeps the constructor's
+    default of the installed version.
+
+    Attributes:
+        label: Name in the table.
+        options: Fixed keyword arguments (``structures`` included, if any).
+        grid: The settings tried on the validation split.
+    """
+
+    label: str
+    options: Mapping[str, Any]
+    grid: Sequence[Mapping[str, Any]]
+
+
+def _standard_singd_configs() -> dict[str, SingdConfig]:
+    configs = {
+        # What a user who swaps AdamW for SINGD writes: only the learning rate.
+        "singd/defaults": SingdConfig("SINGD(model, lr)", {}, _grid(lr=LR_GRID)),
+    }
+    fast_grid = [
+        {"lr": damping * ratio, "damping": damping}
+        for damping in (0.01, 0.1)
+        for ratio in (0.03, 0.1, 0.3)
+    ]
+    for structure in STRUCTURES:
+        structures = {"structures": (structure, structure)}
+        configs[f"singd/{structure}/default"] = SingdConfig(
+            f"SINGD {structure} (default)",
+            {**structures, **SINGD_DEFAULTS},
+            _grid(lr=(1e-4, 3e-4, 1e-3), lr_cov=(0.01, 0.1)),
+        )
+        configs[f"singd/{structure}/fast"] = SingdConfig(
+            f"SINGD {structure} (fast)", {**structures, **SINGD_FAST}, fast_grid
+        )
+        if structure == "dense":
+            configs["singd/dense/every_step"] = SingdConfig(
+                "SINGD dense (T=1)",
+                {**structures, **SINGD_EVERY_STEP},
+                _grid(lr=(1e-4, 3e-4, 1e-3)),
+            )
+    return configs
+
+
+#: The SINGD configurations by candidate key. Add one here (or with ``--singd
+#: NAME=JSON`` on the command line) to benchmark it beside the others.
+SINGD_CONFIGS: dict[str, SingdConfig] = _standard_singd_configs()
+
+
+def parse_singd_config(text: str) -> tuple[str, SingdConfig]:
+    """Parse ``NAME=JSON`` (fixed SINGD keyword arguments) into a configuration.
+
+    The learning rate is tuned over :data:`LR_GRID` unless the JSON fixes ``lr``; a
+    JSON list becomes a tuple (for ``structures``).
+
+    Returns:
+        The candidate key ``"singd/NAME"`` and the configuration.
+
+    Raises:
+        ValueError: If ``text`` has no ``=``, the name is empty or the JSON is not an
+            object.
+    """
+    name, sep, payload = text.partition("=")
+    if not sep or not name:
+        raise ValueError(f"--singd expects NAME=JSON, e.g. 'graft={{\"T\": 1}}'; got {text!r}")
+    options = json.loads(payload)
+    if not isinstance(options, dict):
+        raise ValueError(f"--singd {name}: the JSON must be an object of keyword arguments")
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    grid = [{}] if "lr" in options else _grid(lr=LR_GRID)
+    return f"singd/{name}", SingdConfig(f"SINGD {name}", options, grid)
+
+
+def candidates(
+    quick: bool = False, singd_configs: Mapping[str, SingdConfig] | None = None
+) -> list[Candidate]:
     """Return every optimizer configuration with its tuning grid.
 
     Grids (lr is the learning rate of the parameters; SINGD's damping makes its
     useful lr roughly proportional to the damping):
 
-    - AdamW (weight decay 0.01): lr in {1e-3, 3e-3, 1e-2, 3e-2};
+    - AdamW (weight decay 0.01), SOAP, PSGD-Kron, Muon+AdamW and SINGD with only ``lr``
+      set: lr in :data:`LR_GRID` {1e-3, 3e-3, 1e-2, 3e-2};
     - SGD, momentum 0.9: lr in {0.03, 0.1, 0.3};
-    - SINGD defaults (damping 1e-3, T 10): lr in {1e-4, 3e-4, 1e-3} x lr_cov in {0.01, 0.1};
-    - SINGD fast (warm start, T 10, lr_cov 0.1): damping in {0.01, 0.1} x lr / damping in
-      {0.03, 0.1, 0.3};
+    - SINGD per structure, defaults (damping 1e-3, T 10): lr in {1e-4, 3e-4, 1e-3} x
+      lr_cov in {0.01, 0.1};
+    - SINGD per structure, fast (warm start, T 10, lr_cov 0.1): damping in {0.01, 0.1} x
+      lr / damping in {0.03, 0.1, 0.3};
     - SINGD dense, every step (T 1, damping 1e-3, lr_cov 0.1): lr in {1e-4, 3e-4, 1e-3};
-    - SOAP: lr in {1e-3, 3e-3, 1e-2}; PSGD-Kron: lr in {3e-4, 1e-3, 3e-3}; Muon+AdamW:
-      lr in {3e-3, 1e-2, 3e-2}.
+    - further SINGD configurations from ``singd_configs``.
 
     Args:
-        quick: One setting per optimizer and only AdamW, SGD and SINGD (diagonal), for a
-            smoke test.
+        quick: One setting per optimizer and only AdamW, SGD and SINGD (diagonal default
+            and fast, and with only ``lr`` set), for a smoke test.
+        singd_configs: The SINGD configurations (default :data:`SINGD_CONFIGS`).
     """
+    configs = SINGD_CONFIGS if singd_configs is None else singd_configs
     if quick:
+        quick_settings = {
+            "singd/defaults": {"lr": 3e-3},
+            "singd/diagonal/default": {"lr": 3e-4, "lr_cov": 0.1},
+            "singd/diagonal/fast": {"lr": 1e-3, "damping": 0.01},
+        }
         return [
             Candidate("adamw", "AdamW", _torch(torch.optim.AdamW), [{"lr": 3e-3}]),
             Candidate(
@@ -291,21 +486,14 @@ def candidates(quick: bool = False) -> list[Candidate]:
                 {"momentum": 0.9},
             ),
             *(
-                Candidate(
-                    f"singd/diagonal/{tag}",
-                    f"SINGD diagonal ({tag})",
-                    _singd(config, "diagonal"),
-                    [setting],
-                    config,
-                )
-                for tag, config, setting in (
-                    ("default", SINGD_DEFAULTS, {"lr": 3e-4, "lr_cov": 0.1}),
-                    ("fast", SINGD_FAST, {"lr": 1e-3, "damping": 0.01}),
-                )
+                Candidate(key, config.label, _singd(config.options), [quick_settings[key]],
+                          config.options)
+                for key, config in configs.items()
+                if key in quick_settings
             ),
         ]
     result = [
-        Candidate("adamw", "AdamW", _torch(torch.optim.AdamW), _grid(lr=(1e-3, 3e-3, 1e-2, 3e-2))),
+        Candidate("adamw", "AdamW", _torch(torch.optim.AdamW), _grid(lr=LR_GRID)),
         Candidate(
             "sgd",
             "SGD",
@@ -314,43 +502,14 @@ def candidates(quick: bool = False) -> list[Candidate]:
             {"momentum": 0.9},
         ),
     ]
-    for structure in STRUCTURES:
-        result.append(
-            Candidate(
-                f"singd/{structure}/default",
-                f"SINGD {structure} (default)",
-                _singd(SINGD_DEFAULTS, structure),
-                _grid(lr=(1e-4, 3e-4, 1e-3), lr_cov=(0.01, 0.1)),
-                SINGD_DEFAULTS,
-            )
-        )
-        result.append(
-            Candidate(
-                f"singd/{structure}/fast",
-                f"SINGD {structure} (fast)",
-                _singd(SINGD_FAST, structure),
-                [
-                    {"lr": damping * ratio, "damping": damping}
-                    for damping in (0.01, 0.1)
-                    for ratio in (0.03, 0.1, 0.3)
-                ],
-                SINGD_FAST,
-            )
-        )
-        if structure == "dense":
-            result.append(
-                Candidate(
-                    "singd/dense/every_step",
-                    "SINGD dense (T=1)",
-                    _singd(SINGD_EVERY_STEP, structure),
-                    _grid(lr=(1e-4, 3e-4, 1e-3)),
-                    SINGD_EVERY_STEP,
-                )
-            )
     result += [
-        Candidate("soap", "SOAP", _heavyball("SOAP"), _grid(lr=(1e-3, 3e-3, 1e-2))),
-        Candidate("psgd_kron", "PSGD-Kron", _heavyball("PSGDKron"), _grid(lr=(3e-4, 1e-3, 3e-3))),
-        Candidate("muon", "Muon+AdamW", _heavyball("MuonAdamW"), _grid(lr=(3e-3, 1e-2, 3e-2))),
+        Candidate(key, config.label, _singd(config.options), config.grid, config.options)
+        for key, config in configs.items()
+    ]
+    result += [
+        Candidate("soap", "SOAP", _heavyball("SOAP"), _grid(lr=LR_GRID)),
+        Candidate("psgd_kron", "PSGD-Kron", _heavyball("PSGDKron"), _grid(lr=LR_GRID)),
+        Candidate("muon", "Muon+AdamW", _heavyball("MuonAdamW"), _grid(lr=LR_GRID)),
     ]
     return result
 
@@ -507,8 +666,13 @@ def benchmark(
     tuning_seeds: Sequence[int],
     log: Callable[[str], None] = print,
     max_steps: int | None = None,
+    select: Callable[[Workload, Candidate], bool] | None = None,
 ) -> dict[str, Any]:
-    """Tune and measure every candidate on every workload; return the results dict."""
+    """Tune and measure every candidate on every workload; return the results dict.
+
+    ``select(workload, candidate)`` (default: always) says which candidates run on which
+    workload.
+    """
     results: dict[str, Any] = {}
     for name in workload_names:
         workload = WORKLOADS[name]
@@ -518,6 +682,8 @@ def benchmark(
         log(f"\n== {name}: {workload.description}")
         chosen: dict[str, tuple[Candidate, Mapping[str, Any], list[dict[str, Any]]]] = {}
         for candidate in candidate_list:
+            if select is not None and not select(workload, candidate):
+                continue
             log(f"  {candidate.label}: tuning on the validation split")
             setting, records = tune(workload, candidate, validation, tuning_seeds, log)
             chosen[candidate.key] = (candidate, setting, records)
@@ -555,6 +721,7 @@ def benchmark(
             "eval_every": workload.eval_every,
             "max_steps": workload.max_steps,
             "batch_size": workload.batch_size,
+            "singd_options": dict(workload.singd_options),
             "optimizers": rows,
         }
     return results
@@ -611,27 +778,63 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny grid, 1 seed")
     parser.add_argument("--workloads", nargs="+", default=None, choices=sorted(WORKLOADS))
-    parser.add_argument("--optimizers", nargs="+", default=None, help="candidate keys")
+    parser.add_argument(
+        "--optimizers",
+        nargs="+",
+        default=None,
+        help="candidate keys (default: each workload's own list, or every candidate)",
+    )
+    parser.add_argument(
+        "--singd",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="add SINGD with these fixed keyword arguments as candidate singd/NAME "
+        "(lr tuned over the shared grid unless given); repeatable",
+    )
+    parser.add_argument("--tuning-seeds", type=int, default=len(TUNING_SEEDS))
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if not 1 <= args.tuning_seeds <= len(TUNING_SEEDS):
+        parser.error(f"--tuning-seeds must be 1 to {len(TUNING_SEEDS)}, got {args.tuning_seeds}")
     torch.set_num_threads(args.threads)
 
-    all_candidates = candidates(args.quick)
+    configs = dict(SINGD_CONFIGS)
+    added = []
+    for text in args.singd:
+        try:
+            key, config = parse_singd_config(text)
+        except ValueError as error:
+            parser.error(str(error))
+        configs[key] = config
+        added.append(key)
+    all_candidates = candidates(args.quick, configs)
     known = [c.key for c in all_candidates]
     if args.optimizers is not None:
         unknown = sorted(set(args.optimizers) - set(known))
         if unknown:
             parser.error(f"unknown optimizers {unknown}; choose from {known}")
-        all_candidates = [c for c in all_candidates if c.key in args.optimizers]
+        all_candidates = [c for c in all_candidates if c.key in args.optimizers + added]
     missing = heavyball_missing() if any(c.key in HEAVYBALL_KEYS for c in all_candidates) else None
     if missing:
         print(f"skipping SOAP, PSGD-Kron and Muon: {missing}")
     usable = [c for c in all_candidates if not (missing and c.key in HEAVYBALL_KEYS)]
 
-    workloads = args.workloads or sorted(WORKLOADS)
+    def select(workload: Workload, candidate: Candidate) -> bool:
+        if args.quick or args.optimizers is not None or workload.optimizers is None:
+            return True
+        return candidate.key in workload.optimizers or candidate.key in added
+
+    workloads = []
+    for name in args.workloads or sorted(WORKLOADS):
+        reason = WORKLOADS[name].missing()
+        if reason:
+            print(f"skipping workload {name}: {reason}")
+        else:
+            workloads.append(name)
     measurement_seeds = MEASUREMENT_SEEDS[:1] if args.quick else MEASUREMENT_SEEDS
-    tuning_seeds = TUNING_SEEDS[:1] if args.quick else TUNING_SEEDS
+    tuning_seeds = TUNING_SEEDS[: 1 if args.quick else args.tuning_seeds]
     start = time.perf_counter()
     load_start = [round(x, 2) for x in os.getloadavg()]
     with warnings.catch_warnings():
@@ -643,11 +846,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             measurement_seeds,
             tuning_seeds,
             max_steps=20 if args.quick else None,
+            select=select,
         )
     if missing:
-        for workload in results.values():
+        for name, workload in results.items():
             for candidate in all_candidates:
-                if candidate.key in HEAVYBALL_KEYS:
+                if candidate.key in HEAVYBALL_KEYS and select(WORKLOADS[name], candidate):
                     workload["optimizers"][candidate.key] = {
                         "label": candidate.label,
                         "skipped": missing,
@@ -660,7 +864,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "machine": platform.machine(),
             "processor": platform.processor() or platform.machine(),
             "python": platform.python_version(),
-            "heavyball": _heavyball_version(),
+            "heavyball": _version("heavyball"),
+            "transformers": _version("transformers"),
+            "singd_constructor_defaults": singd_constructor_defaults(),
             "quick": args.quick,
             "measurement_seeds": list(measurement_seeds),
             "tuning_seeds": list(tuning_seeds),
@@ -689,11 +895,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return data
 
 
-def _heavyball_version() -> str | None:
+def singd_constructor_defaults() -> dict[str, str]:
+    """The default of every keyword argument of the installed ``SINGD`` (as ``repr``)."""
+    return {
+        name: repr(parameter.default)
+        for name, parameter in inspect.signature(SINGD).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+
+
+def _version(package: str) -> str | None:
     try:
         from importlib.metadata import version
 
-        return version("heavyball")
+        return version(package)
     except Exception:
         return None
 

@@ -64,3 +64,5 @@ def test_from_inner_diagonal_checks_its_argument() -> None:
         A.from_inner_diagonal([1.0, 2.0, 3.0, 4.0])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"values must have shape \(4,\)"):
         A.from_inner_diagonal(torch.ones(3))
+    with pytest.raises(TypeError, match="dtype"):
+        A.from_inner_diagonal(torch.ones(4, dtype=torch.float64))

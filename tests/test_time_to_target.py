@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -34,7 +35,7 @@ def test_quick_mode_writes_results_and_a_table(
     data = ttt.main(["--quick", "--workloads", "digits_cnn", "digits_mlp", "--output", str(output)])
     assert json.loads(output.read_text()) == json.loads(json.dumps(data))
     assert data["meta"]["quick"] is True and data["meta"]["threads"] == 1
-    expected = {"adamw", "sgd", "singd/diagonal/default", "singd/diagonal/fast"}
+    expected = {"adamw", "sgd", "singd/defaults", "singd/diagonal/default", "singd/diagonal/fast"}
     assert set(data["results"]) == {"digits_cnn", "digits_mlp"}
     for workload in data["results"].values():
         assert workload["max_steps"] == 20 and workload["target"] == 0.97
@@ -92,3 +93,86 @@ def test_the_language_model_is_a_workload_with_a_loss_target(ttt: ModuleType) ->
     assert workload.target == -ttt.LM_TARGET_LOSS  # scores are higher-is-better
     assert "nats/char" in workload.target_text
     assert workload.singd_options == {"loss_average": "batch+sequence"}
+
+
+def test_singd_with_only_a_learning_rate_gets_nothing_else(
+    ttt: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    monkeypatch.setattr(ttt, "SINGD", lambda model, **kwargs: calls.append(kwargs))
+    candidate = next(c for c in ttt.candidates() if c.key == "singd/defaults")
+    assert [s["lr"] for s in candidate.grid] == list(ttt.LR_GRID)
+    adamw = next(c for c in ttt.candidates() if c.key == "adamw")
+    assert adamw.grid == candidate.grid  # one learning-rate grid for both
+    candidate.build(None, {"lr": 3e-3}, ttt.WORKLOADS["digits_mlp"])
+    candidate.build(None, {"lr": 1e-2}, ttt.WORKLOADS["lm"])
+    assert calls == [{"lr": 3e-3}, {"lr": 1e-2, "loss_average": "batch+sequence"}]
+
+
+def test_named_singd_configurations_parse_and_bad_ones_are_refused(ttt: ModuleType) -> None:
+    key, config = ttt.parse_singd_config('graft={"T": 1, "structures": ["diagonal", "dense"]}')
+    assert key == "singd/graft" and config.options == {"T": 1, "structures": ("diagonal", "dense")}
+    assert [s["lr"] for s in config.grid] == list(ttt.LR_GRID)
+    _, fixed = ttt.parse_singd_config('fixed={"lr": 0.01}')
+    assert fixed.grid == [{}]
+    keys = [c.key for c in ttt.candidates(singd_configs={key: config})]
+    assert "singd/graft" in keys and "singd/defaults" not in keys
+    with pytest.raises(ValueError, match="NAME=JSON"):
+        ttt.parse_singd_config('{"T": 1}')
+    with pytest.raises(ValueError, match="object"):
+        ttt.parse_singd_config("x=[1, 2]")
+
+
+def test_a_workload_whose_package_is_missing_is_skipped(
+    ttt: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workload = dataclasses.replace(ttt.WORKLOADS["digits_mlp"], name="absent")
+    ttt.register_workload(dataclasses.replace(workload, missing=lambda: "no such package"))
+    try:
+        data = ttt.main(["--quick", "--workloads", "absent", "--output", str(tmp_path / "r.json")])
+    finally:
+        del ttt.WORKLOADS["absent"]
+    assert data["results"] == {}
+    assert "skipping workload absent: no such package" in capsys.readouterr().out
+
+
+REAL_WORKLOADS = ("gpt2_lm", "llama_lm", "vit_digits", "resnet_digits")
+
+
+def test_real_architectures_are_workloads_with_the_shared_optimizer_list(ttt: ModuleType) -> None:
+    for name in REAL_WORKLOADS:
+        workload = ttt.WORKLOADS[name]
+        assert workload.optimizers == ttt.REAL_OPTIMIZERS
+        assert set(workload.optimizers) <= {c.key for c in ttt.candidates()}
+    assert ttt.WORKLOADS["gpt2_lm"].target == -ttt.GPT2_TARGET_LOSS
+    assert ttt.WORKLOADS["resnet_digits"].target == ttt.RESNET_TARGET
+
+
+def test_real_architectures_quick_mode(ttt: ModuleType, tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    output = tmp_path / "time_to_target.json"
+    data = ttt.main(
+        [
+            "--quick",
+            "--workloads",
+            "llama_lm",
+            "resnet_digits",
+            "--optimizers",
+            "adamw",
+            "singd/defaults",
+            "--output",
+            str(output),
+        ]
+    )
+    assert set(data["results"]) == {"llama_lm", "resnet_digits"}
+    assert data["meta"]["transformers"] is not None
+    assert {"lr", "T", "structures"} <= set(data["meta"]["singd_constructor_defaults"])
+    for workload in data["results"].values():
+        assert set(workload["optimizers"]) == {"adamw", "singd/defaults"}
+        for row in workload["optimizers"].values():
+            run = row["runs"][0]
+            assert run["steps_run"] == 20 and not run["diverged"]
+    loss = -data["results"]["llama_lm"]["optimizers"]["adamw"]["runs"][0]["score"]
+    assert 0.0 < loss < math.log(97)  # below the uniform guess over 97 tokens
+    accuracy = data["results"]["resnet_digits"]["optimizers"]["adamw"]["runs"][0]["score"]
+    assert 0.0 <= accuracy <= 1.0

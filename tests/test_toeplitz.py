@@ -279,11 +279,13 @@ def test_every_op_keeps_the_dtype(cls: type[TriangularToeplitz], dtype: torch.dt
 
 
 @classes
-def test_mixed_dtypes_promote_and_empty_operands_work(cls: type[TriangularToeplitz]) -> None:
+def test_mixed_dtypes_raise_and_empty_operands_work(cls: type[TriangularToeplitz]) -> None:
     A = random_member(cls, 9, seed=9, dtype=torch.float32)
     X = random_tensor((9, 2), seed=1)
-    assert (A @ X).dtype == torch.float64
-    close(A @ X, A.to(torch.float64).to_dense() @ X, rtol=1e-6)
+    for product in (lambda: A @ X, lambda: A.rmatmat(X), lambda: A.from_inner(X)):
+        with pytest.raises(TypeError, match=r"float64 but the matrix torch\.float32"):
+            product()
+    close(A @ X.float(), A.to_dense() @ X.float(), rtol=1e-6)
     empty = torch.zeros(9, 0)
     assert (A @ empty).shape == (9, 0)
     assert torch.equal(cls.from_mat_inner(empty).coefficients, torch.zeros(9))

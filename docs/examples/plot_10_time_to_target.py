@@ -2,11 +2,12 @@
 Time to a target accuracy
 =========================
 
-``benchmarks/time_to_target.py`` trains the digits CNN and an MLP with every optimizer
-until the test accuracy reaches 97%, and the character-level language model of
-``singd-opt --task lm`` until its test loss reaches 2.2 nats per character, and records
-the number of steps and the seconds of training steps that took (one thread, learning
-rates tuned on a validation split, three seeds).
+``benchmarks/time_to_target.py`` trains each workload (the digits CNN and an MLP, the
+character transformer of ``singd-opt --task lm``, and GPT-2, Llama, ViT and ResNet
+models built from ``transformers`` configs) with every optimizer until the test score
+reaches a target (97% accuracy on the digits, 2.2 nats per character for the character
+transformer) and records the number of steps and the seconds of training steps that
+took (one thread, learning rates tuned on a validation split, three seeds).
 ``benchmarks/preconditioner_adaptation.py`` measures how far SINGD's factors are from
 their fixed point over the steps. This example reads both result files from
 ``benchmarks/results/`` and plots them; it measures nothing itself.
@@ -60,15 +61,25 @@ adaptation = load("preconditioner_adaptation.json")
 
 if targets is not None:
     workloads = list(targets["results"])
-    fig, axes = plt.subplots(
-        len(workloads), 2, figsize=(10, 0.32 * 20 * len(workloads)), squeeze=False
-    )
-    for row_axes, workload in zip(axes, workloads, strict=True):
-        rows = [
+    measured = {
+        workload: [
             row
             for row in targets["results"][workload]["optimizers"].values()
             if "skipped" not in row
         ]
+        for workload in workloads
+    }
+    # one bar per optimizer: each workload's panels are as tall as its list
+    heights = [len(measured[workload]) + 2 for workload in workloads]
+    fig, axes = plt.subplots(
+        len(workloads),
+        2,
+        figsize=(10, 0.3 * sum(heights)),
+        squeeze=False,
+        gridspec_kw={"height_ratios": heights},
+    )
+    for row_axes, workload in zip(axes, workloads, strict=True):
+        rows = measured[workload]
         labels = [row["label"] for row in rows]
         positions = np.arange(len(rows))
         for ax, key, title in zip(

@@ -35,19 +35,23 @@ class SavedState:
         grad_scales: The gradient scales still needed (:class:`GradScales` state).
         blocks: The blocks, whose :attr:`~PreconditionerBlock.origin` saves and loads
             their state.
+        settled: Save the state as of the last step, without what was recorded
+            since (:meth:`~PreconditionerBlock.settled_state_dict`).
     """
 
     steps: int
     skipped_steps: int
     grad_scales: dict[int, float]
     blocks: list[PreconditionerBlock]
+    settled: bool = False
 
 
 def add_entry(state: dict[str, Any], saved: SavedState) -> dict[str, Any]:
     """Add the optimizer's entry to torch's state dict ``state`` (in place; returned).
 
     The entry ``"singd"`` holds ``steps``, ``skipped_steps``, ``grad_scales`` and
-    ``blocks`` (each block's state by block name). A callable ``lr_cov`` is saved as
+    ``blocks`` (each block's state by block name; with ``settled``, as of the last
+    step). A callable ``lr_cov`` is saved as
     the string ``"<callable>"`` (the loading optimizer keeps its own). The tensors are
     the live ones, not copies (as in torch).
     """
@@ -58,7 +62,10 @@ def add_entry(state: dict[str, Any], saved: SavedState) -> dict[str, Any]:
         "steps": saved.steps,
         "skipped_steps": saved.skipped_steps,
         "grad_scales": saved.grad_scales,
-        "blocks": {block.name: block.origin.state_dict() for block in saved.blocks},
+        "blocks": {
+            block.name: block.settled_state_dict() if saved.settled else block.origin.state_dict()
+            for block in saved.blocks
+        },
     }
     return state
 

@@ -15,7 +15,8 @@ skips, sparsely.
 optimizer's model uses as a linear map (a layer called outside that model's forward
 pass) records no curvature, so its ``K`` and ``C``
 would silently stay the identity. :func:`warn_unrecorded` names such blocks (once)
-at their first update step.
+at their first update step; with several processes a block counts as recorded when
+any process recorded it (see :meth:`~singd_opt.blocks.PreconditionerBlock.decide`).
 """
 
 from __future__ import annotations

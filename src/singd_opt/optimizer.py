@@ -24,6 +24,7 @@ from torch.optim import Optimizer
 
 from singd_opt import checkpoint
 from singd_opt.blocks import PreconditionerBlock, Proposal, StepContext
+from singd_opt.default_sets import DEFAULT, SETTINGS, resolve_defaults
 from singd_opt.diagnostics import ForeignUpdateWatch, report_skipped_step, warn_unrecorded
 from singd_opt.discovery import plan_blocks, unwrap_model
 from singd_opt.distributed.collectives import CommunicationStats
@@ -33,8 +34,10 @@ from singd_opt.grad_scale import GradScales
 from singd_opt.layers import LOSS_AVERAGES, SUPPORTED_MODULES
 from singd_opt.layers import preconditioner_dims as _preconditioner_dims
 from singd_opt.param_groups import parameter_groups
+from singd_opt.structure_choice import warn_large_factors
 from singd_opt.summary import describe_blocks, total_state_bytes
 from singd_opt.update import all_finite, apply_directions
+from singd_opt.user_warnings import warn_user
 from singd_opt.validation import (
     HYPERPARAMETERS,
     check_flag,
@@ -93,23 +96,23 @@ class SINGD(BlockViews, Optimizer):
         self,
         model: nn.Module,
         params: Iterable[nn.Parameter] | Iterable[dict[str, Any]] | None = None,
-        lr: float = 0.001,
-        momentum: float = 0.9,
-        damping: float = 0.001,
-        alpha1: float = 0.5,
-        weight_decay: float = 0.0,
-        T: int = 10,
-        loss_average: str | None = "batch",
-        lr_cov: float | Callable[[int], float] = 1e-2,
-        structures: tuple[str, str] = ("dense", "dense"),
+        lr: float = DEFAULT,
+        momentum: float = DEFAULT,
+        damping: float = DEFAULT,
+        alpha1: float = DEFAULT,
+        weight_decay: float = DEFAULT,
+        T: int = DEFAULT,
+        loss_average: str | None = DEFAULT,
+        lr_cov: float | Callable[[int], float] = DEFAULT,
+        structures: tuple[str, str] = DEFAULT,
         kfac_approx: str = "expand",
         warn_unsupported: bool = True,
         kfac_like: bool = False,
         preconditioner_dtype: tuple[torch.dtype | None, torch.dtype | None] = (None, None),
         init_grad_scale: float = 1.0,
-        normalize_lr_cov: bool = False,
+        normalize_lr_cov: bool = DEFAULT,
         *,
-        train_all_parameters: bool = True,
+        train_all_parameters: bool = DEFAULT,
         skip_nonfinite: bool = True,
         elementwise_lr: float | None = None,
         elementwise_beta2: float = 0.999,
@@ -118,9 +121,19 @@ class SINGD(BlockViews, Optimizer):
         process_group: dist.ProcessGroup | None = None,
         distribute: str = "replicate",
         average_gradients: bool | None = None,
-        warm_start: bool = False,
+        warm_start: bool = DEFAULT,
+        relative_damping: float = DEFAULT,
+        graft: str | None = DEFAULT,
+        momentum_dampening: bool = DEFAULT,
+        defaults: str = "recommended",
     ) -> None:
         r"""Create the optimizer and install its recording hooks on ``model``.
+
+        Arguments left at ``DEFAULT`` take their value from the set of defaults named
+        by ``defaults`` (:mod:`singd_opt.default_sets`): ``"recommended"`` (Adafactor
+        grafting, relative damping 0.1 over an absolute 1e-8, warm start, ``T=1``,
+        ``alpha1=0``, ``structures=("auto", "auto")``, every parameter trained; the
+        rest as the reference) or ``"reference"`` (the reference's defaults).
 
         Args:
             model: The network (a ``DistributedDataParallel`` wrapper is unwrapped).
@@ -176,20 +189,35 @@ class SINGD(BlockViews, Optimizer):
                 jump to the fixed point of that update's curvature
                 (:func:`singd_opt.warm_start.fixed_point_factors`: exact for dense,
                 diagonal and block-diagonal factors, a trace-matched multiple of the
-                identity for the others). Needs ``damping > 0``. ``False`` (default)
-                keeps the reference's behaviour.
+                identity for the others). Needs ``damping > 0``.
+            relative_damping: :math:`\lambda_r \geq 0`, damping in units of each
+                layer's curvature, added to the absolute ``damping``
+                (:mod:`singd_opt.damping`).
+            graft: Give each Kronecker block's direction the size of another rule's
+                (:mod:`singd_opt.grafting`): ``"rms"``, ``"adafactor"`` or ``None``.
+            momentum_dampening: Average the directions in the momentum buffer,
+                :math:`b \leftarrow \mu b + (1 - \mu) N`, instead of summing them.
+            defaults: The set of defaults of every argument not passed
+                (:mod:`singd_opt.default_sets`): ``"recommended"`` or ``"reference"``
+                (the reference implementation's defaults).
 
         Raises:
             TypeError: For a ``DataParallel`` model, or an argument of the wrong type.
-            ValueError: For an invalid hyper-parameter, no parameter to train, or a
-                map whose parameters are in different groups. Nothing changes on error.
+            ValueError: For an invalid hyper-parameter, no parameter to train, a
+                map whose parameters are in different groups, or (on every process) a
+                set-up that differs between the processes of the group, naming the first
+                difference. Nothing changes on error.
         """
+        arguments = resolve_defaults(defaults, {k: v for k, v in locals().items() if k in SETTINGS})
+        train_all_parameters = arguments.pop("train_all_parameters")
         # the hyper-parameters that parameter groups may set, by their argument names
-        defaults: dict[str, Any] = {k: v for k, v in locals().items() if k in HYPERPARAMETERS}
-        if isinstance(structures, list):
-            defaults["structures"] = tuple(structures)
+        group_defaults: dict[str, Any] = {
+            k: v for k, v in {**locals(), **arguments}.items() if k in HYPERPARAMETERS
+        }
+        if isinstance(group_defaults["structures"], list):
+            group_defaults["structures"] = tuple(group_defaults["structures"])
         model, wrapped = unwrap_model(model)
-        check_group(defaults)
+        check_group(group_defaults)
         for flag, value in (
             ("warn_unsupported", warn_unsupported),
             ("train_all_parameters", train_all_parameters),
@@ -201,7 +229,9 @@ class SINGD(BlockViews, Optimizer):
         check_init_grad_scale(init_grad_scale)
         check_distribute(distribute, process_group)
 
-        groups = parameter_groups(model, params, defaults, train_all_parameters, warn_unsupported)
+        groups = parameter_groups(
+            model, params, group_defaults, train_all_parameters, warn_unsupported
+        )
         plan = plan_blocks(model, groups, train_all_parameters, warn_unsupported)
         sync = make_sync(
             plan.blocks,
@@ -210,9 +240,16 @@ class SINGD(BlockViews, Optimizer):
             distribute,
             average_gradients,
             wrapped,
+            groups,
+            {
+                "skip_nonfinite": skip_nonfinite,
+                "init_grad_scale": init_grad_scale,
+                "train_all_parameters": train_all_parameters,
+            },
         )
 
-        super().__init__(groups, defaults)
+        super().__init__(groups, group_defaults)
+        warn_large_factors(plan.blocks)
         self._constructed = True
         self.blocks: list[PreconditionerBlock] = plan.blocks
         self.module_names: dict[nn.Module, str] = plan.module_names
@@ -278,9 +315,22 @@ class SINGD(BlockViews, Optimizer):
 
     # -------------------------------------------------------------- checkpoints
     def _add_checkpoint_entry(self, state: dict[str, Any]) -> dict[str, Any]:
-        """State-dict post hook: add the blocks' state, steps and gradient scales."""
+        """State-dict post hook: add the blocks' state, steps and gradient scales.
+
+        With several processes the curvature recorded since the last step is this
+        process's share only; it is left out (with a warning when there is some), so
+        that every process saves the same state: the one after the last step.
+        """
+        settled = self._sync is not None
+        if settled and any(block.has_curvature() for block in self.blocks):
+            warn_user(
+                "state_dict() was called with curvature recorded since the last step; "
+                "each process holds only its share of it, so the checkpoint leaves it out "
+                f"and holds the state after step {self.steps}: resume by redoing this "
+                "step's forward and backward passes, or save after step()"
+            )
         saved = checkpoint.SavedState(
-            self.steps, self.skipped_steps, self._grad_scales.state(), self.blocks
+            self.steps, self.skipped_steps, self._grad_scales.state(), self.blocks, settled
         )
         return checkpoint.add_entry(state, saved)
 
@@ -349,7 +399,9 @@ class SINGD(BlockViews, Optimizer):
         :class:`torch.amp.GradScaler` found non-finite gradients or (with
         ``skip_nonfinite``) a direction or a new ``K, C`` is not finite; the curvature
         recorded for it is dropped, :attr:`skipped_steps` counts it and :attr:`steps`
-        does not. A warning reports the 1st, 2nd, 4th, 8th, ... skipped step.
+        does not. A warning reports the 1st, 2nd, 4th, 8th, ... skipped step. With
+        several processes the step is skipped on all of them when one of them finds
+        a reason to.
 
         Args:
             closure: Optional callable that re-evaluates the model (forward and
@@ -357,6 +409,14 @@ class SINGD(BlockViews, Optimizer):
 
         Returns:
             The closure's return value, or ``None`` without a closure.
+
+        Raises:
+            RuntimeError: On every process, when the gradient scalers of some
+                processes found non-finite gradients and others did not (call
+                :meth:`synchronize_gradients` before the scaler's ``unscale_`` and
+                ``step``).
+            ValueError: On every process, when a weight is used as different maps
+                (linear, convolution, embedding) on different processes.
         """
         loss = None
         if closure is not None:
@@ -365,14 +425,23 @@ class SINGD(BlockViews, Optimizer):
         self._foreign_updates.check()
         grad_factor = self._grad_scales.resolve(self.steps, self.__dict__)
         found_inf = self.__dict__.get("found_inf")
-        if found_inf is not None and not self.skip_nonfinite and bool(found_inf):
-            self._skip(scaler=True)
+        taken = False
+        if found_inf is not None and not self.skip_nonfinite:
+            # the scaler's finding alone decides (agreed over the processes)
+            votes = torch.tensor([0.0, float(bool(found_inf > 0))])
+            if self._sync is not None:
+                votes = self._sync.agree(votes)
+            if self._skips(votes, []):
+                self._skip(scaler=True)
+            else:
+                with torch.no_grad():
+                    taken = self._step(grad_factor)
         else:
             with torch.no_grad():
                 taken = self._step(grad_factor, found_inf)
-            if taken:
-                self.steps += 1
-                self._grad_scales.forget_before(self.steps)
+        if taken:
+            self.steps += 1
+            self._grad_scales.forget_before(self.steps)
         if self._recording_any:  # parameters that became element-wise need no more calls
             self._capture.drop(lambda target: target.active())
         self._set_recording()
@@ -397,10 +466,16 @@ class SINGD(BlockViews, Optimizer):
             self._sync.synchronize_gradients(self.param_groups)
 
     def _step(self, grad_factor: float, found_inf: Tensor | None = None) -> bool:
-        """Propose, check (with a scaler's ``found_inf``), commit, apply; return if taken."""
+        """Propose, check (with a scaler's ``found_inf``), commit, apply; return if taken.
+
+        With several processes, the blocks' open decisions are taken together first
+        (a deferred block's choice), and every process votes on skipping the step.
+        """
+        sync = self._sync
+        if sync is not None:
+            sync.decide(self.blocks)
         working = [block.for_step() for block in self.blocks]  # a deferred block's choice
         warn_unrecorded(working, self._unrecorded)
-        sync = self._sync
         gradients = sync.prepare_step(working, self.param_groups) if sync else None
         updating = any(block.has_curvature() for block in working)
         context = StepContext(
@@ -413,18 +488,18 @@ class SINGD(BlockViews, Optimizer):
         for block in working:
             if sync is None or sync.computes(block):
                 proposals[block.name] = block.propose(self.param_groups[block.group_index], context)
-        finite = torch.tensor(True)
+        votes = None  # this process's (proposals not finite, scaler found non-finite)
         if self.skip_nonfinite:
             checked = [t for p in proposals.values() for t in p.checked]
             if found_inf is not None:  # infinite where the scaler found non-finite values
                 checked.append(torch.where(found_inf > 0, torch.inf, 0.0).reshape(1))
-            finite = all_finite(sync.local_tensors(checked) if sync is not None else checked)
+            finite = bool(all_finite(sync.local_tensors(checked) if sync is not None else checked))
+            found = found_inf is not None and (sync is not None or not finite)
+            votes = torch.tensor([float(not finite), float(found and bool(found_inf > 0))])
         if sync is not None:
-            finite = sync.exchange(
-                working, proposals, finite, self.param_groups, context, self.skip_nonfinite
-            )
-        if self.skip_nonfinite and not bool(finite):
-            self._skip(found_inf is not None and bool(found_inf), working)
+            votes = sync.exchange(working, proposals, votes, self.param_groups, context)
+        if votes is not None and self._skips(votes, working):
+            self._skip(bool(votes[1] > 0), working)
             return False
         taken = [(block, proposals[block.name]) for block in working]
         for _, proposal in taken:
@@ -433,10 +508,36 @@ class SINGD(BlockViews, Optimizer):
         apply_directions(self, taken, sync.fit_update if sync is not None else None)
         return True
 
-    def _skip(self, scaler: bool, working: list[PreconditionerBlock] | None = None) -> None:
-        """Drop this step (its curvature, choices and gradient scale); count and report it."""
-        for block in [*self.blocks, *(working or [])]:
+    def _skips(self, votes: Tensor, working: list[PreconditionerBlock]) -> bool:
+        """Whether the votes (summed over the processes) skip the step.
+
+        Raises:
+            RuntimeError: On every process, when the gradient scalers of some processes
+                found non-finite gradients and others did not (their scales would
+                drift apart); the step is dropped first.
+        """
+        processes = self._sync.collectives.world_size if self._sync is not None else 1
+        scalers = int(votes[1])
+        if 0 < scalers < processes:
+            self._drop_step(working)
+            raise RuntimeError(
+                f"the gradient scalers of {scalers} of {processes} processes found "
+                "non-finite gradients (found_inf) and the others did not, so their scales "
+                "would drift apart: a scaler checks this process's own gradients before "
+                "step(); when SINGD averages the gradients (a model not wrapped in "
+                "DistributedDataParallel or FSDP2), call optimizer.synchronize_gradients() "
+                "before scaler.unscale_(optimizer) and scaler.step(optimizer)"
+            )
+        return bool(votes.sum() > 0)
+
+    def _drop_step(self, working: list[PreconditionerBlock]) -> None:
+        """Forget this step's curvature, choices and gradient scale."""
+        for block in [*self.blocks, *working]:
             block.drop_curvature()
         self._grad_scales.scales.pop(self.steps, None)
+
+    def _skip(self, scaler: bool, working: list[PreconditionerBlock] | None = None) -> None:
+        """Drop this step (its curvature, choices and gradient scale); count and report it."""
+        self._drop_step(working or [])
         self.skipped_steps += 1
         report_skipped_step(self.steps, self.skipped_steps, scaler)

@@ -23,7 +23,8 @@ Preconditioner update, with :math:`s = \frac{1}{2}` (times :math:`1 - \alpha_1` 
         + \lambda \bar{\operatorname{tr}}(\Pi_K(K^\top K)) \Pi_C(C^\top C) - I\right] \\
     K &\leftarrow K - \beta_1 K m_K, \qquad C \leftarrow C - \beta_1 C m_C,
 
-where ``kfac_like`` (IKFAC) drops the traces and the momentum:
+(with ``relative_damping`` the damping terms are measured in units of the curvature,
+see :mod:`singd_opt.damping`), where ``kfac_like`` (IKFAC) drops the traces and the momentum:
 :math:`m_K = s[H_K + \lambda \Pi_K(K^\top K) - I]`,
 :math:`m_C = s[u H_C + \lambda \Pi_C(C^\top C) - I]`; and ``normalize_lr_cov`` divides
 :math:`\beta_1` by :math:`\max(1, \|m\|_\infty)` of the new momentum.
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from singd_opt.damping import damping_coefficients
 from structmat import StructuredMatrix
 
 
@@ -53,6 +55,8 @@ class UpdateConfig:
         normalize_lr_cov: Normalise :math:`\beta_1` by the momentum's infinity norm.
         lr_cov: :math:`\beta_1` for this step.
         grad_unscaling: Factor :math:`u` that finishes un-scaling :math:`H_C`.
+        relative_damping: :math:`\lambda_r`, damping relative to the curvature
+            (:mod:`singd_opt.damping`).
     """
 
     damping: float
@@ -61,6 +65,7 @@ class UpdateConfig:
     normalize_lr_cov: bool
     lr_cov: float
     grad_unscaling: float = 1.0
+    relative_damping: float = 0.0
 
 
 def update_preconditioner(
@@ -93,16 +98,15 @@ def update_preconditioner(
     damping, alpha1, u = config.damping, config.alpha1, config.grad_unscaling
     K_tK = K.from_inner()
     C_tC = C.from_inner()
+    coeff_K_tK, coeff_C_tC = damping_coefficients(
+        damping, H_K, H_C, K_tK, C_tC, u, config.kfac_like, config.relative_damping
+    )
     if config.kfac_like:
         coeff_H_K: float | Tensor = 1.0
         coeff_H_C: float | Tensor = u
-        coeff_K_tK: float | Tensor = damping
-        coeff_C_tC: float | Tensor = damping
     else:
         coeff_H_K = u * H_C.average_trace()
         coeff_H_C = u * H_K.average_trace()
-        coeff_K_tK = damping * C_tC.average_trace()
-        coeff_C_tC = damping * K_tK.average_trace()
     scale = 0.5 * ((1.0 - alpha1) if config.normalize_lr_cov else 1.0)
 
     new_m_K = H_K if isinstance(coeff_H_K, float) and coeff_H_K == 1.0 else H_K.mul_(coeff_H_K)

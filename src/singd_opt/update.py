@@ -8,6 +8,10 @@ group's ``elementwise_lr`` for element-wise blocks, when set):
     b \leftarrow \mu b + N + \gamma \theta, \qquad \theta \leftarrow \theta - \beta_2 b,
 
 with :math:`b` the parameter's ``momentum_buffer`` (none for :math:`\mu = 0`). With
+``momentum_dampening`` the buffer is an average instead of a sum, :math:`b \leftarrow
+\mu b + (1 - \mu)(N + \gamma \theta)` after the first step (which sets :math:`b`
+to its update, as ``torch.optim.SGD`` with ``dampening`` :math:`= \mu` does), so
+that the step has the size of its direction, like Adam's first moment. With
 ``max_update_rms`` :math:`= \rho`, a block's directions are first scaled by
 :math:`\min(1, \rho / \operatorname{rms}(N))`, the root mean square taken over all of
 the block's directions together (no synchronisation: the factor stays on the device).
@@ -95,6 +99,8 @@ def apply_update(
         buffer = state.get("momentum_buffer")
         if buffer is None:
             buffer = state["momentum_buffer"] = update.clone()
+        elif group.get("momentum_dampening", False):
+            buffer.lerp_(update, 1.0 - momentum)
         else:
             buffer.mul_(momentum).add_(update)
         update = buffer

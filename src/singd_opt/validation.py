@@ -9,7 +9,9 @@ from typing import Any
 
 import torch
 
+from singd_opt.grafting import GRAFTS
 from singd_opt.layers.base import KFAC_APPROXIMATIONS, LOSS_AVERAGES
+from singd_opt.structure_choice import AUTO
 from singd_opt.structures import resolve_structure, where
 
 HYPERPARAMETERS: tuple[str, ...] = (
@@ -31,6 +33,9 @@ HYPERPARAMETERS: tuple[str, ...] = (
     "elementwise_eps",
     "max_update_rms",
     "warm_start",
+    "relative_damping",
+    "graft",
+    "momentum_dampening",
 )
 
 
@@ -142,7 +147,8 @@ def check_group(group: dict[str, Any], group_index: int | None = None) -> None:
     if len(structures) != 2:
         raise ValueError(f"structures must have two entries{in_group}, got {structures!r}")
     for name in structures:
-        resolve_structure(name, group_index=group_index)
+        if name != AUTO:
+            resolve_structure(name, group_index=group_index)
 
     dtypes = group["preconditioner_dtype"]
     if not isinstance(dtypes, tuple | list) or len(dtypes) != 2:
@@ -160,10 +166,14 @@ def check_group(group: dict[str, Any], group_index: int | None = None) -> None:
     check_flag("kfac_like", group["kfac_like"], group_index)
     check_flag("normalize_lr_cov", group["normalize_lr_cov"], group_index)
     check_flag("warm_start", group["warm_start"], group_index)
-    if group["warm_start"] and float(group["damping"]) == 0.0:
+    check_nonnegative("relative_damping", group["relative_damping"], group_index)
+    check_flag("momentum_dampening", group["momentum_dampening"], group_index)
+    if group["graft"] not in GRAFTS:
+        raise ValueError(f"graft must be one of {GRAFTS}{in_group}, got {group['graft']!r}")
+    if group["warm_start"] and float(group["damping"]) + float(group["relative_damping"]) == 0.0:
         raise ValueError(
-            f"warm_start=True needs damping > 0 (the fixed point of a singular curvature "
-            f"does not exist){in_group}"
+            f"warm_start=True needs damping > 0 or relative_damping > 0 (the fixed point of "
+            f"a singular curvature does not exist){in_group}"
         )
 
 

@@ -50,12 +50,14 @@ have the same average trace). With ``kfac_like`` (IKFAC) the equations decouple:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from singd_opt.preconditioner import UpdateConfig
 from structmat import StructuredMatrix
 
 #: Rounds of the alternating iteration for the coupled scale coefficients.
@@ -209,3 +211,43 @@ def fixed_point_factors(
     modes_K, modes_C = spectrum(H_K, exact), spectrum(H_C, exact)
     p, q = coupled_inverse_eigenvalues(modes_K.values, modes_C.values, damping, kfac_like)
     return factor_from_spectrum(H_K, modes_K, p), factor_from_spectrum(H_C, modes_C, q)
+
+
+def warm_start_factors(
+    H_K: StructuredMatrix, H_C: StructuredMatrix, config: UpdateConfig
+) -> tuple[StructuredMatrix, StructuredMatrix]:
+    r"""Return :func:`fixed_point_factors` for an update's configuration.
+
+    With a relative damping :math:`\lambda_r` (``config.relative_damping``, see
+    :mod:`singd_opt.damping`) measured at :math:`K = C = I`, where
+    :math:`\rho = \bar{\operatorname{tr}}(H)`: SINGD's coupled equations get the damping
+    :math:`\lambda + \lambda_r \bar{\operatorname{tr}}(H_K) \bar{\operatorname{tr}}(H_C)`;
+    IKFAC's decoupled ones, with :math:`c = \lambda + \lambda_r \bar{\operatorname{tr}}(H)`
+    per side, are solved for :math:`H / c` with damping 1 and the factor divided by
+    :math:`\sqrt{c}`, which is :math:`K K^\top = (H_K + c_K I)^{-1}` exactly.
+
+    Args:
+        H_K: The ``K``-side curvature term at :math:`K = I`.
+        H_C: The ``C``-side one, un-scaled.
+        config: The update's hyper-parameters (``damping``, ``kfac_like``,
+            ``relative_damping``).
+
+    A curvature term that is not finite (a bad batch) gives non-finite factors, so that
+    the optimizer skips the step instead of failing.
+    """
+    if not all(bool(t.isfinite().all()) for H in (H_K, H_C) for t in H.tensors().values()):
+        # a bad batch: non-finite factors, which the step's finiteness check rejects
+        return H_K.clone().mul_(math.nan), H_C.clone().mul_(math.nan)
+    damping, relative = float(config.damping), float(config.relative_damping)
+    if relative == 0.0:
+        return fixed_point_factors(H_K, H_C, damping, config.kfac_like)
+    t_K, t_C = float(H_K.average_trace()), float(H_C.average_trace())
+    if damping + relative * min(t_K, t_C) <= 0.0:  # no curvature and no floor: stay at I
+        return type(H_K).eye(H_K.shape[0], dtype=H_K.dtype, device=H_K.device), type(H_C).eye(
+            H_C.shape[0], dtype=H_C.dtype, device=H_C.device
+        )
+    if not config.kfac_like:
+        return fixed_point_factors(H_K, H_C, damping + relative * t_K * t_C)
+    c_K, c_C = damping + relative * t_K, damping + relative * t_C
+    K, C = fixed_point_factors(H_K.clone().mul_(1.0 / c_K), H_C.clone().mul_(1.0 / c_C), 1.0, True)
+    return K.mul_(c_K**-0.5), C.mul_(c_C**-0.5)

@@ -10,8 +10,9 @@
 
 The hyper-parameters were chosen on validation splits, never on the test split, by
 ``benchmarks/demo_tuning.py`` (``--task lm`` for the language model). Unlisted
-arguments keep the defaults of ``SINGD`` (momentum 0.9, alpha1 0.5, no weight
-decay), ``torch.optim.AdamW`` (betas (0.9, 0.999), weight decay 0.01) and
+arguments of SINGD keep the reference's defaults (``defaults="reference"``, under which
+they were tuned: momentum 0.9, alpha1 0.5, no weight decay, dense factors, absolute
+damping; every parameter trained), ``torch.optim.AdamW`` (betas (0.9, 0.999), weight decay 0.01) and
 ``torch.optim.SGD`` (no weight decay). Every learning rate decays from the listed
 value to zero over the run (cosine schedule).
 """
@@ -36,7 +37,14 @@ BASELINE_LABELS = {"adamw": "AdamW", "sgd": "SGD"}
 #: Tuned hyper-parameters of the digits task (``benchmarks/demo_tuning.py``). SINGD uses
 #: one setting for every structure.
 DIGITS_HYPERPARAMETERS: dict[str, dict[str, Any]] = {
-    "singd": {"lr": 0.01, "lr_cov": 0.1, "damping": 0.1, "T": 10},
+    "singd": {
+        "lr": 0.01,
+        "lr_cov": 0.1,
+        "damping": 0.1,
+        "T": 10,
+        "defaults": "reference",
+        "train_all_parameters": True,
+    },
     "adamw": {"lr": 0.01},
     "sgd": {"lr": 0.1, "momentum": 0.9},
 }
@@ -55,6 +63,8 @@ LM_HYPERPARAMETERS: dict[str, dict[str, Any]] = {
         "lr_cov": 0.1,
         "T": 10,
         "loss_average": "batch+sequence",
+        "defaults": "reference",
+        "train_all_parameters": True,
     },
     "adamw": {"lr": 0.02, "betas": (0.9, 0.99)},
 }

@@ -22,6 +22,7 @@ from structmat.diagonal import Diagonal
 from structmat.exceptions import DenseFallbackWarning, SingularMatrixError
 from structmat.hierarchical import Hierarchical
 from structmat.linear_structure import LinearStructure
+from structmat.numerics import stable_norm, stable_sum
 from structmat.registry import (
     available_structures,
     family_member,
@@ -61,4 +62,6 @@ __all__ = [
     "get_structure",
     "register",
     "register_family",
+    "stable_norm",
+    "stable_sum",
 ]

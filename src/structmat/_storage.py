@@ -156,6 +156,45 @@ def layout_dimension(cls: type[StructuredMatrix], shapes: Shapes) -> int:
     return dim
 
 
+#: Dimensions at which :func:`check_layout_determines_dimension` compares the layouts.
+LAYOUT_CHECK_DIMS = (*range(1, 130), 255, 256, 257, 1000, 1001)
+
+
+def check_layout_determines_dimension(
+    cls: type[StructuredMatrix], dims: tuple[int, ...] = LAYOUT_CHECK_DIMS
+) -> None:
+    """Raise ``TypeError`` unless the stored shapes of ``cls`` determine the dimension.
+
+    A member's size is read off its stored shapes (:attr:`~structmat.StructuredMatrix.shape`),
+    so ``tensor_shapes(d)`` must differ for different ``d`` and ``dim_from_shapes`` must
+    return ``d`` for them. Checked at the dimensions ``dims`` (every ``d`` up to 129
+    and a few larger ones); :func:`~structmat.register` and
+    :func:`~structmat.registry.family_member` call it.
+
+    Raises:
+        TypeError: If two dimensions share a layout, or ``dim_from_shapes`` reads a wrong
+            ``d``; the message names both and the layout.
+    """
+    seen: dict[tuple[tuple[str, tuple[int, ...]], ...], int] = {}
+    for dim in dims:
+        layout = {name: tuple(shape) for name, shape in cls.tensor_shapes(dim).items()}
+        key = tuple(layout.items())
+        if key in seen:
+            raise TypeError(
+                f"{cls.__name__}: the stored shapes do not determine the dimension: "
+                f"{seen[key]} x {seen[key]} and {dim} x {dim} members both store {layout}; "
+                "tensor_shapes(d) must differ for every d (store d somewhere, e.g. as the "
+                "length of a tensor)"
+            )
+        seen[key] = dim
+        read = cls.dim_from_shapes(layout)
+        if read != dim:
+            raise TypeError(
+                f"{cls.__name__}.dim_from_shapes reads d = {read} off the shapes {layout} "
+                f"of a {dim} x {dim} member"
+            )
+
+
 def search_dimension(cls: type[StructuredMatrix], shapes: Mapping[str, tuple[int, ...]]) -> int:
     """Find ``d`` with ``cls.tensor_shapes(d) == shapes`` by trying likely sizes first.
 

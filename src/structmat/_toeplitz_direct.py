@@ -79,10 +79,17 @@ GRAM_FIRST_MAX_DIM = 1024
 
 
 def use_direct_product(X: Tensor) -> bool:
-    """Whether :func:`lower_product` beats the FFT for the ``(d, n)`` operand ``X``."""
+    """Whether :func:`lower_product` beats the FFT for the ``(d, n)`` operand ``X``.
+
+    Also for small ``d`` with fewer than :data:`BLOCK_ROWS` columns, as long as the
+    ``d x min(d, BLOCK_ROWS)`` scratch is no larger than ``X``: there the product costs
+    at most :math:`n^3 / 2` multiply-adds, less than the FFTs' fixed cost, and it is
+    accurate entry by entry (an FFT's error is relative to the norm of a whole column,
+    which swamps the small entries of the first rows of a triangular product).
+    """
     d, n = X.shape
     limit = DIRECT_PRODUCT_MAX_DIM_COLUMNS if stored_by_columns(X) else DIRECT_PRODUCT_MAX_DIM
-    return n >= BLOCK_ROWS and d <= min(limit, DIRECT_PRODUCT_MAX_ROWS_PER_COLUMN * n)
+    return n >= min(BLOCK_ROWS, d) and d <= min(limit, DIRECT_PRODUCT_MAX_ROWS_PER_COLUMN * n)
 
 
 def use_direct_lags(dim: int, columns: int) -> bool:

@@ -83,6 +83,7 @@ class ArrowMatrix(LinearStructure):
     """
 
     upper: ClassVar[bool | None] = None
+    closed_under_inverse = True
     corner_first: ClassVar[bool | None] = None
     parameters = ("upper", "corner_first")
     template_hint = (
@@ -168,9 +169,6 @@ class ArrowMatrix(LinearStructure):
     def _matmat(self, X: Tensor) -> Tensor:
         return self._apply(X, self._row_arrow())
 
-    def _rmatmat(self, X: Tensor) -> Tensor:
-        return self._apply(X, not self._row_arrow())
-
     def _matmul(self: Arrow, other: Arrow) -> Arrow:
         D1, b1, c1 = self._parts()
         D2, b2, c2 = other._parts()
@@ -179,7 +177,7 @@ class ArrowMatrix(LinearStructure):
 
     def _transpose(self) -> StructuredMatrix:
         # the paired variant (declared as transpose_name) on the same tensors
-        return type(self).transpose_structure()._from_checked(self.shape, self.tensors())
+        return self._transposed_member(self.diagonal, self.arrow, self.corner)
 
     def _diag(self) -> Tensor:
         return self._join(self.diagonal, self.corner)

@@ -1,4 +1,4 @@
-"""The abstract :class:`StructuredMatrix` and its generic (dense-fallback) defaults.
+r"""The abstract :class:`StructuredMatrix` and its generic (dense-fallback) defaults.
 
 A structure is a set of square ``d x d`` matrices, stored through a few named
 tensors. A new structure defines
@@ -25,7 +25,6 @@ hook                         computes
 ``_diag_add_(c)``            ``A <- A + c I`` (in place)
 ``_matmul(B)``               ``A @ B`` (same structure)
 ``_matmat(X)``               ``A @ X`` for ``X`` of shape ``(d, n)``
-``_rmatmat(X)``              ``A^T @ X`` for ``X`` of shape ``(d, n)``
 ``_transpose()``             ``A^T``, a member of :meth:`~StructuredMatrix.transpose_structure`
 ``_diag()``                  the diagonal, shape ``(d,)``
 ``_frobenius_norm()``        the Frobenius norm
@@ -38,12 +37,28 @@ hook                         computes
 ``_zeros(d, dtype, dev)``    the zero member (class method)
 ===========================  =============================================
 
+``_transpose`` is the one transpose primitive: it returns :math:`A^\top` as a member of
+the transpose structure *on the same storage* (views, no copy; an in-place update of
+``A.T`` changes ``A``). Products by :math:`A^\top` derive from it:
+``A.rmatmat(X)`` is ``A.T @ X`` (``A._transpose()._matmat(X)``) and ``X @ A`` is
+``(A.T @ X.T).T``, so a structure fast at :math:`A X` and at relabelling its storage as
+:math:`A^\top` is fast at both. A class that defines a ``_rmatmat`` hook is rejected.
+
 Hooks receive validated arguments: the public methods check them once, here, so a bad
 call raises before any operand is touched. Code outside a structure calls only the
-public methods. :class:`~structmat.LinearStructure` implements the linear operations
-(``+``, scalar ``*``, their in-place forms, zeros, the Frobenius norm) for structures
-whose matrix is linear in their tensors. :mod:`structmat.testing` verifies a structure
-against all of this.
+public methods.
+
+Tensor operands (``X`` of ``A @ X``, ``X @ A``, ``rmatmat``, ``from_inner``, and
+``from_inner2``) must have the dtype of the member: like :func:`torch.mm`, structured
+products do not promote, and a float32 member with a float64 ``X`` raises
+``TypeError`` (convert one of them first). ``from_mat_inner(X)`` and ``from_dense``
+return members in the dtype of their input. Operands may arrive in any strided layout:
+an optimizer passes transposed views such as ``grad.mT`` and slices.
+
+:class:`~structmat.LinearStructure` implements the linear operations (``+``, scalar
+``*``, their in-place forms, zeros, the Frobenius norm) for structures whose matrix is
+linear in their tensors. :mod:`structmat.testing` verifies a structure against all of
+this.
 """
 
 from __future__ import annotations
@@ -57,7 +72,7 @@ import torch
 from torch import Tensor
 
 from structmat._numerics import stable_norm, stable_sum
-from structmat._storage import check_storage, layout_dimension, search_dimension
+from structmat._storage import check_storage, declared_ndims, layout_dimension, search_dimension
 from structmat.exceptions import DenseFallbackWarning, SingularMatrixError
 from structmat.registry import get_structure, rebuild_member
 
@@ -76,7 +91,10 @@ class StructuredMatrix(ABC):
             that :meth:`transpose` returns a member of the same structure.
         transpose_name: Registry name of the structure that holds the transposes, for a
             structure not closed under transposition (``"triutoeplitz"`` for
-            ``"triltoeplitz"``). Neither set: transposes are :class:`~structmat.Dense`.
+            ``"triltoeplitz"``); the one way to name a partner structure (families set
+            it per member). Its own ``transpose_name`` must name this structure back.
+            Neither set: transposes are :class:`~structmat.Dense`, and so are their
+            transposes.
         parameters: Names of the class attributes that a template leaves unset
             (``None``) and its concrete structures set, e.g. ``("block_size",)``.
         template_hint: How to get a concrete structure from a template, for the
@@ -100,6 +118,12 @@ class StructuredMatrix(ABC):
             raise TypeError(
                 f"{cls.__name__} declares closed_under_transpose = True and transpose_name "
                 f"= {cls.transpose_name!r}; set only one of them"
+            )
+        if "_rmatmat" in cls.__dict__:
+            raise TypeError(
+                f"{cls.__name__} defines _rmatmat; products by A^T derive from _transpose "
+                "(A.rmatmat(X) is A.T @ X): implement _transpose, and _matmat in the "
+                "transpose structure"
             )
 
     def __init__(self, **tensors: Tensor) -> None:
@@ -324,7 +348,15 @@ class StructuredMatrix(ABC):
                 f"{op}: shapes {tuple(self.shape)} and {tuple(X.shape)} are not aligned "
                 f"(need a 1-d or 2-d tensor with size {self.shape[0]} in dimension {dim})"
             )
+        self._check_dtype(X, op)
         return X
+
+    def _check_dtype(self, X: Tensor, op: str) -> None:
+        if X.dtype != self.dtype:
+            raise TypeError(
+                f"{op}: the operand has dtype {X.dtype} but the matrix {self.dtype}; "
+                "structured products do not promote (like torch.mm): convert one of them"
+            )
 
     def __add__(self: S, other: S) -> S:
         """Return ``A + B`` for ``B`` of the same structure and shape."""
@@ -393,23 +425,32 @@ class StructuredMatrix(ABC):
             return NotImplemented
         X = self._check_operand(other, "X @ A", dim=other.ndim - 1)
         if X.ndim == 1:
-            return self._rmatmat(X.unsqueeze(1)).squeeze(1)
-        return self._rmatmat(X.mT).mT
+            return self._transpose()._matmat(X.unsqueeze(1)).squeeze(1)
+        return self._transpose()._matmat(X.mT).mT
 
     def rmatmat(self, X: Tensor) -> Tensor:
-        """Return ``A^T @ X`` for ``X`` of shape ``(d, n)`` (or a vector of size ``d``)."""
+        """Return ``A^T @ X`` for ``X`` of shape ``(d, n)`` (or a vector of size ``d``).
+
+        The same as ``A.T @ X``: the product of the transpose (:meth:`transpose`, no
+        copy) with ``X``.
+        """
         X = self._check_operand(X, "A.T @ X")
         if X.ndim == 1:
-            return self._rmatmat(X.unsqueeze(1)).squeeze(1)
-        return self._rmatmat(X)
+            return self._transpose()._matmat(X.unsqueeze(1)).squeeze(1)
+        return self._transpose()._matmat(X)
 
     def transpose(self) -> StructuredMatrix:
-        """Return ``A^T`` as a member of the transposed structure."""
+        """Return ``A^T`` as a member of :meth:`transpose_structure`.
+
+        Shares storage with ``A`` wherever the structure has a transpose kernel (every
+        built-in one): in-place operations on the result change ``A``. Call
+        :meth:`clone` on it for an independent copy.
+        """
         return self._transpose()
 
     @property
     def T(self) -> StructuredMatrix:
-        """``A^T``; see :meth:`transpose`."""
+        """``A^T``, sharing storage with ``A``; see :meth:`transpose`."""
         return self._transpose()
 
     def diag(self) -> Tensor:
@@ -504,6 +545,7 @@ class StructuredMatrix(ABC):
                 f"from_inner2: XXT must have the shape {tuple(self.shape)} of the matrix, "
                 f"got {tuple(XXT.shape)}"
             )
+        self._check_dtype(XXT, "from_inner2(XXT)")
         return self._from_inner2(XXT)
 
     def from_inner_diagonal(self: S, values: Tensor) -> S:
@@ -514,7 +556,7 @@ class StructuredMatrix(ABC):
         without forming :math:`A^\top M A`; the generic default forms ``M``.
 
         Raises:
-            TypeError: If ``values`` is not a tensor.
+            TypeError: If ``values`` is not a tensor or not of the matrix's dtype.
             ValueError: If ``values`` is not of shape ``(d,)``.
         """
         if not isinstance(values, Tensor):
@@ -526,6 +568,7 @@ class StructuredMatrix(ABC):
                 f"from_inner_diagonal: values must have shape ({self.shape[0]},), "
                 f"got {tuple(values.shape)}"
             )
+        self._check_dtype(values, "from_inner_diagonal(values)")
         return self._from_inner_diagonal(values)
 
     def from_inner(self: S, X: Tensor | None = None) -> S:
@@ -619,14 +662,24 @@ class StructuredMatrix(ABC):
         self._warn_fallback("__matmul__")
         return self.to_dense() @ X
 
-    def _rmatmat(self, X: Tensor) -> Tensor:
-        self._warn_fallback("rmatmat")
-        return self.to_dense().mT @ X
-
     def _transpose(self) -> StructuredMatrix:
         # from_dense is the identity on members of the transpose structure
         self._warn_fallback("transpose")
         return type(self).transpose_structure().from_dense(self.to_dense().mT.contiguous())
+
+    def _transposed_member(self, *tensors: Tensor) -> StructuredMatrix:
+        """``A^T`` from its stored tensors in the transpose structure (for ``_transpose``).
+
+        Args:
+            *tensors: The tensors of ``A^T``, in the order of the transpose structure's
+                :meth:`tensor_shapes`; views of ``A``'s storage, which already fit.
+
+        Returns:
+            The member of :meth:`transpose_structure` (no check, no copy).
+        """
+        partner = type(self).transpose_structure()
+        names = declared_ndims(partner)
+        return partner._from_checked(self.shape, dict(zip(names, tensors, strict=True)))
 
     def _symmetric_eigen(self: S) -> tuple[Tensor, Callable[[Tensor], S]]:
         raise NotImplementedError(
@@ -658,7 +711,7 @@ class StructuredMatrix(ABC):
         return cls.from_dense(X @ X.mT)
 
     def _from_inner(self: S, X: Tensor) -> S:
-        return self.from_mat_inner(self._rmatmat(X))
+        return self.from_mat_inner(self._transpose()._matmat(X))
 
     def _from_inner_identity(self: S) -> S:
         self._warn_fallback("from_inner")

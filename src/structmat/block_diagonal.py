@@ -53,6 +53,7 @@ class BlockDiagonal(LinearStructure):
     block_size: ClassVar[int | None] = None
     parameters = ("block_size",)
     template_hint = "use BlockDiagonal.with_block_size(b) or get_structure('block{b}diagonal')"
+    closed_under_inverse = True
     closed_under_transpose = True
     closed_under_spectral_functions = True
 
@@ -139,15 +140,14 @@ class BlockDiagonal(LinearStructure):
             blocks=self.blocks @ other.blocks, last_block=self.last_block @ other.last_block
         )
 
-    def _blockwise(self, X: Tensor, transpose: bool) -> Tensor:
-        """Multiply each (transposed) block with its rows of ``X``, :math:`O(d b n)`.
+    def _matmat(self, X: Tensor) -> Tensor:
+        """Batched product of each block with its rows of ``X``, :math:`O(d b n)`.
 
         Without autograd the batched products are written straight into the result,
-        with no copy to join them; any layout of ``X`` is read in place.
+        with no copy to join them; any layout of ``X`` (and of the blocks, which are
+        transposed views in a transpose) is read in place.
         """
         blocks, last = self.blocks, self.last_block
-        if transpose:
-            blocks, last = blocks.mT, last.mT
         X_blocks, X_last = self._split_rows(X)
         if needs_grad(blocks, last, X):
             return self._join_rows(blocks @ X_blocks, last @ X_last)
@@ -156,14 +156,6 @@ class BlockDiagonal(LinearStructure):
         torch.matmul(blocks, X_blocks, out=out_blocks)
         torch.mm(last, X_last, out=out_last)
         return out
-
-    def _matmat(self, X: Tensor) -> Tensor:
-        """Batched product of each block with its rows of ``X``, :math:`O(d b n)`."""
-        return self._blockwise(X, transpose=False)
-
-    def _rmatmat(self, X: Tensor) -> Tensor:
-        """Batched product of each transposed block with its rows of ``X``, :math:`O(d b n)`."""
-        return self._blockwise(X, transpose=True)
 
     def _transpose(self) -> BlockDiagonal:
         """Transpose every block (views, no copy)."""

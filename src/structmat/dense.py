@@ -26,6 +26,7 @@ class Dense(LinearStructure):
     """
 
     name = "dense"
+    closed_under_inverse = True
     closed_under_transpose = True
     closed_under_spectral_functions = True
 
@@ -52,13 +53,10 @@ class Dense(LinearStructure):
         return self.matrix
 
     def _matmul(self, other: Dense) -> Dense:
-        return Dense(self.matrix @ other.matrix)
+        return type(self)(self.matrix @ other.matrix)
 
     def _matmat(self, X: Tensor) -> Tensor:
         return self.matrix @ X
-
-    def _rmatmat(self, X: Tensor) -> Tensor:
-        return self.matrix.mT @ X
 
     def _transpose(self) -> Dense:
         return self._from_checked(self.shape, {"matrix": self.matrix.mT})
@@ -70,7 +68,7 @@ class Dense(LinearStructure):
         self.matrix.diagonal().add_(value)
 
     def _inv(self) -> Dense:
-        return Dense(dense_inverse(self.matrix, "Dense matrix"))
+        return type(self)(dense_inverse(self.matrix, "Dense matrix"))
 
     @classmethod
     def _from_mat_inner(cls, X: Tensor) -> Dense:
@@ -86,18 +84,18 @@ class Dense(LinearStructure):
         d, n = X.shape
         M = self.matrix
         if n >= 2 * d:
-            return Dense(M.mT @ gram(X) @ M)
-        return Dense(gram(M.mT @ X))
+            return type(self)(M.mT @ gram(X) @ M)
+        return type(self)(gram(M.mT @ X))
 
     def _from_inner_identity(self) -> Dense:
-        return Dense(gram(self.matrix.mT))
+        return type(self)(gram(self.matrix.mT))
 
     def _from_inner2(self, XXT: Tensor) -> Dense:
-        return Dense(self.matrix.mT @ XXT @ self.matrix)
+        return type(self)(self.matrix.mT @ XXT @ self.matrix)
 
     def _from_inner_diagonal(self, values: Tensor) -> Dense:
         # A^T diag(v) A with the rows of A scaled: d^3 multiply-adds, no d x d diag(v)
-        return Dense(self.matrix.mT @ (values.unsqueeze(1) * self.matrix))
+        return type(self)(self.matrix.mT @ (values.unsqueeze(1) * self.matrix))
 
     def _symmetric_eigen(self) -> tuple[Tensor, Callable[[Tensor], Dense]]:
         """One symmetric eigendecomposition, :math:`O(d^3)`."""
@@ -105,6 +103,6 @@ class Dense(LinearStructure):
         values, vectors = torch.linalg.eigh(0.5 * (matrix + matrix.mT))
 
         def compose(new_values: Tensor) -> Dense:
-            return Dense((vectors * new_values.to(vectors.dtype)) @ vectors.mT)
+            return type(self)((vectors * new_values.to(vectors.dtype)) @ vectors.mT)
 
         return values, compose

@@ -26,6 +26,7 @@ class Diagonal(LinearStructure):
     """
 
     name = "diagonal"
+    closed_under_inverse = True
     closed_under_transpose = True
     closed_under_spectral_functions = True
 
@@ -52,12 +53,10 @@ class Diagonal(LinearStructure):
         return torch.diag(self.diagonal)
 
     def _matmul(self, other: Diagonal) -> Diagonal:
-        return Diagonal(self.diagonal * other.diagonal)
+        return type(self)(self.diagonal * other.diagonal)
 
     def _matmat(self, X: Tensor) -> Tensor:
         return self.diagonal.unsqueeze(1) * X
-
-    _rmatmat = _matmat
 
     def _transpose(self) -> Diagonal:
         return self
@@ -70,7 +69,7 @@ class Diagonal(LinearStructure):
 
     def _inv(self) -> Diagonal:
         check_nonzero(self.diagonal, "Diagonal matrix")
-        return Diagonal(self.diagonal.reciprocal())
+        return type(self)(self.diagonal.reciprocal())
 
     @classmethod
     def _from_mat_inner(cls, X: Tensor) -> Diagonal:
@@ -78,20 +77,20 @@ class Diagonal(LinearStructure):
 
     def _from_inner(self, X: Tensor) -> Diagonal:
         # diag((aX)(aX)^T)_i = a_i^2 sum_j X_ij^2: one pass over X, no scaled copy of it
-        return Diagonal(row_sums_of_squares(X) * self.diagonal.square())
+        return type(self)(row_sums_of_squares(X) * self.diagonal.square())
 
     def _from_inner_identity(self) -> Diagonal:
-        return Diagonal(self.diagonal.square())
+        return type(self)(self.diagonal.square())
 
     def _from_inner2(self, XXT: Tensor) -> Diagonal:
         # diag(A^T M A)_i = a_i^2 M_ii: reads the d diagonal entries of M only
-        return Diagonal(self.diagonal.square() * XXT.diagonal())
+        return type(self)(self.diagonal.square() * XXT.diagonal())
 
     def _from_inner_diagonal(self, values: Tensor) -> Diagonal:
         # diag(A^T diag(v) A)_i = a_i^2 v_i, O(d)
-        return Diagonal(self.diagonal.square() * values)
+        return type(self)(self.diagonal.square() * values)
 
     def _symmetric_eigen(self) -> tuple[Tensor, Callable[[Tensor], Diagonal]]:
         """The diagonal itself, :math:`O(d)`."""
         dtype = self.dtype
-        return self.diagonal, lambda new_values: Diagonal(new_values.to(dtype))
+        return self.diagonal, lambda new_values: type(self)(new_values.to(dtype))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -18,15 +18,15 @@ class LinearStructure(StructuredMatrix):
 
     Then :math:`A + \alpha B`, :math:`c A` and their in-place forms act tensor by
     tensor in :math:`O(\text{storage})`, and the zero matrix is all stored tensors
-    zero. Every built-in structure derives from this class.
+    zero. Every built-in structure derives from this class. It declares no structural
+    fact: each structure states its own (:attr:`~StructuredMatrix.closed_under_inverse`
+    and the transpose facts default to ``False``).
 
     By default each stored number is one matrix entry (and every other entry is zero),
     so :math:`\|A\|_F` is the 2-norm of the storage and :math:`\max_{ij} |A_{ij}|` its
     largest magnitude; structures that repeat stored numbers (Toeplitz) override
     :meth:`_frobenius_norm`.
     """
-
-    closed_under_inverse: ClassVar[bool] = True
 
     def _add(self: L, other: L, alpha: Scalar) -> L:
         return type(self)(

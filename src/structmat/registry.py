@@ -17,10 +17,12 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from structmat._storage import check_layout_determines_dimension
+
 if TYPE_CHECKING:
     from structmat.base import StructuredMatrix
 
-C = TypeVar("C", bound=type)
+C = TypeVar("C", bound="type[StructuredMatrix]")
 
 _NAMED: dict[str, type[StructuredMatrix]] = {}
 _FAMILIES: list[tuple[re.Pattern[str], Callable[..., type[StructuredMatrix]], str]] = []
@@ -31,14 +33,20 @@ _RESOLVED: dict[str, type[StructuredMatrix]] = {}
 def register(cls: C) -> C:
     """Class decorator: register ``cls`` under its ``name`` class attribute.
 
+    The stored shapes of a member must determine its dimension: ``tensor_shapes(d)``
+    differs for every ``d`` and ``dim_from_shapes`` reads it back (checked here, see
+    :func:`structmat._storage.check_layout_determines_dimension`).
+
     Raises:
         ValueError: If ``name`` is not a non-empty string or another class holds it.
+        TypeError: If the stored shapes do not determine the dimension.
     """
     name = cls.name
     if not isinstance(name, str) or not name:
         raise ValueError(f"{cls.__name__} needs a non-empty string class attribute 'name'")
     if name in _NAMED and _NAMED[name] is not cls:
         raise ValueError(f"a structure named {name!r} is already registered")
+    check_layout_determines_dimension(cls)
     _NAMED[name] = cls
     _RESOLVED.pop(name, None)
     return cls
@@ -90,7 +98,9 @@ def family_member(template: type[C], name: str, /, **attributes: Any) -> type[C]
             "__qualname__": class_name,
             "__doc__": f"The ``{name}`` member of :class:`{template.__name__}`; see there.",
         }
-        member = _MEMBERS[key] = type(class_name, (template,), namespace)
+        member = type(class_name, (template,), namespace)
+        check_layout_determines_dimension(member)
+        _MEMBERS[key] = member
     return member
 
 

@@ -99,6 +99,7 @@ class TriangularToeplitz(LinearStructure):
     """
 
     upper: ClassVar[bool | None] = None
+    closed_under_inverse = True
     coefficients_name: ClassVar[str | None] = None
     parameters = ("upper", "coefficients_name")
     template_hint = "instantiate structmat.TrilToeplitz or structmat.TriuToeplitz"
@@ -185,19 +186,12 @@ class TriangularToeplitz(LinearStructure):
             return lower_product(kernel, X, transpose=self.upper != transpose)
         return self._apply(X.mT, transpose).mT
 
-    def _product(self, X: Tensor, transpose: bool) -> Tensor:
-        out_dtype = torch.promote_types(self.dtype, X.dtype)
-        product = self._times(X.to(compute_dtype(out_dtype)), transpose)
+    def _matmat(self, X: Tensor) -> Tensor:
+        product = self._times(X.to(compute_dtype(X.dtype)), transpose=False)
         if not product.is_contiguous():
             # An FFT result is a slice of a longer buffer: copy it out compactly.
             product = product.mT.contiguous().mT
-        return product.to(out_dtype)
-
-    def _matmat(self, X: Tensor) -> Tensor:
-        return self._product(X, transpose=False)
-
-    def _rmatmat(self, X: Tensor) -> Tensor:
-        return self._product(X, transpose=True)
+        return product.to(X.dtype)
 
     def _matmul(self: T, other: T) -> T:
         work = compute_dtype(self.dtype)
@@ -207,9 +201,7 @@ class TriangularToeplitz(LinearStructure):
 
     def _transpose(self) -> StructuredMatrix:
         # the other triangular Toeplitz structure (declared as transpose_name), same tensor
-        other = type(self).transpose_structure()
-        name = other.coefficients_name  # type: ignore[attr-defined]
-        return other._from_checked(self.shape, {name: self.coefficients})
+        return self._transposed_member(self.coefficients)
 
     def _diag(self) -> Tensor:
         return self.coefficients[:1].repeat(self.coefficients.shape[0])
@@ -252,7 +244,7 @@ class TriangularToeplitz(LinearStructure):
         sums by blocked GEMMs (:math:`d^2 n`); else by three FFTs of the ``n`` columns.
         The crossovers are in :mod:`structmat._toeplitz_direct`.
         """
-        out_dtype = torch.promote_types(self.dtype, X.dtype)
+        out_dtype = X.dtype
         work = X.to(compute_dtype(out_dtype))
         d, n = X.shape
         if use_gram_first(d, n):
@@ -280,7 +272,7 @@ class TriangularToeplitz(LinearStructure):
         return self._rebuild(average_diagonal_pairs(2 * lags).to(c.dtype))
 
     def _from_inner2(self: T, XXT: Tensor) -> T:
-        out_dtype = torch.promote_types(self.dtype, XXT.dtype)
+        out_dtype = XXT.dtype
         work = compute_dtype(out_dtype)
         pair_sums = sandwich_pair_sums(self.coefficients.to(work), XXT, self.upper, work)
         return self._rebuild(average_diagonal_pairs(pair_sums).to(out_dtype))

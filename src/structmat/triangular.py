@@ -23,7 +23,7 @@ from structmat._triangular_kernels import (
     tri_matmat,
     tri_matmul,
 )
-from structmat.base import Scalar
+from structmat.base import Scalar, StructuredMatrix
 from structmat.exceptions import SingularMatrixError
 from structmat.linear_structure import LinearStructure
 from structmat.registry import register
@@ -58,6 +58,7 @@ class TriangularMatrix(LinearStructure):
     """
 
     upper: ClassVar[bool | None] = None
+    closed_under_inverse = True
     parameters = ("upper",)
     template_hint = "instantiate structmat.Tril or structmat.Triu"
 
@@ -119,13 +120,9 @@ class TriangularMatrix(LinearStructure):
     def _matmat(self, X: Tensor) -> Tensor:
         return tri_matmat(self.matrix, X, self.upper)
 
-    def _rmatmat(self, X: Tensor) -> Tensor:
-        return tri_matmat(self.matrix.mT, X, not self.upper)
-
-    def _transpose(self) -> TriangularMatrix:
+    def _transpose(self) -> StructuredMatrix:
         # A view: in-place operations on the transpose change ``self`` (as for Dense).
-        transposed = type(self).transpose_structure()
-        return transposed._wrap(self.matrix.mT)  # type: ignore[attr-defined, no-any-return]
+        return self._transposed_member(self.matrix.mT)
 
     def _diag(self) -> Tensor:
         return self.matrix.diagonal()
@@ -143,7 +140,7 @@ class TriangularMatrix(LinearStructure):
         return cls._from_folded_lower(gram_folded(X))
 
     def _from_inner(self: Tri, X: Tensor) -> Tri:
-        return self._from_mat_inner(self._rmatmat(X))
+        return self._from_mat_inner(tri_matmat(self.matrix.mT, X, not self.upper))
 
     def _from_inner_identity(self: Tri) -> Tri:
         # A^T A = Y Y^T with Y = A^T, triangular in the other triangle.

@@ -59,9 +59,13 @@ def train(
 def trained_copy(
     model: nn.Module, data: list[tuple[Tensor, Tensor]], **kwargs: Any
 ) -> tuple[nn.Module, SINGD]:
-    """Train a deep copy of ``model`` with ``SINGD(**kwargs)`` on ``data``."""
+    """Train a deep copy of ``model`` with ``SINGD(**kwargs)`` on ``data``.
+
+    Arguments not in ``kwargs`` take the reference's defaults, except that every
+    parameter is trained.
+    """
     model = copy.deepcopy(model)
-    optimizer = SINGD(model, **kwargs)
+    optimizer = SINGD(model, **{"defaults": "reference", "train_all_parameters": True, **kwargs})
     train(model, optimizer, data)
     return model, optimizer
 

@@ -185,7 +185,7 @@ def run_case(
         options["process_group"] = process_group
 
     def new_optimizer() -> SINGD:
-        return SINGD(model, **options)
+        return SINGD(model, **{"defaults": "reference", "train_all_parameters": True, **options})
 
     optimizer = new_optimizer()
     calls_per_step = []

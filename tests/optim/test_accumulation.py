@@ -33,7 +33,12 @@ def _run(
     micro_batches: int, data: list[tuple[Tensor, Tensor]], loss_scale: float, **kwargs: Any
 ) -> tuple[nn.Module, SINGD]:
     model = _model()
-    optimizer = SINGD(model, **{"lr": 0.05, "lr_cov": 0.1, "damping": 0.01, "T": 1, **kwargs})
+    optimizer = SINGD(
+        model,
+        **{"lr": 0.05, "lr_cov": 0.1, "damping": 0.01, "T": 1, **kwargs},
+        defaults="reference",
+        train_all_parameters=True,
+    )
     for x, y in data:
         optimizer.zero_grad()
         for x_part, y_part in zip(x.chunk(micro_batches), y.chunk(micro_batches), strict=True):
@@ -99,14 +104,14 @@ def test_summed_loss_micro_batches_without_division(kfac_like: bool) -> None:
 
 def test_pending_counts_follow_the_micro_batches() -> None:
     model = _model()
-    optimizer = SINGD(model, T=1)
+    optimizer = SINGD(model, T=1, defaults="reference", train_all_parameters=True)
     x, y = _data((10,))[0]
     for x_part, y_part in zip(x.split([4, 6]), y.split([4, 6]), strict=True):
         _loss(model(x_part), y_part, "batch").backward()
     assert optimizer.H_counts == {"0": (10, 10), "2": (10, 10)}
     # an unequal split is weighted by the sizes
     single = copy.deepcopy(model)
-    single_opt = SINGD(single, T=1)
+    single_opt = SINGD(single, T=1, defaults="reference", train_all_parameters=True)
     _loss(single(x), y, "batch").backward()
     for name in ("0", "2"):
         torch.testing.assert_close(

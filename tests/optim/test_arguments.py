@@ -41,7 +41,9 @@ def test_supported_structures_mapping() -> None:
 )
 def test_other_registered_structures_are_accepted(structures: tuple[str, str]) -> None:
     model = mlp()
-    optimizer = SINGD(model, structures=structures, T=1)
+    optimizer = SINGD(
+        model, structures=structures, T=1, defaults="reference", train_all_parameters=True
+    )
     train(model, optimizer, batches(2))
     for K in optimizer.Ks.values():
         assert type(K) is structmat.get_structure(structures[0])
@@ -51,7 +53,7 @@ def test_other_registered_structures_are_accepted(structures: tuple[str, str]) -
 
 def test_layers_and_dimensions() -> None:
     model = mlp()
-    optimizer = SINGD(model)
+    optimizer = SINGD(model, defaults="reference", train_all_parameters=True)
     assert list(optimizer.module_names.values()) == ["0", "2", "4"]
     dims = {name: (K.shape[0], optimizer.Cs[name].shape[0]) for name, K in optimizer.Ks.items()}
     assert dims == {"0": (7, 5), "2": (5, 4), "4": (5, 3)}
@@ -68,7 +70,15 @@ def test_param_groups_with_own_hyperparameters_and_structures() -> None:
         {"params": model[0].parameters(), "structures": ("diagonal", "dense"), "lr": 0.0},
         {"params": list(model[2].parameters()) + list(model[4].parameters()), "T": 2},
     ]
-    optimizer = SINGD(model, groups, lr=0.1, structures=("dense", "triltoeplitz"), T=1)
+    optimizer = SINGD(
+        model,
+        groups,
+        lr=0.1,
+        structures=("dense", "triltoeplitz"),
+        T=1,
+        defaults="reference",
+        train_all_parameters=True,
+    )
     assert isinstance(optimizer.Ks["0"], structmat.get_structure("diagonal"))
     assert isinstance(optimizer.Cs["0"], structmat.get_structure("dense"))
     assert isinstance(optimizer.Cs["4"], structmat.get_structure("triltoeplitz"))
@@ -84,7 +94,14 @@ def test_params_select_layers_and_parameters() -> None:
     model = mlp()
     before = copy.deepcopy(model)
     # the first layer's weight without its bias, the last layer's bias without its weight
-    optimizer = SINGD(model, [model[0].weight, model[4].bias], T=1, lr=0.1)
+    optimizer = SINGD(
+        model,
+        [model[0].weight, model[4].bias],
+        T=1,
+        lr=0.1,
+        defaults="reference",
+        train_all_parameters=True,
+    )
     assert set(optimizer.Ks) == {"0", "4"}
     assert optimizer.Ks["0"].shape[0] == 6  # no bias column
     assert optimizer.Ks["4"].shape[0] == 1  # bias only
@@ -100,7 +117,7 @@ def test_frozen_bias_is_left_alone() -> None:
     model = mlp()
     model[0].bias.requires_grad_(False)
     before = model[0].bias.clone()
-    optimizer = SINGD(model, T=1)
+    optimizer = SINGD(model, T=1, defaults="reference", train_all_parameters=True)
     assert optimizer.Ks["0"].shape[0] == 6
     train(model, optimizer, batches(2))
     assert torch.equal(model[0].bias, before)
@@ -110,7 +127,7 @@ def test_reference_mode_warns_about_unsupported_layers_and_leaves_them() -> None
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 3))
     with pytest.warns(UserWarning, match=r"layer '1' \(LayerNorm\) is not supported"):
-        optimizer = SINGD(model, T=1, train_all_parameters=False)
+        optimizer = SINGD(model, T=1, train_all_parameters=False, defaults="reference")
     norm = copy.deepcopy(model[1])
     weight = model[0].weight.clone()
     train(model, optimizer, batches(3))
@@ -118,9 +135,14 @@ def test_reference_mode_warns_about_unsupported_layers_and_leaves_them() -> None
     assert not torch.equal(model[0].weight, weight)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        SINGD(copy.deepcopy(model), warn_unsupported=False, train_all_parameters=False)
+        SINGD(
+            copy.deepcopy(model),
+            warn_unsupported=False,
+            train_all_parameters=False,
+            defaults="reference",
+        )
     with pytest.warns(UserWarning, match="2 of the given parameters do not belong"):
-        SINGD(model, list(model.parameters()), train_all_parameters=False)
+        SINGD(model, list(model.parameters()), train_all_parameters=False, defaults="reference")
 
 
 def test_every_parameter_is_trained_by_default_without_warnings() -> None:
@@ -128,7 +150,7 @@ def test_every_parameter_is_trained_by_default_without_warnings() -> None:
     model = nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 3))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        optimizer = SINGD(model, T=1)
+        optimizer = SINGD(model, T=1, defaults="reference", train_all_parameters=True)
         before = copy.deepcopy(model)
         train(model, optimizer, batches(3))
     for param, old in zip(model.parameters(), before.parameters(), strict=True):
@@ -145,7 +167,9 @@ def test_every_parameter_is_trained_by_default_without_warnings() -> None:
 def test_kfac_like_forces_alpha1_to_zero() -> None:
     model = mlp()
     with pytest.warns(UserWarning, match="kfac_like=True"):
-        optimizer = SINGD(model, kfac_like=True, alpha1=0.5)
+        optimizer = SINGD(
+            model, kfac_like=True, alpha1=0.5, defaults="reference", train_all_parameters=True
+        )
     assert optimizer.param_groups[0]["alpha1"] == 0.0
     assert optimizer.m_Ks == {} and optimizer.m_Cs == {}
     train(model, optimizer, batches(2))
@@ -153,7 +177,7 @@ def test_kfac_like_forces_alpha1_to_zero() -> None:
 
 
 def test_no_momenta_without_alpha1() -> None:
-    optimizer = SINGD(mlp(), alpha1=0.0)
+    optimizer = SINGD(mlp(), alpha1=0.0, defaults="reference", train_all_parameters=True)
     assert optimizer.m_Ks == {} and optimizer.m_Cs == {}
 
 
@@ -206,7 +230,7 @@ def test_bad_arguments(kwargs: dict[str, Any], error: type[Exception], match: st
     model = mlp()
     reference = copy.deepcopy(model)
     with pytest.raises(error, match=match):
-        SINGD(model, **kwargs)
+        SINGD(model, **{"defaults": "reference", "train_all_parameters": True, **kwargs})
     _assert_untouched(model, reference)
 
 
@@ -219,7 +243,7 @@ def test_bad_group_hyperparameters(
     groups = [{"params": model[0].parameters()}, {"params": model[2].parameters(), **kwargs}]
     snapshot = copy.copy(groups[1])
     with pytest.raises(error, match=match) as info:
-        SINGD(model, groups)
+        SINGD(model, groups, defaults="reference", train_all_parameters=True)
     assert "parameter group 1" in str(info.value)
     assert groups[1] == snapshot
     _assert_untouched(model, reference)
@@ -230,7 +254,7 @@ def test_weight_and_bias_in_different_groups() -> None:
     reference = copy.deepcopy(model)
     groups = [{"params": [model[0].weight]}, {"params": [model[0].bias], "lr": 0.5}]
     with pytest.raises(ValueError, match=r"parameters of layer '0'.*different parameter groups"):
-        SINGD(model, groups)
+        SINGD(model, groups, defaults="reference", train_all_parameters=True)
     _assert_untouched(model, reference)
 
 
@@ -238,7 +262,7 @@ def test_wrapped_models_are_rejected() -> None:
     model = mlp()
     reference = copy.deepcopy(model)
     with pytest.raises(TypeError, match="DataParallel"):
-        SINGD(nn.DataParallel(model))
+        SINGD(nn.DataParallel(model), defaults="reference", train_all_parameters=True)
     _assert_untouched(model, reference)
     with pytest.raises(TypeError, match=r"model must be .*pass SINGD\(model\)"):
         SINGD(model.parameters())  # type: ignore[arg-type]
@@ -249,9 +273,9 @@ def test_parameter_shared_as_different_maps() -> None:
     second.weight = first.weight  # same weight, different biases: not one map
     model = nn.Sequential(first, second)
     with pytest.raises(ValueError, match="shared by layers"):
-        SINGD(model, train_all_parameters=False)
+        SINGD(model, train_all_parameters=False, defaults="reference")
     with pytest.warns(UserWarning, match="shared by layers.*element-wise"):
-        optimizer = SINGD(model)
+        optimizer = SINGD(model, defaults="reference", train_all_parameters=True)
     kinds = {block.name: block.kind for block in optimizer.blocks}
     assert kinds == {"0.weight": "elementwise", "0.bias": "elementwise", "1.bias": "elementwise"}
 
@@ -264,7 +288,10 @@ def test_weight_shared_by_the_same_map_is_one_block() -> None:
     tied[2].weight, tied[2].bias = tied[0].weight, tied[0].bias
     tied.load_state_dict(model.state_dict())
     data = [(torch.randn(8, 4), torch.randint(0, 4, (8,))) for _ in range(3)]
-    first, second = SINGD(model, T=1, lr=0.1), SINGD(tied, T=1, lr=0.1)
+    first, second = (
+        SINGD(model, T=1, lr=0.1, defaults="reference", train_all_parameters=True),
+        SINGD(tied, T=1, lr=0.1, defaults="reference", train_all_parameters=True),
+    )
     assert [b.name for b in second.blocks] == ["0"]
     train(model, first, data)
     train(tied, second, data)
@@ -273,7 +300,9 @@ def test_weight_shared_by_the_same_map_is_one_block() -> None:
 
 def test_param_groups_cannot_be_added_later() -> None:
     model = mlp()
-    optimizer = SINGD(model, [{"params": model[0].parameters()}])
+    optimizer = SINGD(
+        model, [{"params": model[0].parameters()}], defaults="reference", train_all_parameters=True
+    )
     with pytest.raises(RuntimeError, match="constructor"):
         optimizer.add_param_group({"params": model[2].parameters()})
     assert len(optimizer.param_groups) == 1
@@ -286,6 +315,6 @@ def test_nothing_to_train_is_an_error(case: str) -> None:
         model.requires_grad_(False)
     params = {"empty-list": [], "empty-groups": [{"params": []}]}.get(case)
     with pytest.raises(ValueError, match="no parameter to train"):
-        SINGD(model, params)
+        SINGD(model, params, defaults="reference", train_all_parameters=True)
     for module in model.modules():
         assert not module._forward_hooks

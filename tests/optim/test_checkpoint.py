@@ -42,7 +42,7 @@ def _make(config: dict[str, Any]) -> tuple[nn.Module, SINGD]:
     kwargs = {"lr": 0.1, "lr_cov": 0.05, "init_grad_scale": 4.0, **config}
     if kwargs.get("kfac_like"):
         kwargs["alpha1"] = 0.0
-    return model, SINGD(model, **kwargs)
+    return model, SINGD(model, **{"defaults": "reference", "train_all_parameters": True, **kwargs})
 
 
 @pytest.mark.parametrize("config", CONFIGS)

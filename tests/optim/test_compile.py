@@ -24,8 +24,12 @@ def test_twenty_steps_compile_at_most_twice() -> None:
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.LayerNorm(16), nn.Linear(16, 3))
     eager = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.LayerNorm(16), nn.Linear(16, 3))
     eager.load_state_dict(model.state_dict())
-    optimizer = SINGD(model, T=3, lr=0.05, lr_cov=0.05)
-    eager_optimizer = SINGD(eager, T=3, lr=0.05, lr_cov=0.05)
+    optimizer = SINGD(
+        model, T=3, lr=0.05, lr_cov=0.05, defaults="reference", train_all_parameters=True
+    )
+    eager_optimizer = SINGD(
+        eager, T=3, lr=0.05, lr_cov=0.05, defaults="reference", train_all_parameters=True
+    )
     compiled = torch.compile(model, backend="eager")
     x, y = torch.randn(4, 8), torch.randint(0, 3, (4,))
     graphs = []

@@ -251,7 +251,13 @@ def run_and_compare(
     torch.manual_seed(0)
     model = build_model().to(DTYPE)
     model_ref = copy.deepcopy(model)
-    opt = SINGD(model, loss_average=loss_average, **hyperparameters)
+    opt = SINGD(
+        model,
+        loss_average=loss_average,
+        **hyperparameters,
+        defaults="reference",
+        train_all_parameters=True,
+    )
     ref = DenseSINGD(model_ref, loss_average=loss_average, **hyperparameters)
     for step, (inputs, target) in enumerate(batches):
         for net, optimizer in ((model, opt), (model_ref, ref)):

@@ -32,6 +32,10 @@ CASES = [
         for s in STRUCTURES
     ),
     Case("split-warm-start", options={"distribute": "split", "warm_start": True}),
+    *(
+        Case(f"recommended-{mode}", options={"defaults": "recommended", "distribute": mode})
+        for mode in ("replicate", "split")
+    ),
     Case("ddp", wrapper="ddp"),
     Case("ddp-split", wrapper="ddp", options={"distribute": "split"}),
     Case("sequence-batch+sequence", model="sequence", options={"loss_average": "batch+sequence"}),
@@ -102,14 +106,15 @@ def test_two_processes_equal_one(case: Case, results: dict[str, Any]) -> None:
 
 def test_collectives_per_step_do_not_grow_with_the_layers(results: dict[str, Any]) -> None:
     """At most one collective per dtype and purpose in a step, whatever the layer count."""
-    # bare MLP: gradients on every step; curvature on update steps (T = 2)
-    assert results["bare-dense-dense"][0]["calls"] == [2, 1, 2, 1, 2]
-    # split: + one all-gather of the owners' results per step
-    assert results["split-dense-dense"][0]["calls"] == [3, 2, 3, 2, 3]
+    # bare MLP: the blocks' decisions before their first update (step 0 only), the
+    # gradients on every step, the curvature on update steps (T = 2), the skip votes
+    assert results["bare-dense-dense"][0]["calls"] == [4, 2, 3, 2, 3]
+    # split: one all-gather of the owners' results (and the votes) per step
+    assert results["split-dense-dense"][0]["calls"] == [4, 2, 3, 2, 3]
     # DDP averages the gradients itself
-    assert results["ddp"][0]["calls"] == [1, 0, 1, 0, 1]
+    assert results["ddp"][0]["calls"] == [3, 1, 2, 1, 2]
     # the transformer has 15 blocks and still the same number of collectives
-    assert results["transformer"][0]["calls"] == [2, 1, 2, 1, 2]
+    assert results["transformer"][0]["calls"] == [4, 2, 3, 2, 3]
 
 
 @pytest.mark.parametrize("name", TO_SINGLE)

@@ -149,10 +149,12 @@ def test_a_bad_step_leaves_no_trace(structure: str, fault: str, T: int, fault_at
     }
     with single_intra_op_thread():
         clean_net = model()
-        clean = SINGD(clean_net, **options)
+        clean = SINGD(
+            clean_net, **{"defaults": "reference", "train_all_parameters": True, **options}
+        )
         clean_losses = train(clean_net, clean, data)
         net = model()
-        optimizer = SINGD(net, **options)
+        optimizer = SINGD(net, **{"defaults": "reference", "train_all_parameters": True, **options})
         losses = train(net, optimizer, data, fault=fault, fault_at=fault_at)
     assert optimizer.skipped_steps == 1
     assert_same_state(state(net, optimizer), state(clean_net, clean))
@@ -165,7 +167,10 @@ def test_a_bad_step_with_gradient_accumulation(fault: str) -> None:
     data = batches(6)
     options = {"lr": 0.05, "lr_cov": 0.05, "damping": 0.1, "T": 2}
     clean_net, net = model(), model()
-    clean, optimizer = SINGD(clean_net, **options), SINGD(net, **options)
+    clean, optimizer = (
+        SINGD(clean_net, **{"defaults": "reference", "train_all_parameters": True, **options}),
+        SINGD(net, **{"defaults": "reference", "train_all_parameters": True, **options}),
+    )
     train(clean_net, clean, data, micro_batches=2)
     train(net, optimizer, data, micro_batches=2, fault=fault, fault_at=2)
     assert_same_state(state(net, optimizer), state(clean_net, clean))
@@ -178,7 +183,7 @@ def test_a_bad_step_under_a_gradient_scaler() -> None:
 
     def run(bad: bool) -> tuple[nn.Module, SINGD, list[float]]:
         net = model()
-        optimizer = SINGD(net, **options)
+        optimizer = SINGD(net, **{"defaults": "reference", "train_all_parameters": True, **options})
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=1000)
         losses = []
         for index, (x, y) in enumerate(data):
@@ -207,7 +212,7 @@ def test_a_bad_step_under_a_gradient_scaler() -> None:
 
 def test_skipped_steps_are_reported_with_a_count() -> None:
     net = model()
-    optimizer = SINGD(net, T=1)
+    optimizer = SINGD(net, T=1, defaults="reference", train_all_parameters=True)
     x, y = batches(1)[0]
     messages = []
     with warnings.catch_warnings(record=True) as caught:
@@ -224,7 +229,9 @@ def test_skipped_steps_are_reported_with_a_count() -> None:
 
 def test_without_the_check_a_bad_step_is_applied_like_the_reference() -> None:
     net = model()
-    optimizer = SINGD(net, T=1, skip_nonfinite=False)
+    optimizer = SINGD(
+        net, T=1, skip_nonfinite=False, defaults="reference", train_all_parameters=True
+    )
     x, y = batches(1)[0]
     x = x.clone()
     x[0, 0] = float("nan")
@@ -240,8 +247,18 @@ def test_update_clipping_bounds_each_block() -> None:
     torch.manual_seed(0)
     net = model()
     reference = copy.deepcopy(net)
-    clipped = SINGD(net, lr=1.0, momentum=0.0, T=1, max_update_rms=1e-3)
-    free = SINGD(reference, lr=1.0, momentum=0.0, T=1)
+    clipped = SINGD(
+        net,
+        lr=1.0,
+        momentum=0.0,
+        T=1,
+        max_update_rms=1e-3,
+        defaults="reference",
+        train_all_parameters=True,
+    )
+    free = SINGD(
+        reference, lr=1.0, momentum=0.0, T=1, defaults="reference", train_all_parameters=True
+    )
     x, y = batches(1)[0]
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
     for n_, o in ((net, clipped), (reference, free)):

@@ -42,7 +42,9 @@ def test_grad_scaler_matches_unscaled_training(growth_interval: int, T: int) -> 
 
     model = mlp()
     init_scale = 2.0**10
-    optimizer = SINGD(model, init_grad_scale=init_scale, **kwargs)
+    optimizer = SINGD(
+        model, init_grad_scale=init_scale, **kwargs, defaults="reference", train_all_parameters=True
+    )
     scaler = torch.amp.GradScaler(
         "cpu", init_scale=init_scale, growth_factor=3.0, growth_interval=growth_interval
     )
@@ -58,7 +60,9 @@ def test_grad_scaler_matches_unscaled_training(growth_interval: int, T: int) -> 
 
 def test_step_with_inf_is_skipped_and_drops_the_curvature() -> None:
     model = mlp()
-    optimizer = SINGD(model, T=1, init_grad_scale=2.0**8)
+    optimizer = SINGD(
+        model, T=1, init_grad_scale=2.0**8, defaults="reference", train_all_parameters=True
+    )
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
     _train_scaled(model, optimizer, scaler, batches(2))
 
@@ -89,7 +93,9 @@ def test_manual_loss_scale_with_set_current_grad_scale() -> None:
     data = batches(4)
     expected, _ = trained_copy(mlp(), data, T=1, lr=0.1)
     model = mlp()
-    optimizer = SINGD(model, T=1, lr=0.1, init_grad_scale=8.0)
+    optimizer = SINGD(
+        model, T=1, lr=0.1, init_grad_scale=8.0, defaults="reference", train_all_parameters=True
+    )
     for step, (x, y) in enumerate(data):
         scale = 8.0 * 2**step
         optimizer.zero_grad()
@@ -104,7 +110,9 @@ def test_unscaled_gradients_for_clipping() -> None:
     data = batches(4)
     expected, _ = trained_copy(mlp(), data, T=1, lr=0.1)
     model = mlp()
-    optimizer = SINGD(model, T=1, lr=0.1, init_grad_scale=2.0**6)
+    optimizer = SINGD(
+        model, T=1, lr=0.1, init_grad_scale=2.0**6, defaults="reference", train_all_parameters=True
+    )
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**6)
     for x, y in data:
         optimizer.zero_grad()
@@ -119,7 +127,7 @@ def test_unscaled_gradients_for_clipping() -> None:
 
 def test_grad_scale_at_step_zero_without_init_grad_scale_warns() -> None:
     model = mlp()
-    optimizer = SINGD(model, T=1)
+    optimizer = SINGD(model, T=1, defaults="reference", train_all_parameters=True)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4)
     with pytest.warns(UserWarning, match="init_grad_scale"):
         _train_scaled(model, optimizer, scaler, batches(1))

@@ -198,6 +198,8 @@ def test_kfac_like_fixed_point(case: Callable):
         structures=("dense", "dense"),
         kfac_approx=kfac_approx,
         kfac_like=True,
+        defaults="reference",
+        train_all_parameters=True,
     )
     for step in range(1, steps + 1):
         optimizer.zero_grad()

@@ -177,7 +177,15 @@ def test_conv_network_trains(approx: str, loss_average: str | None) -> None:
     model = ConvNet()
     lr = 0.1 if loss_average else 0.1 / 16  # a summed loss has 16 times the gradient
     optimizer = SINGD(
-        model, lr=lr, lr_cov=0.05, damping=0.1, T=1, kfac_approx=approx, loss_average=loss_average
+        model,
+        lr=lr,
+        lr_cov=0.05,
+        damping=0.1,
+        T=1,
+        kfac_approx=approx,
+        loss_average=loss_average,
+        defaults="reference",
+        train_all_parameters=True,
     )
     assert set(optimizer.Ks) == {"conv1d", "conv2d", "conv2d_b", "head"}
     assert optimizer.Ks["conv2d"].shape[0] == 2 * 9 + 1

@@ -102,6 +102,8 @@ def train(
     Returns:
         The optimizer.
     """
+    if optimizer_cls is SINGD:  # the reference's defaults for every argument not given
+        hyperparameters = {"defaults": "reference", **hyperparameters}
     optimizer = optimizer_cls(model, loss_average=loss_average, **hyperparameters)
     for inputs, target in batches:
         optimizer.zero_grad()

@@ -60,7 +60,9 @@ def test_two_calls_equal_one_call_on_two_positions(kfac_like: bool) -> None:
     }
     generator = torch.Generator().manual_seed(1)
     with single_intra_op_thread():
-        optimizer = SINGD(model, **config)
+        optimizer = SINGD(
+            model, **{"defaults": "reference", "train_all_parameters": True, **config}
+        )
         reference = DenseSINGD(stacked, **config)
         for step in range(5):
             x1, x2 = (torch.randn(6, 5, dtype=DTYPE, generator=generator) for _ in range(2))
@@ -95,8 +97,8 @@ def test_separate_backward_passes_still_accumulate() -> None:
     layer = nn.Linear(5, 4).to(DTYPE)
     copy = nn.Linear(5, 4).to(DTYPE)
     copy.load_state_dict(layer.state_dict())
-    accumulating = SINGD(layer, T=1)
-    one_pass = SINGD(copy, T=1)
+    accumulating = SINGD(layer, T=1, defaults="reference", train_all_parameters=True)
+    one_pass = SINGD(copy, T=1, defaults="reference", train_all_parameters=True)
     x = torch.randn(8, 5, dtype=DTYPE)
     for half in x.chunk(2):
         functional.mse_loss(layer(half), torch.zeros(4, 4, dtype=DTYPE)).mul(0.5).backward()

@@ -36,7 +36,14 @@ def test_every_structure_trains(structure: str, dtype: torch.dtype) -> None:
     model = mlp(dtype, widths=(6, 9, 7, 3))
     data = batches(1, dtype=dtype) * 12
     optimizer = SINGD(
-        model, structures=(structure, structure), T=2, lr=0.1, lr_cov=0.05, damping=0.1
+        model,
+        structures=(structure, structure),
+        T=2,
+        lr=0.1,
+        lr_cov=0.05,
+        damping=0.1,
+        defaults="reference",
+        train_all_parameters=True,
     )
     cls = structmat.get_structure(structure)
     with warnings.catch_warnings():
@@ -72,10 +79,22 @@ def test_structure_as_wide_as_the_layers_equals_dense(
         "alpha1": 0.0 if kfac_like else 0.5,
     }
     dense_model = mlp(torch.float64, widths)
-    dense_opt = SINGD(dense_model, structures=("dense", "dense"), **kwargs)
+    dense_opt = SINGD(
+        dense_model,
+        structures=("dense", "dense"),
+        **kwargs,
+        defaults="reference",
+        train_all_parameters=True,
+    )
     train(dense_model, dense_opt, data)
     model = mlp(torch.float64, widths)
-    optimizer = SINGD(model, structures=(structure, structure), **kwargs)
+    optimizer = SINGD(
+        model,
+        structures=(structure, structure),
+        **kwargs,
+        defaults="reference",
+        train_all_parameters=True,
+    )
     train(model, optimizer, data)
     for name, K in optimizer.Ks.items():
         torch.testing.assert_close(
@@ -92,6 +111,8 @@ def test_mixed_dtypes_for_the_two_factors() -> None:
         T=1,
         structures=("triltoeplitz", "diagonal"),
         preconditioner_dtype=(torch.float64, torch.bfloat16),
+        defaults="reference",
+        train_all_parameters=True,
     )
     train(model, optimizer, batches(3))
     for name in optimizer.Ks:
@@ -106,6 +127,12 @@ def test_conv_with_structures() -> None:
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 3))
     x, y = torch.randn(8, 3, 6, 6), torch.randint(0, 3, (8,))
     for structure in ("block4diagonal", "triutoeplitz", "hierarchical3_2"):
-        optimizer = SINGD(model, structures=(structure, "diagonal"), T=1)
+        optimizer = SINGD(
+            model,
+            structures=(structure, "diagonal"),
+            T=1,
+            defaults="reference",
+            train_all_parameters=True,
+        )
         train(model, optimizer, [(x, y)] * 2)
         optimizer.remove_hooks()

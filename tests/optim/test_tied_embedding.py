@@ -69,7 +69,9 @@ def test_tied_block_equals_dense_reimplementation(
 ) -> None:
     torch.manual_seed(0)
     model = TiedLM(functional_head).to(DTYPE)
-    optimizer = SINGD(model, loss_average=loss_average, **CONFIG)
+    optimizer = SINGD(
+        model, loss_average=loss_average, defaults="reference", train_all_parameters=True, **CONFIG
+    )
     (name,) = optimizer.Ks
     assert name == ("embed" if functional_head else "embed+head")
     K, C = torch.ones(V, dtype=DTYPE), torch.eye(D, dtype=DTYPE)
@@ -108,7 +110,7 @@ def test_tied_block_equals_dense_reimplementation(
 
 def test_tied_block_is_named_after_both_modules_and_lists_both_names() -> None:
     model = TiedLM()
-    optimizer = SINGD(model)
+    optimizer = SINGD(model, defaults="reference", train_all_parameters=True)
     assert [block.name for block in optimizer.blocks] == ["embed+head"]
     (line,) = [row for row in optimizer.describe().splitlines() if row.startswith("embed+head")]
     assert "embed.weight = head.weight" in line

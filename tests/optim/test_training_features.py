@@ -22,7 +22,7 @@ from tests.optim._singd_helpers import (
 
 def test_lr_scheduler_drives_the_parameter_learning_rate() -> None:
     model = mlp()
-    optimizer = SINGD(model, lr=0.1, T=1)
+    optimizer = SINGD(model, lr=0.1, T=1, defaults="reference", train_all_parameters=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda epoch: 1.0 if epoch < 2 else 0.0
     )
@@ -39,7 +39,7 @@ def test_lr_scheduler_drives_the_parameter_learning_rate() -> None:
     assert_same_parameters(snapshots[1], snapshots[3])  # lr 0 from the third step on
 
     model = mlp()
-    optimizer = SINGD(model, lr=0.1, T=1)
+    optimizer = SINGD(model, lr=0.1, T=1, defaults="reference", train_all_parameters=True)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
     for x, y in data:
         optimizer.zero_grad()
@@ -57,7 +57,7 @@ def test_callable_lr_cov_gets_the_step_number() -> None:
         return 0.0 if step < 3 else 0.05
 
     model = mlp()
-    optimizer = SINGD(model, lr_cov=lr_cov, T=2)
+    optimizer = SINGD(model, lr_cov=lr_cov, T=2, defaults="reference", train_all_parameters=True)
     train(model, optimizer, batches(3))
     assert sorted(set(calls)) == [0, 2]
     for factor in dense_factors(optimizer).values():  # lr_cov 0 so far: identities
@@ -93,7 +93,7 @@ def test_inplace_activations_give_the_same_trajectory() -> None:
     reference[1] = nn.ReLU()
     data = batches(4)
     for m in (model, reference):
-        train(m, SINGD(m, T=1, lr=0.1), data)
+        train(m, SINGD(m, T=1, lr=0.1, defaults="reference", train_all_parameters=True), data)
     assert_same_parameters(model, reference)
 
 
@@ -101,7 +101,7 @@ def test_step_with_closure() -> None:
     data = batches(4)
     expected, _ = trained_copy(mlp(), data, T=2, lr=0.1)
     model = mlp()
-    optimizer = SINGD(model, T=2, lr=0.1)
+    optimizer = SINGD(model, T=2, lr=0.1, defaults="reference", train_all_parameters=True)
     for x, y in data:
 
         def closure(x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
@@ -131,7 +131,7 @@ class TwoBranches(nn.Module):
 def test_layer_unused_in_an_update_step() -> None:
     torch.manual_seed(0)
     model = TwoBranches()
-    optimizer = SINGD(model, T=1, lr=0.1)
+    optimizer = SINGD(model, T=1, lr=0.1, defaults="reference", train_all_parameters=True)
     data = batches(4)
     for step, (x, y) in enumerate(data):
         branch = "left" if step < 2 else "right"
@@ -149,7 +149,7 @@ def test_layer_unused_in_an_update_step() -> None:
 
 def test_forward_without_backward_records_nothing() -> None:
     model = mlp()
-    optimizer = SINGD(model, T=1)
+    optimizer = SINGD(model, T=1, defaults="reference", train_all_parameters=True)
     x, _ = batches(1)[0]
     model(x)
     with torch.no_grad():
@@ -159,7 +159,7 @@ def test_forward_without_backward_records_nothing() -> None:
 
 def test_non_finite_curvature_skips_the_whole_step() -> None:
     model = mlp()
-    optimizer = SINGD(model, T=1, lr=1e-3)
+    optimizer = SINGD(model, T=1, lr=1e-3, defaults="reference", train_all_parameters=True)
     train(model, optimizer, batches(2))
     before = {k: v.clone() for k, v in dense_factors(optimizer).items()}
     momenta = {k: v.to_dense().clone() for k, v in optimizer.m_Ks.items()}
@@ -210,6 +210,8 @@ def test_bfloat16_autocast_converges_like_float32() -> None:
             lr_cov=0.05,
             damping=0.1,
             T=1,
+            defaults="reference",
+            train_all_parameters=True,
             **kwargs,  # type: ignore[arg-type]
         )
         losses = []
@@ -244,7 +246,7 @@ def test_weight_decay_and_momentum_zero() -> None:
 def test_layer_called_with_keyword_input() -> None:
     torch.manual_seed(0)
     layer = nn.Linear(4, 2)
-    optimizer = SINGD(layer, T=1)
+    optimizer = SINGD(layer, T=1, defaults="reference", train_all_parameters=True)
     layer(input=torch.randn(5, 4)).square().sum().backward()
     assert optimizer.H_counts == {"": (5, 5)}
     optimizer.step()

@@ -172,7 +172,15 @@ def test_zero_damping_is_rejected() -> None:
 def test_optimizer_starts_at_the_fixed_point_of_the_first_curvature() -> None:
     model = mlp(DTYPE)
     data = batches(3, dtype=DTYPE)
-    warm = SINGD(model, lr=0.0, damping=0.01, warm_start=True, T=2)
+    warm = SINGD(
+        model,
+        lr=0.0,
+        damping=0.01,
+        warm_start=True,
+        T=2,
+        defaults="reference",
+        train_all_parameters=True,
+    )
     x, y = data[0]
     warm.zero_grad()
     torch.nn.functional.cross_entropy(model(x), y).backward()
@@ -194,26 +202,47 @@ def test_optimizer_starts_at_the_fixed_point_of_the_first_curvature() -> None:
 
 def test_warm_start_is_off_by_default_and_validated() -> None:
     model = mlp()
-    assert SINGD(model).param_groups[0]["warm_start"] is False
+    assert (
+        SINGD(model, defaults="reference", train_all_parameters=True).param_groups[0]["warm_start"]
+        is False
+    )
     with pytest.raises(TypeError, match="warm_start"):
-        SINGD(model, warm_start=1)  # type: ignore[arg-type]
+        SINGD(model, warm_start=1, defaults="reference", train_all_parameters=True)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="warm_start"):
-        SINGD(model, warm_start=True, damping=0.0)
+        SINGD(model, warm_start=True, damping=0.0, defaults="reference", train_all_parameters=True)
 
 
 def test_a_loaded_checkpoint_does_not_start_again() -> None:
     model = mlp(DTYPE)
     data = batches(2, dtype=DTYPE)
-    first = SINGD(model, lr=0.0, damping=0.01, warm_start=True, T=1)
+    first = SINGD(
+        model,
+        lr=0.0,
+        damping=0.01,
+        warm_start=True,
+        T=1,
+        defaults="reference",
+        train_all_parameters=True,
+    )
     x, y = data[0]
     first.zero_grad()
     torch.nn.functional.cross_entropy(model(x), y).backward()
     first.step()
     state = first.state_dict()
     first.remove_hooks()
-    second = SINGD(model, lr=0.0, damping=0.01, warm_start=True, T=1)
+    second = SINGD(
+        model,
+        lr=0.0,
+        damping=0.01,
+        warm_start=True,
+        T=1,
+        defaults="reference",
+        train_all_parameters=True,
+    )
     second.load_state_dict(state)
-    reference = SINGD(model, lr=0.0, damping=0.01, T=1)
+    reference = SINGD(
+        model, lr=0.0, damping=0.01, T=1, defaults="reference", train_all_parameters=True
+    )
     reference.load_state_dict(state)
     x, y = data[1]
     for optimizer in (second, reference):

@@ -35,8 +35,11 @@ def test_constructor_warnings_point_at_the_constructor_call() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2))
     line = _warning_site(lambda: SINGD(model, train_all_parameters=False), "not supported")
     assert "SINGD(model, train_all_parameters=False)" in line
-    line = _warning_site(lambda: SINGD(model, kfac_like=True), "kfac_like=True")
-    assert "SINGD(model, kfac_like=True)" in line
+    line = _warning_site(lambda: SINGD(model, kfac_like=True, alpha1=0.5), "kfac_like=True")
+    assert "SINGD(model, kfac_like=True, alpha1=0.5)" in line
+    wide = nn.Linear(2048, 64)
+    line = _warning_site(lambda: SINGD(wide, structures=("dense", "dense")), "keep more than")
+    assert 'SINGD(wide, structures=("dense", "dense"))' in line
     params = list(model.parameters())
     line = _warning_site(
         lambda: SINGD(model, params, train_all_parameters=False, warn_unsupported=True),

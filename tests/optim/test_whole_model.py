@@ -156,7 +156,9 @@ def test_attention_projections_equal_explicit_linear_layers(
     }
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        optimizer = SINGD(model, **config)
+        optimizer = SINGD(
+            model, **{"defaults": "reference", "train_all_parameters": True, **config}
+        )
     reference = DenseSINGD(explicit, **config)
     names = {
         "q": "attn.q_proj",
@@ -232,7 +234,7 @@ def test_embedding_equals_linear_on_one_hot_inputs_with_diagonal_K(
     }
     if loss_average is None:
         config["lr"] = 0.005
-    optimizer = SINGD(model, **config)
+    optimizer = SINGD(model, **{"defaults": "reference", "train_all_parameters": True, **config})
     reference = DenseSINGD(one_hot, **config, layer_structures={"embed": ("diagonal", structure_C)})
     assert optimizer.blocks[0].structures == ("diagonal", structure_C)
     generator = torch.Generator().manual_seed(2)
@@ -253,7 +255,7 @@ def test_embedding_equals_linear_on_one_hot_inputs_with_diagonal_K(
 def test_sparse_embedding_is_rejected() -> None:
     model = nn.Sequential(nn.Embedding(5, 3, sparse=True), nn.Linear(3, 2))
     with pytest.raises(ValueError, match="sparse=True"):
-        SINGD(model)
+        SINGD(model, defaults="reference", train_all_parameters=True)
 
 
 # ------------------------------------------------------------ functional maps
@@ -291,7 +293,7 @@ def test_functional_weights_become_kronecker_blocks_at_their_first_call() -> Non
     with torch.no_grad():
         model.position.zero_()
     model.position.requires_grad_(False)  # keep the two models' inputs equal
-    optimizer = SINGD(model, **CONFIG)
+    optimizer = SINGD(model, **{"defaults": "reference", "train_all_parameters": True, **CONFIG})
     assert [b.kind for b in optimizer.blocks] == ["deferred", "deferred"]
     reference = DenseSINGD(modules, **CONFIG)
     generator = torch.Generator().manual_seed(3)
@@ -312,7 +314,7 @@ def test_functional_weights_become_kronecker_blocks_at_their_first_call() -> Non
 
 def test_unused_deferred_parameter_becomes_elementwise() -> None:
     model = FunctionalMaps().to(DTYPE)
-    optimizer = SINGD(model, **CONFIG)
+    optimizer = SINGD(model, **{"defaults": "reference", "train_all_parameters": True, **CONFIG})
     kinds = {block.name: block.kind for block in optimizer.blocks}
     assert kinds["position"] == "deferred"
     x = torch.randn(4, 2, 5, 5, dtype=DTYPE)
@@ -337,6 +339,8 @@ def test_elementwise_rule_follows_its_formula() -> None:
         elementwise_lr=elementwise_lr,
         elementwise_beta2=beta,
         elementwise_eps=eps,
+        defaults="reference",
+        train_all_parameters=True,
     )
     expected = [p.detach().clone() for p in norm.parameters()]
     second = [torch.zeros_like(p) for p in expected]
@@ -380,7 +384,15 @@ def test_transformer_trains_and_preconditions_every_parameter() -> None:
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        optimizer = SINGD(model, lr=0.01, lr_cov=0.05, damping=0.1, T=2)
+        optimizer = SINGD(
+            model,
+            lr=0.01,
+            lr_cov=0.05,
+            damping=0.1,
+            T=2,
+            defaults="reference",
+            train_all_parameters=True,
+        )
         tokens = torch.randint(0, 13, (8, 7))
         losses = []
         for _ in range(6):
@@ -421,7 +433,15 @@ def test_transformer_trains_and_preconditions_every_parameter() -> None:
 def test_transformer_checkpoint_resumes_bitwise() -> None:
     torch.manual_seed(0)
     model = TinyLM()
-    optimizer = SINGD(model, lr=0.01, lr_cov=0.05, damping=0.1, T=2)
+    optimizer = SINGD(
+        model,
+        lr=0.01,
+        lr_cov=0.05,
+        damping=0.1,
+        T=2,
+        defaults="reference",
+        train_all_parameters=True,
+    )
     tokens = torch.randint(0, 13, (6, 7))
 
     def step(net: nn.Module, opt: SINGD) -> None:
@@ -433,7 +453,15 @@ def test_transformer_checkpoint_resumes_bitwise() -> None:
     for _ in range(3):
         step(model, optimizer)
     resumed = copy.deepcopy(model)  # copies the first optimizer's hooks, which must ignore it
-    resumed_opt = SINGD(resumed, lr=0.01, lr_cov=0.05, damping=0.1, T=2)
+    resumed_opt = SINGD(
+        resumed,
+        lr=0.01,
+        lr_cov=0.05,
+        damping=0.1,
+        T=2,
+        defaults="reference",
+        train_all_parameters=True,
+    )
     resumed_opt.load_state_dict(copy.deepcopy(optimizer.state_dict()))
     for _ in range(3):
         step(model, optimizer)
@@ -446,7 +474,7 @@ def test_transformer_checkpoint_resumes_bitwise() -> None:
 def test_a_second_optimizer_on_the_same_parameters_is_reported() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2))
-    optimizer = SINGD(model)
+    optimizer = SINGD(model, defaults="reference", train_all_parameters=True)
     other = torch.optim.AdamW(model[1].parameters(), lr=1e-3)  # the reference-style pairing
     x, y = torch.randn(8, 4), torch.randn(8, 2)
     with pytest.warns(UserWarning, match=r"\['1.bias', '1.weight'\] were changed in place"):
@@ -460,7 +488,7 @@ def test_a_second_optimizer_on_the_same_parameters_is_reported() -> None:
 
 def test_loading_the_model_once_is_not_reported() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2))
-    optimizer = SINGD(model)
+    optimizer = SINGD(model, defaults="reference", train_all_parameters=True)
     snapshot = copy.deepcopy(model.state_dict())
     x, y = torch.randn(8, 4), torch.randn(8, 2)
     with warnings.catch_warnings():
@@ -490,7 +518,7 @@ def test_recurrent_layers_train_with_the_elementwise_rule() -> None:
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        optimizer = SINGD(model, lr=0.01, T=1)
+        optimizer = SINGD(model, lr=0.01, T=1, defaults="reference", train_all_parameters=True)
         for _ in range(3):
             optimizer.zero_grad()
             functional.mse_loss(model(torch.randn(5, 3, 4)), torch.randn(5, 2)).backward()

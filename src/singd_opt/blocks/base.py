@@ -122,6 +122,28 @@ class PreconditionerBlock(ABC):
         """The parameters (rows) that have a gradient now: the order of the directions."""
         return [rows for rows in self.params if rows.param.grad is not None]
 
+    # -------------------------------------------------------------- decisions
+    def decision(self) -> Tensor | None:
+        """What this process saw that every process must decide on alike, or ``None``.
+
+        A block with an open decision (a choice that depends on what was recorded,
+        which processes recording different data could make differently) returns a
+        float64 vector of a length fixed at construction; the same blocks return one
+        on every process of a step. The processes then gather their vectors and hand
+        them all to :meth:`decide` before anything else of the step happens.
+        """
+        return None
+
+    def decide(self, seen: list[Tensor]) -> None:  # noqa: B027 (most blocks decide nothing)
+        """Make the decision from what every process saw (the same on every process).
+
+        Args:
+            seen: :meth:`decision` of every process, by rank.
+
+        Raises:
+            ValueError: If the processes saw things that no decision can reconcile.
+        """
+
     # ------------------------------------------------------------- curvature
     def record(
         self,
@@ -230,6 +252,16 @@ class PreconditionerBlock(ABC):
         The optimizer saves and loads through :attr:`origin`.
         """
 
+    def settled_state_dict(self) -> dict[str, Any]:
+        """:attr:`origin`'s state as of the last taken step, without what was recorded since.
+
+        What every process holds alike (the curvature recorded since the last step is
+        each process's own share). Called on the block in the optimizer's list; a
+        block that keeps nothing between the backward pass and the step needs no
+        override.
+        """
+        return self.origin.state_dict()
+
     @abstractmethod
     def load_state_dict(
         self, state: Mapping[str, Any], group: Mapping[str, Any]
@@ -258,6 +290,15 @@ class PreconditionerBlock(ABC):
 
     def pending_curvature(self) -> tuple[StructuredMatrix, StructuredMatrix, int, int] | None:
         """``(H_K, H_C, rows, terms)`` recorded since the last update, if the block keeps such."""
+        return None
+
+    def oversized(self, multiple: float, min_bytes: int) -> str | None:
+        """A line about the block if its preconditioner keeps more than ``multiple`` x its weight.
+
+        Args:
+            multiple: The stated multiple of the parameters' bytes.
+            min_bytes: Preconditioners of at most this many bytes are never reported.
+        """
         return None
 
     def describe(self) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from singd_opt.blocks.base import PreconditionerBlock, Proposal, StepContext
@@ -184,6 +185,73 @@ class _ElementwiseParts(PreconditionerBlock):
         return {**self.parts[0].describe(), "parts": len(self.parts)}
 
 
+_FUNCTIONS = ("linear", "embedding", "conv1d", "conv2d", "conv3d")
+_PAD_MODES = ("constant", "reflect", "replicate", "circular")
+#: Length of a map's numeric description: seen, function, then for convolutions
+#: stride (3), dilation (3), padding (3 pairs), groups and padding mode.
+_CODE_LENGTH = 15
+
+
+def encode_layer(layer: Layer | None) -> Tensor:
+    """The map a call chose as a float64 vector (all zeros for no map).
+
+    The entries are small integers, exact in float64: ``1``, the index of the
+    function in ``("linear", "embedding", "conv1d", "conv2d", "conv3d")`` and, for a
+    convolution, its stride, dilation, padding, groups and padding mode (see
+    :func:`decode_layer`).
+    """
+    code = torch.zeros(_CODE_LENGTH, dtype=torch.float64)
+    if layer is None:
+        return code
+    function = _layer_spec(layer)["function"]
+    code[0], code[1] = 1.0, float(_FUNCTIONS.index(function))
+    if isinstance(layer, TransposedLinearLayer):
+        code[2] = 1.0  # the parameter is used as W^T (x @ P)
+    if isinstance(layer, ConvLayer):
+        g = layer.geometry
+        spatial = len(g.kernel)
+        code[2 : 2 + spatial] = torch.tensor(g.stride, dtype=torch.float64)
+        code[5 : 5 + spatial] = torch.tensor(g.dilation, dtype=torch.float64)
+        pads = [p for pair in g.padding for p in pair]
+        code[8 : 8 + 2 * spatial] = torch.tensor(pads, dtype=torch.float64)
+        code[14] = float(g.groups * len(_PAD_MODES) + _PAD_MODES.index(g.pad_mode))
+    return code
+
+
+def decode_layer(param: ParameterRows, code: Tensor, bias: ParameterRows | None = None) -> Layer:
+    """The map of a vector of :func:`encode_layer` for the weight ``param`` (and ``bias``).
+
+    Raises:
+        ValueError: If the map does not fit the parameter.
+    """
+    values = [int(v) for v in code.tolist()]
+    function = _FUNCTIONS[values[1]]
+    if not function.startswith("conv"):
+        layer = layer_of_call(param, function, {}, bool(values[2]), bias)
+    else:
+        spatial = int(function[4])
+        groups, pad_mode = divmod(values[14], len(_PAD_MODES))
+        pads = values[8 : 8 + 2 * spatial]
+        geometry = ConvGeometry(
+            kernel=tuple(param.value.shape[2:]),
+            stride=tuple(values[2 : 2 + spatial]),
+            dilation=tuple(values[5 : 5 + spatial]),
+            padding=tuple((pads[2 * i], pads[2 * i + 1]) for i in range(spatial)),
+            groups=groups,
+            pad_mode=_PAD_MODES[pad_mode],
+        )
+        layer = (
+            ConvLayer(param, bias, param.value, geometry)
+            if param.value.ndim == spatial + 2
+            else None
+        )
+    if layer is None:
+        raise ValueError(
+            f"a {function!r} map does not fit a parameter of shape {tuple(param.value.shape)}"
+        )
+    return layer
+
+
 class DeferredBlock(PreconditionerBlock):
     """A parameter whose block (Kronecker or element-wise) is chosen by its first use.
 
@@ -266,6 +334,50 @@ class DeferredBlock(PreconditionerBlock):
         """Whether calls may still be recorded (not once the element-wise rule is chosen)."""
         return self._choice is None or isinstance(self._choice, KroneckerBlock)
 
+    # -------------------------------------------------------------- decision
+    def decision(self) -> Tensor:
+        """The map this process's calls chose (:func:`encode_layer`; zeros for none).
+
+        See :meth:`PreconditionerBlock.decision`: a parameter used on some processes
+        only must become the same block on every process.
+        """
+        choice = self._choice
+        return encode_layer(choice.layer if isinstance(choice, KroneckerBlock) else None)
+
+    def decide(self, seen: list[Tensor]) -> None:
+        """Choose the map the processes' calls chose (a Kronecker block), if any did.
+
+        A process whose calls chose nothing builds the Kronecker block of the others'
+        map (it contributes no curvature); with no map anywhere the step's choice
+        stays open (:meth:`for_step` then chooses the element-wise block).
+
+        Raises:
+            ValueError: If processes chose different maps.
+        """
+        chosen = [(rank, code) for rank, code in enumerate(seen) if code[0] > 0]
+        if not chosen:
+            return
+        first_rank, first = chosen[0]
+        for rank, code in chosen[1:]:
+            if not torch.equal(code, first):
+                raise ValueError(
+                    f"parameter {self.name!r} is the weight of different maps on process "
+                    f"{first_rank} ({_FUNCTIONS[int(first[1])]}) and process {rank} "
+                    f"({_FUNCTIONS[int(code[1])]}, or other convolution arguments); every "
+                    "process must use it alike"
+                )
+        if self._choice is None:
+            choice = KroneckerBlock(
+                self.name,
+                decode_layer(self.params[0], first, self.bias),
+                self.group_index,
+                self._group,
+            )
+            choice.recorded_somewhere = True
+            self._adopt(choice)
+        elif isinstance(self._choice, KroneckerBlock):
+            self._choice.recorded_somewhere = True
+
     # ------------------------------------------------------------------ step
     def for_step(self) -> PreconditionerBlock:
         """The chosen block; the element-wise one if no call has chosen a Kronecker block."""
@@ -329,6 +441,10 @@ class DeferredBlock(PreconditionerBlock):
             return self._adopt(load_block())
 
         return load
+
+    def settled_state_dict(self) -> dict[str, Any]:
+        """Undecided: in the optimizer's list, this block's choice is not yet taken."""
+        return {"kind": self.kind}
 
     def state_tensors(self) -> list[Tensor]:
         """See :meth:`PreconditionerBlock.state_tensors`."""

@@ -20,6 +20,7 @@ from torch import Tensor
 from singd_opt.blocks.base import PreconditionerBlock, Proposal, StepContext
 from singd_opt.blocks.matrix_state import matrix_from_state, matrix_to_state
 from singd_opt.curvature import CurvatureSums
+from singd_opt.grafting import FactoredMoment, advance_moment, graft_direction
 from singd_opt.layers import EmbeddingLayer, Layer, ParameterRows
 from singd_opt.preconditioner import (
     UpdateConfig,
@@ -28,8 +29,9 @@ from singd_opt.preconditioner import (
     natural_gradient,
     update_preconditioner,
 )
+from singd_opt.structure_choice import AUTO, byte_size, choose_structure, copies_per_side
 from singd_opt.structures import resolve_structure
-from singd_opt.warm_start import fixed_point_factors
+from singd_opt.warm_start import warm_start_factors
 from structmat import StructuredMatrix
 
 _FACTORS = ("K", "C", "m_K", "m_C")
@@ -103,16 +105,29 @@ class KroneckerBlock(PreconditionerBlock):
             self.m_C = cls_C.zeros(layer.dim_C, dtype=dtype_C, device=device)
         self.curvature: CurvatureSums | None = None
         self.ever_updated = False  # whether K, C have been updated at least once
+        # whether some process recorded curvature for the coming first update (set by
+        # :meth:`decide` with several processes; else the own curvature decides)
+        self.recorded_somewhere = False
         # (K, C, K K^T, C C^T) for structures closed under transposition; rebuilt
         # whenever K or C is replaced.
         self._squares: tuple[Any, Any, Any, Any] | None = None
+        # the factored second moment of the gradient matrix (graft="adafactor")
+        self._graft_moment: FactoredMoment | None = None
 
     @staticmethod
     def structures_for(layer: Layer, group: Mapping[str, Any]) -> tuple[str, str]:
-        """Return the structure names of ``(K, C)``: the group's, diagonal ``K`` for embeddings."""
+        """Return the structure names of ``(K, C)``: the group's, diagonal ``K`` for embeddings.
+
+        ``"auto"`` becomes :func:`~singd_opt.structure_choice.choose_structure`'s choice.
+        """
         name_K, name_C = group["structures"]
         if isinstance(layer, EmbeddingLayer):
             name_K = "diagonal"
+        numel, copies = layer.dim_K * layer.dim_C, copies_per_side(group["alpha1"])
+        if name_K == AUTO:
+            name_K = choose_structure(layer.dim_K, numel, copies)
+        if name_C == AUTO:
+            name_C = choose_structure(layer.dim_C, numel, copies)
         return name_K, name_C
 
     def dtypes(self, group: Mapping[str, Any]) -> tuple[torch.dtype, torch.dtype]:
@@ -163,13 +178,29 @@ class KroneckerBlock(PreconditionerBlock):
     def drop_curvature(self) -> None:
         """See :meth:`PreconditionerBlock.drop_curvature`."""
         self.curvature = None
+        self.recorded_somewhere = False
+
+    def decision(self) -> Tensor | None:
+        """Whether this process recorded curvature, before the first update.
+
+        See :meth:`PreconditionerBlock.decision`: the processes agree on whether the
+        block lacks curvature (a layer may be used on some processes only).
+        """
+        if not self.recording or self.ever_updated:
+            return None
+        return torch.tensor([float(self.curvature is not None)], dtype=torch.float64)
+
+    def decide(self, seen: list[Tensor]) -> None:
+        """Note whether any process recorded curvature (see :meth:`decision`)."""
+        self.recorded_somewhere = any(bool(s[0] > 0) for s in seen)
 
     def lacks_curvature(self) -> bool:
-        """See :meth:`PreconditionerBlock.lacks_curvature`."""
+        """See :meth:`PreconditionerBlock.lacks_curvature` (what every process recorded)."""
         return (
             self.recording
             and not self.ever_updated
             and self.curvature is None
+            and not self.recorded_somewhere
             and any(rows.param.grad is not None for rows in self.layer.params)
         )
 
@@ -217,6 +248,7 @@ class KroneckerBlock(PreconditionerBlock):
             normalize_lr_cov=group["normalize_lr_cov"],
             lr_cov=lr_cov,
             grad_unscaling=context.grad_unscaling,
+            relative_damping=group.get("relative_damping", 0.0),
         )
 
     def _cached_squares(
@@ -245,7 +277,7 @@ class KroneckerBlock(PreconditionerBlock):
             if self._warm_starts(group):
                 # the first update jumps to the fixed point of this curvature
                 H_C = H_C.mul_(config.grad_unscaling) if config.grad_unscaling != 1.0 else H_C
-                K, C = fixed_point_factors(H_K, H_C, float(config.damping), config.kfac_like)
+                K, C = warm_start_factors(H_K, H_C, config)
                 shared = _tensors(K, C)
             else:
                 K, C, new_m_K, new_m_C = update_preconditioner(K, C, m_K, m_C, H_K, H_C, config)
@@ -257,11 +289,17 @@ class KroneckerBlock(PreconditionerBlock):
         directions = []
         grad = self.layer.gradient_matrix(context.gradients)
         KKT = CCT = None
+        graft_moment = self._graft_moment
         if grad is not None:
             if context.grad_factor != 1.0:
                 grad = grad / context.grad_factor
             KKT, CCT = self._cached_squares(K, C, group["T"])
-            directions = self.layer.split(natural_gradient(K, C, grad, KKT, CCT))
+            direction = natural_gradient(K, C, grad, KKT, CCT)
+            if group.get("graft") is not None:
+                direction, graft_moment = graft_direction(
+                    direction, grad, group["graft"], graft_moment, group
+                )
+            directions = self.layer.split(direction)
 
         def commit() -> None:
             if updating:
@@ -269,6 +307,7 @@ class KroneckerBlock(PreconditionerBlock):
                 self.ever_updated = True
             if grad is not None:
                 self._squares = (K, C, KKT, CCT)
+                self._graft_moment = graft_moment
 
         return Proposal(directions, checked + [d for _, d in directions], commit, shared)
 
@@ -311,8 +350,16 @@ class KroneckerBlock(PreconditionerBlock):
                 momenta = (first, second)
                 K, C = factor_step(K, C, first, second, self._update_config(group, context))
 
+        graft_moment = self._graft_moment
+        grad = self.layer.gradient_matrix(context.gradients) if group.get("graft") else None
+        if grad is not None:  # the grafting state follows the gradients, as on the owner
+            if context.grad_factor != 1.0:
+                grad = grad / context.grad_factor
+            graft_moment = advance_moment(grad, group["graft"], graft_moment, group)
+
         def commit() -> None:
             self.curvature = None  # the owner used it
+            self._graft_moment = graft_moment
             if shared is not None:
                 self.K, self.C = K, C
                 if momenta is not None and group["alpha1"] != 0.0:
@@ -357,6 +404,20 @@ class KroneckerBlock(PreconditionerBlock):
             state["H_K"] = matrix_to_state(self.structures[0], self.curvature.H_K)
             state["H_C"] = matrix_to_state(self.structures[1], self.curvature.H_C)
             state["counts"] = [self.curvature.row_count, self.curvature.terms]
+        if self._graft_moment is not None:
+            moment = self._graft_moment
+            state["graft_moment"] = {
+                "rows": moment.rows,
+                "columns": moment.columns,
+                "updates": moment.updates,
+            }
+        return state
+
+    def settled_state_dict(self) -> dict[str, Any]:
+        """See :meth:`PreconditionerBlock.settled_state_dict`: without the curvature."""
+        state = self.origin.state_dict()
+        for key in ("H_K", "H_C", "counts"):
+            state.pop(key, None)
         return state
 
     def load_state_dict(
@@ -416,7 +477,10 @@ class KroneckerBlock(PreconditionerBlock):
                 mean_loss=group["loss_average"] is not None,
             )
 
+        graft_moment = self._load_graft_moment(state.get("graft_moment"), what, device)
+
         def load() -> PreconditionerBlock:
+            self._graft_moment = graft_moment
             self.structures = structures
             self.K, self.C = loaded["K"], loaded["C"]  # type: ignore[assignment]
             self.m_K, self.m_C = loaded["m_K"], loaded["m_C"]
@@ -427,14 +491,55 @@ class KroneckerBlock(PreconditionerBlock):
 
         return load
 
+    def _load_graft_moment(
+        self, entry: Any, what: str, device: torch.device
+    ) -> FactoredMoment | None:
+        """Return the saved grafting moment (``graft="adafactor"``), checked, or ``None``."""
+        if entry is None:
+            return None
+        shapes = ((self.layer.dim_C,), (self.layer.dim_K,))
+        if not (
+            isinstance(entry, dict)
+            and all(isinstance(entry.get(k), Tensor) for k in ("rows", "columns"))
+            and (entry["rows"].shape, entry["columns"].shape) == shapes
+            and isinstance(entry.get("updates"), int)
+            and not isinstance(entry["updates"], bool)
+            and entry["updates"] >= 0
+        ):
+            raise ValueError(
+                f"{what} graft_moment must hold rows {shapes[0]}, columns {shapes[1]} "
+                "and a non-negative int updates"
+            )
+        return FactoredMoment(
+            entry["rows"].to(device=device, copy=True),
+            entry["columns"].to(device=device, copy=True),
+            entry["updates"],
+        )
+
     def state_tensors(self) -> list[Tensor]:
         """See :meth:`PreconditionerBlock.state_tensors` (the cached ``K K^T`` included)."""
         tensors = [t for m in self.matrices().values() for t in m.tensors().values()]
+        if self._graft_moment is not None:
+            tensors.extend((self._graft_moment.rows, self._graft_moment.columns))
         if self._squares is not None:
             tensors.extend(
                 t for m in self._squares[2:] if m is not None for t in m.tensors().values()
             )
         return tensors
+
+    def oversized(self, multiple: float, min_bytes: int) -> str | None:
+        """See :meth:`PreconditionerBlock.oversized`: ``K``, ``C`` and momenta vs. the weight."""
+        layer = self.layer
+        weight = layer.dim_K * layer.dim_C * layer.params[0].param.element_size()
+        tensors = [t for m in self.matrices().values() for t in m.tensors().values()]
+        size = sum(t.numel() * t.element_size() for t in tensors)
+        if size <= multiple * weight or size <= min_bytes:
+            return None
+        return (
+            f"{self.name or 'model'}: K {self.structures[0]} {layer.dim_K}, "
+            f"C {self.structures[1]} {layer.dim_C}: {byte_size(size)}, "
+            f"{size / weight:.1f}x the weight's {byte_size(weight)}"
+        )
 
     def pending_curvature(self) -> tuple[StructuredMatrix, StructuredMatrix, int, int] | None:
         """See :meth:`PreconditionerBlock.pending_curvature`."""

@@ -19,8 +19,15 @@ combination is exact):
    and computes its directions. One all-gather per dtype then hands every process the
    directions of every block and, on update steps, the new ``K, C, m_K, m_C``, so that
    every process keeps the complete state (checkpoints need no communication) and can
-   compute its curvature on the next update step. The finiteness flag of each process
-   travels along, so all processes agree on skipping a step.
+   compute its curvature on the next update step.
+5. **Decisions**: before the curvature, the blocks' open decisions (what each process
+   recorded, where that decides what a block becomes or reports; see
+   :meth:`~singd_opt.blocks.PreconditionerBlock.decision`) are gathered in one
+   all-gather, only on steps that have such decisions (the first updates). After the
+   proposals, each process's votes (its proposals are not finite; its gradient scaler
+   found non-finite gradients) are summed, so that every process takes the same
+   decision: one all-reduce of two numbers, or, in split mode, a part of the
+   all-gather of step 4.
 
 The number of collectives per step does not depend on the number of layers.
 """
@@ -59,6 +66,8 @@ class DataParallelSync:
         owners: The process of each Kronecker block, by name (``split`` only).
         average_gradients: Whether the optimizer averages the gradients itself.
         sharded: Whether some parameters are FSDP2 DTensors.
+        device: Where small collectives (votes, decisions) are communicated: the
+            parameters' device.
     """
 
     def __init__(
@@ -68,12 +77,14 @@ class DataParallelSync:
         distribute: str,
         average_gradients: bool,
         sharded: bool,
+        device: torch.device | None = None,
     ) -> None:
         self.collectives = collectives
         self.split = distribute == "split"
         self.owners = assign_owners(blocks, collectives.world_size) if self.split else {}
         self.average_gradients = average_gradients
         self.sharded = sharded
+        self.device = device if device is not None else torch.device("cpu")
         self._gradients_synchronized = False
 
     # ------------------------------------------------------------ ownership
@@ -84,6 +95,26 @@ class DataParallelSync:
     def _owned(self, block: PreconditionerBlock) -> bool:
         """Whether one process does ``block``'s work (``split`` and a splittable block)."""
         return self.split and block.splittable and block.name in self.owners
+
+    # ------------------------------------------------------------- decisions
+    def decide(self, blocks: Sequence[PreconditionerBlock]) -> None:
+        """Gather the blocks' open decisions from every process and let them decide.
+
+        One all-gather of the concatenated :meth:`~PreconditionerBlock.decision`
+        vectors, only when some block has an open decision (the same blocks on every
+        process).
+        """
+        entries = [(block, seen) for block in blocks if (seen := block.decision()) is not None]
+        if not entries:
+            return
+        local = torch.cat([seen.reshape(-1) for _, seen in entries]).to(self.device)
+        world = self.collectives.world_size
+        gathered = self.collectives.all_gather(local).view(world, -1).cpu()
+        offset = 0
+        for block, seen in entries:
+            size = seen.numel()
+            block.decide([gathered[r, offset : offset + size] for r in range(world)])
+            offset += size
 
     # ----------------------------------------------------------------- step
     def prepare_step(
@@ -234,16 +265,21 @@ class DataParallelSync:
                 block.set_reduced_curvature(sums, world, groups[block.group_index])
 
     # ------------------------------------------------------------- exchange
+    def agree(self, votes: Tensor) -> Tensor:
+        """Sum every process's ``votes`` (a float32 vector of 0s and 1s): one all-reduce."""
+        summed = votes.to(device=self.device, dtype=torch.float32, copy=True)
+        self.collectives.all_reduce(summed)
+        return summed.cpu()
+
     def exchange(
         self,
         blocks: Sequence[PreconditionerBlock],
         proposals: dict[str, Proposal],
-        local_finite: Tensor,
+        votes: Tensor | None,
         groups: list[dict[str, Any]],
         context: StepContext,
-        check: bool = True,
-    ) -> Tensor:
-        """Share the owners' proposals (``split``); return whether all processes are finite.
+    ) -> Tensor | None:
+        """Share the owners' proposals (``split``); return the votes summed over processes.
 
         Adds to ``proposals`` (by block name) the proposals of the blocks other
         processes own: their directions and, when updated, their new state.
@@ -251,29 +287,27 @@ class DataParallelSync:
         Args:
             blocks: The optimizer's blocks.
             proposals: This process's proposals by block name (completed in place).
-            local_finite: Whether this process's proposals are all finite.
+            votes: This process's votes (a short vector of 0s and 1s, the same length
+                on every process), or ``None`` when no decision is to be taken.
             groups: The parameter groups.
             context: The step.
-            check: Whether the finiteness flags matter (else no collective is spent on
-                them without ``split``).
+
+        Returns:
+            The sums of the votes, ``None`` when ``votes`` is.
         """
         if not self.split:
-            if not (self.sharded and check):
-                return local_finite
-            flag = (~local_finite).to(torch.float32).reshape(1)
-            self.collectives.all_reduce(flag)
-            return flag[0] == 0
+            return None if votes is None else self.agree(votes)
         world, rank = self.collectives.world_size, self.collectives.rank
-        plan = _ExchangePlan(world)
+        plan = _ExchangePlan(world, 0 if votes is None else votes.numel())
         for block in blocks:
             if self._owned(block):
                 plan.add(block, self.owners[block.name])
-        gathered = plan.gather(self.collectives, rank, proposals, local_finite)
+        gathered = plan.gather(self.collectives, rank, proposals, votes)
         for entry in plan.entries:
             if entry.owner != rank:
                 group = groups[entry.block.group_index]
                 proposals[entry.block.name] = plan.received(entry, gathered, group, context)
-        return plan.all_finite(gathered)
+        return None if votes is None else plan.summed_votes(gathered)
 
 
 def _pack(block: PreconditionerBlock, slots: list[int], view: Callable[[int], Tensor]) -> None:
@@ -303,12 +337,13 @@ class _ExchangePlan:
     for what their proposals share (:meth:`~PreconditionerBlock.shared_buffers`: for a
     Kronecker block that records in this step, the new momenta ``m_K, m_C``, from
     which every process computes the new factors) with a flag saying whether the
-    owner filled it, and process :math:`r`'s finiteness flag.
+    owner filled it, and process :math:`r`'s votes.
     """
 
-    def __init__(self, world: int) -> None:
+    def __init__(self, world: int, votes: int) -> None:
         self.segments = Segments(world)
         self.entries: list[_Entry] = []
+        self.votes = votes
         self.flags: list[int] = []
 
     def add(self, block: PreconditionerBlock, owner: int) -> None:
@@ -327,17 +362,20 @@ class _ExchangePlan:
         collectives: Collectives,
         rank: int,
         proposals: Mapping[str, Proposal],
-        local_finite: Tensor,
+        votes: Tensor | None,
     ) -> dict[Key, Tensor]:
         """Fill this process's segment, all-gather; return the full buffers."""
-        # the flags (0 or 1, exact in every float dtype) share the first block's bucket
+        # the votes (0 or 1, exact in every float dtype) share the first block's bucket
         first = next((e.params[0].value for e in self.entries if e.params), torch.empty(0))
-        self.flags = [
-            layout.add((1,), first.dtype, first.device) for layout in self.segments.layouts
-        ]
+        if self.votes:
+            self.flags = [
+                layout.add((self.votes,), first.dtype, first.device)
+                for layout in self.segments.layouts
+            ]
         segments = self.segments
         buffers = segments.empty()
-        segments.view(buffers, rank, self.flags[rank]).copy_(local_finite)
+        if votes is not None and self.votes:
+            segments.view(buffers, rank, self.flags[rank]).copy_(votes)
         for entry in self.entries:
             if entry.owner != rank:
                 continue
@@ -369,7 +407,7 @@ class _ExchangePlan:
             shared = [view(gathered, entry.owner, slot).clone() for slot in entry.shared]
         return entry.block.received(directions, shared, group, context)
 
-    def all_finite(self, gathered: dict[Key, Tensor]) -> Tensor:
-        """Whether every process's proposals were finite."""
-        flags = [self.segments.view(gathered, r, slot)[0] for r, slot in enumerate(self.flags)]
-        return (torch.stack(flags) == 1.0).all()
+    def summed_votes(self, gathered: dict[Key, Tensor]) -> Tensor:
+        """Every process's votes, summed (float32)."""
+        votes = [self.segments.view(gathered, r, slot) for r, slot in enumerate(self.flags)]
+        return torch.stack(votes).to(torch.float32).sum(0).cpu()

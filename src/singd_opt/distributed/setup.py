@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+import torch
 import torch.distributed as dist
 from torch import nn
 
 from singd_opt.blocks import PreconditionerBlock
+from singd_opt.distributed.agreement import check_alike, describe_setup
 from singd_opt.distributed.collectives import Collectives
 from singd_opt.distributed.data_parallel import DISTRIBUTE_MODES, DataParallelSync
-from singd_opt.sharding import check_shardings, is_sharded
+from singd_opt.sharding import check_shardings, is_sharded, local_tensor
 
 
 def check_distribute(distribute: object, process_group: object) -> None:
@@ -40,8 +43,13 @@ def make_sync(
     distribute: str,
     average_gradients: bool | None,
     wrapped: bool,
+    groups: Sequence[Mapping[str, Any]] = (),
+    settings: Mapping[str, Any] | None = None,
 ) -> DataParallelSync | None:
     """Return the communication of a data-parallel optimizer, or ``None`` for one process.
+
+    With several processes, first checks that every process was set up alike
+    (:func:`~singd_opt.distributed.agreement.check_alike`, a collective).
 
     Args:
         blocks: The optimizer's blocks.
@@ -51,17 +59,29 @@ def make_sync(
         average_gradients: Whether the optimizer averages gradients; ``None`` for
             automatic (not for a ``DistributedDataParallel`` or FSDP2 model).
         wrapped: Whether the model came wrapped in ``DistributedDataParallel``.
+        groups: The parameter groups (compared across processes).
+        settings: Further settings compared across processes, by name.
 
     Raises:
-        ValueError: For FSDP2 parameters in a layout other than FSDP2's default.
+        ValueError: For FSDP2 parameters in a layout other than FSDP2's default, or
+            (on every process) when the processes were set up differently.
     """
     if process_group is None and not (dist.is_available() and dist.is_initialized()):
         return None
     collectives = Collectives(process_group)
     if collectives.world_size == 1:
         return None
-    check_shardings(list(params))
     sharded = any(is_sharded(p) for p in params)
     if average_gradients is None:
         average_gradients = not (wrapped or sharded)
-    return DataParallelSync(collectives, blocks, distribute, average_gradients, sharded)
+    shared_settings = {
+        "distribute": distribute,
+        "average_gradients": average_gradients,
+        "sharded parameters": sharded,
+        **(settings or {}),
+    }
+    description = describe_setup(blocks, groups, shared_settings)
+    device = local_tensor(params[0]).device if params else torch.device("cpu")
+    check_alike(collectives, description, device)
+    check_shardings(list(params))
+    return DataParallelSync(collectives, blocks, distribute, average_gradients, sharded, device)

@@ -27,9 +27,13 @@ from structmat.testing.allocation import LargestAllocation
 from structmat.testing.laws import LawReport, StructureLaws, raises
 from structmat.testing.reference import pattern_projection, sparsity_pattern
 from structmat.testing.strategies import (
+    BATCH_COLUMNS,
+    LARGE_MAX_DIM,
     MAX_DIM,
     dims,
     interesting_dims,
+    large_dims,
+    layouts,
     members,
     random_member,
     random_tensor,
@@ -37,12 +41,16 @@ from structmat.testing.strategies import (
 )
 
 __all__ = [
+    "BATCH_COLUMNS",
+    "LARGE_MAX_DIM",
     "MAX_DIM",
     "LargestAllocation",
     "LawReport",
     "StructureLaws",
     "dims",
     "interesting_dims",
+    "large_dims",
+    "layouts",
     "members",
     "pattern_projection",
     "raises",

@@ -18,7 +18,11 @@ entrywise agreement within ``rtol`` relative to the largest entry, in float64.
 ``test_declared_structure``
     not a template; ``closed_under_transpose`` iff ``transpose_structure() is cls``;
     the transpose of the transpose structure is ``cls``; a registered ``name``
-    resolves to ``cls``
+    resolves to ``cls``; the stored shapes determine ``d`` (``tensor_shapes(d)``
+    differs for every ``d`` and ``dim_from_shapes`` reads it back). The other declared
+    facts are checked by the laws they promise: ``closed_under_inverse`` by
+    ``test_inverse`` and ``test_singular_inverse_raises``, the transpose facts by
+    ``test_transpose_is_the_declared_structure``
 ``test_storage_layout``
     the tensors have the shapes of ``tensor_shapes(d)``, ``shape`` is ``(d, d)``,
     ``cls(**A.tensors())`` rebuilds :math:`A`, ``clone`` copies, ``to`` converts
@@ -30,16 +34,42 @@ entrywise agreement within ``rtol`` relative to the largest entry, in float64.
     match dense; sums, multiples and products are members (closure)
 ``test_in_place_operations_match_dense``
     ``add_``, ``mul_``, ``diag_add_`` match and return ``self``
+``test_products_after_in_place_updates``
+    after each of ``add_``, ``mul_``, ``diag_add_`` (and before), :math:`AX`,
+    :math:`A^\top X`, :math:`X^\top A`, :math:`AB`, the diagonal, :math:`\|A\|_F` and
+    ``from_inner`` match the updated dense matrix (no stale cache)
 ``test_products_with_tensors_match_dense``
-    :math:`AX`, :math:`X^\top A`, :math:`A^\top X` (matrices, vectors)
+    :math:`AX`, :math:`X^\top A`, :math:`A^\top X`, ``A.T @ X`` (matrices, vectors), with
+    the operand in every layout of :func:`~structmat.testing.layouts` (contiguous,
+    transposed view like ``grad.mT``, column-strided, transposed strided view); no
+    product writes into its operand
 ``test_reductions_match_dense``
     diagonal, trace, average trace, :math:`\|A\|_F`, :math:`\max_{ij} |a_{ij}|`
 ``test_projected_products_match_dense``
     ``from_inner(X)`` :math:`= P(a^\top X X^\top a)`, ``from_inner()`` :math:`=
     P(a^\top a)`, ``from_mat_inner(X)`` :math:`= P(X X^\top)`, ``from_inner2(M)``
-    :math:`= P(a^\top M a)`; all are members (closure)
+    :math:`= P(a^\top M a)`, ``from_inner_diagonal(v)`` :math:`= P(a^\top
+    \operatorname{diag}(v) a)` (its generic default may fall back to dense), ``X`` and
+    ``M`` in every layout; all are members (closure)
+``test_large_members_and_batch_sized_operands``
+    a few draws (:attr:`~StructureLaws.large_examples`) at :math:`131 \le d \le 300`
+    with operands of 64 to 256 columns (``from_inner`` with 256): arithmetic, products
+    and projected products in every layout, transpose, inverse, products after
+    in-place updates
+``test_results_own_their_storage``
+    ``from_dense(S)`` is not a view of ``S``; ``from_mat_inner``, ``from_inner``,
+    ``from_inner2``, ``clone``, ``+``, ``*``, ``@``, ``inv`` share no storage with
+    their operands
+``test_every_operation_keeps_the_dtype``
+    every operation (``A.T``, ``A.T.T`` and ``from_dense`` included) on float32,
+    bfloat16 and float16 operands returns that dtype, in every stored tensor
+``test_mixed_dtype_operands_are_rejected``
+    a tensor operand of another dtype (float64 with a float32 member and the other way
+    round) raises ``TypeError`` for every product and leaves :math:`A` unchanged
 ``test_transpose_is_the_declared_structure``
-    ``type(A.T) is cls.transpose_structure()``, :math:`(A^\top)^\top = A`
+    ``type(A.T) is cls.transpose_structure()``, :math:`(A^\top)^\top = A` as a member
+    of ``cls`` (of :class:`~structmat.Dense` when the structure declares no transpose
+    facts: its transposes are dense, and so are theirs); the dtype is kept
 ``test_algebraic_laws``
     :math:`(AB)^\top = B^\top A^\top`, :math:`(A+B)^\top = A^\top + B^\top`,
     :math:`(AB)C = A(BC)`, distributivity, :math:`AI = IA = A`, trace linear,
@@ -48,8 +78,15 @@ entrywise agreement within ``rtol`` relative to the largest entry, in float64.
 ``test_inverse``
     closed under inversion: :math:`A^{-1}` matches, :math:`AA^{-1} = A^{-1}A = I`;
     else ``inv`` raises ``TypeError``
+``test_spectral_functions``
+    closed under spectral functions: for the symmetric member :math:`H = P(a^\top a) +
+    I`, ``symmetric_eigen`` gives the eigenvalues of :math:`h`, ``compose`` of them
+    rebuilds :math:`H` and of their square roots gives a symmetric member whose square
+    is :math:`h`; else ``symmetric_eigen`` raises ``TypeError``
 ``test_singular_inverse_raises``
-    ``zeros(d).inv()`` raises :class:`~structmat.SingularMatrixError`
+    ``zeros(d).inv()`` and ``inv()`` of non-zero exactly singular members
+    (:meth:`~StructureLaws.singular_members`) raise
+    :class:`~structmat.SingularMatrixError`
 ``test_zeros_and_eye``
     :math:`0` and :math:`I` at every boundary dimension, dtype and device
 ``test_gradients``
@@ -75,6 +112,24 @@ entrywise agreement within ``rtol`` relative to the largest entry, in float64.
 The laws with hypothesis draw the dimension (boundaries included, see
 :func:`~structmat.testing.interesting_dims`) and the random seeds; the others loop over
 fixed dimensions.
+
+Reach and knobs. By default the hypothesis laws draw ``1 <= d <= 70``
+(:attr:`~StructureLaws.max_dim`) and operands of up to 6 columns; the large-size law
+draws ``131 <= d <= 300`` (:attr:`~StructureLaws.large_min_dim`,
+:attr:`~StructureLaws.large_max_dim`) with 64 to 256 columns, in
+:attr:`~StructureLaws.large_examples` examples (2, or a twelfth of the profile's
+``max_examples`` if that is more). Every other law runs with the active hypothesis
+profile's ``max_examples``. The suite sets what it needs on each law itself: no
+``deadline`` (an example builds and multiplies matrices, and its time varies with the
+machine) and the health checks for slow or large examples and for a law shared by
+several subclasses switched off, so a plain ``pytest`` run is not flaky. Set
+:attr:`~StructureLaws.rtol` and :attr:`~StructureLaws.low_precision_tolerance` for
+structures whose kernels round more, override :meth:`~StructureLaws.project` for a
+projection other than the pattern one and :meth:`~StructureLaws.singular_members` to
+supply singular members, and set a law to ``None`` to switch it off. Not reached:
+sizes between 71 and 130 and above 300 (a route switching there needs a larger
+``max_dim`` or ``large_max_dim``), devices other than the CPU, and autograd beyond the
+first derivatives of ``gradcheck``.
 """
 
 from __future__ import annotations
@@ -93,6 +148,7 @@ from hypothesis import HealthCheck, Verbosity, given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
+from structmat._storage import check_layout_determines_dimension
 from structmat.base import StructuredMatrix
 from structmat.dense import Dense
 from structmat.diagonal import Diagonal
@@ -101,9 +157,13 @@ from structmat.registry import available_structures, get_structure
 from structmat.testing.allocation import LargestAllocation
 from structmat.testing.reference import pattern_projection
 from structmat.testing.strategies import (
+    BATCH_COLUMNS,
+    LARGE_MAX_DIM,
     MAX_DIM,
     dims,
     interesting_dims,
+    large_dims,
+    layouts,
     random_member,
     random_tensor,
     seeds,
@@ -111,6 +171,18 @@ from structmat.testing.strategies import (
 
 LOW_PRECISION = (torch.float32, torch.bfloat16, torch.float16)
 HALF_PRECISION = (torch.bfloat16, torch.float16)
+
+#: Health checks the laws switch off: examples build matrices (slow by hypothesis'
+#: standards, large by design), and each subclass runs the same law function.
+SUPPRESSED_HEALTH_CHECKS = (
+    HealthCheck.too_slow,
+    HealthCheck.data_too_large,
+    HealthCheck.large_base_example,
+    HealthCheck.differing_executors,
+)
+
+#: The laws drawn at large sizes, run with :attr:`StructureLaws.large_examples` examples.
+LARGE_LAWS = ("test_large_members_and_batch_sized_operands",)
 
 
 @contextmanager
@@ -136,6 +208,38 @@ def _hypothesis_inner(law: Callable[..., Any]) -> Callable[..., Any] | None:
     if inner is None or list(inspect.signature(inner).parameters) != ["self", "data"]:
         return None
     return inner
+
+
+def _shared_storage(result: StructuredMatrix, inputs: Iterable[object]) -> list[str]:
+    """Names of the stored tensors of ``result`` whose storage an input tensor also uses."""
+    pointers = set()
+    for item in inputs:
+        tensors = item.tensors().values() if isinstance(item, StructuredMatrix) else [item]
+        for tensor in tensors:
+            if isinstance(tensor, Tensor) and tensor.untyped_storage().nbytes():
+                pointers.add(tensor.untyped_storage().data_ptr())
+    return [
+        name
+        for name, tensor in result.named_tensors()
+        if tensor.untyped_storage().nbytes() and tensor.untyped_storage().data_ptr() in pointers
+    ]
+
+
+def _exactly_singular(mat: Tensor) -> bool:
+    """Whether ``mat`` is singular by a certificate that rounding cannot fake.
+
+    A zero row or column, a triangular matrix with a zero diagonal entry, or all rows
+    (or all columns) summing exactly to zero.
+    """
+    zero = mat.eq(0)
+    if bool(zero.all(0).any()) or bool(zero.all(1).any()):
+        return True
+    triangular = bool(mat.triu(1).eq(0).all()) or bool(mat.tril(-1).eq(0).all())
+    if triangular and bool(mat.diagonal().eq(0).any()):
+        return True
+    rows = mat.double().tolist()
+    columns = mat.double().mT.tolist()
+    return any(all(math.fsum(line) == 0.0 for line in lines) for lines in (rows, columns))
 
 
 @dataclass
@@ -177,6 +281,10 @@ class StructureLaws:
     Class attributes:
         structure: The structure class under test.
         max_dim: Largest dimension the hypothesis laws draw.
+        large_min_dim: Smallest dimension of the law at large sizes.
+        large_max_dim: Largest dimension of the law at large sizes.
+        large_examples: Examples of the law at large sizes (at least a twelfth of the
+            profile's ``max_examples``).
         rtol: Relative tolerance of float64 agreement (relative to the largest entry).
         low_precision_tolerance: Allowed error in low precision, in unit roundoffs of the
             dtype, relative to the norm of the exact result.
@@ -187,6 +295,9 @@ class StructureLaws:
 
     structure: ClassVar[type[StructuredMatrix]]
     max_dim: ClassVar[int] = MAX_DIM
+    large_min_dim: ClassVar[int] = 131
+    large_max_dim: ClassVar[int] = LARGE_MAX_DIM
+    large_examples: ClassVar[int] = 2
     rtol: ClassVar[float] = 1e-10
     low_precision_tolerance: ClassVar[float] = 4.0
     allocation_dims: ClassVar[tuple[int, ...]] = (45, 64)
@@ -195,11 +306,23 @@ class StructureLaws:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # Give every subclass its own hypothesis tests: hypothesis expects one test
         # function to run with one kind of ``self`` only.
+        # The suite ships the settings it needs: no deadline (an example builds and
+        # multiplies matrices; its time varies with the machine), the health checks of
+        # SUPPRESSED_HEALTH_CHECKS off, and few examples for the laws at large sizes.
+        # Everything else (max_examples, database, ...) comes from the active profile.
         super().__init_subclass__(**kwargs)
         for name in cls.law_names():
             inner = _hypothesis_inner(getattr(cls, name))
             if inner is not None and name not in cls.__dict__:
-                setattr(cls, name, given(data=st.data())(inner))
+                options: dict[str, Any] = {}
+                if name in LARGE_LAWS:
+                    options["max_examples"] = max(
+                        cls.large_examples, settings.default.max_examples // 12
+                    )
+                law_settings = settings(
+                    deadline=None, suppress_health_check=SUPPRESSED_HEALTH_CHECKS, **options
+                )
+                setattr(cls, name, law_settings(given(data=st.data())(inner)))
 
     # ------------------------------------------------------------ overridable
     def project(self, mat: Tensor) -> Tensor:
@@ -214,6 +337,14 @@ class StructureLaws:
     def close(self, actual: Tensor, expected: Tensor, what: str = "") -> None:
         """Assert entrywise closeness within ``rtol`` relative to ``expected``'s magnitude."""
         scale = 1.0 + float(expected.abs().max()) if expected.numel() else 1.0
+        if (
+            actual.shape == expected.shape
+            and actual.dtype == expected.dtype
+            and actual.device == expected.device
+        ):
+            bound = self.rtol * scale + self.rtol * expected.abs()
+            if bool(((actual - expected).abs() <= bound).all()):
+                return  # the fast path; torch.testing explains any failure below
         torch.testing.assert_close(
             actual,
             expected,
@@ -273,6 +404,7 @@ class StructureLaws:
             )
         if cls.name is not None and cls.name in available_structures():
             assert get_structure(cls.name) is cls, f"{cls.name!r} names another class"
+        check_layout_determines_dimension(cls)
 
     @given(data=st.data())
     def test_storage_layout(self, data: st.DataObject) -> None:
@@ -320,8 +452,12 @@ class StructureLaws:
     def test_arithmetic_matches_dense(self, data: st.DataObject) -> None:
         """``+``, ``-``, scalar ``*`` and ``/``, negation, ``@`` and transpose match dense."""
         _, (A, B) = self.draw_members(data, 2)
-        a, b = A.to_dense(), B.to_dense()
         c = data.draw(st.floats(-3, 3, allow_nan=False), label="c")
+        self.check_arithmetic(A, B, c)
+
+    def check_arithmetic(self, A: StructuredMatrix, B: StructuredMatrix, c: float) -> None:
+        """The checks of :meth:`test_arithmetic_matches_dense` on given members."""
+        a, b = A.to_dense(), B.to_dense()
         self.same(A + B, a + b, "A + B")
         self.same(A - B, a - b, "A - B")
         self.same(c * A, c * a, "c * A")
@@ -350,18 +486,71 @@ class StructureLaws:
         self.same(A, 0.5 * (a + alpha * b) + alpha * eye, "diag_add_")
 
     @given(data=st.data())
+    def test_products_after_in_place_updates(self, data: st.DataObject) -> None:
+        """Every product agrees with dense after each of ``add_``, ``mul_``, ``diag_add_``.
+
+        Products are taken before the first update too, so a structure that caches
+        anything derived from its tensors (a transform, a factorisation, ``A^T``) must
+        notice the in-place change.
+        """
+        dim, (A, B) = self.draw_members(data, 2)
+        n = data.draw(st.integers(1, 5), label="n")
+        X = self.draw_tensor(data, (dim, n))
+        self.check_products_after_updates(A, B, X)
+
+    def check_products_after_updates(
+        self, A: StructuredMatrix, B: StructuredMatrix, X: Tensor
+    ) -> None:
+        """The checks of :meth:`test_products_after_in_place_updates` on given members."""
+        updates: dict[str, Callable[[], object]] = {
+            "before any update": lambda: None,
+            "add_": lambda: A.add_(B, alpha=-0.5),
+            "mul_": lambda: A.mul_(1.5),
+            "diag_add_": lambda: A.diag_add_(2.5),
+        }
+        b = B.to_dense()
+        for update, run in updates.items():
+            run()
+            a = A.to_dense()
+            what = f"{update}:" if update.startswith("before") else f"after {update}:"
+            self.close(A @ X, a @ X, f"{what} A @ X")
+            self.close(A.rmatmat(X), a.T @ X, f"{what} A.rmatmat(X)")
+            self.close(X.T @ A, X.T @ a, f"{what} X^T @ A")
+            self.close(A.T @ X, a.T @ X, f"{what} A.T @ X")
+            self.same(A @ B, a @ b, f"{what} A @ B")
+            self.close(A.diag(), a.diagonal(), f"{what} diag")
+            self.close(A.frobenius_norm(), torch.linalg.matrix_norm(a), f"{what} frobenius_norm")
+            Y = a.T @ X
+            self.same(A.from_inner(X), self.project(Y @ Y.T), f"{what} from_inner(X)")
+            self.same(A.from_inner(), self.project(a.T @ a), f"{what} from_inner()")
+
+    @given(data=st.data())
     def test_products_with_tensors_match_dense(self, data: st.DataObject) -> None:
-        """``A @ X``, ``X @ A`` and ``A.rmatmat(X)`` match dense, for matrices and vectors."""
+        """``A @ X``, ``X @ A``, ``A.rmatmat(X)``, ``A.T @ X`` match dense in every layout.
+
+        ``X`` comes in every layout of :func:`~structmat.testing.layouts` (contiguous,
+        transposed views such as ``grad.mT``, strided slices), and as vectors.
+        """
         dim, (A,) = self.draw_members(data, 1)
         n = data.draw(st.integers(1, 5), label="n")
         X = self.draw_tensor(data, (dim, n))
+        self.check_products(A, X)
+
+    def check_products(self, A: StructuredMatrix, X: Tensor) -> None:
+        """The checks of :meth:`test_products_with_tensors_match_dense` on given operands."""
         a = A.to_dense()
-        self.close(A @ X, a @ X, "A @ X")
-        self.close(X.T @ A, X.T @ a, "X^T @ A")
-        self.close(A.rmatmat(X), a.T @ X, "A.rmatmat(X)")
-        self.close(A @ X[:, 0], a @ X[:, 0], "A @ x")
-        self.close(X[:, 0] @ A, X[:, 0] @ a, "x @ A")
-        self.close(A.rmatmat(X[:, 0]), a.T @ X[:, 0], "A.rmatmat(x)")
+        for layout, operand in layouts(X).items():
+            before = operand.clone()
+            self.close(A @ operand, a @ X, f"A @ X ({layout})")
+            self.close(A.rmatmat(operand), a.T @ X, f"A.rmatmat(X) ({layout})")
+            self.close(A.T @ operand, a.T @ X, f"A.T @ X ({layout})")
+            assert torch.equal(operand, before), f"a product changed X ({layout})"
+        for layout, operand in layouts(X.T).items():
+            self.close(operand @ A, X.T @ a, f"X^T @ A ({layout})")
+        for layout, x in layouts(X[:, 0]).items():
+            self.close(A @ x, a @ X[:, 0], f"A @ x ({layout})")
+            self.close(x @ A, X[:, 0] @ a, f"x @ A ({layout})")
+            self.close(A.rmatmat(x), a.T @ X[:, 0], f"A.rmatmat(x) ({layout})")
 
     @given(data=st.data())
     def test_reductions_match_dense(self, data: st.DataObject) -> None:
@@ -377,19 +566,35 @@ class StructureLaws:
     @given(data=st.data())
     def test_projected_products_match_dense(self, data: st.DataObject) -> None:
         """``from_inner``, ``from_mat_inner`` and ``from_inner2`` project the dense products."""
-        cls = self.structure
         dim, (A,) = self.draw_members(data, 1)
         n = data.draw(st.integers(1, 6), label="n")
         X = self.draw_tensor(data, (dim, n))
         M = self.draw_tensor(data, (dim, dim))
+        self.check_projected_products(A, X, M)
+
+    def check_projected_products(self, A: StructuredMatrix, X: Tensor, M: Tensor) -> None:
+        """The checks of :meth:`test_projected_products_match_dense`, in every layout."""
+        cls = self.structure
         a = A.to_dense()
         Y = a.T @ X
-        self.same(A.from_inner(X), self.project(Y @ Y.T), "from_inner(X)")
+        expected_inner, expected_mat_inner = self.project(Y @ Y.T), self.project(X @ X.T)
+        for layout, operand in layouts(X).items():
+            self.same(A.from_inner(operand), expected_inner, f"from_inner(X) ({layout})")
+            self.same(
+                cls.from_mat_inner(operand), expected_mat_inner, f"from_mat_inner(X) ({layout})"
+            )
         self.same(A.from_inner(), self.project(a.T @ a), "from_inner()")
-        self.same(cls.from_mat_inner(X), self.project(X @ X.T), "from_mat_inner(X)")
         self.same(A.from_inner2(X @ X.T), self.project(a.T @ X @ X.T @ a), "from_inner2(XX^T)")
-        self.same(A.from_inner2(M), self.project(a.T @ M @ a), "from_inner2(M)")
+        expected_sandwich = self.project(a.T @ M @ a)
+        for layout, operand in layouts(M).items():
+            self.same(A.from_inner2(operand), expected_sandwich, f"from_inner2(M) ({layout})")
+        values = X[:, 0]
+        with warnings.catch_warnings():  # from_inner_diagonal has a generic default
+            warnings.simplefilter("ignore", DenseFallbackWarning)
+            inner_diagonal = A.from_inner_diagonal(values)
+        self.same(inner_diagonal, self.project(a.T @ torch.diag(values) @ a), "from_inner_diagonal")
         results = {
+            "from_inner_diagonal(v)": inner_diagonal,
             "from_inner(X)": A.from_inner(X),
             "from_inner()": A.from_inner(),
             "from_mat_inner(X)": cls.from_mat_inner(X),
@@ -398,20 +603,168 @@ class StructureLaws:
         }
         self.assert_members(results)
 
+    # ---------------------------------------------------------- large sizes
+    @given(data=st.data())
+    def test_large_members_and_batch_sized_operands(self, data: st.DataObject) -> None:
+        """The agreement laws at a large ``d`` with a batch-sized operand.
+
+        ``d`` is drawn above :attr:`large_min_dim` (kernels that switch route or chunk
+        above ~130 are reached), ``X`` has :data:`~structmat.testing.BATCH_COLUMNS`
+        columns (64 to 256, as an optimizer's batch; the projected products always
+        with 256), in every layout. Checks arithmetic,
+        products, projected products, the transpose, the inverse and products after
+        in-place updates, as the small laws do; few examples (:attr:`large_examples`).
+        """
+        cls = self.structure
+        dim = data.draw(large_dims(cls, self.large_min_dim, self.large_max_dim), label="d")
+        n = data.draw(st.sampled_from(BATCH_COLUMNS), label="n")
+        A, B = (random_member(cls, dim, data.draw(seeds)) for _ in range(2))
+        X = self.draw_tensor(data, (dim, max(BATCH_COLUMNS)))
+        M = self.draw_tensor(data, (dim, dim))
+        self.check_arithmetic(A, B, 1.5)
+        self.check_products(A, X[:, :n])
+        self.check_projected_products(A, X, M)  # the largest batch
+        self.check_transpose(A)
+        self.check_inverse(random_member(cls, dim, data.draw(seeds), invertible=True))
+        self.check_products_after_updates(A, B, X[:, :n])
+
+    # --------------------------------------------------------------- storage
+    def test_results_own_their_storage(self) -> None:
+        """New members share no storage with the inputs they were computed from.
+
+        ``from_dense(S)`` must not keep a view of ``S`` (SINGD goes on to modify the
+        matrices it projects), nor ``from_mat_inner(X)``, ``from_inner``,
+        ``from_inner2``, ``clone``, ``+``, scalar ``*``, ``@`` and ``inv`` views of
+        their operands. (``A.T`` shares ``A``'s storage by design.)
+        """
+        for dim in (1, 5, 33):
+            self._check_own_storage(dim)
+
+    def _check_own_storage(self, dim: int) -> None:
+        cls = self.structure
+        A, B = (random_member(cls, dim, seed, invertible=True) for seed in (0, 1))
+        S = random_tensor((dim, dim), seed=2)
+        X = random_tensor((dim, 3), seed=3)
+        runs: dict[str, tuple[Callable[[], StructuredMatrix], tuple[object, ...]]] = {
+            "from_dense(S)": (lambda: cls.from_dense(S), (S,)),
+            "from_mat_inner(X)": (lambda: cls.from_mat_inner(X), (X,)),
+            "from_inner(X)": (lambda: A.from_inner(X), (A, X)),
+            "from_inner()": (lambda: A.from_inner(), (A,)),
+            "from_inner2(S)": (lambda: A.from_inner2(S), (A, S)),
+            "clone": (lambda: A.clone(), (A,)),
+            "A + B": (lambda: A + B, (A, B)),
+            "2 * A": (lambda: 2.0 * A, (A,)),
+            "A @ B": (lambda: A @ B, (A, B)),
+        }
+        if cls.closed_under_inverse:
+            runs["inv"] = (lambda: A.inv(), (A,))
+        symmetric = S + S.T  # from_dense of a symmetric matrix must not view it either
+        runs["from_dense(S + S^T)"] = (lambda: cls.from_dense(symmetric), (symmetric,))
+        for what, (run, inputs) in runs.items():
+            result = run()
+            shared = _shared_storage(result, inputs)
+            assert not shared, (
+                f"{cls.__name__} {what} at d = {dim}: the stored tensor(s) {shared} share "
+                "storage with an input"
+            )
+
+    # ----------------------------------------------------------------- dtypes
+    def test_every_operation_keeps_the_dtype(self) -> None:
+        """Every operation on float32, bfloat16 and float16 members returns that dtype.
+
+        Tensors, members and each stored tensor of a member (``A.T`` included) keep the
+        dtype of the operands.
+        """
+        cls = self.structure
+        for dtype in LOW_PRECISION:
+            for dim in (1, 17):
+                A, B = (random_member(cls, dim, s, dtype=dtype, invertible=True) for s in (0, 1))
+                X = random_tensor((dim, 3), seed=2, dtype=dtype)
+                M = random_tensor((dim, dim), seed=3, dtype=dtype)
+                for what, run in self._operations(A, B, X, M, dtype=dtype).items():
+                    result = run()
+                    if isinstance(result, StructuredMatrix):
+                        stored = {
+                            name: t.dtype for name, t in result.named_tensors() if t.dtype != dtype
+                        }
+                        assert result.dtype == dtype and not stored, (
+                            f"{cls.__name__} {what} of {dtype} operands stores "
+                            f"{stored or result.dtype}"
+                        )
+                        result = result.to_dense()
+                    assert isinstance(result, Tensor), f"{what} returned {type(result).__name__}"
+                    assert result.dtype == dtype, (
+                        f"{cls.__name__} {what} of {dtype} operands returned {result.dtype}"
+                    )
+
+    def test_mixed_dtype_operands_are_rejected(self) -> None:
+        """A tensor operand of another dtype than the member raises ``TypeError``.
+
+        The rule of :class:`~structmat.StructuredMatrix`: products do not promote (like
+        :func:`torch.mm`), for a float32 member with a float64 operand and the other way
+        round; the member is left unchanged.
+        """
+        for member_dtype, operand_dtype in (
+            (torch.float32, torch.float64),
+            (torch.float64, torch.float32),
+        ):
+            self._check_mixed_dtypes(member_dtype, operand_dtype)
+
+    def _check_mixed_dtypes(self, member_dtype: torch.dtype, operand_dtype: torch.dtype) -> None:
+        cls = self.structure
+        A = random_member(cls, 6, seed=0, dtype=member_dtype)
+        before = A.to_dense().clone()
+        X = random_tensor((6, 2), seed=1, dtype=operand_dtype)
+        M = random_tensor((6, 6), seed=2, dtype=operand_dtype)
+        operations: dict[str, Callable[[], object]] = {
+            "A @ X": lambda: A @ X,
+            "A @ x": lambda: A @ X[:, 0],
+            "X^T @ A": lambda: X.T @ A,
+            "A.rmatmat(X)": lambda: A.rmatmat(X),
+            "A.from_inner(X)": lambda: A.from_inner(X),
+            "A.from_inner2(M)": lambda: A.from_inner2(M),
+        }
+        for what, run in operations.items():
+            try:
+                run()
+            except TypeError as error:
+                assert "dtype" in str(error), f"{what}: {error}"
+            else:
+                raise AssertionError(
+                    f"{cls.__name__} {what} with a {member_dtype} member and a "
+                    f"{operand_dtype} operand did not raise TypeError"
+                )
+            assert torch.equal(A.to_dense(), before), f"{what} changed A"
+
     # ------------------------------------------------------------- transpose
     @given(data=st.data())
     def test_transpose_is_the_declared_structure(self, data: st.DataObject) -> None:
-        """``A.T`` is a member of ``transpose_structure()`` and transposes back to ``A``."""
-        cls = self.structure
+        """``A.T`` is a member of ``transpose_structure()`` and transposes back to ``A``.
+
+        ``(A.T).T`` is a member of ``cls`` when the structure declares its transposes
+        (``closed_under_transpose`` or ``transpose_name``); with neither, transposes are
+        :class:`~structmat.Dense` and so are their transposes. ``A.T`` keeps the dtype.
+        """
         _, (A,) = self.draw_members(data, 1)
+        self.check_transpose(A)
+
+    def check_transpose(self, A: StructuredMatrix) -> None:
+        """The checks of :meth:`test_transpose_is_the_declared_structure` on a given member."""
+        cls = self.structure
         transposed = A.T
-        assert type(transposed) is cls.transpose_structure(), (
+        partner = cls.transpose_structure()
+        assert type(transposed) is partner, (
             f"{cls.__name__}.T is a {type(transposed).__name__}, but the declared transpose "
-            f"structure is {cls.transpose_structure().__name__}"
+            f"structure is {partner.__name__}"
         )
+        assert transposed.dtype == A.dtype, f"A.T has dtype {transposed.dtype}, A {A.dtype}"
         self.same(transposed, A.to_dense().T, "A.T")
         back = transposed.T
-        assert type(back) is cls, f"(A.T).T is a {type(back).__name__}"
+        declared = cls.closed_under_transpose or cls.transpose_name is not None
+        expected = cls if declared or cls is Dense else Dense
+        assert type(back) is expected, (
+            f"(A.T).T is a {type(back).__name__}, not a {expected.__name__}"
+        )
         self.same(back, A.to_dense(), "(A.T).T")
 
     # ------------------------------------------------------------------- laws
@@ -436,8 +789,12 @@ class StructureLaws:
     @given(data=st.data())
     def test_inverse(self, data: st.DataObject) -> None:
         """Invertible members invert within the structure; else ``inv`` raises ``TypeError``."""
-        cls = self.structure
-        dim, (A,) = self.draw_members(data, 1, invertible=True)
+        _, (A,) = self.draw_members(data, 1, invertible=True)
+        self.check_inverse(A)
+
+    def check_inverse(self, A: StructuredMatrix) -> None:
+        """The checks of :meth:`test_inverse` on a given invertible member."""
+        cls, dim = self.structure, A.shape[0]
         if not cls.closed_under_inverse:
             with raises(TypeError, "not closed under inversion"):
                 A.inv()
@@ -449,14 +806,92 @@ class StructureLaws:
         self.same(A @ A_inv, eye, "A A^-1 = I")
         self.same(A_inv @ A, eye, "A^-1 A = I")
 
+    @given(data=st.data())
+    def test_spectral_functions(self, data: st.DataObject) -> None:
+        """Spectral functions of symmetric members stay in the structure, if declared."""
+        _, (A,) = self.draw_members(data, 1)
+        self.check_spectral_functions(A)
+
+    def check_spectral_functions(self, A: StructuredMatrix) -> None:
+        """The checks of :meth:`test_spectral_functions` on a given member."""
+        cls = self.structure
+        H = A.from_inner().diag_add_(1.0)  # symmetric positive definite member
+        if not cls.closed_under_spectral_functions:
+            with raises(TypeError, "closed_under_spectral_functions"):
+                H.symmetric_eigen()
+            return
+        h = H.to_dense()
+        values, compose = H.symmetric_eigen()
+        assert values.shape == (h.shape[0],), f"{values.shape} eigenvalues"
+        self.close(values.sort().values, torch.linalg.eigvalsh(h), "eigenvalues")
+        rebuilt = compose(values)
+        assert type(rebuilt) is cls, f"compose returned {type(rebuilt).__name__}"
+        self.same(rebuilt, h, "compose(eigenvalues)")
+        root = compose(values.sqrt())
+        assert type(root) is cls, f"compose returned {type(root).__name__}"
+        r = root.to_dense()
+        self.close(r, r.T, "the square root is symmetric")
+        self.close(r @ r, h, "the square root squared")
+
     def test_singular_inverse_raises(self) -> None:
-        """The zero matrix is singular: ``inv`` raises ``SingularMatrixError``."""
+        """Singular members, the zero matrix and non-zero ones, make ``inv`` raise.
+
+        The non-zero singular members are those of :meth:`singular_members`: a zero
+        diagonal entry, a nilpotent shift, and their products with a random invertible
+        member (whose diagonals need not vanish). ``inv`` must raise
+        :class:`~structmat.SingularMatrixError` for each and leave the member unchanged.
+        """
         cls = self.structure
         if not cls.closed_under_inverse:
             return
         for dim in (1, 4, 33):
             with raises(SingularMatrixError, "singular"):
                 cls.zeros(dim, dtype=torch.float64).inv()
+        for dim in (4, 33):
+            singular = self.singular_members(dim)
+            assert singular, f"no non-zero singular {cls.__name__} member of size {dim} found"
+            for what, member in singular.items():
+                before = member.to_dense().clone()
+                with raises(SingularMatrixError, "singular"):
+                    member.inv()
+                assert torch.equal(member.to_dense(), before), f"inv changed {what}"
+
+    def singular_members(self, dim: int) -> dict[str, StructuredMatrix]:
+        r"""Non-zero members of size ``dim`` whose dense matrix is exactly singular.
+
+        Candidates are the projections of :math:`\operatorname{diag}(0, 1, \ldots, 1)`,
+        :math:`\operatorname{diag}(1, \ldots, 1, 0)`, the lower and upper shifts
+        (nilpotent) and :math:`I - Z` for the cyclic shift :math:`Z` and its transpose
+        (rows summing to zero), and the products ``A @ P`` and ``P @ A`` of each with a random
+        invertible member ``A``; kept are those that are not zero and exactly singular
+        as stored: an exactly zero row or column, a triangular matrix with an exactly
+        zero diagonal entry, or rows or columns whose exact sums (:func:`math.fsum`) all
+        vanish (a rounded product that is only nearly singular is dropped).
+        Override it to supply others.
+        """
+        cls = self.structure
+        eye = torch.eye(dim, dtype=torch.float64)
+        first, last = eye.clone(), eye.clone()
+        first[0, 0] = 0.0
+        last[-1, -1] = 0.0
+        shift = torch.diag(torch.ones(dim - 1, dtype=torch.float64), -1)
+        cyclic = shift.clone()
+        cyclic[0, -1] = 1.0
+        bases = {"diag(0, 1, ...)": first, "diag(..., 1, 0)": last, "shift": shift}
+        bases.update({"shift^T": shift.T, "I - cyclic shift": eye - cyclic})
+        bases["I - cyclic shift^T"] = eye - cyclic.T
+        A = random_member(cls, dim, seed=dim, invertible=True)
+        candidates: dict[str, StructuredMatrix] = {}
+        for what, mat in bases.items():
+            P = cls.from_dense(mat)
+            candidates[f"P({what})"] = P
+            candidates[f"A @ P({what})"] = A @ P
+            candidates[f"P({what}) @ A"] = P @ A
+        return {
+            what: member
+            for what, member in candidates.items()
+            if bool(member.to_dense().ne(0).any()) and _exactly_singular(member.to_dense())
+        }
 
     def test_zeros_and_eye(self) -> None:
         """``zeros`` and ``eye`` at every boundary dimension, with dtype and device."""
@@ -701,7 +1136,12 @@ class StructureLaws:
                 )
 
     def _operations(
-        self, A: StructuredMatrix, B: StructuredMatrix, X: Tensor, M: Tensor
+        self,
+        A: StructuredMatrix,
+        B: StructuredMatrix,
+        X: Tensor,
+        M: Tensor,
+        dtype: torch.dtype | None = None,
     ) -> dict[str, Callable[[], object]]:
         """Every public operation on ``A`` (and ``B``, ``X``, ``M``), as thunks."""
         cls, dim = self.structure, A.shape[0]
@@ -717,6 +1157,12 @@ class StructureLaws:
             "A.rmatmat(X)": lambda: A.rmatmat(X),
             "X^T @ A": lambda: X.T @ A,
             "A.T": lambda: A.T,
+            "A.T.T": lambda: A.T.T,
+            "A.T @ X": lambda: A.T @ X,
+            "A.T @ B.T": lambda: A.T @ B.T,
+            "A / 2": lambda: A / 2.0,
+            "-A": lambda: -A,
+            "clone": lambda: A.clone(),
             "diag": lambda: A.diag(),
             "trace": lambda: A.trace(),
             "average_trace": lambda: A.average_trace(),
@@ -726,8 +1172,9 @@ class StructureLaws:
             "from_inner()": lambda: A.from_inner(),
             "from_inner2(M)": lambda: A.from_inner2(M),
             "from_mat_inner(X)": lambda: cls.from_mat_inner(X),
-            "zeros": lambda: cls.zeros(dim),
-            "eye": lambda: cls.eye(dim),
+            "from_dense(M)": lambda: cls.from_dense(M),
+            "zeros": lambda: cls.zeros(dim, dtype=dtype),
+            "eye": lambda: cls.eye(dim, dtype=dtype),
         }
         if cls.closed_under_inverse:
             operations["inv"] = lambda: A.inv()
@@ -784,6 +1231,10 @@ class StructureLaws:
             try:
                 if inner is None:
                     law(self)
+                elif name in LARGE_LAWS:
+                    few = run_settings.max_examples
+                    few = max(1, min(few, self.large_examples))
+                    settings(run_settings, max_examples=few)(given(data=st.data())(inner))(self)
                 else:
                     run_settings(given(data=st.data())(inner))(self)
             except Exception as error:  # every failure is reported

@@ -21,6 +21,13 @@ S = TypeVar("S", bound=StructuredMatrix)
 #: Largest dimension drawn by default.
 MAX_DIM = 70
 
+#: Largest dimension of the draws at large sizes (kernels that change route above
+#: ~130 or at the k-th member of a family are reached there).
+LARGE_MAX_DIM = 300
+
+#: Column counts of batch-sized operands drawn at large sizes.
+BATCH_COLUMNS = (64, 128, 200, 256)
+
 #: Seeds of the random generators.
 seeds = st.integers(0, 2**31 - 1)
 
@@ -50,6 +57,44 @@ def interesting_dims(structure: type[StructuredMatrix], max_dim: int = MAX_DIM) 
 def dims(structure: type[StructuredMatrix], max_dim: int = MAX_DIM) -> st.SearchStrategy[int]:
     """A dimension: one of :func:`interesting_dims` or any size from 1 to ``max_dim``."""
     return st.sampled_from(interesting_dims(structure, max_dim)) | st.integers(1, max_dim)
+
+
+def large_dims(
+    structure: type[StructuredMatrix], min_dim: int = 131, max_dim: int = LARGE_MAX_DIM
+) -> st.SearchStrategy[int]:
+    """A dimension from ``min_dim`` to ``max_dim``.
+
+    One of the storage boundaries in that range, 256, 257, the two ends, or any size.
+    """
+    fixed = {min_dim, 256, 257, max_dim} | set(interesting_dims(structure, max_dim))
+    chosen = sorted(d for d in fixed if min_dim <= d <= max_dim)
+    return st.sampled_from(chosen) | st.integers(min_dim, max_dim)
+
+
+def layouts(X: Tensor) -> dict[str, Tensor]:
+    """``X`` (1-d or 2-d) in every memory layout an optimizer passes, equal in value.
+
+    A 2-d ``X`` comes contiguous, as a transposed view stored column by column (like
+    ``grad.mT``), as a column-strided slice of a wider buffer, and as a transposed view
+    of a row-strided slice (like ``grad[::2].mT``); a vector contiguous and strided.
+    Each non-contiguous one has its own storage, so an operation that writes into an
+    operand is caught too.
+    """
+    if X.ndim == 1:
+        buffer = X.new_zeros(2 * X.shape[0])
+        buffer[::2] = X
+        return {"contiguous": X.clone(), "strided": buffer[::2]}
+    d, n = X.shape
+    columns = X.new_zeros(d, 2 * n)
+    columns[:, ::2] = X
+    rows = X.new_zeros(2 * n, d)
+    rows[::2] = X.mT
+    return {
+        "contiguous": X.contiguous().clone(),
+        "transposed view": X.mT.contiguous().mT,
+        "column-strided": columns[:, ::2],
+        "transposed strided view": rows[::2].mT,
+    }
 
 
 def random_tensor(

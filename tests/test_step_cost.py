@@ -1,0 +1,31 @@
+"""The per-step cost benchmark: its measurement on one small model."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("sklearn")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_step_cost_measures_each_structure_against_adamw() -> None:
+    path = ROOT / "benchmarks" / "step_cost.py"
+    spec = importlib.util.spec_from_file_location("step_cost", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    rows = module.measure("digits_mlp", ["adamw", "diagonal"], rounds=2, steps=1)
+    assert set(rows) == {"adamw", "diagonal"}
+    assert rows["adamw"]["vs_adamw"] == 1.0
+    for row in rows.values():
+        assert row["seconds"] > row["step_seconds"] > 0
+        assert row["rest_seconds"] == pytest.approx(row["seconds"] - row["step_seconds"])
+    diagonal = rows["diagonal"]
+    assert diagonal["vs_adamw"] == pytest.approx(diagonal["seconds"] / rows["adamw"]["seconds"])
+    assert "| digits_mlp |" in module.table({"digits_mlp": rows})
