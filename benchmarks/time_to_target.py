@@ -775,6 +775,7 @@ def table(results: Mapping[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark from the command line; return the results written."""
+    global LR_GRID  # --lr-grid replaces the shared grid for this run
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny grid, 1 seed")
     parser.add_argument("--workloads", nargs="+", default=None, choices=sorted(WORKLOADS))
@@ -792,6 +793,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="add SINGD with these fixed keyword arguments as candidate singd/NAME "
         "(lr tuned over the shared grid unless given); repeatable",
     )
+    parser.add_argument(
+        "--lr-grid",
+        type=float,
+        nargs="+",
+        default=None,
+        help=f"the shared learning-rate grid (default {' '.join(map(str, LR_GRID))})",
+    )
     parser.add_argument("--tuning-seeds", type=int, default=len(TUNING_SEEDS))
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -801,6 +809,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
 
     configs = dict(SINGD_CONFIGS)
+    if args.lr_grid:
+        LR_GRID = tuple(args.lr_grid)
+        configs["singd/defaults"] = dataclasses.replace(
+            configs["singd/defaults"], grid=_grid(lr=LR_GRID)
+        )
     added = []
     for text in args.singd:
         try:
