@@ -1,7 +1,8 @@
 """The path a reader follows through one optimizer step: modules crossed and transitions.
 
-One ``step()`` of SINGD on a small MLP (two linear layers around a layer norm, dense
-factors, ``T=1`` so the step updates the preconditioners) is traced with
+One ``step()`` of SINGD on a small MLP (two linear layers around a layer norm,
+``T=1`` so the step updates the preconditioners; with the reference's defaults otherwise,
+and with the recommended ones) is traced with
 :func:`sys.setprofile`. Every call of a Python function defined in the optimizer's
 package or in ``structmat`` is an event; the table gives the number of distinct
 modules the events visit and the number of transitions (consecutive events in
@@ -81,11 +82,14 @@ def main() -> None:
     import structmat
 
     roots = [Path(singd_opt.__file__).parent, Path(structmat.__file__).parent]
-    events = trace_step(lambda m: singd_opt.SINGD(m, T=1), roots)
-    rows = [
-        ("singd_opt", *summarise(events)),
-        ("singd_opt (structmat as one)", *summarise(events, collapse="structmat")),
-    ]
+    rows = []
+    for label, options in (
+        ("reference defaults", {"defaults": "reference", "train_all_parameters": True}),
+        ("recommended defaults", {}),
+    ):
+        events = trace_step(lambda m, o=options: singd_opt.SINGD(m, T=1, **o), roots)
+        rows.append((f"singd_opt, {label}", *summarise(events)))
+        rows.append(("  (structmat as one)", *summarise(events, collapse="structmat")))
     if args.reference:
         import singd
         from singd.optim import optimizer as reference
@@ -95,9 +99,9 @@ def main() -> None:
             lambda m: reference.SINGD(m, T=1, warn_unsupported=False), reference_roots
         )
         rows.append(("singd 0.0.5", *summarise(events)))
-    print(f"{'optimizer':<30}{'modules':>9}{'transitions':>13}")
+    print(f"{'optimizer':<38}{'modules':>9}{'transitions':>13}")
     for name, modules, transitions in rows:
-        print(f"{name:<30}{modules:>9}{transitions:>13}")
+        print(f"{name:<38}{modules:>9}{transitions:>13}")
 
 
 if __name__ == "__main__":
