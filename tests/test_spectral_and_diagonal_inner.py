@@ -66,3 +66,11 @@ def test_from_inner_diagonal_checks_its_argument() -> None:
         A.from_inner_diagonal(torch.ones(3))
     with pytest.raises(TypeError, match="dtype"):
         A.from_inner_diagonal(torch.ones(4, dtype=torch.float64))
+
+
+def test_declaring_spectral_functions_without_the_kernel_is_rejected() -> None:
+    with pytest.raises(TypeError, match="does not implement _symmetric_eigen"):
+
+        class Undecomposed(structmat.LinearStructure):
+            name = None
+            closed_under_spectral_functions = True

@@ -119,6 +119,13 @@ class StructuredMatrix(ABC):
                 f"{cls.__name__} declares closed_under_transpose = True and transpose_name "
                 f"= {cls.transpose_name!r}; set only one of them"
             )
+        if cls.closed_under_spectral_functions and not callable(
+            getattr(cls, "_symmetric_eigen", None)
+        ):
+            raise TypeError(
+                f"{cls.__name__} declares closed_under_spectral_functions but does not "
+                "implement _symmetric_eigen (the eigenvalues and the map back to members)"
+            )
         if "_rmatmat" in cls.__dict__:
             raise TypeError(
                 f"{cls.__name__} defines _rmatmat; products by A^T derive from _transpose "
@@ -490,7 +497,7 @@ class StructuredMatrix(ABC):
                 f"{type(self).__name__} is not closed under spectral functions; "
                 "symmetric_eigen needs closed_under_spectral_functions = True"
             )
-        return self._symmetric_eigen()
+        return self._symmetric_eigen()  # type: ignore[attr-defined] (checked at definition)
 
     def frobenius_norm(self) -> Tensor:
         r"""Return :math:`\|A\|_F = (\sum_{ij} A_{ij}^2)^{1/2}`.
@@ -680,12 +687,6 @@ class StructuredMatrix(ABC):
         partner = type(self).transpose_structure()
         names = declared_ndims(partner)
         return partner._from_checked(self.shape, dict(zip(names, tensors, strict=True)))
-
-    def _symmetric_eigen(self: S) -> tuple[Tensor, Callable[[Tensor], S]]:
-        raise NotImplementedError(
-            f"{type(self).__name__} declares closed_under_spectral_functions but does not "
-            "implement _symmetric_eigen"
-        )
 
     def _diag(self) -> Tensor:
         self._warn_fallback("diag")
