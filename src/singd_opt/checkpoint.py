@@ -46,6 +46,16 @@ class SavedState:
     settled: bool = False
 
 
+def pending_curvature_message(steps: int) -> str:
+    """The warning for a multi-process ``state_dict()`` taken between backward and step."""
+    return (
+        "state_dict() was called with curvature recorded since the last step; "
+        "each process holds only its share of it, so the checkpoint leaves it out "
+        f"and holds the state after step {steps}: resume by redoing this "
+        "step's forward and backward passes, or save after step()"
+    )
+
+
 def add_entry(state: dict[str, Any], saved: SavedState) -> dict[str, Any]:
     """Add the optimizer's entry to torch's state dict ``state`` (in place; returned).
 

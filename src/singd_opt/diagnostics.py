@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from torch import nn
+from torch import Tensor, nn
 
 from singd_opt.blocks import PreconditionerBlock
 from singd_opt.user_warnings import warn_user
@@ -102,4 +102,30 @@ def report_skipped_step(step: int, skipped: int, scaler: bool) -> None:
     warn_user(
         f"{reason}; skipping step {step} (the state is unchanged; {skipped} step(s) "
         "skipped so far, see optimizer.skipped_steps)"
+    )
+
+
+def scaler_disagreement(votes: Tensor, processes: int) -> str | None:
+    """The error message when only some processes' gradient scalers found non-finite values.
+
+    Their scales would drift apart: a scaler checks its own process's gradients before
+    ``step()``.
+
+    Args:
+        votes: The summed votes ``(proposals not finite, scaler found non-finite)``.
+        processes: The number of processes that voted.
+
+    Returns:
+        The message, or ``None`` when the scalers agree.
+    """
+    scalers = int(votes[1])
+    if not 0 < scalers < processes:
+        return None
+    return (
+        f"the gradient scalers of {scalers} of {processes} processes found "
+        "non-finite gradients (found_inf) and the others did not, so their scales "
+        "would drift apart: a scaler checks this process's own gradients before "
+        "step(); when SINGD averages the gradients (a model not wrapped in "
+        "DistributedDataParallel or FSDP2), call optimizer.synchronize_gradients() "
+        "before scaler.unscale_(optimizer) and scaler.step(optimizer)"
     )

@@ -466,3 +466,12 @@ def plan_blocks(
             two layers.
     """
     return _Planner(model, groups, train_all, warn_unsupported).build()
+
+
+def parameter_names(model: nn.Module) -> dict[int, str]:
+    """The model's names of its parameters by ``id``; a shared one as ``"a = b"``."""
+    names: dict[int, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        known = names.get(id(param))
+        names[id(param)] = name if known is None else f"{known} = {name}"
+    return names

@@ -25,8 +25,13 @@ from torch.optim import Optimizer
 from singd_opt import checkpoint
 from singd_opt.blocks import PreconditionerBlock, Proposal, StepContext
 from singd_opt.default_sets import DEFAULT, SETTINGS, resolve_defaults
-from singd_opt.diagnostics import ForeignUpdateWatch, report_skipped_step, warn_unrecorded
-from singd_opt.discovery import plan_blocks, unwrap_model
+from singd_opt.diagnostics import (
+    ForeignUpdateWatch,
+    report_skipped_step,
+    scaler_disagreement,
+    warn_unrecorded,
+)
+from singd_opt.discovery import parameter_names, plan_blocks, unwrap_model
 from singd_opt.distributed.collectives import CommunicationStats
 from singd_opt.distributed.setup import check_distribute, make_sync
 from singd_opt.forward_switch import MapCapture
@@ -38,12 +43,7 @@ from singd_opt.structure_choice import warn_large_factors
 from singd_opt.summary import describe_blocks, total_state_bytes
 from singd_opt.update import all_finite, apply_directions
 from singd_opt.user_warnings import warn_user
-from singd_opt.validation import (
-    HYPERPARAMETERS,
-    check_flag,
-    check_group,
-    check_init_grad_scale,
-)
+from singd_opt.validation import HYPERPARAMETERS, check_constructor_flags, check_group
 from singd_opt.views import STANDARD_STRUCTURES, BlockViews
 from structmat import StructuredMatrix
 
@@ -218,15 +218,13 @@ class SINGD(BlockViews, Optimizer):
             group_defaults["structures"] = tuple(group_defaults["structures"])
         model, wrapped = unwrap_model(model)
         check_group(group_defaults)
-        for flag, value in (
-            ("warn_unsupported", warn_unsupported),
-            ("train_all_parameters", train_all_parameters),
-            ("skip_nonfinite", skip_nonfinite),
-        ):
-            check_flag(flag, value)
-        if average_gradients is not None:
-            check_flag("average_gradients", average_gradients)
-        check_init_grad_scale(init_grad_scale)
+        check_constructor_flags(
+            warn_unsupported=warn_unsupported,
+            train_all_parameters=train_all_parameters,
+            skip_nonfinite=skip_nonfinite,
+            average_gradients=average_gradients,
+            init_grad_scale=init_grad_scale,
+        )
         check_distribute(distribute, process_group)
 
         groups = parameter_groups(
@@ -253,10 +251,7 @@ class SINGD(BlockViews, Optimizer):
         self._constructed = True
         self.blocks: list[PreconditionerBlock] = plan.blocks
         self.module_names: dict[nn.Module, str] = plan.module_names
-        self.parameter_names: dict[int, str] = {}
-        for name, param in model.named_parameters(remove_duplicate=False):
-            known = self.parameter_names.get(id(param))
-            self.parameter_names[id(param)] = name if known is None else f"{known} = {name}"
+        self.parameter_names: dict[int, str] = parameter_names(model)
         self.steps: int = 0
         self.skipped_steps: int = 0
         self.skip_nonfinite = skip_nonfinite
@@ -323,12 +318,7 @@ class SINGD(BlockViews, Optimizer):
         """
         settled = self._sync is not None
         if settled and any(block.has_curvature() for block in self.blocks):
-            warn_user(
-                "state_dict() was called with curvature recorded since the last step; "
-                "each process holds only its share of it, so the checkpoint leaves it out "
-                f"and holds the state after step {self.steps}: resume by redoing this "
-                "step's forward and backward passes, or save after step()"
-            )
+            warn_user(checkpoint.pending_curvature_message(self.steps))
         saved = checkpoint.SavedState(
             self.steps, self.skipped_steps, self._grad_scales.state(), self.blocks, settled
         )
@@ -517,17 +507,10 @@ class SINGD(BlockViews, Optimizer):
                 drift apart); the step is dropped first.
         """
         processes = self._sync.collectives.world_size if self._sync is not None else 1
-        scalers = int(votes[1])
-        if 0 < scalers < processes:
+        disagreement = scaler_disagreement(votes, processes)
+        if disagreement is not None:
             self._drop_step(working)
-            raise RuntimeError(
-                f"the gradient scalers of {scalers} of {processes} processes found "
-                "non-finite gradients (found_inf) and the others did not, so their scales "
-                "would drift apart: a scaler checks this process's own gradients before "
-                "step(); when SINGD averages the gradients (a model not wrapped in "
-                "DistributedDataParallel or FSDP2), call optimizer.synchronize_gradients() "
-                "before scaler.unscale_(optimizer) and scaler.step(optimizer)"
-            )
+            raise RuntimeError(disagreement)
         return bool(votes.sum() > 0)
 
     def _drop_step(self, working: list[PreconditionerBlock]) -> None:

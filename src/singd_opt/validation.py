@@ -185,3 +185,29 @@ def check_init_grad_scale(value: object) -> None:
         ValueError: If it is not finite and positive.
     """
     check_positive("init_grad_scale", value)
+
+
+def check_constructor_flags(
+    *,
+    warn_unsupported: object,
+    train_all_parameters: object,
+    skip_nonfinite: object,
+    average_gradients: object,
+    init_grad_scale: object,
+) -> None:
+    """Validate the constructor's arguments that are not hyper-parameters of a group.
+
+    Raises:
+        TypeError: For a flag that is not a bool (``average_gradients`` may be ``None``)
+            or an ``init_grad_scale`` that is not a number.
+        ValueError: For an ``init_grad_scale`` that is not finite and positive.
+    """
+    for flag, value in (
+        ("warn_unsupported", warn_unsupported),
+        ("train_all_parameters", train_all_parameters),
+        ("skip_nonfinite", skip_nonfinite),
+    ):
+        check_flag(flag, value)
+    if average_gradients is not None:
+        check_flag("average_gradients", average_gradients)
+    check_init_grad_scale(init_grad_scale)
