@@ -374,6 +374,11 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # the cause of the BERT miss: its self-attention projections left at the identity
     "defaults_attention_identity": {"identity_for": ".attention.self."},
     "defaults": {},
+    # round 8: the Riemannian step bounded (BERT's attention curvature grows by orders
+    # of magnitude after the warm start, and the unbounded step diverged)
+    "defaults_normalized": {"normalize_lr_cov": True, "momentum_dampening": False},
+    # the set of round 7 (summed momentum, unbounded covariance step), for comparison
+    "round7_defaults": {"normalize_lr_cov": False, "momentum_dampening": False},
 }
 
 

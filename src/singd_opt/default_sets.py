@@ -66,6 +66,8 @@ RECOMMENDED: Mapping[str, Any] = {
     "train_all_parameters": True,
     "warm_start": True,
     "graft": "adafactor",
+    "normalize_lr_cov": True,
+    "momentum_dampening": "from_zero",
 }
 
 #: The sets by name.

@@ -124,7 +124,7 @@ class SINGD(BlockViews, Optimizer):
         warm_start: bool = DEFAULT,
         relative_damping: float = DEFAULT,
         graft: str | None = DEFAULT,
-        momentum_dampening: bool = DEFAULT,
+        momentum_dampening: bool | str = DEFAULT,
         defaults: str = "recommended",
     ) -> None:
         r"""Create the optimizer and install its recording hooks on ``model``.
@@ -196,7 +196,11 @@ class SINGD(BlockViews, Optimizer):
             graft: Give each Kronecker block's direction the size of another rule's
                 (:mod:`singd_opt.grafting`): ``"rms"``, ``"adafactor"`` or ``None``.
             momentum_dampening: Average the directions in the momentum buffer,
-                :math:`b \leftarrow \mu b + (1 - \mu) N`, instead of summing them.
+                :math:`b \leftarrow \mu b + (1 - \mu) N`, instead of summing them:
+                ``False`` (sum), ``True`` (the first step sets :math:`b`) or
+                ``"from_zero"`` (from :math:`b = 0`, like Adam's first moment: steps
+                of the direction's size, reached over about :math:`1 / (1 - \mu)`
+                steps; :mod:`singd_opt.update`).
             defaults: The set of defaults of every argument not passed
                 (:mod:`singd_opt.default_sets`): ``"recommended"`` or ``"reference"``
                 (the reference implementation's defaults).

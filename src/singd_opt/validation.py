@@ -13,6 +13,7 @@ from singd_opt.grafting import GRAFTS
 from singd_opt.layers.base import KFAC_APPROXIMATIONS, LOSS_AVERAGES
 from singd_opt.structure_choice import AUTO
 from singd_opt.structures import resolve_structure, where
+from singd_opt.update import MOMENTUM_DAMPENINGS
 
 HYPERPARAMETERS: tuple[str, ...] = (
     "lr",
@@ -167,7 +168,12 @@ def check_group(group: dict[str, Any], group_index: int | None = None) -> None:
     check_flag("normalize_lr_cov", group["normalize_lr_cov"], group_index)
     check_flag("warm_start", group["warm_start"], group_index)
     check_nonnegative("relative_damping", group["relative_damping"], group_index)
-    check_flag("momentum_dampening", group["momentum_dampening"], group_index)
+    dampening = group["momentum_dampening"]
+    if not (isinstance(dampening, bool) or dampening in MOMENTUM_DAMPENINGS[2:]):
+        choices = ", ".join(map(repr, MOMENTUM_DAMPENINGS))
+        raise ValueError(
+            f"momentum_dampening must be one of {choices}{where(group_index)}, got {dampening!r}"
+        )
     if group["graft"] not in GRAFTS:
         raise ValueError(f"graft must be one of {GRAFTS}{in_group}, got {group['graft']!r}")
     if group["warm_start"] and float(group["damping"]) + float(group["relative_damping"]) == 0.0:

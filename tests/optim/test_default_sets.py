@@ -160,3 +160,40 @@ def test_recommended_defaults_skip_a_bad_batch_and_go_on_as_without_it(bad_step:
     assert faulty_opt.skipped_steps == 1 and faulty_opt.steps == clean_opt.steps == 5
     for p, q in zip(clean.parameters(), faulty.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def _after_curvature_growth(**options: object) -> tuple[int, float]:
+    """Train where the curvature grows a millionfold after the warm start.
+
+    The first batch's inputs are 1e-3 times the later ones (as attention projections
+    start with nearly no curvature), so the warm-started factors are about a thousand
+    times too large for the later curvature. Returns the skipped steps and the largest
+    factor entry.
+    """
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5, bias=False), nn.Tanh(), nn.Linear(5, 3, bias=False))
+    optimizer = SINGD(model.double(), lr=1e-3, **options)
+    generator = torch.Generator().manual_seed(0)
+    for step in range(30):
+        scale = 1e-3 if step == 0 else 1.0
+        x = scale * torch.randn(16, 6, generator=generator, dtype=torch.float64)
+        y = torch.randint(3, (16,), generator=generator)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    largest = max(
+        matrix.to_dense().abs().max().item()
+        for block in optimizer.blocks
+        for matrix in block.matrices().values()
+    )
+    return optimizer.skipped_steps, largest
+
+
+def test_recommended_factors_stay_bounded_when_the_curvature_grows() -> None:
+    skipped, largest = _after_curvature_growth()
+    assert skipped == 0
+    assert largest < 1e3
+    # without the bounded covariance step the same run diverges: this is why the
+    # recommended set normalises it
+    skipped, largest = _after_curvature_growth(normalize_lr_cov=False)
+    assert skipped > 0 or largest > 1e6
