@@ -379,6 +379,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "defaults_normalized": {"normalize_lr_cov": True, "momentum_dampening": False},
     # the set of round 7 (summed momentum, unbounded covariance step), for comparison
     "round7_defaults": {"normalize_lr_cov": False, "momentum_dampening": False},
+    # round 9: a tied embedding as one Kronecker block (the defaults train it element-wise)
+    "defaults_tied_kronecker": {"tied_embeddings": "kronecker"},
 }
 
 

@@ -50,6 +50,7 @@ REFERENCE: Mapping[str, Any] = {
     "relative_damping": 0.0,
     "graft": None,
     "momentum_dampening": False,
+    "tied_embeddings": "kronecker",
 }
 
 #: The arguments the sets give values to.
@@ -68,6 +69,7 @@ RECOMMENDED: Mapping[str, Any] = {
     "graft": "adafactor",
     "normalize_lr_cov": True,
     "momentum_dampening": "from_zero",
+    "tied_embeddings": "elementwise",
 }
 
 #: The sets by name.

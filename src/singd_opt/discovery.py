@@ -184,11 +184,13 @@ class _Planner:
         return modules
 
     def tied_embedding(self, name: str, module: nn.Module) -> bool:
-        """One Kronecker block for an embedding whose weight output projections share.
+        """One block for an embedding whose weight output projections share.
 
         Applies when every holder of the embedding's weight is an ``Embedding`` or a
-        ``Linear`` (its biases keep element-wise blocks); see
-        :mod:`singd_opt.layers.tied`. Returns whether the weight was taken.
+        ``Linear`` (its biases keep element-wise blocks). The weight's group chooses
+        the block (``tied_embeddings``): an element-wise one, or one Kronecker block
+        over both uses (:mod:`singd_opt.layers.tied`). Returns whether the weight
+        was taken.
         """
         weight = module.weight
         holders = self.holders[id(weight)]
@@ -205,6 +207,9 @@ class _Planner:
                 "(create it with sparse=False)"
             )
         del kinds
+        if self.groups[self.group_of[id(weight)]]["tied_embeddings"] == "elementwise":
+            self.add_elementwise(weight)
+            return True
         names = [n for n, m in holders if isinstance(m, nn.Embedding)]
         names += [n for n, m in holders if not isinstance(m, nn.Embedding)]
         block = self.kronecker("+".join(names), TiedEmbeddingLayer(ParameterRows(weight)))

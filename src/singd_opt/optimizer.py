@@ -125,6 +125,7 @@ class SINGD(BlockViews, Optimizer):
         relative_damping: float = DEFAULT,
         graft: str | None = DEFAULT,
         momentum_dampening: bool | str = DEFAULT,
+        tied_embeddings: str = DEFAULT,
         defaults: str = "recommended",
     ) -> None:
         r"""Create the optimizer and install its recording hooks on ``model``.
@@ -201,6 +202,10 @@ class SINGD(BlockViews, Optimizer):
                 ``"from_zero"`` (from :math:`b = 0`, like Adam's first moment: steps
                 of the direction's size, reached over about :math:`1 / (1 - \mu)`
                 steps; :mod:`singd_opt.update`).
+            tied_embeddings: How an embedding whose weight output projections share
+                (tied input and output embeddings) is trained: ``"elementwise"`` (the
+                element-wise rule) or ``"kronecker"`` (one Kronecker block over both
+                uses, :mod:`singd_opt.layers.tied`).
             defaults: The set of defaults of every argument not passed
                 (:mod:`singd_opt.default_sets`): ``"recommended"`` or ``"reference"``
                 (the reference implementation's defaults).

@@ -37,7 +37,11 @@ HYPERPARAMETERS: tuple[str, ...] = (
     "relative_damping",
     "graft",
     "momentum_dampening",
+    "tied_embeddings",
 )
+
+#: The valid values of ``tied_embeddings``.
+TIED_EMBEDDINGS: tuple[str, ...] = ("elementwise", "kronecker")
 
 
 def _is_real(value: object) -> bool:
@@ -173,6 +177,11 @@ def check_group(group: dict[str, Any], group_index: int | None = None) -> None:
         choices = ", ".join(map(repr, MOMENTUM_DAMPENINGS))
         raise ValueError(
             f"momentum_dampening must be one of {choices}{where(group_index)}, got {dampening!r}"
+        )
+    if group["tied_embeddings"] not in TIED_EMBEDDINGS:
+        choices = ", ".join(map(repr, TIED_EMBEDDINGS))
+        raise ValueError(
+            f"tied_embeddings must be one of {choices}{in_group}, got {group['tied_embeddings']!r}"
         )
     if group["graft"] not in GRAFTS:
         raise ValueError(f"graft must be one of {GRAFTS}{in_group}, got {group['graft']!r}")

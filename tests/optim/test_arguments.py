@@ -318,3 +318,10 @@ def test_nothing_to_train_is_an_error(case: str) -> None:
         SINGD(model, params, defaults="reference", train_all_parameters=True)
     for module in model.modules():
         assert not module._forward_hooks
+
+
+@pytest.mark.parametrize("value", ["Kronecker", "adam", None])
+def test_invalid_tied_embeddings_names_the_choices(value: object) -> None:
+    expected = r"tied_embeddings must be one of 'elementwise', 'kronecker'"
+    with pytest.raises(ValueError, match=expected):
+        SINGD(nn.Linear(3, 2), tied_embeddings=value)  # type: ignore[arg-type]

@@ -89,7 +89,7 @@ def test_every_weight_matrix_gets_a_kronecker_block(name: str) -> None:
     model = build()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        optimizer = SINGD(model, lr=1e-3, T=1)
+        optimizer = SINGD(model, lr=1e-3, T=1, tied_embeddings="kronecker")
         _train(model, optimizer, steps=2)
     ours = [str(w.message) for w in caught if "parameter" in str(w.message)]
     ours += [str(w.message) for w in caught if "curvature" in str(w.message)]
@@ -111,6 +111,28 @@ def test_every_weight_matrix_gets_a_kronecker_block(name: str) -> None:
     assert tied in optimizer.Ks  # input and output embedding share one block
     assert optimizer.Ks[tied].shape[0] == VOCABULARY
     assert type(optimizer.Ks[tied]).__name__ == "Diagonal"
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_tied_embeddings_take_the_elementwise_rule_by_default(name: str) -> None:
+    build, _, tied = MODELS[name]
+    torch.manual_seed(0)
+    model = build()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        optimizer = SINGD(model, lr=1e-3)
+        losses = _train(model, optimizer, steps=3, same_batch=True)
+    assert [str(w.message) for w in caught if "parameter" in str(w.message)] == []
+    assert losses[-1] < losses[0]
+    embedding = model.get_input_embeddings().weight
+    assert embedding is model.get_output_embeddings().weight
+    (owner,) = [b for b in optimizer.blocks if any(r.param is embedding for r in b.params)]
+    assert owner.kind == "elementwise"
+    assert tied not in optimizer.Ks
+    # every other weight matrix keeps its Kronecker block
+    others = [p for p in model.parameters() if p.ndim >= 2 and p is not embedding]
+    kinds = {id(rows.param): block.kind for block in optimizer.blocks for rows in block.params}
+    assert others and all(kinds[id(p)] == "kronecker" for p in others)
 
 
 def _linear_twin(model: nn.Module) -> nn.Module:
