@@ -381,6 +381,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "round7_defaults": {"normalize_lr_cov": False, "momentum_dampening": False},
     # round 9: a tied embedding as one Kronecker block (the defaults train it element-wise)
     "defaults_tied_kronecker": {"tied_embeddings": "kronecker"},
+    # the momentum summed as in the reference (best at a tenth of AdamW's rate)
+    "defaults_summed": {"momentum_dampening": False},
 }
 
 

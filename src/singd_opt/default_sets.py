@@ -68,7 +68,7 @@ RECOMMENDED: Mapping[str, Any] = {
     "warm_start": True,
     "graft": "adafactor",
     "normalize_lr_cov": True,
-    "momentum_dampening": "from_zero",
+    "momentum_dampening": "bias_corrected",
     "tied_embeddings": "elementwise",
 }
 

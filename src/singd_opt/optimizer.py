@@ -199,9 +199,9 @@ class SINGD(BlockViews, Optimizer):
             momentum_dampening: Average the directions in the momentum buffer,
                 :math:`b \leftarrow \mu b + (1 - \mu) N`, instead of summing them:
                 ``False`` (sum), ``True`` (the first step sets :math:`b`) or
-                ``"from_zero"`` (from :math:`b = 0`, like Adam's first moment: steps
-                of the direction's size, reached over about :math:`1 / (1 - \mu)`
-                steps; :mod:`singd_opt.update`).
+                ``"bias_corrected"`` (from :math:`b = 0`, divided by
+                :math:`1 - \mu^t` as Adam's first moment: every step has the
+                directions' size; :mod:`singd_opt.update`).
             tied_embeddings: How an embedding whose weight output projections share
                 (tied input and output embeddings) is trained: ``"elementwise"`` (the
                 element-wise rule) or ``"kronecker"`` (one Kronecker block over both

@@ -12,11 +12,10 @@ with :math:`b` the parameter's ``momentum_buffer`` (none for :math:`\mu = 0`). W
 \mu b + (1 - \mu)(N + \gamma \theta)` after the first step (which sets :math:`b`
 to its update, as ``torch.optim.SGD`` with ``dampening`` :math:`= \mu` does), so
 that the step has the size of its direction, like Adam's first moment. With
-``momentum_dampening="from_zero"`` the average starts from :math:`b = 0` instead, as
-Adam's first moment does before its bias correction: the first steps are
-:math:`1 - \mu^t` times the direction's size, a warm-up over about :math:`1 / (1 - \mu)`
-steps, and the steps equal the summed momentum's at a learning rate :math:`1 - \mu`
-times as large. With
+``momentum_dampening="bias_corrected"`` the average starts from :math:`b = 0` and the
+step divides it by :math:`1 - \mu^t` after :math:`t` updates, as Adam's first moment
+does: :math:`\theta \leftarrow \theta - \beta_2\, b / (1 - \mu^t)`, so every step,
+the first included, has the size of its directions. With
 ``max_update_rms`` :math:`= \rho`, a block's directions are first scaled by
 :math:`\min(1, \rho / \operatorname{rms}(N))`, the root mean square taken over all of
 the block's directions together (no synchronisation: the factor stays on the device).
@@ -35,11 +34,11 @@ from torch.optim import Optimizer
 
 from singd_opt.blocks import PreconditionerBlock, Proposal
 
-#: ``momentum_dampening``'s value for an average that starts from a zero buffer.
-FROM_ZERO = "from_zero"
+#: ``momentum_dampening``'s value for Adam's bias-corrected average.
+BIAS_CORRECTED = "bias_corrected"
 
 #: The valid values of ``momentum_dampening``.
-MOMENTUM_DAMPENINGS: tuple[bool | str, ...] = (False, True, FROM_ZERO)
+MOMENTUM_DAMPENINGS: tuple[bool | str, ...] = (False, True, BIAS_CORRECTED)
 
 
 def all_finite(tensors: Sequence[Tensor]) -> Tensor:
@@ -109,10 +108,14 @@ def apply_update(
         state = optimizer.state[param]
         buffer = state.get("momentum_buffer")
         dampening = group.get("momentum_dampening", False)
-        if buffer is None:
-            # "from_zero": the average of a zero buffer and the first update
-            first = update.mul(1.0 - momentum) if dampening == FROM_ZERO else update.clone()
-            buffer = state["momentum_buffer"] = first
+        if dampening == BIAS_CORRECTED:
+            if buffer is None:
+                buffer = state["momentum_buffer"] = torch.zeros_like(update)
+            buffer.lerp_(update, 1.0 - momentum)
+            count = state["momentum_steps"] = state.get("momentum_steps", 0) + 1
+            lr = lr / (1.0 - momentum**count)
+        elif buffer is None:
+            buffer = state["momentum_buffer"] = update.clone()
         elif dampening:
             buffer.lerp_(update, 1.0 - momentum)
         else:

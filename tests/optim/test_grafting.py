@@ -105,32 +105,32 @@ def test_momentum_dampening_matches_torch_sgd(dampening: bool) -> None:
     torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-14)
 
 
-def test_momentum_from_zero_is_adams_uncorrected_first_moment() -> None:
-    """``"from_zero"``: m = mu m + (1 - mu)(N + wd theta) from m = 0, theta -= lr m."""
+def test_bias_corrected_momentum_is_adams_first_moment() -> None:
+    """m = mu m + (1 - mu)(N + wd theta) from m = 0; theta -= lr m / (1 - mu^t)."""
     generator = torch.Generator().manual_seed(1)
     ours = nn.Parameter(torch.randn(3, 4, generator=generator, dtype=DTYPE))
     expected = ours.detach().clone()
     moment = torch.zeros_like(expected)
     holder = SimpleNamespace(state=defaultdict(dict))
-    group = {"momentum": 0.9, "weight_decay": 0.01, "momentum_dampening": "from_zero"}
-    for _ in range(4):
+    group = {"momentum": 0.9, "weight_decay": 0.01, "momentum_dampening": "bias_corrected"}
+    for step in range(1, 5):
         direction = torch.randn(3, 4, generator=generator, dtype=DTYPE)
         with torch.no_grad():
             apply_update(holder, ours, direction.clone(), group, 0.1)
         moment = 0.9 * moment + 0.1 * (direction + 0.01 * expected)
-        expected = expected - 0.1 * moment
+        expected = expected - 0.1 * moment / (1 - 0.9**step)
     torch.testing.assert_close(ours.detach(), expected, rtol=1e-12, atol=1e-14)
 
 
-def test_momentum_from_zero_equals_the_sum_at_a_smaller_learning_rate() -> None:
-    """Whole optimizer: ``"from_zero"`` at lr gives the summed momentum's steps at lr (1 - mu)."""
+def test_bias_corrected_first_step_has_the_directions_size() -> None:
+    """Whole optimizer: the first step equals the step without momentum, the second not."""
 
-    def train(**options: object) -> list[torch.Tensor]:
+    def train(steps: int, **options: object) -> list[torch.Tensor]:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(5, 4), nn.LayerNorm(4), nn.Linear(4, 3)).double()
-        optimizer = SINGD(model, momentum=0.8, weight_decay=0.01, **options)
+        optimizer = SINGD(model, lr=0.05, **options)
         generator = torch.Generator().manual_seed(2)
-        for _ in range(5):
+        for _ in range(steps):
             x = torch.randn(8, 5, generator=generator, dtype=DTYPE)
             y = torch.randint(3, (8,), generator=generator)
             optimizer.zero_grad()
@@ -138,13 +138,16 @@ def test_momentum_from_zero_equals_the_sum_at_a_smaller_learning_rate() -> None:
             optimizer.step()
         return [p.detach().clone() for p in model.parameters()]
 
-    from_zero = train(lr=0.05, momentum_dampening="from_zero")
-    summed = train(lr=0.05 * (1 - 0.8), momentum_dampening=False)
-    for a, b in zip(from_zero, summed, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    corrected = train(1, momentum=0.9, momentum_dampening="bias_corrected")
+    plain = train(1, momentum=0.0)
+    for a, b in zip(corrected, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    corrected = train(2, momentum=0.9, momentum_dampening="bias_corrected")
+    plain = train(2, momentum=0.0)
+    assert any(not torch.allclose(a, b) for a, b in zip(corrected, plain, strict=True))
 
 
 @pytest.mark.parametrize("value", ["zero", 1, None])
 def test_invalid_momentum_dampening_names_the_choices(value: object) -> None:
-    with pytest.raises(ValueError, match=r"momentum_dampening must be one of .*'from_zero'"):
+    with pytest.raises(ValueError, match=r"momentum_dampening must be one of .*'bias_corrected'"):
         SINGD(nn.Linear(3, 2), momentum_dampening=value)
