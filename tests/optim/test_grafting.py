@@ -106,7 +106,7 @@ def test_momentum_dampening_matches_torch_sgd(dampening: bool) -> None:
 
 
 def test_bias_corrected_momentum_is_adams_first_moment() -> None:
-    """m = mu m + (1 - mu)(N + wd theta) from m = 0; theta -= lr m / (1 - mu^t)."""
+    """Adam's recursion: m = mu m + (1 - mu)(N + wd theta) from 0, theta -= lr m / (1 - mu^t)."""
     generator = torch.Generator().manual_seed(1)
     ours = nn.Parameter(torch.randn(3, 4, generator=generator, dtype=DTYPE))
     expected = ours.detach().clone()
