@@ -132,9 +132,11 @@ class SINGD(BlockViews, Optimizer):
 
         Arguments left at ``DEFAULT`` take their value from the set of defaults named
         by ``defaults`` (:mod:`singd_opt.default_sets`): ``"recommended"`` (Adafactor
-        grafting, relative damping 0.1 over an absolute 1e-8, warm start, ``T=1``,
-        ``alpha1=0``, ``structures=("auto", "auto")``, every parameter trained; the
-        rest as the reference) or ``"reference"`` (the reference's defaults).
+        grafting, Adam's bias-corrected momentum, relative damping 0.1 over an
+        absolute 1e-8, warm start, bounded factor steps, ``T=1``, ``alpha1=0``,
+        ``structures=("auto", "auto")``, every parameter trained, tied embeddings
+        element-wise; the rest as the reference) or ``"reference"`` (the reference's
+        defaults).
 
         Args:
             model: The network (a ``DistributedDataParallel`` wrapper is unwrapped).
