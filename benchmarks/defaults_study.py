@@ -60,11 +60,11 @@ RESULTS = Path(__file__).parent / "results" / "defaults_study.json"
 # ----------------------------------------------------------------------------- data
 
 
-def _lm_batches(batch_size: int = 16) -> list[tuple[Tensor, Tensor]]:
+def _lm_batches(seed: int = SEED, batch_size: int = 16) -> list[tuple[Tensor, Tensor]]:
     from singd_opt_demo.lm_data import load_split
 
     split = load_split(validation=True)
-    generator = torch.Generator().manual_seed(SEED)
+    generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(split.x_train), generator=generator)[: STEPS * batch_size]
     return [(split.x_train[idx], split.y_train[idx]) for idx in order.view(STEPS, batch_size)]
 
@@ -79,17 +79,19 @@ def _digits(size: int) -> tuple[Tensor, Tensor]:
     return x, split.y_train
 
 
-def _digit_batches(size: int = 16, batch_size: int = 32) -> list[tuple[Tensor, Tensor]]:
+def _digit_batches(
+    seed: int = SEED, size: int = 16, batch_size: int = 32
+) -> list[tuple[Tensor, Tensor]]:
     x, y = _digits(size)
-    generator = torch.Generator().manual_seed(SEED)
+    generator = torch.Generator().manual_seed(seed)
     order = torch.randint(len(x), (STEPS, batch_size), generator=generator)
     return [(x[idx], y[idx]) for idx in order]
 
 
-def _row_sequence_batches(batch_size: int = 32) -> list[tuple[Tensor, Tensor]]:
+def _row_sequence_batches(seed: int = SEED, batch_size: int = 32) -> list[tuple[Tensor, Tensor]]:
     x, y = _digits(8)
     rows = x.squeeze(1)  # (N, 8 rows, 8 pixels)
-    generator = torch.Generator().manual_seed(SEED)
+    generator = torch.Generator().manual_seed(seed)
     order = torch.randint(len(rows), (STEPS, batch_size), generator=generator)
     return [(rows[idx], y[idx]) for idx in order]
 
@@ -243,7 +245,7 @@ class Workload:
     """A model factory, its batches and its loss."""
 
     build: Callable[[], nn.Module]
-    batches: Callable[[], list[tuple[Tensor, Tensor]]]
+    batches: Callable[[int], list[tuple[Tensor, Tensor]]]  # of a seed
     loss: Callable[[nn.Module, Tensor, Tensor], Tensor]
     loss_average: str  # the loss's average, for SINGD candidates that are told it
 
@@ -411,12 +413,12 @@ def adamw_state_bytes(model: nn.Module) -> int:
     return 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 
 
-def run(workload: Workload, candidate: str, lr: float) -> dict[str, Any]:
+def run(workload: Workload, candidate: str, lr: float, seed: int = SEED) -> dict[str, Any]:
     """Train 40 steps from the seeded initialisation; return the losses and costs."""
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     model = workload.build()
     model.train()
-    batches = workload.batches()
+    batches = workload.batches(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         optimizer = make_optimizer(candidate, model, lr)
@@ -514,6 +516,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--timing", action="store_true", help="time factor updates only")
     parser.add_argument("--table", action="store_true", help="print the stored results")
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        help="re-run each candidate at its stored best learning rate with these seeds "
+        "(initialisation and batches) and store the final losses",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     results: dict[str, Any] = {}
@@ -527,7 +537,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.timing:
         timings = time_factor_updates()
         args.models = []
-    for model_name in args.models:
+    for model_name in args.models if args.seeds else []:
+        workload = WORKLOADS[model_name]
+        for candidate in args.candidates:
+            entry = results[model_name][candidate]
+            finals = {
+                str(seed): run(workload, candidate, entry["best_lr"], seed)["final_loss"]
+                for seed in args.seeds
+            }
+            entry["seed_finals"] = finals
+            print(f"{model_name:7s} {candidate:28s} lr {entry['best_lr']:g} seeds {finals}")
+    for model_name in args.models if not args.seeds else []:
         workload = WORKLOADS[model_name]
         for candidate in args.candidates:
             runs = [run(workload, candidate, lr) for lr in args.lrs]
