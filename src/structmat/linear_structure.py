@@ -38,11 +38,13 @@ class LinearStructure(StructuredMatrix):
 
     def _add_(self, other: StructuredMatrix, alpha: Scalar) -> None:
         for name, tensor in self.named_tensors():
-            tensor.add_(getattr(other, name), alpha=alpha)
+            if tensor.numel():  # an empty tensor (a block-diagonal's last block) costs a call
+                tensor.add_(getattr(other, name), alpha=alpha)
 
     def _mul_(self, value: Scalar) -> None:
         for _, tensor in self.named_tensors():
-            tensor.mul_(value)
+            if tensor.numel():
+                tensor.mul_(value)
 
     def _frobenius_norm(self) -> Tensor:
         return stable_norm([t for _, t in self.named_tensors()])
