@@ -284,12 +284,12 @@ class StructuredMatrix(ABC):
     @property
     def dtype(self) -> torch.dtype:
         """The dtype of the stored tensors."""
-        return next(self.named_tensors())[1].dtype
+        return getattr(self, self._tensor_names[0]).dtype
 
     @property
     def device(self) -> torch.device:
         """The device of the stored tensors."""
-        return next(self.named_tensors())[1].device
+        return getattr(self, self._tensor_names[0]).device
 
     @property
     def shape(self) -> torch.Size:
