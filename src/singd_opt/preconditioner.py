@@ -196,9 +196,11 @@ def natural_gradient(
         KKT: :math:`K K^\top` from :func:`cached_square`, if available.
         CCT: :math:`C C^\top` from :func:`cached_square`, if available.
     """
-    grad_T = grad.mT.to(K.dtype)
+    dtype_K, dtype_C = K.dtype, C.dtype
+    grad_T = grad.mT if grad.dtype == dtype_K else grad.mT.to(dtype_K)
     # G K K^T = (K K^T G^T)^T
     right = (KKT @ grad_T if KKT is not None else K @ K.rmatmat(grad_T)).mT
-    right = right.to(C.dtype)
+    if dtype_C != dtype_K:
+        right = right.to(dtype_C)
     result = CCT @ right if CCT is not None else C @ C.rmatmat(right)
-    return result.to(grad.dtype)
+    return result if result.dtype == grad.dtype else result.to(grad.dtype)

@@ -31,6 +31,8 @@ from structmat.registry import family_member, register_family
 class BlockDiagonal(LinearStructure):
     r"""Block-diagonal matrix :math:`\operatorname{blockdiag}(K_1, \dots, K_N, L)`.
 
+    When ``b`` divides ``d`` the kernels skip the empty last block (results share it).
+
     This class is the template of the family; the concrete class for block size ``b``
     is ``BlockDiagonal.with_block_size(b)`` (registered as ``"block{b}diagonal"``).
 
@@ -138,8 +140,10 @@ class BlockDiagonal(LinearStructure):
     # ---------------------------------------------------------------- kernels
     def _matmul(self, other: BlockDiagonal) -> BlockDiagonal:
         """Blockwise product :math:`K_i K'_i`, :math:`O(d b^2)`."""
+        last = self.last_block
         return self._like(
-            blocks=self.blocks @ other.blocks, last_block=self.last_block @ other.last_block
+            blocks=self.blocks @ other.blocks,
+            last_block=last @ other.last_block if last.numel() else last,
         )
 
     def _matmat(self, X: Tensor) -> Tensor:
@@ -156,7 +160,8 @@ class BlockDiagonal(LinearStructure):
         out = X.new_empty(X.shape)
         out_blocks, out_last = self._split_rows(out)
         torch.matmul(blocks, X_blocks, out=out_blocks)
-        torch.mm(last, X_last, out=out_last)
+        if last.numel():
+            torch.mm(last, X_last, out=out_last)
         return out
 
     def _transpose(self) -> BlockDiagonal:
@@ -217,7 +222,7 @@ class BlockDiagonal(LinearStructure):
         if X.shape[1] >= 2 * self.block_size:
             return self._like(
                 blocks=blocks.mT @ block_grams(X_blocks) @ blocks,
-                last_block=last.mT @ (X_last @ X_last.mT) @ last,
+                last_block=last.mT @ (X_last @ X_last.mT) @ last if last.numel() else last,
             )
         S_blocks = blocks.mT @ X_blocks
         S_last = last.mT @ X_last
@@ -225,9 +230,10 @@ class BlockDiagonal(LinearStructure):
 
     def _from_inner_identity(self) -> BlockDiagonal:
         r""":math:`A^\top A` is blockdiag(:math:`K_i^\top K_i`), :math:`O(d b^2)`."""
+        last = self.last_block
         return self._like(
             blocks=self.blocks.mT @ self.blocks,
-            last_block=self.last_block.mT @ self.last_block,
+            last_block=last.mT @ last if last.numel() else last,
         )
 
     def _from_inner2(self, XXT: Tensor) -> BlockDiagonal:
