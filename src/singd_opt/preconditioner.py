@@ -80,7 +80,8 @@ def update_preconditioner(
     r"""Return ``(K, C, m_K, m_C)`` after one Riemannian step; the inputs are kept.
 
     Consumes ``H_K`` and ``H_C`` (their storage becomes the new momenta); ``K``,
-    ``C`` and the old momenta are not changed.
+    ``C`` and the old momenta are not changed. The four average traces the update
+    needs are taken once each (:class:`~singd_opt.damping.AverageTraces`).
 
     Args:
         K: Input-side factor.

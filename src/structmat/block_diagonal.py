@@ -31,8 +31,6 @@ from structmat.registry import family_member, register_family
 class BlockDiagonal(LinearStructure):
     r"""Block-diagonal matrix :math:`\operatorname{blockdiag}(K_1, \dots, K_N, L)`.
 
-    When ``b`` divides ``d`` the kernels skip the empty last block (results share it).
-
     This class is the template of the family; the concrete class for block size ``b``
     is ``BlockDiagonal.with_block_size(b)`` (registered as ``"block{b}diagonal"``).
 
@@ -47,7 +45,9 @@ class BlockDiagonal(LinearStructure):
     the diagonal blocks :math:`M_{ii}` of :math:`M`) :math:`O(d b^2)`;
     ``from_mat_inner(X)`` and ``from_inner(X)`` :math:`O(d b n)` (the latter through
     :math:`X_i X_i^\top` when ``n >= 2 b``); ``from_dense`` reads the :math:`O(d b)`
-    entries of the diagonal blocks. Closed under transposition (blockwise) and inversion.
+    entries of the diagonal blocks. When ``b`` divides ``d`` the kernels skip the empty
+    last block (their results share it). Closed under transposition (blockwise) and
+    inversion.
 
     Class attributes:
         block_size: The block size :math:`b` (``None`` on the template).
@@ -290,8 +290,8 @@ def block_grams(X_blocks: Tensor) -> Tensor:
     their diagonal blocks kept; otherwise one batched product.
 
     Complexity:
-        :math:`N b^2 n` multiply-adds, or :math:`N b\,\text{SUPER_BLOCK}\,n` through
-        the super-blocks.
+        :math:`N b^2 n` multiply-adds, or :math:`N b s n` through the super-blocks of
+        size :math:`s` (:data:`SUPER_BLOCK`).
     """
     count, b, n = X_blocks.shape
     group = SUPER_BLOCK // b

@@ -11,7 +11,7 @@ from torch import nn
 
 from singd_opt import SINGD
 from singd_opt.grafting import FactoredMoment, graft, graft_direction, rms_target
-from singd_opt.update import apply_update
+from singd_opt.update import apply_update, apply_updates
 
 DTYPE = torch.float64
 
@@ -103,3 +103,27 @@ def test_momentum_dampening_matches_torch_sgd(dampening: bool) -> None:
         theirs.grad = direction
         sgd.step()
     torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("dampening", [False, True])
+def test_updates_of_several_parameters_match_one_by_one(dampening: bool) -> None:
+    """``apply_updates`` (foreach over a group's parameters) equals one call per parameter."""
+    generator = torch.Generator().manual_seed(1)
+    shapes = [(3, 4), (5,), (2, 2, 2)]
+    together = [nn.Parameter(torch.randn(s, generator=generator, dtype=DTYPE)) for s in shapes]
+    alone = [nn.Parameter(p.detach().clone()) for p in together]
+    initial = [p.detach().clone() for p in together]
+    holders = [SimpleNamespace(state=defaultdict(dict)) for _ in range(2)]
+    group = {"momentum": 0.8, "weight_decay": 0.05, "momentum_dampening": dampening}
+    for _ in range(3):
+        directions = [torch.randn(s, generator=generator, dtype=DTYPE) for s in shapes]
+        with torch.no_grad():
+            apply_updates(holders[0], together, [d.clone() for d in directions], group, 0.1)
+            for param, direction in zip(alone, directions, strict=True):
+                apply_update(holders[1], param, direction.clone(), group, 0.1)
+    for ours, theirs, start in zip(together, alone, initial, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-14, atol=1e-15)
+        torch.testing.assert_close(
+            holders[0].state[ours]["momentum_buffer"], holders[1].state[theirs]["momentum_buffer"]
+        )
+        assert not torch.allclose(ours, start)  # the steps moved it
