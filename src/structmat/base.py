@@ -110,8 +110,8 @@ class StructuredMatrix(ABC):
     parameters: ClassVar[tuple[str, ...]] = ()
     template_hint: ClassVar[str] = ""
     _template: ClassVar[bool] = False
-    #: Whether the constructor only passes its tensors on (then kernels build results
-    #: with :meth:`_like`, skipping it); set by the built-in structures that qualify.
+    #: Whether the constructor only passes its tensors on, so that :meth:`clone` may
+    #: skip it (:meth:`_like`); set by the built-in structures whose kernels use ``_like``.
     _plain_constructor: ClassVar[bool] = False
     _transposes: ClassVar[dict[type, type]] = {}
 
