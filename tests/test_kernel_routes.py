@@ -17,6 +17,7 @@ import structmat
 from structmat import StructuredMatrix
 from structmat._gram import HALF_GRAM_MIN_SIZE, gram
 from structmat._layout import LONG_ROWS, row_sums_of_squares, stored_by_columns
+from structmat.block_diagonal import SUPER_BLOCK_MIN_COLUMNS, block_grams
 from structmat.testing import pattern_projection, random_member, random_tensor
 
 ARROWS = ["triltopleftdiag", "trilbottomrightdiag", "triutopleftdiag", "triubottomrightdiag"]
@@ -125,6 +126,16 @@ def test_block_diagonal_routes(block: int, dim: int) -> None:
     A = random_member(cls, dim, seed=dim)
     for n in (1, 2 * block - 1, 2 * block, 3 * block + 2):
         check_inner_and_products(A, random_tensor((dim, n), seed=n))
+
+
+@pytest.mark.parametrize(("block", "dim"), [(2, 16), (4, 145), (8, 65), (8, 64), (8, 36), (2, 11)])
+def test_block_diagonal_super_block_grams(block: int, dim: int) -> None:
+    """Small blocks' Gram matrices through 16-row super-blocks (many columns), or not."""
+    cls = structmat.BlockDiagonal.with_block_size(block)
+    A = random_member(cls, dim, seed=dim)
+    check_inner_and_products(A, random_tensor((dim, SUPER_BLOCK_MIN_COLUMNS + 3), seed=block))
+    X_blocks = random_tensor((dim // block, block, SUPER_BLOCK_MIN_COLUMNS), seed=1)
+    close(block_grams(X_blocks), X_blocks @ X_blocks.mT)
 
 
 @pytest.mark.parametrize("dim", [2, 31, 65])

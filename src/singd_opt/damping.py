@@ -48,6 +48,9 @@ synchronisation).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
 from torch import Tensor
 
 from structmat import StructuredMatrix
@@ -98,17 +101,64 @@ def damping_coefficients(
         kfac_like: The IKFAC update (no traces).
         relative: :math:`\lambda_r`, the relative damping (see the module docstring).
     """
-    if kfac_like:
-        c_K: float | Tensor = damping
-        c_C: float | Tensor = damping
-    else:
-        c_K, c_C = damping * C_tC.average_trace(), damping * K_tK.average_trace()
+    if kfac_like and relative == 0.0:
+        return damping, damping
+    traces = AverageTraces.of(H_K, H_C, K_tK, C_tC, grad_unscaling)
+    return coefficients_from_traces(damping, traces, kfac_like, relative)
+
+
+@dataclass(frozen=True)
+class AverageTraces:
+    r"""The average traces an update needs, each computed once (0-dim tensors).
+
+    Attributes:
+        H_K: :math:`\bar{\operatorname{tr}}(H_K)`.
+        H_C: :math:`u\,\bar{\operatorname{tr}}(H_C)` (un-scaled).
+        K_tK: :math:`\bar{\operatorname{tr}}(K^\top K)`.
+        C_tC: :math:`\bar{\operatorname{tr}}(C^\top C)`.
+    """
+
+    H_K: Tensor
+    H_C: Tensor
+    K_tK: Tensor
+    C_tC: Tensor
+
+    @staticmethod
+    def of(
+        H_K: StructuredMatrix,
+        H_C: StructuredMatrix,
+        K_tK: StructuredMatrix,
+        C_tC: StructuredMatrix,
+        grad_unscaling: float = 1.0,
+    ) -> AverageTraces:
+        """The four average traces, :math:`H_C`'s times :math:`u` (four trace kernels)."""
+        t_C = H_C.average_trace()
+        if grad_unscaling != 1.0:
+            t_C = t_C * grad_unscaling
+        return AverageTraces(H_K.average_trace(), t_C, K_tK.average_trace(), C_tC.average_trace())
+
+
+def coefficients_from_traces(
+    damping: float, traces: AverageTraces, kfac_like: bool = False, relative: float = 0.0
+) -> tuple[float | Tensor, float | Tensor]:
+    r""":func:`damping_coefficients` from the average traces (a few scalar operations).
+
+    Args:
+        damping: :math:`\lambda`.
+        traces: The average traces of the update.
+        kfac_like: The IKFAC update.
+        relative: :math:`\lambda_r`.
+    """
     if relative == 0.0:
-        return c_K, c_C
-    rho_K, rho_C = relative_scales(H_K, H_C, K_tK, C_tC, grad_unscaling)
+        if kfac_like:
+            return damping, damping
+        return damping * traces.C_tC, damping * traces.K_tK
+    rho_K = traces.H_K / traces.K_tK
+    rho_C = traces.H_C / traces.C_tC
     if kfac_like:
-        return c_K + relative * rho_K, c_C + relative * rho_C
+        return damping + relative * rho_K, damping + relative * rho_C
+    # c_K = lambda tr(C^T C) + lambda_r rho_K u tr(H_C), and alike for C
     return (
-        c_K + relative * rho_K * (H_C.average_trace() * grad_unscaling),
-        c_C + relative * rho_C * H_K.average_trace(),
+        torch.addcmul(damping * traces.C_tC, rho_K, traces.H_C, value=relative),
+        torch.addcmul(damping * traces.K_tK, rho_C, traces.H_K, value=relative),
     )

@@ -76,12 +76,17 @@ class FactoredMoment:
         )
 
     def norm_of_direction(self, grad: Tensor, beta: float, eps: float) -> Tensor:
-        r"""Return :math:`\|G / (\sqrt{\hat V} + \epsilon)\|_F` (0-dim tensor)."""
+        r"""Return :math:`\|G / (\sqrt{\hat V} + \epsilon)\|_F` (0-dim tensor).
+
+        :math:`\sqrt{\hat V_{ij}} = \sqrt{\hat r_i / \operatorname{mean}(\hat r)}\,
+        \sqrt{\hat c_j}` with the bias-corrected :math:`\hat r, \hat c`: square roots
+        of vectors and one outer product, :math:`O(d_C d_K)` in four passes.
+        """
         correction = 1.0 - beta**self.updates
         rows = self.rows / correction
-        columns = self.columns / correction
-        second = torch.outer(rows, columns) / rows.mean().clamp_min(torch.finfo(rows.dtype).tiny)
-        return torch.linalg.vector_norm(grad.to(rows.dtype) / (second.sqrt() + eps))
+        mean = rows.mean().clamp_min(torch.finfo(rows.dtype).tiny)
+        root = torch.outer(rows.div_(mean).sqrt_(), (self.columns / correction).sqrt_())
+        return torch.linalg.vector_norm(grad.to(rows.dtype) / root.add_(eps))
 
 
 def graft(direction: Tensor, target_norm: Tensor | float) -> Tensor:

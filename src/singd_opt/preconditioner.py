@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from singd_opt.damping import damping_coefficients
+from singd_opt.damping import AverageTraces, coefficients_from_traces
 from structmat import StructuredMatrix
 
 
@@ -80,7 +80,8 @@ def update_preconditioner(
     r"""Return ``(K, C, m_K, m_C)`` after one Riemannian step; the inputs are kept.
 
     Consumes ``H_K`` and ``H_C`` (their storage becomes the new momenta); ``K``,
-    ``C`` and the old momenta are not changed.
+    ``C`` and the old momenta are not changed. The four average traces the update
+    needs are taken once each (:class:`~singd_opt.damping.AverageTraces`).
 
     Args:
         K: Input-side factor.
@@ -98,15 +99,19 @@ def update_preconditioner(
     damping, alpha1, u = config.damping, config.alpha1, config.grad_unscaling
     K_tK = K.from_inner()
     C_tC = C.from_inner()
-    coeff_K_tK, coeff_C_tC = damping_coefficients(
-        damping, H_K, H_C, K_tK, C_tC, u, config.kfac_like, config.relative_damping
-    )
-    if config.kfac_like:
-        coeff_H_K: float | Tensor = 1.0
-        coeff_H_C: float | Tensor = u
-    else:
-        coeff_H_K = u * H_C.average_trace()
-        coeff_H_C = u * H_K.average_trace()
+    relative = config.relative_damping
+    coeff_H_K: float | Tensor = 1.0
+    coeff_H_C: float | Tensor = u
+    if config.kfac_like and relative == 0.0:  # no traces needed
+        coeff_K_tK: float | Tensor = damping
+        coeff_C_tC: float | Tensor = damping
+    else:  # every average trace once
+        traces = AverageTraces.of(H_K, H_C, K_tK, C_tC, u)
+        coeff_K_tK, coeff_C_tC = coefficients_from_traces(
+            damping, traces, config.kfac_like, relative
+        )
+        if not config.kfac_like:
+            coeff_H_K, coeff_H_C = traces.H_C, traces.H_K if u == 1.0 else u * traces.H_K
     scale = 0.5 * ((1.0 - alpha1) if config.normalize_lr_cov else 1.0)
 
     new_m_K = H_K if isinstance(coeff_H_K, float) and coeff_H_K == 1.0 else H_K.mul_(coeff_H_K)
@@ -192,9 +197,11 @@ def natural_gradient(
         KKT: :math:`K K^\top` from :func:`cached_square`, if available.
         CCT: :math:`C C^\top` from :func:`cached_square`, if available.
     """
-    grad_T = grad.mT.to(K.dtype)
+    dtype_K, dtype_C = K.dtype, C.dtype
+    grad_T = grad.mT if grad.dtype == dtype_K else grad.mT.to(dtype_K)
     # G K K^T = (K K^T G^T)^T
     right = (KKT @ grad_T if KKT is not None else K @ K.rmatmat(grad_T)).mT
-    right = right.to(C.dtype)
+    if dtype_C != dtype_K:
+        right = right.to(dtype_C)
     result = CCT @ right if CCT is not None else C @ C.rmatmat(right)
-    return result.to(grad.dtype)
+    return result if result.dtype == grad.dtype else result.to(grad.dtype)

@@ -93,35 +93,94 @@ def apply_update(
     Args:
         optimizer: The optimizer (its per-parameter state holds the momentum buffer).
         param: The parameter.
-        update: Its direction.
+        update: Its direction (changed in place with weight decay).
         group: Its parameter group.
         lr: The learning rate.
         fit: Brings ``update`` to the layout of ``param`` first (a whole-tensor update
             of a sharded parameter is cut to the rows the process holds), if given.
     """
+    apply_updates(optimizer, [param], [update], group, lr, fit)
+
+
+def apply_updates(
+    optimizer: Optimizer,
+    params: list[nn.Parameter],
+    updates: list[Tensor],
+    group: Mapping[str, Any],
+    lr: float,
+    fit: FitFn | None = None,
+) -> None:
+    """:func:`apply_update` for several parameters of one group and learning rate.
+
+    Each of weight decay, momentum and the parameter step is one ``torch._foreach_*``
+    call over the parameters (the same arithmetic per entry as separate calls).
+
+    Args:
+        optimizer: The optimizer (its per-parameter state holds the momentum buffers).
+        params: Distinct parameters.
+        updates: Their directions, in the same order (changed in place with weight
+            decay).
+        group: Their parameter group.
+        lr: The learning rate.
+        fit: See :func:`apply_update`.
+    """
     if fit is not None:
-        update = fit(param, update)
+        updates = [fit(param, update) for param, update in zip(params, updates, strict=True)]
     momentum, weight_decay = group["momentum"], group["weight_decay"]
     if weight_decay != 0.0:
-        update = update.add_(param, alpha=weight_decay)
+        torch._foreach_add_(updates, params, alpha=weight_decay)
     if momentum != 0.0:
-        state = optimizer.state[param]
-        buffer = state.get("momentum_buffer")
         dampening = group.get("momentum_dampening", False)
         if dampening == BIAS_CORRECTED:
-            if buffer is None:
-                buffer = state["momentum_buffer"] = torch.zeros_like(update)
-            buffer.lerp_(update, 1.0 - momentum)
-            count = state["momentum_steps"] = state.get("momentum_steps", 0) + 1
-            lr = lr / (1.0 - momentum**count)
-        elif buffer is None:
-            buffer = state["momentum_buffer"] = update.clone()
-        elif dampening:
-            buffer.lerp_(update, 1.0 - momentum)
-        else:
-            buffer.mul_(momentum).add_(update)
-        update = buffer
-    param.add_(update, alpha=-lr)
+            _bias_corrected_steps(optimizer, params, updates, momentum, lr)
+            return
+        buffers, continued, directions = [], [], []
+        for param, update in zip(params, updates, strict=True):
+            state = optimizer.state[param]
+            buffer = state.get("momentum_buffer")
+            if buffer is None:  # the first step sets the buffer to the update
+                buffer = state["momentum_buffer"] = update.clone()
+            else:
+                continued.append(buffer)
+                directions.append(update)
+            buffers.append(buffer)
+        if continued:
+            if dampening:
+                torch._foreach_lerp_(continued, directions, 1.0 - momentum)
+            else:
+                torch._foreach_mul_(continued, momentum)
+                torch._foreach_add_(continued, directions)
+        updates = buffers
+    torch._foreach_add_(params, updates, alpha=-lr)
+
+
+def _bias_corrected_steps(
+    optimizer: Optimizer,
+    params: list[nn.Parameter],
+    updates: list[Tensor],
+    momentum: float,
+    lr: float,
+) -> None:
+    r"""Average ``updates`` into zero-started buffers; step by :math:`b / (1 - \mu^t)`.
+
+    :math:`t` counts each parameter's steps (``momentum_steps`` in its state); the
+    parameters with the same count take one ``torch._foreach_add_``.
+    """
+    buffers = []
+    by_count: dict[int, tuple[list[nn.Parameter], list[Tensor]]] = {}
+    for param, update in zip(params, updates, strict=True):
+        state = optimizer.state[param]
+        buffer = state.get("momentum_buffer")
+        if buffer is None:
+            buffer = state["momentum_buffer"] = torch.zeros_like(update)
+        buffers.append(buffer)
+        count = state["momentum_steps"] = state.get("momentum_steps", 0) + 1
+        stepped, averages = by_count.setdefault(count, ([], []))
+        stepped.append(param)
+        averages.append(buffer)
+    torch._foreach_lerp_(buffers, updates, 1.0 - momentum)
+    for count, (stepped, averages) in by_count.items():
+        torch._foreach_add_(stepped, averages, alpha=-lr / (1.0 - momentum**count))
 
 
 def apply_directions(
@@ -129,8 +188,13 @@ def apply_directions(
     proposals: list[tuple[PreconditionerBlock, Proposal]],
     fit: FitFn | None = None,
 ) -> None:
-    """Apply every committed proposal's directions to its parameters (see :func:`apply_update`)."""
-    assembled: dict[nn.Parameter, tuple[Tensor, Mapping[str, Any], float]] = {}
+    """Apply every committed proposal's directions to its parameters (see :func:`apply_update`).
+
+    The parameters of one group and learning rate are updated together
+    (:func:`apply_updates`).
+    """
+    assembled: dict[nn.Parameter, tuple[Tensor, int, float]] = {}
+    batches: dict[tuple[int, float], tuple[list[nn.Parameter], list[Tensor]]] = {}
     for block, proposal in proposals:
         if not proposal.directions:
             continue
@@ -141,13 +205,19 @@ def apply_directions(
         lr = block.learning_rate(group)
         for rows, direction in proposal.directions:
             if rows.row_slice is None:
-                apply_update(optimizer, rows.param, direction, group, lr, fit)
+                params, updates = batches.setdefault((block.group_index, lr), ([], []))
+                params.append(rows.param)
+                updates.append(direction)
                 continue
             entry = assembled.get(rows.param)
             if entry is None:
                 param = rows.param
                 whole = torch.zeros(param.shape, dtype=param.dtype, device=direction.device)
-                entry = assembled[param] = (whole, group, lr)
+                entry = assembled[param] = (whole, block.group_index, lr)
             entry[0][rows.row_slice] = direction
-    for param, (update, group, lr) in assembled.items():
-        apply_update(optimizer, param, update, group, lr, fit)
+    for param, (update, index, lr) in assembled.items():
+        params, updates = batches.setdefault((index, lr), ([], []))
+        params.append(param)
+        updates.append(update)
+    for (index, lr), (params, updates) in batches.items():
+        apply_updates(optimizer, params, updates, optimizer.param_groups[index], lr, fit)

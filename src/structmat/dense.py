@@ -29,6 +29,7 @@ class Dense(LinearStructure):
     closed_under_inverse = True
     closed_under_transpose = True
     closed_under_spectral_functions = True
+    _plain_constructor = True
 
     def __init__(self, matrix: Tensor) -> None:
         super().__init__(matrix=matrix)
@@ -53,7 +54,7 @@ class Dense(LinearStructure):
         return self.matrix
 
     def _matmul(self, other: Dense) -> Dense:
-        return type(self)(self.matrix @ other.matrix)
+        return self._like(matrix=self.matrix @ other.matrix)
 
     def _matmat(self, X: Tensor) -> Tensor:
         return self.matrix @ X
@@ -68,7 +69,7 @@ class Dense(LinearStructure):
         self.matrix.diagonal().add_(value)
 
     def _inv(self) -> Dense:
-        return type(self)(dense_inverse(self.matrix, "Dense matrix"))
+        return self._like(matrix=dense_inverse(self.matrix, "Dense matrix"))
 
     @classmethod
     def _from_mat_inner(cls, X: Tensor) -> Dense:
@@ -84,18 +85,18 @@ class Dense(LinearStructure):
         d, n = X.shape
         M = self.matrix
         if n >= 2 * d:
-            return type(self)(M.mT @ gram(X) @ M)
-        return type(self)(gram(M.mT @ X))
+            return self._like(matrix=M.mT @ gram(X) @ M)
+        return self._like(matrix=gram(M.mT @ X))
 
     def _from_inner_identity(self) -> Dense:
-        return type(self)(gram(self.matrix.mT))
+        return self._like(matrix=gram(self.matrix.mT))
 
     def _from_inner2(self, XXT: Tensor) -> Dense:
-        return type(self)(self.matrix.mT @ XXT @ self.matrix)
+        return self._like(matrix=self.matrix.mT @ XXT @ self.matrix)
 
     def _from_inner_diagonal(self, values: Tensor) -> Dense:
         # A^T diag(v) A with the rows of A scaled: d^3 multiply-adds, no d x d diag(v)
-        return type(self)(self.matrix.mT @ (values.unsqueeze(1) * self.matrix))
+        return self._like(matrix=self.matrix.mT @ (values.unsqueeze(1) * self.matrix))
 
     def _symmetric_eigen(self) -> tuple[Tensor, Callable[[Tensor], Dense]]:
         """One symmetric eigendecomposition, :math:`O(d^3)`."""

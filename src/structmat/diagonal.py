@@ -29,6 +29,7 @@ class Diagonal(LinearStructure):
     closed_under_inverse = True
     closed_under_transpose = True
     closed_under_spectral_functions = True
+    _plain_constructor = True
 
     def __init__(self, diagonal: Tensor) -> None:
         super().__init__(diagonal=diagonal)
@@ -53,7 +54,7 @@ class Diagonal(LinearStructure):
         return torch.diag(self.diagonal)
 
     def _matmul(self, other: Diagonal) -> Diagonal:
-        return type(self)(self.diagonal * other.diagonal)
+        return self._like(diagonal=self.diagonal * other.diagonal)
 
     def _matmat(self, X: Tensor) -> Tensor:
         return self.diagonal.unsqueeze(1) * X
@@ -69,7 +70,7 @@ class Diagonal(LinearStructure):
 
     def _inv(self) -> Diagonal:
         check_nonzero(self.diagonal, "Diagonal matrix")
-        return type(self)(self.diagonal.reciprocal())
+        return self._like(diagonal=self.diagonal.reciprocal())
 
     @classmethod
     def _from_mat_inner(cls, X: Tensor) -> Diagonal:
@@ -77,18 +78,18 @@ class Diagonal(LinearStructure):
 
     def _from_inner(self, X: Tensor) -> Diagonal:
         # diag((aX)(aX)^T)_i = a_i^2 sum_j X_ij^2: one pass over X, no scaled copy of it
-        return type(self)(row_sums_of_squares(X) * self.diagonal.square())
+        return self._like(diagonal=row_sums_of_squares(X) * self.diagonal.square())
 
     def _from_inner_identity(self) -> Diagonal:
-        return type(self)(self.diagonal.square())
+        return self._like(diagonal=self.diagonal.square())
 
     def _from_inner2(self, XXT: Tensor) -> Diagonal:
         # diag(A^T M A)_i = a_i^2 M_ii: reads the d diagonal entries of M only
-        return type(self)(self.diagonal.square() * XXT.diagonal())
+        return self._like(diagonal=self.diagonal.square() * XXT.diagonal())
 
     def _from_inner_diagonal(self, values: Tensor) -> Diagonal:
         # diag(A^T diag(v) A)_i = a_i^2 v_i, O(d)
-        return type(self)(self.diagonal.square() * values)
+        return self._like(diagonal=self.diagonal.square() * values)
 
     def _symmetric_eigen(self) -> tuple[Tensor, Callable[[Tensor], Diagonal]]:
         """The diagonal itself, :math:`O(d)`."""

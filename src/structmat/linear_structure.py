@@ -37,12 +37,20 @@ class LinearStructure(StructuredMatrix):
         return self._map_tensors(lambda t: t * value)
 
     def _add_(self, other: StructuredMatrix, alpha: Scalar) -> None:
+        # a tensor alpha multiplies on the device (no conversion to a number, no sync)
+        scaled = isinstance(alpha, Tensor) and alpha.ndim == 0
         for name, tensor in self.named_tensors():
-            tensor.add_(getattr(other, name), alpha=alpha)
+            if not tensor.numel():  # an empty tensor (a block-diagonal's last block)
+                continue
+            if scaled:
+                tensor.addcmul_(getattr(other, name), alpha)  # type: ignore[arg-type]
+            else:
+                tensor.add_(getattr(other, name), alpha=alpha)
 
     def _mul_(self, value: Scalar) -> None:
         for _, tensor in self.named_tensors():
-            tensor.mul_(value)
+            if tensor.numel():
+                tensor.mul_(value)
 
     def _frobenius_norm(self) -> Tensor:
         return stable_norm([t for _, t in self.named_tensors()])

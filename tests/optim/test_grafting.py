@@ -11,7 +11,7 @@ from torch import nn
 
 from singd_opt import SINGD
 from singd_opt.grafting import FactoredMoment, graft, graft_direction, rms_target
-from singd_opt.update import apply_update
+from singd_opt.update import apply_update, apply_updates
 
 DTYPE = torch.float64
 
@@ -151,3 +151,48 @@ def test_bias_corrected_first_step_has_the_directions_size() -> None:
 def test_invalid_momentum_dampening_names_the_choices(value: object) -> None:
     with pytest.raises(ValueError, match=r"momentum_dampening must be one of .*'bias_corrected'"):
         SINGD(nn.Linear(3, 2), momentum_dampening=value)
+
+
+@pytest.mark.parametrize("dampening", [False, True, "bias_corrected"])
+def test_updates_of_several_parameters_match_one_by_one(dampening: bool | str) -> None:
+    """``apply_updates`` (foreach over a group's parameters) equals one call per parameter."""
+    generator = torch.Generator().manual_seed(1)
+    shapes = [(3, 4), (5,), (2, 2, 2)]
+    together = [nn.Parameter(torch.randn(s, generator=generator, dtype=DTYPE)) for s in shapes]
+    alone = [nn.Parameter(p.detach().clone()) for p in together]
+    initial = [p.detach().clone() for p in together]
+    holders = [SimpleNamespace(state=defaultdict(dict)) for _ in range(2)]
+    group = {"momentum": 0.8, "weight_decay": 0.05, "momentum_dampening": dampening}
+    for _ in range(3):
+        directions = [torch.randn(s, generator=generator, dtype=DTYPE) for s in shapes]
+        with torch.no_grad():
+            apply_updates(holders[0], together, [d.clone() for d in directions], group, 0.1)
+            for param, direction in zip(alone, directions, strict=True):
+                apply_update(holders[1], param, direction.clone(), group, 0.1)
+    for ours, theirs, start in zip(together, alone, initial, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-14, atol=1e-15)
+        torch.testing.assert_close(
+            holders[0].state[ours]["momentum_buffer"], holders[1].state[theirs]["momentum_buffer"]
+        )
+        assert not torch.allclose(ours, start)  # the steps moved it
+
+
+def test_bias_corrected_parameters_with_different_step_counts() -> None:
+    """A parameter that missed steps keeps its own count t in the foreach update."""
+    generator = torch.Generator().manual_seed(4)
+    together = [nn.Parameter(torch.randn(3, generator=generator, dtype=DTYPE)) for _ in range(2)]
+    alone = [nn.Parameter(p.detach().clone()) for p in together]
+    holders = [SimpleNamespace(state=defaultdict(dict)) for _ in range(2)]
+    group = {"momentum": 0.9, "weight_decay": 0.0, "momentum_dampening": "bias_corrected"}
+    for step in range(3):
+        directions = [torch.randn(3, generator=generator, dtype=DTYPE) for _ in range(2)]
+        active = [0, 1] if step else [0]  # the second parameter had no gradient at first
+        with torch.no_grad():
+            params = [together[i] for i in active]
+            apply_updates(holders[0], params, [directions[i] for i in active], group, 0.1)
+            for i in active:
+                apply_update(holders[1], alone[i], directions[i].clone(), group, 0.1)
+    counts = [holders[0].state[p]["momentum_steps"] for p in together]
+    assert counts == [3, 2]
+    for ours, theirs in zip(together, alone, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-14, atol=1e-15)

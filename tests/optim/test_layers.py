@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
+import structmat
 from singd_opt import SINGD
 from singd_opt.layers import ConvLayer, LinearLayer, make_layer
 
@@ -200,3 +201,30 @@ def test_conv_network_trains(approx: str, loss_average: str | None) -> None:
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("approx", ["expand", "reduce"])
+def test_linear_output_curvature_is_that_of_the_scaled_rows(
+    dtype: torch.dtype, approx: str
+) -> None:
+    r""":math:`H_C` with the loss terms and a gradient prescale folded in (or not, half types)."""
+    torch.manual_seed(0)
+    module = nn.Linear(6, 10)
+    layer = make_layer(module, module.weight, module.bias)
+    assert isinstance(layer, LinearLayer)
+    g = torch.randn(4, 7, 10, dtype=torch.float64)
+    C = structmat.BlockDiagonal.with_block_size(4).from_dense(torch.randn(10, 10).double())
+    G, terms = layer.grad_output_matrix(g, "batch+sequence", approx)
+    expected = C.from_inner((G / 2.0).mT).to_dense()
+    H_C, got_terms = layer.output_curvature(
+        C.to(dtype), g.to(dtype), "batch+sequence", approx, grad_prescale=4.0
+    )
+    assert got_terms == terms == 28
+    tolerance = 1e-12 if dtype == torch.float64 else 3e-2
+    torch.testing.assert_close(
+        H_C.to_dense().double(),
+        expected,
+        rtol=tolerance,
+        atol=tolerance * float(expected.abs().max()),
+    )

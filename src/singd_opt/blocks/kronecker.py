@@ -10,7 +10,6 @@ gradient matrix and the calls form curvature rows in :mod:`singd_opt.layers`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -157,12 +156,9 @@ class KroneckerBlock(PreconditionerBlock):
         kfac_approx, loss_average = group["kfac_approx"], group["loss_average"]
         with torch.no_grad():
             H_K, rows = self.layer.input_curvature(K, x, kfac_approx)
-            G, terms = self.layer.grad_output_matrix(
-                grad_output.to(C.dtype), loss_average, kfac_approx
+            H_C, terms = self.layer.output_curvature(
+                C, grad_output.to(C.dtype), loss_average, kfac_approx, grad_prescale
             )
-            if grad_prescale != 1.0:
-                G = G / math.sqrt(grad_prescale)
-            H_C = C.from_inner(G.mT)
             backward_pass = _current_backward_pass()
             if self.curvature is None:
                 self.curvature = CurvatureSums(

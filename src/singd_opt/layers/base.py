@@ -163,6 +163,28 @@ class Layer(ABC):
             loss terms it was scaled for (1 for ``loss_average=None``).
         """
 
+    def output_curvature(
+        self,
+        C: StructuredMatrix,
+        g: Tensor,
+        loss_average: str | None,
+        kfac_approx: str,
+        grad_prescale: float = 1.0,
+    ) -> tuple[StructuredMatrix, int]:
+        r"""Return :math:`H_C = \Pi_C(C^\top G_\text{out}^\top G_\text{out} C) / s` and :math:`N`.
+
+        Args:
+            C: The output-side factor.
+            g: Gradient of the loss w.r.t. the call's output (in the dtype of ``C``).
+            loss_average: ``None``, ``"batch"`` or ``"batch+sequence"``.
+            kfac_approx: ``"expand"`` or ``"reduce"``.
+            grad_prescale: :math:`s`, a gradient scale to divide by now.
+        """
+        G, terms = self.grad_output_matrix(g, loss_average, kfac_approx)
+        if grad_prescale != 1.0:
+            G = G / math.sqrt(grad_prescale)
+        return C.from_inner(G.mT), terms
+
     def _finish_input(self, rows: Tensor | None, n: int, like: Tensor) -> Tensor:
         """Append the ones column for the bias and divide by ``sqrt(n)``.
 

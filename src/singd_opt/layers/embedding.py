@@ -104,6 +104,17 @@ class EmbeddingLayer(Layer):
         """See :meth:`Layer.grad_output_matrix`; outputs are ``(batch, ..., d)``."""
         return self._output_rows.grad_output_matrix(g, loss_average, kfac_approx)
 
+    def output_curvature(
+        self,
+        C: StructuredMatrix,
+        g: Tensor,
+        loss_average: str | None,
+        kfac_approx: str,
+        grad_prescale: float = 1.0,
+    ) -> tuple[StructuredMatrix, int]:
+        """See :meth:`Layer.output_curvature`; outputs are ``(batch, ..., d)``."""
+        return self._output_rows.output_curvature(C, g, loss_average, kfac_approx, grad_prescale)
+
     def _weight_columns(self, weight_grad: Tensor) -> Tensor:
         return weight_grad.mT
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 from singd_opt.layers.base import Layer, ParameterRows, num_loss_terms
+from structmat import StructuredMatrix
 
 
 class LinearLayer(Layer):
@@ -46,6 +48,34 @@ class LinearLayer(Layer):
         self, g: Tensor, loss_average: str | None, kfac_approx: str
     ) -> tuple[Tensor, int]:
         """See :meth:`Layer.grad_output_matrix`."""
+        rows, terms = self._grad_output_rows(g, loss_average, kfac_approx)
+        return (rows * math.sqrt(terms) if terms != 1 else rows), terms
+
+    def output_curvature(
+        self,
+        C: StructuredMatrix,
+        g: Tensor,
+        loss_average: str | None,
+        kfac_approx: str,
+        grad_prescale: float = 1.0,
+    ) -> tuple[StructuredMatrix, int]:
+        r"""See :meth:`Layer.output_curvature`.
+
+        In float32 and float64 the factor :math:`N / s` multiplies the ``d_C x d_C``
+        :math:`H_C` instead of the ``n x d_C`` rows (a pass over the rows fewer); half
+        types scale the rows, which keeps their squares in range.
+        """
+        if g.dtype in (torch.float16, torch.bfloat16):
+            return super().output_curvature(C, g, loss_average, kfac_approx, grad_prescale)
+        rows, terms = self._grad_output_rows(g, loss_average, kfac_approx)
+        H_C = C.from_inner(rows.mT)
+        factor = terms / grad_prescale
+        return (H_C.mul_(factor) if factor != 1.0 else H_C), terms
+
+    def _grad_output_rows(
+        self, g: Tensor, loss_average: str | None, kfac_approx: str
+    ) -> tuple[Tensor, int]:
+        """The unscaled rows of :meth:`grad_output_matrix` and the number of loss terms."""
         if g.ndim == 1:
             g = g.unsqueeze(0)
         terms = num_loss_terms(loss_average, g.shape[0], g.shape[1:-1].numel())
@@ -53,7 +83,7 @@ class LinearLayer(Layer):
             g = g.reshape(-1, g.shape[-1])
         elif g.ndim > 2:
             g = g.sum(dim=tuple(range(1, g.ndim - 1)))
-        return (g * math.sqrt(terms) if terms != 1 else g), terms
+        return g, terms
 
 
 class TransposedLinearLayer(LinearLayer):
