@@ -11,7 +11,7 @@ Models and data (all bundled):
 
 - ``gpt2``: ``GPT2LMHeadModel`` (2 layers, width 64, 4 heads) on the characters of the
   demo language model's corpus (:mod:`singd_opt_demo.lm_data`), windows of 64,
-  batches of 16. Its ``Conv1D`` weights are trained by the element-wise rule.
+  batches of 16. Its ``Conv1D`` weights are Kronecker blocks (element-wise in the rounds before 8).
 - ``llama``: ``LlamaForCausalLM`` with tied embeddings (2 layers, width 64, 4 heads,
   2 key-value heads, MLP 128), same data.
 - ``bert``: ``BertForSequenceClassification`` (2 layers, width 64) classifying the
