@@ -22,8 +22,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from singd_opt import checkpoint
 from singd_opt.blocks import PreconditionerBlock, Proposal, StepContext
+from singd_opt.checkpoint_hooks import CheckpointHooks
 from singd_opt.default_sets import DEFAULT, SETTINGS, resolve_defaults
 from singd_opt.diagnostics import (
     ForeignUpdateWatch,
@@ -40,15 +40,13 @@ from singd_opt.layers import LOSS_AVERAGES, SUPPORTED_MODULES
 from singd_opt.layers import preconditioner_dims as _preconditioner_dims
 from singd_opt.param_groups import parameter_groups
 from singd_opt.structure_choice import warn_large_factors
-from singd_opt.summary import describe_blocks, total_state_bytes
 from singd_opt.update import all_finite, apply_directions
-from singd_opt.user_warnings import warn_user
 from singd_opt.validation import HYPERPARAMETERS, check_constructor_flags, check_group
 from singd_opt.views import STANDARD_STRUCTURES, BlockViews
 from structmat import StructuredMatrix
 
 
-class SINGD(BlockViews, Optimizer):
+class SINGD(BlockViews, CheckpointHooks, Optimizer):
     r"""Structured inverse-free natural gradient descent (uses the empirical Fisher).
 
     Every trainable parameter is preconditioned by a block (see
@@ -275,10 +273,7 @@ class SINGD(BlockViews, Optimizer):
         self.hook_handles: list[Any] = list(plan.install(self._record))
         self._capture = MapCapture(model, plan.map_targets(self._record), self._is_recording)
         self.hook_handles += self._capture.install()
-        self._prepared_load: checkpoint.PreparedLoad | None = None
-        self.register_state_dict_post_hook(SINGD._add_checkpoint_entry)
-        self.register_load_state_dict_pre_hook(SINGD._prepare_load)
-        self.register_load_state_dict_post_hook(SINGD._finish_load)
+        self._install_checkpoint_hooks()
 
     # ------------------------------------------------------------------ set-up
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -309,57 +304,6 @@ class SINGD(BlockViews, Optimizer):
         for handle in self.hook_handles:
             handle.remove()
         self.hook_handles = []
-
-    def full_state_dict(self) -> dict[str, Any]:
-        """Return :meth:`state_dict` with the whole tensors of sharded (FSDP2) parameters.
-
-        Loads into an optimizer on any number of processes, sharded or not. With FSDP2
-        this gathers the shards: every process must call it. Without sharding it equals
-        :meth:`state_dict`.
-        """
-        return checkpoint.full_tensors(self.state_dict())
-
-    # -------------------------------------------------------------- checkpoints
-    def _add_checkpoint_entry(self, state: dict[str, Any]) -> dict[str, Any]:
-        """State-dict post hook: add the blocks' state, steps and gradient scales.
-
-        With several processes the curvature recorded since the last step is this
-        process's share only; it is left out (with a warning when there is some), so
-        that every process saves the same state: the one after the last step.
-        """
-        settled = self._sync is not None
-        if settled and any(block.has_curvature() for block in self.blocks):
-            warn_user(checkpoint.pending_curvature_message(self.steps))
-        saved = checkpoint.SavedState(
-            self.steps, self.skipped_steps, self._grad_scales.state(), self.blocks, settled
-        )
-        return checkpoint.add_entry(state, saved)
-
-    def _prepare_load(self, state_dict: dict[str, Any]) -> dict[str, Any]:
-        """Load-state-dict pre hook: check everything, prepare the blocks' loading."""
-        state, self._prepared_load = checkpoint.prepare_load(
-            state_dict, self.param_groups, self.blocks
-        )
-        return state
-
-    def _finish_load(self) -> None:
-        """Load-state-dict post hook: apply what :meth:`_prepare_load` prepared."""
-        prepared, self._prepared_load = self._prepared_load, None
-        if prepared is not None:
-            self.blocks[:] = [load() for load in prepared.loaders]
-            self.steps = prepared.steps
-            self.skipped_steps = prepared.skipped_steps
-            self._grad_scales.scales = prepared.grad_scales
-        checkpoint.shard_parameter_state(self.state)
-        self._set_recording()
-
-    def describe(self) -> str:
-        """Return a table of the blocks: parameters, kind, structures and state bytes."""
-        return describe_blocks(self)
-
-    def state_bytes(self) -> int:
-        """Bytes of the whole optimizer state (each storage once, cached products included)."""
-        return total_state_bytes(self)
 
     # ------------------------------------------------------- curvature hooks
     def _set_recording(self) -> None:

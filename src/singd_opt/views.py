@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 
 from singd_opt.blocks import PreconditionerBlock
+from singd_opt.summary import describe_blocks, total_state_bytes
 from structmat import StructuredMatrix, get_structure
 
 
@@ -44,9 +45,17 @@ STANDARD_STRUCTURES = StructureTable(
 
 
 class BlockViews:
-    """Dictionaries of the Kronecker blocks' matrices by block name (new dicts per access)."""
+    """Views of the blocks: their matrices by block name (new dicts per access), a table, bytes."""
 
     blocks: list[PreconditionerBlock]
+
+    def describe(self) -> str:
+        """Return a table of the blocks: parameters, kind, structures and state bytes."""
+        return describe_blocks(self)
+
+    def state_bytes(self) -> int:
+        """Bytes of the whole optimizer state (each storage once, cached products included)."""
+        return total_state_bytes(self)
 
     def _matrices(self, key: str) -> dict[str, StructuredMatrix]:
         found = {}
