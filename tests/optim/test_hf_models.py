@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -82,17 +83,29 @@ def _train(model: nn.Module, optimizer: SINGD, steps: int, same_batch: bool = Fa
     return losses
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_every_weight_matrix_gets_a_kronecker_block(name: str) -> None:
-    build, blocks_prefix, tied = MODELS[name]
+def _trained(
+    name: str, steps: int, same_batch: bool, **options: Any
+) -> tuple[nn.Module, SINGD, list[float], list[str]]:
+    """Build the model, train it with ``SINGD(model, lr=1e-3, **options)``.
+
+    Returns the model, the optimizer, the losses and the optimizer's warnings about
+    parameters or curvature (a fallback warns, naming the parameter).
+    """
     torch.manual_seed(0)
-    model = build()
+    model = MODELS[name][0]()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        optimizer = SINGD(model, lr=1e-3, T=1, tied_embeddings="kronecker")
-        _train(model, optimizer, steps=2)
+        optimizer = SINGD(model, lr=1e-3, **options)
+        losses = _train(model, optimizer, steps=steps, same_batch=same_batch)
     ours = [str(w.message) for w in caught if "parameter" in str(w.message)]
     ours += [str(w.message) for w in caught if "curvature" in str(w.message)]
+    return model, optimizer, losses, ours
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_weight_matrix_gets_a_kronecker_block(name: str) -> None:
+    _, blocks_prefix, tied = MODELS[name]
+    model, optimizer, _, ours = _trained(name, 2, False, T=1, tied_embeddings="kronecker")
     assert ours == []  # nothing fell back (a fallback warns, naming the parameter)
     kronecker = {
         id(rows.param)
@@ -115,14 +128,9 @@ def test_every_weight_matrix_gets_a_kronecker_block(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_tied_embeddings_take_the_elementwise_rule_by_default(name: str) -> None:
-    build, _, tied = MODELS[name]
-    torch.manual_seed(0)
-    model = build()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        optimizer = SINGD(model, lr=1e-3)
-        losses = _train(model, optimizer, steps=3, same_batch=True)
-    assert [str(w.message) for w in caught if "parameter" in str(w.message)] == []
+    tied = MODELS[name][2]
+    model, optimizer, losses, ours = _trained(name, 3, True)
+    assert ours == []
     assert losses[-1] < losses[0]
     embedding = model.get_input_embeddings().weight
     assert embedding is model.get_output_embeddings().weight
