@@ -72,9 +72,7 @@ def relative_scales(
         C_tC: :math:`\Pi_C(C^\top C)`.
         grad_unscaling: :math:`u`.
     """
-    rho_K = H_K.average_trace() / K_tK.average_trace()
-    rho_C = H_C.average_trace() * grad_unscaling / C_tC.average_trace()
-    return rho_K, rho_C
+    return AverageTraces.of(H_K, H_C, K_tK, C_tC, grad_unscaling).relative_scales()
 
 
 def damping_coefficients(
@@ -137,6 +135,14 @@ class AverageTraces:
             t_C = t_C * grad_unscaling
         return AverageTraces(H_K.average_trace(), t_C, K_tK.average_trace(), C_tC.average_trace())
 
+    def relative_scales(self) -> tuple[Tensor, Tensor]:
+        r"""Return :math:`(\rho_K, \rho_C)`, the curvature's average eigenvalue per side.
+
+        :math:`\rho_K = \bar{\operatorname{tr}}(H_K) / \bar{\operatorname{tr}}(K^\top K)`,
+        :math:`\rho_C = u\,\bar{\operatorname{tr}}(H_C) / \bar{\operatorname{tr}}(C^\top C)`.
+        """
+        return self.H_K / self.K_tK, self.H_C / self.C_tC
+
 
 def coefficients_from_traces(
     damping: float, traces: AverageTraces, kfac_like: bool = False, relative: float = 0.0
@@ -153,8 +159,7 @@ def coefficients_from_traces(
         if kfac_like:
             return damping, damping
         return damping * traces.C_tC, damping * traces.K_tK
-    rho_K = traces.H_K / traces.K_tK
-    rho_C = traces.H_C / traces.C_tC
+    rho_K, rho_C = traces.relative_scales()
     if kfac_like:
         return damping + relative * rho_K, damping + relative * rho_C
     # c_K = lambda tr(C^T C) + lambda_r rho_K u tr(H_C), and alike for C
