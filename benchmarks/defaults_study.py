@@ -385,6 +385,9 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "defaults_tied_kronecker": {"tied_embeddings": "kronecker"},
     # the momentum summed as in the reference (best at a tenth of AdamW's rate)
     "defaults_summed": {"momentum_dampening": False},
+    # round 10: a packed projection (GPT-2's c_attn) as one Kronecker block (the
+    # defaults give each projection its own)
+    "defaults_packed_whole": {"packed_projections": "whole"},
 }
 
 

@@ -197,7 +197,8 @@ def prepare_load(
         saved_names = sorted(saved_blocks) if isinstance(saved_blocks, dict) else saved_blocks
         raise ValueError(
             f"state_dict: the saved blocks {saved_names} differ from this optimizer's blocks "
-            f"{sorted(names)}"
+            f"{sorted(names)} (the options that choose blocks must match the saved "
+            "optimizer's: train_all_parameters, tied_embeddings, packed_projections)"
         )
     loaders = []
     for block in blocks:

@@ -51,6 +51,7 @@ REFERENCE: Mapping[str, Any] = {
     "graft": None,
     "momentum_dampening": False,
     "tied_embeddings": "kronecker",
+    "packed_projections": "whole",
 }
 
 #: The arguments the sets give values to.
@@ -70,6 +71,7 @@ RECOMMENDED: Mapping[str, Any] = {
     "normalize_lr_cov": True,
     "momentum_dampening": "bias_corrected",
     "tied_embeddings": "elementwise",
+    "packed_projections": "split",
 }
 
 #: The sets by name.

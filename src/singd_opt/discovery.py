@@ -62,7 +62,8 @@ from singd_opt.layers import (
     make_layer,
 )
 from singd_opt.map_calls import MapTarget
-from singd_opt.map_targets import DeferredTarget, KroneckerTarget
+from singd_opt.map_targets import DeferredTarget, KroneckerTarget, PackedTarget
+from singd_opt.packed import Packing, packings, part_layer
 from singd_opt.user_warnings import warn_user
 
 #: Module types whose weight (and bias) form a Kronecker block chosen at construction.
@@ -134,6 +135,7 @@ class _Planner:
                 self.param_names.setdefault(id(param), _joined(name, pname))
                 self.attribute_names.setdefault(id(param), pname)
         self.model = model
+        self.packings = packings(model)
 
     # -------------------------------------------------------------- helpers
     def trained(self, param: Tensor | None) -> bool:
@@ -270,6 +272,50 @@ class _Planner:
         param_name = self.param_names[id(module.weight)]
         self.track(module, "weight", lambda record: KroneckerTarget(block, param_name, record))
 
+    def packed(self, name: str, module: nn.Module, packing: Packing) -> bool:
+        """One Kronecker block per projection of a packed map (:mod:`singd_opt.packed`).
+
+        Applies when the weight's group has ``packed_projections="split"``, the weight
+        is trained and held by this module alone. A bias that is 1-D with one entry per
+        output, held alone and in the weight's group, is split with it. Returns whether
+        the module was taken.
+        """
+        weight = module.weight
+        if (
+            not self.trained(weight)
+            or id(weight) in self.claimed
+            or len(self.holders[id(weight)]) != 1
+            or self.groups[self.group_of[id(weight)]]["packed_projections"] != "split"
+        ):
+            return False
+        bias = getattr(module, "bias", None)
+        outputs = packing.parts[-1].stop
+        if not (
+            self.trained(bias)
+            and id(bias) not in self.claimed
+            and bias.shape == (outputs,)
+            and len(self.holders[id(bias)]) == 1
+            and self.group_of[id(bias)] == self.group_of[id(weight)]
+        ):
+            bias = None
+        parts = [
+            ProjectionPart(
+                part.start,
+                part.stop,
+                self.kronecker(
+                    _joined(name, part.name), part_layer(module, packing, part, weight, bias)
+                ),
+            )
+            for part in packing.parts
+        ]
+        param_name = self.param_names[id(weight)]
+        self.track(
+            module,
+            "weight",
+            lambda record: PackedTarget(parts, packing.transposed, param_name, record),
+        )
+        return True
+
     def attention(self, name: str, module: nn.MultiheadAttention) -> None:
         """Kronecker blocks for the query, key, value and output projections."""
         embed = module.embed_dim
@@ -388,6 +434,9 @@ class _Planner:
     # --------------------------------------------------------------- plans
     def build(self) -> Plan:
         for name, module in self.model.named_modules():
+            packing = self.packings.get(module)
+            if packing is not None and (self.train_all or isinstance(module, nn.Linear)):
+                self.packed(name, module, packing)
             if isinstance(module, KRONECKER_MODULES) and (
                 self.train_all or isinstance(module, SUPPORTED_MODULES)
             ):

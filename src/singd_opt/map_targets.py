@@ -3,10 +3,11 @@
 A :class:`KroneckerTarget` feeds a block chosen when the optimizer is created (the
 weight of a ``Linear``, convolution or ``Embedding`` module, or an embedding tied to
 output projections); a :class:`DeferredTarget` feeds a parameter whose block its
-first use chooses. Each checks that a call is the map its block models
-(:func:`call_role`): a call of another map, or a use that is no linear map at all,
-is reported once with a warning naming the parameter and the function (for a
-deferred parameter not yet decided, that use makes it element-wise).
+first use chooses; a :class:`PackedTarget` feeds the blocks of the projections a
+packed map computes together (:mod:`singd_opt.packed`). Each checks that a call is
+the map its block models (:func:`call_role`): a call of another map, or a use that
+is no linear map at all, is reported once with a warning naming the parameter and the
+function (for a deferred parameter not yet decided, that use makes it element-wise).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import Tensor
 from singd_opt.blocks import KroneckerBlock
 from singd_opt.blocks.deferred import DeferredBlock
 from singd_opt.capture import hook_output
+from singd_opt.functional_targets import ProjectionPart
 from singd_opt.layers import (
     ConvGeometry,
     ConvLayer,
@@ -58,6 +60,13 @@ def call_role(layer: Layer, call: MapCall) -> str | None:
         geometry = ConvGeometry.of_call(_Shape(2 + len(kernel), kernel), **call.options)
         return "direct" if geometry == layer.geometry else None
     return None
+
+
+def _warn_once(reported: set[str], name: str, message: str) -> None:
+    """Warn with ``message`` unless the function ``name`` was reported already."""
+    if name not in reported:
+        reported.add(name)
+        warn_user(message)
 
 
 class _Shape:
@@ -103,12 +112,11 @@ class KroneckerTarget:
 
     def other_use(self, name: str) -> None:
         """See :meth:`singd_opt.map_calls.MapTarget.other_use`: warn once per function."""
-        if name in self.reported:
-            return
-        self.reported.add(name)
-        warn_user(
+        _warn_once(
+            self.reported,
+            name,
             f"parameter {self.param_name!r} is also used by {name}, which is not the map "
-            f"of its Kronecker block {self.block.name!r}; that use adds no curvature"
+            f"of its Kronecker block {self.block.name!r}; that use adds no curvature",
         )
 
     def active(self) -> bool:
@@ -149,14 +157,72 @@ class DeferredTarget:
                 "a linear map; it is trained with the element-wise rule"
             )
             return
-        if name in self.reported or not block.takes_calls():
-            return
-        self.reported.add(name)
-        warn_user(
-            f"parameter {block.name!r} is also used by {name}, which is not the map of its "
-            "Kronecker block; that use adds no curvature"
-        )
+        if block.takes_calls():
+            _warn_once(
+                self.reported,
+                name,
+                f"parameter {block.name!r} is also used by {name}, which is not the map of "
+                "its Kronecker block; that use adds no curvature",
+            )
 
     def active(self) -> bool:
         """Whether the parameter still needs its calls (not once it is element-wise)."""
         return self.block.takes_calls()
+
+
+class PackedTarget:
+    """The calls of a packed map's weight: each projection's block gets its outputs."""
+
+    def __init__(
+        self,
+        parts: list[ProjectionPart],
+        transposed: bool,
+        param_name: str,
+        record: BlockRecordFn,
+    ) -> None:
+        r"""Describe the map.
+
+        Args:
+            parts: The projections' blocks and output features.
+            transposed: Whether the weight is used as :math:`W^\top` (``x @ weight``).
+            param_name: The weight's name (for messages).
+            record: Hands each block's part of a call to the optimizer.
+        """
+        self.parts = parts
+        self.transposed = transposed
+        self.param_name = param_name
+        self.record = record
+        self.reported: set[str] = set()
+
+    def capture(self, call: MapCall) -> None:
+        """See :meth:`singd_opt.map_calls.MapTarget.capture`."""
+        parts = [part for part in self.parts if part.block.recording]
+        if not parts:
+            return
+        rows = parts[0].block.layer.weight
+        whole = rows is None or call.row_range == (0, rows.param.shape[0])
+        if call.function != "linear" or call.transposed != self.transposed or not whole:
+            self.other_use(call.name)
+            return
+        record, layout = self.record, call.layout
+
+        def record_parts(x: Tensor, grad_output: Tensor) -> None:
+            if layout is not None:
+                grad_output = layout(grad_output)
+            for part in parts:
+                record(part.block, x, grad_output[..., part.start : part.stop])
+
+        hook_output(call.output, call.x, record_parts)
+
+    def other_use(self, name: str) -> None:
+        """See :meth:`singd_opt.map_calls.MapTarget.other_use`: warn once per function."""
+        _warn_once(
+            self.reported,
+            name,
+            f"parameter {self.param_name!r} is also used by {name}, which is not its packed "
+            "map; that use adds no curvature",
+        )
+
+    def active(self) -> bool:
+        """Whether the parameter still needs its calls (always)."""
+        return True

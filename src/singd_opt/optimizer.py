@@ -124,6 +124,7 @@ class SINGD(BlockViews, CheckpointHooks, Optimizer):
         graft: str | None = DEFAULT,
         momentum_dampening: bool | str = DEFAULT,
         tied_embeddings: str = DEFAULT,
+        packed_projections: str = DEFAULT,
         defaults: str = "recommended",
     ) -> None:
         r"""Create the optimizer and install its recording hooks on ``model``.
@@ -133,8 +134,8 @@ class SINGD(BlockViews, CheckpointHooks, Optimizer):
         grafting, Adam's bias-corrected momentum, relative damping 0.1 over an
         absolute 1e-8, warm start, bounded factor steps, ``T=1``, ``alpha1=0``,
         ``structures=("auto", "auto")``, every parameter trained, tied embeddings
-        element-wise; the rest as the reference) or ``"reference"`` (the reference's
-        defaults).
+        element-wise, packed projections split; the rest as the reference) or
+        ``"reference"`` (the reference's defaults).
 
         Args:
             model: The network (a ``DistributedDataParallel`` wrapper is unwrapped).
@@ -206,6 +207,10 @@ class SINGD(BlockViews, CheckpointHooks, Optimizer):
                 (tied input and output embeddings) is trained: ``"elementwise"`` (the
                 element-wise rule) or ``"kronecker"`` (one Kronecker block over both
                 uses, :mod:`singd_opt.layers.tied`).
+            packed_projections: How a map whose output packs several projections
+                (GPT-2's query, key and value ``c_attn``; see :mod:`singd_opt.packed`)
+                is trained: ``"split"`` (one Kronecker block per projection) or
+                ``"whole"`` (one block for the map).
             defaults: The set of defaults of every argument not passed
                 (:mod:`singd_opt.default_sets`): ``"recommended"`` or ``"reference"``
                 (the reference implementation's defaults).

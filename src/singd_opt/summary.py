@@ -46,7 +46,7 @@ def _parameters(block: PreconditionerBlock, names: dict[int, str]) -> str:
     for rows in block.params:
         name = names.get(id(rows.param), "?")
         if rows.row_slice is not None:
-            name += f"[{rows.row_slice.start}:{rows.row_slice.stop}]"
+            name += "[" + ":, " * rows.dim + f"{rows.row_slice.start}:{rows.row_slice.stop}]"
         parts.append(name)
     return ", ".join(parts)
 

@@ -214,7 +214,7 @@ def apply_directions(
                 param = rows.param
                 whole = torch.zeros(param.shape, dtype=param.dtype, device=direction.device)
                 entry = assembled[param] = (whole, block.group_index, lr)
-            entry[0][rows.row_slice] = direction
+            entry[0][rows.index] = direction
     for param, (update, index, lr) in assembled.items():
         params, updates = batches.setdefault((index, lr), ([], []))
         params.append(param)

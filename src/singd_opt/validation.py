@@ -11,6 +11,7 @@ import torch
 
 from singd_opt.grafting import GRAFTS
 from singd_opt.layers.base import KFAC_APPROXIMATIONS, LOSS_AVERAGES
+from singd_opt.packed import PACKED_PROJECTIONS
 from singd_opt.structure_choice import AUTO
 from singd_opt.structures import resolve_structure, where
 from singd_opt.update import MOMENTUM_DAMPENINGS
@@ -38,6 +39,7 @@ HYPERPARAMETERS: tuple[str, ...] = (
     "graft",
     "momentum_dampening",
     "tied_embeddings",
+    "packed_projections",
 )
 
 #: The valid values of ``tied_embeddings``.
@@ -178,11 +180,15 @@ def check_group(group: dict[str, Any], group_index: int | None = None) -> None:
         raise ValueError(
             f"momentum_dampening must be one of {choices}{where(group_index)}, got {dampening!r}"
         )
-    if group["tied_embeddings"] not in TIED_EMBEDDINGS:
-        choices = ", ".join(map(repr, TIED_EMBEDDINGS))
-        raise ValueError(
-            f"tied_embeddings must be one of {choices}{in_group}, got {group['tied_embeddings']!r}"
-        )
+    for option, choices in (
+        ("tied_embeddings", TIED_EMBEDDINGS),
+        ("packed_projections", PACKED_PROJECTIONS),
+    ):
+        if group[option] not in choices:
+            raise ValueError(
+                f"{option} must be one of {', '.join(map(repr, choices))}{in_group}, "
+                f"got {group[option]!r}"
+            )
     if group["graft"] not in GRAFTS:
         raise ValueError(f"graft must be one of {GRAFTS}{in_group}, got {group['graft']!r}")
     if group["warm_start"] and float(group["damping"]) + float(group["relative_damping"]) == 0.0:

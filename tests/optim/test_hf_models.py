@@ -180,16 +180,106 @@ def test_gpt2_conv1d_trains_like_its_linear_twin() -> None:
             linear = twin.get_submodule(name)
             torch.testing.assert_close(module.weight.T, linear.weight, rtol=1e-12, atol=1e-12)
             torch.testing.assert_close(module.bias, linear.bias, rtol=1e-12, atol=1e-12)
+            # the packed query/key/value map is one block per projection in both models
+            parts = [".query", ".key", ".value"] if name.endswith("c_attn") else [""]
             pairs = ((optimizer.Ks, twin_optimizer.Ks), (optimizer.Cs, twin_optimizer.Cs))
-            for ours, theirs in pairs:
+            for part in parts:
+                ours_name = name + part if part else f"{name}.weight"
+                for ours, theirs in pairs:
+                    torch.testing.assert_close(
+                        ours[ours_name].to_dense(),
+                        theirs[name + part].to_dense(),
+                        rtol=1e-12,
+                        atol=1e-12,
+                    )
+                conv_blocks += 1
+    assert conv_blocks == 12  # c_attn (3 projections), c_proj, c_fc, mlp.c_proj in two blocks
+
+
+class _SeparateProjections(nn.Module):
+    """GPT-2's packed ``c_attn`` as three ``Conv1D`` layers holding its columns."""
+
+    def __init__(self, packed: nn.Module) -> None:
+        from transformers.pytorch_utils import Conv1D
+
+        super().__init__()
+        d_in, d_out = packed.weight.shape
+        size = d_out // 3
+        self.projections = nn.ModuleList()
+        for i in range(3):
+            layer = Conv1D(size, d_in).to(packed.weight.dtype)
+            with torch.no_grad():
+                layer.weight.copy_(packed.weight[:, i * size : (i + 1) * size])
+                layer.bias.copy_(packed.bias[i * size : (i + 1) * size])
+            self.projections.append(layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([layer(x) for layer in self.projections], dim=-1)
+
+
+def test_gpt2_packed_attention_trains_like_three_separate_projections() -> None:
+    torch.manual_seed(0)
+    model = gpt2().to(torch.float64).eval()  # eval: no dropout
+    twin = gpt2().to(torch.float64).eval()
+    twin.load_state_dict(model.state_dict())
+    for block in twin.transformer.h:
+        block.attn.c_attn = _SeparateProjections(block.attn.c_attn)
+    optimizer, twin_optimizer = SINGD(model, lr=3e-3), SINGD(twin, lr=3e-3)
+    with torch.enable_grad():
+        losses = _train(model, optimizer, steps=4)
+        twin_losses = _train(twin, twin_optimizer, steps=4)
+    assert losses[-1] < losses[0]
+    torch.testing.assert_close(losses, twin_losses, rtol=1e-12, atol=1e-12)
+    for i, block in enumerate(model.transformer.h):
+        name = f"transformer.h.{i}.attn.c_attn"
+        for j, part in enumerate(("query", "key", "value")):
+            layer = twin.transformer.h[i].attn.c_attn.projections[j]
+            columns = slice(j * WIDTH, (j + 1) * WIDTH)
+            torch.testing.assert_close(block.attn.c_attn.weight[:, columns], layer.weight)
+            torch.testing.assert_close(block.attn.c_attn.bias[columns], layer.bias)
+            for ours, theirs in (
+                (optimizer.Ks, twin_optimizer.Ks),
+                (optimizer.Cs, twin_optimizer.Cs),
+            ):
                 torch.testing.assert_close(
-                    ours[f"{name}.weight"].to_dense(),
-                    theirs[name].to_dense(),
+                    ours[f"{name}.{part}"].to_dense(),
+                    theirs[f"{name}.projections.{j}.weight"].to_dense(),
                     rtol=1e-12,
                     atol=1e-12,
                 )
-            conv_blocks += 1
-    assert conv_blocks == 8  # c_attn, c_proj, c_fc, mlp.c_proj in two blocks
+    whole = SINGD(model, lr=3e-3, packed_projections="whole")
+    assert "transformer.h.0.attn.c_attn.weight" in {block.name for block in whole.blocks}
+
+
+def test_gpt2_cross_attention_splits_key_and_value() -> None:
+    config = transformers.GPT2Config(
+        vocab_size=VOCABULARY,
+        n_positions=16,
+        n_embd=WIDTH,
+        n_layer=1,
+        n_head=2,
+        add_cross_attention=True,
+    )
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    optimizer = SINGD(model, lr=1e-3)
+    names = {block.name for block in optimizer.blocks}
+    cross = "transformer.h.0.crossattention."
+    assert {cross + "c_attn.key", cross + "c_attn.value", cross + "q_attn.weight"} <= names
+    assert {f"transformer.h.0.attn.c_attn.{p}" for p in ("query", "key", "value")} <= names
+    ids = torch.randint(0, VOCABULARY, (2, 8))
+    encoded = torch.randn(2, 5, WIDTH)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback, no curvature warning
+        optimizer.zero_grad()
+        model(input_ids=ids, labels=ids, encoder_hidden_states=encoded).loss.backward()
+        optimizer.step()
+    assert not torch.equal(
+        before[cross + "c_attn.weight"], model.get_parameter(cross + "c_attn.weight")
+    )
+    key = optimizer.Ks[cross + "c_attn.key"].to_dense()
+    assert torch.isfinite(key).all() and not torch.equal(key, torch.eye(WIDTH + 1))
 
 
 def _compiled_run(

@@ -57,7 +57,7 @@ def describe_setup(
     for block in blocks:
         what = f"block {block.name!r}"
         entries.append((f"{what} parameter group", str(block.group_index)))
-        shapes = [(tuple(rows.param.shape), rows.row_slice) for rows in block.params]
+        shapes = [(tuple(rows.param.shape), rows.row_slice, rows.dim) for rows in block.params]
         entries.append((f"{what} parameter shapes", _text(shapes)))
         for key, value in block.describe().items():
             entries.append((f"{what} {key}", _text(value)))

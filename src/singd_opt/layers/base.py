@@ -20,7 +20,8 @@ For each recorded call a :class:`Layer` turns
   :math:`G_\text{out}^\top G_\text{out}` estimates the per-term curvature.
 
 A weight or bias may be a block of rows of a larger parameter (the query, key and
-value projections packed into one ``in_proj_weight``): :class:`ParameterRows`.
+value projections packed into one ``in_proj_weight``, or the output columns of a
+parameter stored as :math:`W^\top`): :class:`ParameterRows`.
 """
 
 from __future__ import annotations
@@ -41,20 +42,31 @@ LOSS_AVERAGES: tuple[str | None, ...] = (None, "batch", "batch+sequence")
 
 @dataclass(frozen=True)
 class ParameterRows:
-    """A parameter, or the block ``param[row_slice]`` of its leading dimension.
+    r"""A parameter, or the block of it that ``row_slice`` selects along dimension ``dim``.
 
     Attributes:
         param: The parameter.
-        row_slice: The rows of ``param`` that belong to the block; ``None`` for all.
+        row_slice: The entries of ``param`` along ``dim`` that belong to the block (the
+            map's rows); ``None`` for all.
+        dim: The dimension ``row_slice`` indexes: 0, or 1 for a parameter stored as
+            :math:`W^\top` (``(d_in, d_out)``, whose map rows are its columns).
     """
 
     param: nn.Parameter
     row_slice: slice | None = None
+    dim: int = 0
+
+    @property
+    def index(self) -> tuple[slice, ...]:
+        """The index of the block in ``param`` (``param[index]``); ``(:,)`` for all of it."""
+        if self.row_slice is None:
+            return (slice(None),)
+        return (slice(None),) * self.dim + (self.row_slice,)
 
     @property
     def value(self) -> Tensor:
         """The (view of the) parameter's values."""
-        return self.param if self.row_slice is None else self.param[self.row_slice]
+        return self.param if self.row_slice is None else self.param[self.index]
 
     @property
     def grad(self) -> Tensor | None:
@@ -73,7 +85,7 @@ class ParameterRows:
             grad = gradients[self.param]
         if grad is None or self.row_slice is None:
             return grad
-        return grad[self.row_slice]
+        return grad[self.index]
 
 
 def num_loss_terms(loss_average: str | None, batch: int, positions: int) -> int:

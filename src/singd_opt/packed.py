@@ -1,0 +1,204 @@
+r"""Maps whose output packs several projections: one Kronecker block per projection.
+
+Many models compute several projections of the same input with one map and split its
+output: GPT-2's attention computes query, key and value with one ``Conv1D`` of
+``3E`` outputs (``c_attn``), then splits them. One Kronecker block over such a map
+has one output-side factor :math:`C` coupling the three projections and one
+input-side factor :math:`K` shared by them. With ``packed_projections="split"`` (the
+recommended set) each projection gets its own Kronecker block over its rows of the
+weight and bias, as if the projections were separate layers (as the query, key and
+value rows of :class:`~torch.nn.MultiheadAttention`'s ``in_proj_weight`` are). Every
+call of the packed map records the shared input for each block and hands each block
+its columns of the output gradient.
+
+A packing is a declared fact about a module, never guessed from the data:
+
+- :func:`declare_packed` declares it for any ``nn.Linear`` or :math:`W^\top`-stored
+  map (it sets the module attribute ``singd_packed_outputs``, which survives
+  ``copy.deepcopy`` and wins over the rules);
+- the rules in :data:`KNOWN_PACKINGS` declare it for the models they know: the
+  attention of Hugging Face's GPT-2 family (a module with ``c_attn`` and an integer
+  ``split_size`` whose ``c_attn`` has two or three times ``split_size`` outputs:
+  query, key, value, or key and value for cross-attention).
+
+The parts are consecutive ranges of the output features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+from singd_opt.layers import Layer, LinearLayer, ParameterRows, TransposedLinearLayer
+
+#: The module attribute that holds a declared packing (a tuple of :class:`PackedPart`).
+PACKED_OUTPUTS_ATTRIBUTE = "singd_packed_outputs"
+
+#: The valid values of the ``packed_projections`` option.
+PACKED_PROJECTIONS: tuple[str, ...] = ("split", "whole")
+
+
+@dataclass(frozen=True)
+class PackedPart:
+    """The output features ``[start, stop)`` of a packed map that form one projection.
+
+    Attributes:
+        name: The projection's name (the block is named ``"<module>.<name>"``).
+        start: First output feature.
+        stop: One past the last output feature.
+    """
+
+    name: str
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class Packing:
+    r"""A module's declared packing.
+
+    Attributes:
+        parts: The projections, in the order of the output features.
+        transposed: Whether the weight is stored as :math:`W^\top` (``(d_in, d_out)``,
+            the map ``x @ weight``, as Hugging Face's ``Conv1D``).
+    """
+
+    parts: tuple[PackedPart, ...]
+    transposed: bool
+
+
+def _output_features(module: nn.Module, transposed: bool | None) -> tuple[int, bool]:
+    """The number of outputs of a linear map module and how its weight is stored.
+
+    Raises:
+        TypeError: If the module has no 2-D weight, or its orientation is unknown and
+            ``transposed`` is not given.
+    """
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, nn.Parameter) or weight.ndim != 2:
+        raise TypeError(
+            f"module: a packed map needs a 2-D weight parameter, {type(module).__name__} has none"
+        )
+    if transposed is None:
+        if isinstance(module, nn.Linear):
+            transposed = False
+        elif getattr(module, "nf", None) == weight.shape[1]:  # Hugging Face's Conv1D
+            transposed = True
+        else:
+            raise TypeError(
+                f"module: the orientation of {type(module).__name__}'s weight is unknown; "
+                "pass transposed=False for y = x @ weight.T or transposed=True for "
+                "y = x @ weight"
+            )
+    return weight.shape[1 if transposed else 0], transposed
+
+
+def declare_packed(
+    module: nn.Module,
+    parts: Mapping[str, int] | Sequence[int],
+    *,
+    transposed: bool | None = None,
+) -> None:
+    r"""Declare that ``module``'s output features are consecutive projections.
+
+    Args:
+        module: An ``nn.Linear``, Hugging Face ``Conv1D``, or another module with a
+            2-D ``weight`` (then give ``transposed``) and optionally a 1-D ``bias``.
+        parts: The projections' sizes in output order, by name (``{"query": 64,
+            ...}``) or as a sequence (named ``"0"``, ``"1"``, ...). They must sum to
+            the map's number of outputs.
+        transposed: Whether ``weight`` is stored as :math:`W^\top` (``y = x @ weight``);
+            ``None`` knows ``nn.Linear`` (``False``) and ``Conv1D`` (``True``).
+
+    Raises:
+        TypeError: If the module is not a linear map of known orientation, or a size
+            is not an integer.
+        ValueError: If there are fewer than two parts, a size is not positive, or the
+            sizes do not sum to the outputs.
+    """
+    setattr(module, PACKED_OUTPUTS_ATTRIBUTE, make_packing(module, parts, transposed))
+
+
+def make_packing(
+    module: nn.Module, parts: Mapping[str, int] | Sequence[int], transposed: bool | None
+) -> Packing:
+    """The :class:`Packing` of :func:`declare_packed`'s arguments (same checks)."""
+    named = list(parts.items()) if isinstance(parts, Mapping) else list(enumerate(parts))
+    outputs, transposed = _output_features(module, transposed)
+    if len(named) < 2:
+        raise ValueError(f"parts: a packed map has two or more parts, got {len(named)}")
+    found: list[PackedPart] = []
+    start = 0
+    for name, size in named:
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise TypeError(f"parts: the size of part {name!r} must be an int, got {size!r}")
+        if size <= 0:
+            raise ValueError(f"parts: the size of part {name!r} must be > 0, got {size}")
+        found.append(PackedPart(str(name), start, start + size))
+        start += size
+    if start != outputs:
+        raise ValueError(
+            f"parts: the sizes sum to {start}, but {type(module).__name__} has {outputs} outputs"
+        )
+    return Packing(tuple(found), transposed)
+
+
+def _gpt2_attention(module: nn.Module) -> Iterable[tuple[nn.Module, dict[str, int]]]:
+    """GPT-2's attention: ``c_attn`` packs query, key, value (key, value for cross)."""
+    c_attn, split = getattr(module, "c_attn", None), getattr(module, "split_size", None)
+    if not isinstance(c_attn, nn.Module) or isinstance(split, bool) or not isinstance(split, int):
+        return []
+    try:
+        outputs, _ = _output_features(c_attn, None)
+    except TypeError:
+        return []
+    names = {3 * split: ("query", "key", "value"), 2 * split: ("key", "value")}.get(outputs)
+    return [] if names is None or split <= 0 else [(c_attn, dict.fromkeys(names, split))]
+
+
+#: Rules that declare the packings of known models: each takes a module and returns
+#: ``(packed submodule, {part name: size})`` pairs.
+KNOWN_PACKINGS: list[Callable[[nn.Module], Iterable[tuple[nn.Module, dict[str, int]]]]] = [
+    _gpt2_attention
+]
+
+
+def packings(model: nn.Module) -> dict[nn.Module, Packing]:
+    """The packings of ``model``'s modules: those declared on a module, else the rules'."""
+    found: dict[nn.Module, Packing] = {}
+    for module in model.modules():
+        for rule in KNOWN_PACKINGS:
+            for packed, parts in rule(module):
+                found[packed] = make_packing(packed, parts, None)
+    for module in model.modules():
+        packing = getattr(module, PACKED_OUTPUTS_ATTRIBUTE, None)
+        if isinstance(packing, Packing):
+            found[module] = packing
+    return found
+
+
+def part_layer(
+    module: nn.Module,
+    packing: Packing,
+    part: PackedPart,
+    weight: nn.Parameter | None,
+    bias: nn.Parameter | None,
+) -> Layer:
+    """The linear map of one projection: its rows of the weight and of the bias.
+
+    Args:
+        module: The packed module.
+        packing: Its packing.
+        part: The projection.
+        weight: The module's weight if trained, else ``None``.
+        bias: The module's bias if trained (1-D, one entry per output), else ``None``.
+    """
+    rows = slice(part.start, part.stop)
+    transposed = packing.transposed
+    weight_rows = ParameterRows(weight, rows, int(transposed)) if weight is not None else None
+    bias_rows = ParameterRows(bias, rows) if bias is not None else None
+    if transposed:
+        return TransposedLinearLayer(weight_rows, bias_rows, module.weight[:, rows])
+    return LinearLayer(weight_rows, bias_rows, module.weight[rows])
