@@ -16,10 +16,13 @@ A packing is a declared fact about a module, never guessed from the data:
 - :func:`declare_packed` declares it for any ``nn.Linear`` or :math:`W^\top`-stored
   map (it sets the module attribute ``singd_packed_outputs``, which survives
   ``copy.deepcopy`` and wins over the rules);
-- the rules in :data:`KNOWN_PACKINGS` declare it for the models they know: the
-  attention of Hugging Face's GPT-2 family (a module with ``c_attn`` and an integer
+- the rules in :data:`KNOWN_PACKINGS` declare it for the Hugging Face models they
+  know: the attention of the GPT-2 family (a module with ``c_attn`` and an integer
   ``split_size`` whose ``c_attn`` has two or three times ``split_size`` outputs:
-  query, key, value, or key and value for cross-attention).
+  query, key, value, or key and value for cross-attention), and Phi-3's attention (an
+  ``nn.Linear`` ``qkv_proj`` whose outputs are ``num_attention_heads * head_dim``
+  query, then ``num_key_value_heads * head_dim`` key and value) and gated MLP (an
+  ``nn.Linear`` ``gate_up_proj``: gate, then up, in halves).
 
 The parts are consecutive ranges of the output features.
 """
@@ -158,10 +161,38 @@ def _gpt2_attention(module: nn.Module) -> Iterable[tuple[nn.Module, dict[str, in
     return [] if names is None or split <= 0 else [(c_attn, dict.fromkeys(names, split))]
 
 
+def _int_attribute(owner: object, name: str) -> int | None:
+    value = getattr(owner, name, None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _fused_attention(module: nn.Module) -> Iterable[tuple[nn.Module, dict[str, int]]]:
+    """Phi-3's attention: ``qkv_proj`` packs query, key, value (grouped-query sizes)."""
+    qkv = getattr(module, "qkv_proj", None)
+    head_dim = _int_attribute(module, "head_dim")
+    kv_heads = _int_attribute(module, "num_key_value_heads")
+    heads = _int_attribute(getattr(module, "config", None), "num_attention_heads")
+    if not isinstance(qkv, nn.Linear) or None in (head_dim, kv_heads, heads):
+        return []
+    sizes = {"query": heads * head_dim, "key": kv_heads * head_dim, "value": kv_heads * head_dim}
+    return [(qkv, sizes)] if sum(sizes.values()) == qkv.out_features else []
+
+
+def _fused_gate_up(module: nn.Module) -> Iterable[tuple[nn.Module, dict[str, int]]]:
+    """A gated MLP's ``gate_up_proj`` (Phi-3): the gate's outputs, then the up projection's."""
+    gate_up = getattr(module, "gate_up_proj", None)
+    if not isinstance(gate_up, nn.Linear) or gate_up.out_features % 2:
+        return []
+    half = gate_up.out_features // 2
+    return [(gate_up, {"gate": half, "up": half})]
+
+
 #: Rules that declare the packings of known models: each takes a module and returns
 #: ``(packed submodule, {part name: size})`` pairs.
 KNOWN_PACKINGS: list[Callable[[nn.Module], Iterable[tuple[nn.Module, dict[str, int]]]]] = [
-    _gpt2_attention
+    _gpt2_attention,
+    _fused_attention,
+    _fused_gate_up,
 ]
 
 

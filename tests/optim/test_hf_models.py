@@ -282,6 +282,72 @@ def test_gpt2_cross_attention_splits_key_and_value() -> None:
     assert torch.isfinite(key).all() and not torch.equal(key, torch.eye(WIDTH + 1))
 
 
+def _phi3_and_llama_twin() -> tuple[nn.Module, nn.Module]:
+    """A Phi-3 model and a Llama model with its fused projections as separate layers."""
+    common = {
+        "vocab_size": VOCABULARY,
+        "hidden_size": WIDTH,
+        "intermediate_size": 2 * WIDTH,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 16,
+        "tie_word_embeddings": False,
+        "pad_token_id": 0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
+    torch.manual_seed(0)
+    phi3 = transformers.Phi3ForCausalLM(transformers.Phi3Config(**common))
+    llama = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(**common, rms_norm_eps=phi3.config.rms_norm_eps)
+    )
+    query, key = 4 * (WIDTH // 4), 2 * (WIDTH // 4)
+    state = {}
+    for name, value in phi3.state_dict().items():
+        if "qkv_proj" in name:
+            parts = {"q_proj": value[:query], "k_proj": value[query : query + key]}
+            parts["v_proj"] = value[query + key :]
+        elif "gate_up_proj" in name:
+            parts = {"gate_proj": value[: 2 * WIDTH], "up_proj": value[2 * WIDTH :]}
+        else:
+            state[name] = value
+            continue
+        for projection, rows in parts.items():
+            state[name.replace(name.split(".")[-2], projection)] = rows
+    llama.load_state_dict(state)
+    return phi3.to(torch.float64).eval(), llama.to(torch.float64).eval()
+
+
+def test_phi3_fused_projections_train_like_separate_ones() -> None:
+    phi3, llama = _phi3_and_llama_twin()
+    ids = torch.randint(0, VOCABULARY, (2, 8))
+    torch.testing.assert_close(phi3(ids).logits, llama(ids).logits)  # the same function
+    optimizer, twin_optimizer = SINGD(phi3, lr=3e-3), SINGD(llama, lr=3e-3)
+    with torch.enable_grad():
+        losses = _train(phi3, optimizer, steps=4)
+        twin_losses = _train(llama, twin_optimizer, steps=4)
+    assert losses[-1] < losses[0]
+    torch.testing.assert_close(losses, twin_losses, rtol=1e-12, atol=1e-12)
+    pairs = {"self_attn.qkv_proj.query": "self_attn.q_proj"}
+    pairs |= {"self_attn.qkv_proj.key": "self_attn.k_proj"}
+    pairs |= {"self_attn.qkv_proj.value": "self_attn.v_proj"}
+    pairs |= {"mlp.gate_up_proj.gate": "mlp.gate_proj", "mlp.gate_up_proj.up": "mlp.up_proj"}
+    for layer in range(2):
+        for ours, theirs in pairs.items():
+            ours, theirs = f"model.layers.{layer}.{ours}", f"model.layers.{layer}.{theirs}"
+            for factors, twin_factors in (
+                (optimizer.Ks, twin_optimizer.Ks),
+                (optimizer.Cs, twin_optimizer.Cs),
+            ):
+                torch.testing.assert_close(
+                    factors[ours].to_dense(),
+                    twin_factors[theirs].to_dense(),
+                    rtol=1e-12,
+                    atol=1e-12,
+                )
+
+
 def _compiled_run(
     build: Callable[[], nn.Module], use_singd: bool, steps: int
 ) -> tuple[list[int], int, float]:
