@@ -1,9 +1,10 @@
 r"""A structure for each factor that fits its layer's memory: ``structures=("auto", "auto")``.
 
 A Kronecker block of a ``d_C x d_K`` gradient matrix keeps, per side, the factor
-(``K``: ``d_K x d_K``), its Riemannian momentum when :math:`\alpha_1 \neq 0` and the
-cached product :math:`K K^\top` (see :func:`singd_opt.preconditioner.gram`): about
-:math:`c = 2 + [\alpha_1 \neq 0]` matrices. Dense factors cost :math:`c\, d_K^2`
+(``K``: ``d_K x d_K``), its Riemannian momentum when :math:`\alpha_1 \neq 0` and, when
+the factors are updated every ``T > 1`` steps, the cached product :math:`K K^\top` (see
+:func:`singd_opt.preconditioner.cached_square`): :math:`c = 1 + [T > 1] + [\alpha_1
+\neq 0]` matrices (:func:`copies_per_side`). Dense factors cost :math:`c\, d_K^2`
 numbers against the weight's :math:`d_C d_K`, so a square ``4608 x 512`` convolution
 (``512 -> 512``, 3x3) would keep :math:`3 \cdot 4609^2 \approx 64\,\text{M}` numbers
 for its 2.4 M weights.
@@ -58,9 +59,14 @@ WARN_MULTIPLE = 4.0
 WARN_MIN_BYTES = 2**20
 
 
-def copies_per_side(alpha1: float) -> int:
-    r"""Return :math:`c`: matrices kept per side (factor, cached product, momentum)."""
-    return 2 + (alpha1 != 0.0)
+def copies_per_side(alpha1: float, T: int = 1) -> int:
+    r"""Return :math:`c`: matrices kept per side between steps.
+
+    The factor; the cached product :math:`K K^\top` when it serves the steps until the
+    next update (``T > 1``; with ``T = 1`` it is formed in the step and dropped); the
+    Riemannian momentum when :math:`\alpha_1 \neq 0`.
+    """
+    return 1 + (T > 1) + (alpha1 != 0.0)
 
 
 def choose_structure(dim: int, weight_numel: int, copies: int, budget: float | None = None) -> str:

@@ -31,7 +31,8 @@ def test_choice_rules() -> None:
     assert choose_structure(100, 1000, 3) == "diagonal"
     # dense is capped at MAX_BLOCK even with memory to spare, blocks as well
     assert choose_structure(MAX_BLOCK + 1, 10**9, 3) == f"block{MAX_BLOCK}diagonal"
-    assert copies_per_side(0.5) == 3 and copies_per_side(0.0) == 2
+    assert copies_per_side(0.5, 10) == 3 and copies_per_side(0.0, 10) == 2
+    assert copies_per_side(0.5) == 2 and copies_per_side(0.0, T=1) == 1
 
 
 def conv_net() -> nn.Module:

@@ -122,7 +122,8 @@ class KroneckerBlock(PreconditionerBlock):
         name_K, name_C = group["structures"]
         if isinstance(layer, EmbeddingLayer):
             name_K = "diagonal"
-        numel, copies = layer.dim_K * layer.dim_C, copies_per_side(group["alpha1"])
+        numel = layer.dim_K * layer.dim_C
+        copies = copies_per_side(group["alpha1"], group["T"])
         if name_K == AUTO:
             name_K = choose_structure(layer.dim_K, numel, copies)
         if name_C == AUTO:
@@ -291,6 +292,8 @@ class KroneckerBlock(PreconditionerBlock):
                 grad = grad / context.grad_factor
             KKT, CCT = self._cached_squares(K, C, group["T"])
             direction = natural_gradient(K, C, grad, KKT, CCT)
+            if group["T"] == 1:  # the factors change every step: nothing to cache
+                KKT = CCT = None
             if group.get("graft") is not None:
                 direction, graft_moment = graft_direction(
                     direction, grad, group["graft"], graft_moment, group
