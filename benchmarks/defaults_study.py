@@ -388,13 +388,27 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # round 10: a packed projection (GPT-2's c_attn) as one Kronecker block (the
     # defaults give each projection its own)
     "defaults_packed_whole": {"packed_projections": "whole"},
+    # round 11: a larger memory budget for "auto" structures (blocks of 32 for 64-wide
+    # layers, about AdamW's state) and one whose blocks do not divide the heads (28)
+    "defaults_budget0.5": {"auto_budget": 0.5},
+    "defaults_budget0.45": {"auto_budget": 0.45},
 }
 
 
+#: The peers by candidate name: heavyball's optimizers with their defaults (the optional
+#: ``bench`` extra; without ``torch.compile``), Muon with AdamW for the non-matrix
+#: parameters.
+PEERS = {"soap": "SOAP", "muon": "MuonAdamW", "psgd_kron": "PSGDKron"}
+
+
 def make_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """Return AdamW (PyTorch's defaults) or the SINGD candidate ``name``."""
+    """Return AdamW (PyTorch's defaults), a peer (:data:`PEERS`) or the SINGD candidate."""
     if name == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=lr)
+    if name in PEERS:
+        from time_to_target import import_heavyball
+
+        return getattr(import_heavyball(), PEERS[name])(model.parameters(), lr=lr)
     arguments = dict(CANDIDATES[name])
     structure_choice.AUTO_BUDGET = arguments.pop("auto_budget", AUTO_BUDGET)
     fixed = arguments.pop("identity_for", None)
@@ -409,6 +423,26 @@ def make_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimi
             },
         ]
     return SINGD(model, lr=lr, **arguments)
+
+
+def tensor_bytes(value: Any) -> int:
+    """Bytes of the distinct storages of the tensors in a nested state (dicts, lists)."""
+    seen: set[int] = set()
+
+    def walk(item: Any) -> int:
+        if isinstance(item, Tensor):
+            storage = item.untyped_storage()
+            if storage.data_ptr() in seen:
+                return 0
+            seen.add(storage.data_ptr())
+            return storage.nbytes()
+        if isinstance(item, dict) or hasattr(item, "values"):
+            return sum(walk(v) for v in item.values())
+        if isinstance(item, list | tuple):
+            return sum(walk(v) for v in item)
+        return 0
+
+    return walk(value)
 
 
 def adamw_state_bytes(model: nn.Module) -> int:
@@ -434,7 +468,12 @@ def run(workload: Workload, candidate: str, lr: float, seed: int = SEED) -> dict
             optimizer.step()
             losses.append(float(loss))
         seconds = time.perf_counter() - start
-    state = optimizer.state_bytes() if isinstance(optimizer, SINGD) else adamw_state_bytes(model)
+    if isinstance(optimizer, SINGD):
+        state = optimizer.state_bytes()
+    elif candidate in PEERS:
+        state = tensor_bytes(optimizer.state)
+    else:
+        state = adamw_state_bytes(model)
     final = sum(losses[-5:]) / 5
     return {
         "lr": lr,

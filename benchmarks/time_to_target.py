@@ -341,23 +341,23 @@ def _torch(cls: type[Optimizer], **fixed: Any) -> Callable[..., Optimizer]:
 
 def _heavyball(name: str) -> Callable[..., Optimizer]:
     def build(model: nn.Module, setting: Mapping[str, Any], workload: Workload) -> Optimizer:
-        heavyball = _import_heavyball()
+        heavyball = import_heavyball()
         return getattr(heavyball, name)(model.parameters(), **setting)
 
     return build
 
 
-def _import_heavyball() -> Any:
+def import_heavyball() -> Any:
     import heavyball
 
-    heavyball.utils.compile_mode = None  # its default torch.compile fails on some CPUs
+    heavyball.utils.compile_mode = None
     return heavyball
 
 
 def heavyball_missing() -> str | None:
     """Return why heavyball cannot be used, or ``None`` if it can."""
     try:
-        _import_heavyball()
+        import_heavyball()
     except Exception as error:  # ImportError, or a broken install
         reason = f"{type(error).__name__}: {error}"
         return f"heavyball unavailable ({reason}); pip install -e '.[bench]'"
