@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.nn import functional
 from torch.nn.parallel import DistributedDataParallel
 
-from singd_opt import SINGD
+from singd_opt import SINGD, declare_packed
 
 
 @dataclass(frozen=True)
@@ -78,10 +78,41 @@ class Transformer(nn.Module):
         return self.head(self.norm(self.block(h)))
 
 
+class TransposedMap(nn.Module):
+    """``x @ weight + bias`` with ``weight`` stored as ``(d_in, d_out)``."""
+
+    def __init__(self, d_in: int, d_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(d_in, d_out) / d_in**0.5)
+        self.bias = nn.Parameter(torch.zeros(d_out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.addmm(self.bias, x, self.weight)
+
+
+class Packed(nn.Module):
+    """Packed maps split into projections: an ``nn.Linear`` and one stored as ``W^T``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(7, 9)
+        declare_packed(self.qkv, [3, 2, 4])
+        self.mix = TransposedMap(9, 6)
+        declare_packed(self.mix, {"gate": 2, "up": 4}, transposed=True)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        query, key, value = self.qkv(x).split([3, 2, 4], dim=-1)
+        gate, up = self.mix(torch.cat([query.tanh(), key * key, value], dim=-1)).split([2, 4], -1)
+        return self.head(torch.cat([gate.tanh(), up], dim=-1))
+
+
 def make_model(case: Case) -> nn.Module:
     torch.manual_seed(0)
     if case.model == "transformer":
         return Transformer().to(case.dtype)
+    if case.model == "packed":
+        return Packed().to(case.dtype)
     return nn.Sequential(
         nn.Linear(7, 9), nn.Tanh(), nn.Linear(9, 8), nn.Tanh(), nn.Linear(8, 3)
     ).to(case.dtype)

@@ -57,6 +57,11 @@ CASES = [
     Case("fsdp", wrapper="fsdp"),
     Case("fsdp-split", wrapper="fsdp", options={"distribute": "split"}),
     Case("fsdp-transformer", model="transformer", wrapper="fsdp"),
+    *(
+        Case(f"packed-{wrapper}-{mode}", model="packed", wrapper=wrapper, options=options)
+        for wrapper, mode in (("bare", "replicate"), ("ddp", "split"), ("fsdp", "replicate"))
+        for options in [{"packed_projections": "split", "distribute": mode}]
+    ),
     Case("float32", dtype=torch.float32, options={"structures": ("dense", "hierarchical3_2")}),
     Case("resume", resume_at=3),
     Case(
@@ -102,6 +107,20 @@ def test_two_processes_equal_one(case: Case, results: dict[str, Any]) -> None:
         for key, value in expected.items():
             error = _relative_error(state[key], value)
             assert error < tolerance, f"process {rank}, {key}: relative error {error:.2e}"
+
+
+def test_packed_maps_are_split_on_every_process(results: dict[str, Any]) -> None:
+    for name in ("packed-bare-replicate", "packed-ddp-split", "packed-fsdp-replicate"):
+        for rank_result in results[name]:
+            factors = {key for key in rank_result["state"] if key.startswith("Ks:")}
+            assert factors == {
+                "Ks:qkv.0",
+                "Ks:qkv.1",
+                "Ks:qkv.2",
+                "Ks:mix.gate",
+                "Ks:mix.up",
+                "Ks:head",
+            }
 
 
 def test_collectives_per_step_do_not_grow_with_the_layers(results: dict[str, Any]) -> None:
