@@ -567,6 +567,9 @@ def main(argv: list[str] | None = None) -> None:
         "(initialisation and batches) and store the final losses",
     )
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.candidates) - set(CANDIDATES) - set(PEERS))
+    if unknown:
+        parser.error(f"unknown candidates {unknown}; choose from {[*CANDIDATES, *PEERS]}")
     torch.set_num_threads(1)
     results: dict[str, Any] = {}
     timings: dict[str, Any] = {}
@@ -595,7 +598,7 @@ def main(argv: list[str] | None = None) -> None:
             runs = [run(workload, candidate, lr) for lr in args.lrs]
             best = min(runs, key=lambda r: r["final_loss"])
             results.setdefault(model_name, {})[candidate] = {
-                "config": CANDIDATES[candidate],
+                "config": CANDIDATES.get(candidate, {"heavyball": PEERS.get(candidate)}),
                 "runs": runs,
                 "best_lr": best["lr"],
                 "best_final_loss": best["final_loss"],
