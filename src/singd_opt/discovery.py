@@ -289,7 +289,7 @@ class _Planner:
         ):
             return False
         bias = getattr(module, "bias", None)
-        outputs = packing.parts[-1].stop
+        outputs = packing.outputs
         if not (
             self.trained(bias)
             and id(bias) not in self.claimed
@@ -299,12 +299,11 @@ class _Planner:
         ):
             bias = None
         parts = [
-            ProjectionPart(
-                part.start,
-                part.stop,
+            (
                 self.kronecker(
                     _joined(name, part.name), part_layer(module, packing, part, weight, bias)
                 ),
+                part.rows,
             )
             for part in packing.parts
         ]

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 
 from singd_opt.blocks import KroneckerBlock
 from singd_opt.blocks.deferred import DeferredBlock
 from singd_opt.capture import hook_output
-from singd_opt.functional_targets import ProjectionPart
 from singd_opt.layers import (
     ConvGeometry,
     ConvLayer,
@@ -175,7 +175,7 @@ class PackedTarget:
 
     def __init__(
         self,
-        parts: list[ProjectionPart],
+        parts: list[tuple[KroneckerBlock, slice | tuple[int, ...]]],
         transposed: bool,
         param_name: str,
         record: BlockRecordFn,
@@ -183,7 +183,8 @@ class PackedTarget:
         r"""Describe the map.
 
         Args:
-            parts: The projections' blocks and output features.
+            parts: The projections' blocks and their output features (a slice, or the
+                indices of features interleaved with the other projections').
             transposed: Whether the weight is used as :math:`W^\top` (``x @ weight``).
             param_name: The weight's name (for messages).
             record: Hands each block's part of a call to the optimizer.
@@ -196,11 +197,11 @@ class PackedTarget:
 
     def capture(self, call: MapCall) -> None:
         """See :meth:`singd_opt.map_calls.MapTarget.capture`."""
-        parts = [part for part in self.parts if part.block.recording]
+        parts = [(block, rows) for block, rows in self.parts if block.recording]
         if not parts:
             return
-        rows = parts[0].block.layer.weight
-        whole = rows is None or call.row_range == (0, rows.param.shape[0])
+        weight = parts[0][0].layer.weight
+        whole = weight is None or call.row_range == (0, weight.param.shape[0])
         if call.function != "linear" or call.transposed != self.transposed or not whole:
             self.other_use(call.name)
             return
@@ -209,8 +210,12 @@ class PackedTarget:
         def record_parts(x: Tensor, grad_output: Tensor) -> None:
             if layout is not None:
                 grad_output = layout(grad_output)
-            for part in parts:
-                record(part.block, x, grad_output[..., part.start : part.stop])
+            for block, rows in parts:
+                if isinstance(rows, slice):
+                    record(block, x, grad_output[..., rows])
+                else:
+                    index = torch.tensor(rows, device=grad_output.device)
+                    record(block, x, grad_output.index_select(-1, index))
 
         hook_output(call.output, call.x, record_parts)
 

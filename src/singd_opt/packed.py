@@ -22,15 +22,19 @@ A packing is a declared fact about a module, never guessed from the data:
   query, key, value, or key and value for cross-attention), and Phi-3's attention (an
   ``nn.Linear`` ``qkv_proj`` whose outputs are ``num_attention_heads * head_dim``
   query, then ``num_key_value_heads * head_dim`` key and value) and gated MLP (an
-  ``nn.Linear`` ``gate_up_proj``: gate, then up, in halves).
+  ``nn.Linear`` ``gate_up_proj``: gate, then up, in halves), and the attention of
+  GPT-NeoX (Pythia) and BLOOM (an ``nn.Linear`` ``query_key_value`` holding query, key
+  and value of each head in turn, :data:`PER_HEAD_QKV`).
 
-The parts are consecutive ranges of the output features.
+The parts are consecutive ranges of the output features, or (``heads > 1``) ranges
+repeated in each of ``heads`` equal groups.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -45,17 +49,32 @@ PACKED_PROJECTIONS: tuple[str, ...] = ("split", "whole")
 
 @dataclass(frozen=True)
 class PackedPart:
-    """The output features ``[start, stop)`` of a packed map that form one projection.
+    """The output features of a packed map that form one projection.
+
+    The features ``[start, stop)`` of each of ``heads`` consecutive groups of
+    ``period`` features (one group, ``heads = 1``: the range itself).
 
     Attributes:
         name: The projection's name (the block is named ``"<module>.<name>"``).
-        start: First output feature.
-        stop: One past the last output feature.
+        start: First output feature (in each group).
+        stop: One past the last output feature (in each group).
+        period: The size of a group (``0`` for one group).
+        heads: The number of groups.
     """
 
     name: str
     start: int
     stop: int
+    period: int = 0
+    heads: int = 1
+
+    @property
+    def rows(self) -> slice | tuple[int, ...]:
+        """The output features: a slice for one group, else their indices in order."""
+        if self.heads == 1:
+            return slice(self.start, self.stop)
+        group = range(self.start, self.stop)
+        return tuple(head * self.period + i for head in range(self.heads) for i in group)
 
 
 @dataclass(frozen=True)
@@ -70,6 +89,12 @@ class Packing:
 
     parts: tuple[PackedPart, ...]
     transposed: bool
+
+    @property
+    def outputs(self) -> int:
+        """The map's number of output features."""
+        last = self.parts[-1]
+        return last.stop + (last.heads - 1) * last.period
 
 
 def _output_features(module: nn.Module, transposed: bool | None) -> tuple[int, bool]:
@@ -103,8 +128,13 @@ def declare_packed(
     parts: Mapping[str, int] | Sequence[int],
     *,
     transposed: bool | None = None,
+    heads: int = 1,
 ) -> None:
     r"""Declare that ``module``'s output features are consecutive projections.
+
+    With ``heads > 1`` the outputs are ``heads`` groups of equal size, each holding a
+    slice of every projection in order (GPT-NeoX's per-head ``[query, key, value]``
+    layout), and ``parts`` gives the sizes per group.
 
     Args:
         module: An ``nn.Linear``, Hugging Face ``Conv1D``, or another module with a
@@ -114,22 +144,30 @@ def declare_packed(
             the map's number of outputs.
         transposed: Whether ``weight`` is stored as :math:`W^\top` (``y = x @ weight``);
             ``None`` knows ``nn.Linear`` (``False``) and ``Conv1D`` (``True``).
+        heads: The number of groups the outputs are interleaved in (1: none).
 
     Raises:
         TypeError: If the module is not a linear map of known orientation, or a size
-            is not an integer.
-        ValueError: If there are fewer than two parts, a size is not positive, or the
-            sizes do not sum to the outputs.
+            or ``heads`` is not an integer.
+        ValueError: If there are fewer than two parts, a size or ``heads`` is not
+            positive, or ``heads`` times the sizes' sum is not the number of outputs.
     """
-    setattr(module, PACKED_OUTPUTS_ATTRIBUTE, make_packing(module, parts, transposed))
+    setattr(module, PACKED_OUTPUTS_ATTRIBUTE, make_packing(module, parts, transposed, heads))
 
 
 def make_packing(
-    module: nn.Module, parts: Mapping[str, int] | Sequence[int], transposed: bool | None
+    module: nn.Module,
+    parts: Mapping[str, int] | Sequence[int],
+    transposed: bool | None,
+    heads: int = 1,
 ) -> Packing:
     """The :class:`Packing` of :func:`declare_packed`'s arguments (same checks)."""
     named = list(parts.items()) if isinstance(parts, Mapping) else list(enumerate(parts))
     outputs, transposed = _output_features(module, transposed)
+    if isinstance(heads, bool) or not isinstance(heads, int):
+        raise TypeError(f"heads must be an int, got {heads!r}")
+    if heads < 1:
+        raise ValueError(f"heads must be >= 1, got {heads}")
     if len(named) < 2:
         raise ValueError(f"parts: a packed map has two or more parts, got {len(named)}")
     found: list[PackedPart] = []
@@ -141,10 +179,13 @@ def make_packing(
             raise ValueError(f"parts: the size of part {name!r} must be > 0, got {size}")
         found.append(PackedPart(str(name), start, start + size))
         start += size
-    if start != outputs:
+    if heads * start != outputs:
+        total = f"sum to {start}" if heads == 1 else f"sum to {start}, times {heads} heads"
         raise ValueError(
-            f"parts: the sizes sum to {start}, but {type(module).__name__} has {outputs} outputs"
+            f"parts: the sizes {total}, but {type(module).__name__} has {outputs} outputs"
         )
+    if heads > 1:
+        found = [PackedPart(p.name, p.start, p.stop, start, heads) for p in found]
     return Packing(tuple(found), transposed)
 
 
@@ -187,12 +228,28 @@ def _fused_gate_up(module: nn.Module) -> Iterable[tuple[nn.Module, dict[str, int
     return [(gate_up, {"gate": half, "up": half})]
 
 
+#: Attention classes whose ``query_key_value`` holds ``[query, key, value]`` per head.
+PER_HEAD_QKV: tuple[str, ...] = ("GPTNeoXAttention", "BloomAttention")
+
+
+def _per_head_attention(module: nn.Module) -> Iterable[tuple[nn.Module, dict[str, int], int]]:
+    """GPT-NeoX's and BLOOM's ``query_key_value``: query, key, value of each head in turn."""
+    qkv = getattr(module, "query_key_value", None)
+    head = _int_attribute(module, "head_size") or _int_attribute(module, "head_dim")
+    if type(module).__name__ not in PER_HEAD_QKV or not isinstance(qkv, nn.Linear) or not head:
+        return []
+    heads, rest = divmod(qkv.out_features, 3 * head)
+    return [] if rest else [(qkv, dict.fromkeys(("query", "key", "value"), head), heads)]
+
+
 #: Rules that declare the packings of known models: each takes a module and returns
-#: ``(packed submodule, {part name: size})`` pairs.
-KNOWN_PACKINGS: list[Callable[[nn.Module], Iterable[tuple[nn.Module, dict[str, int]]]]] = [
+#: ``(packed submodule, {part name: size})`` pairs, or ``(..., heads)`` triples for
+#: outputs interleaved per head.
+KNOWN_PACKINGS: list[Callable[[nn.Module], Iterable[tuple[Any, ...]]]] = [
     _gpt2_attention,
     _fused_attention,
     _fused_gate_up,
+    _per_head_attention,
 ]
 
 
@@ -201,8 +258,8 @@ def packings(model: nn.Module) -> dict[nn.Module, Packing]:
     found: dict[nn.Module, Packing] = {}
     for module in model.modules():
         for rule in KNOWN_PACKINGS:
-            for packed, parts in rule(module):
-                found[packed] = make_packing(packed, parts, None)
+            for packed, parts, *heads in rule(module):
+                found[packed] = make_packing(packed, parts, None, *heads)
     for module in model.modules():
         packing = getattr(module, PACKED_OUTPUTS_ATTRIBUTE, None)
         if isinstance(packing, Packing):
@@ -226,10 +283,10 @@ def part_layer(
         weight: The module's weight if trained, else ``None``.
         bias: The module's bias if trained (1-D, one entry per output), else ``None``.
     """
-    rows = slice(part.start, part.stop)
-    transposed = packing.transposed
-    weight_rows = ParameterRows(weight, rows, int(transposed)) if weight is not None else None
+    rows, dim = part.rows, int(packing.transposed)
+    weight_rows = ParameterRows(weight, rows, dim) if weight is not None else None
     bias_rows = ParameterRows(bias, rows) if bias is not None else None
-    if transposed:
-        return TransposedLinearLayer(weight_rows, bias_rows, module.weight[:, rows])
-    return LinearLayer(weight_rows, bias_rows, module.weight[rows])
+    full = ParameterRows(module.weight, rows, dim).value
+    if packing.transposed:
+        return TransposedLinearLayer(weight_rows, bias_rows, full)
+    return LinearLayer(weight_rows, bias_rows, full)

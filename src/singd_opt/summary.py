@@ -44,10 +44,7 @@ def tensor_bytes(tensors: list[Tensor], seen: set[tuple[int, int]]) -> int:
 def _parameters(block: PreconditionerBlock, names: dict[int, str]) -> str:
     parts = []
     for rows in block.params:
-        name = names.get(id(rows.param), "?")
-        if rows.row_slice is not None:
-            name += "[" + ":, " * rows.dim + f"{rows.row_slice.start}:{rows.row_slice.stop}]"
-        parts.append(name)
+        parts.append(names.get(id(rows.param), "?") + rows.label)
     return ", ".join(parts)
 
 

@@ -8,6 +8,7 @@ like an ``nn.Linear`` holding the transposed weight.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -343,6 +344,65 @@ def test_phi3_fused_projections_train_like_separate_ones() -> None:
                 torch.testing.assert_close(
                     factors[ours].to_dense(),
                     twin_factors[theirs].to_dense(),
+                    rtol=1e-12,
+                    atol=1e-12,
+                )
+
+
+class _PerHeadProjections(nn.Module):
+    """GPT-NeoX's ``query_key_value`` as three ``nn.Linear``, interleaved per head again."""
+
+    def __init__(self, packed: nn.Linear, heads: int) -> None:
+        super().__init__()
+        size = packed.out_features // (3 * heads)
+        self.heads = heads
+        self.projections = nn.ModuleList()
+        for j in range(3):
+            rows = [h * 3 * size + j * size + i for h in range(heads) for i in range(size)]
+            layer = nn.Linear(packed.in_features, heads * size).to(packed.weight.dtype)
+            with torch.no_grad():
+                layer.weight.copy_(packed.weight[rows])
+                layer.bias.copy_(packed.bias[rows])
+            self.projections.append(layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [layer(x).unflatten(-1, (self.heads, -1)) for layer in self.projections]
+        return torch.cat(parts, dim=-1).flatten(-2)
+
+
+def test_gpt_neox_per_head_projections_train_like_separate_ones() -> None:
+    config = transformers.GPTNeoXConfig(
+        vocab_size=VOCABULARY,
+        hidden_size=WIDTH,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=2 * WIDTH,
+        max_position_embeddings=16,
+        attention_bias=True,
+    )
+    torch.manual_seed(0)
+    model = transformers.GPTNeoXForCausalLM(config).to(torch.float64).eval()
+    twin = copy.deepcopy(model)
+    for layer in twin.gpt_neox.layers:
+        layer.attention.query_key_value = _PerHeadProjections(layer.attention.query_key_value, 2)
+    ids = torch.randint(0, VOCABULARY, (2, 8))
+    torch.testing.assert_close(model(ids).logits, twin(ids).logits)  # the same function
+    optimizer, twin_optimizer = SINGD(model, lr=3e-3), SINGD(twin, lr=3e-3)
+    with torch.enable_grad():
+        losses = _train(model, optimizer, steps=4, same_batch=True)
+        twin_losses = _train(twin, twin_optimizer, steps=4, same_batch=True)
+    assert losses[-1] < losses[0]
+    torch.testing.assert_close(losses, twin_losses, rtol=1e-12, atol=1e-12)
+    for i in range(2):
+        name = f"gpt_neox.layers.{i}.attention.query_key_value"
+        for j, part in enumerate(("query", "key", "value")):
+            for ours, theirs in (
+                (optimizer.Ks, twin_optimizer.Ks),
+                (optimizer.Cs, twin_optimizer.Cs),
+            ):
+                torch.testing.assert_close(
+                    ours[f"{name}.{part}"].to_dense(),
+                    theirs[f"{name}.projections.{j}"].to_dense(),
                     rtol=1e-12,
                     atol=1e-12,
                 )

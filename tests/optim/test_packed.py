@@ -135,6 +135,67 @@ def test_a_split_packed_map_trains_like_separate_layers(transposed: bool, T: int
             )
 
 
+HEADS = 2
+
+
+class PerHead(nn.Module):
+    """A map whose outputs hold query, key and value of each head in turn (GPT-NeoX)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(WIDTH, HEADS * sum(SIZES.values()))
+        declare_packed(self.qkv, SIZES, heads=HEADS)
+        self.out = nn.Linear(HEADS * sum(SIZES.values()), 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        per_head = self.qkv(x).unflatten(-1, (HEADS, -1)).split(list(SIZES.values()), dim=-1)
+        return self.out(_mix(*(part.flatten(-2) for part in per_head)))
+
+
+class PerHeadTwin(nn.Module):
+    """:class:`PerHead` with a layer per projection, holding its rows of every head."""
+
+    def __init__(self, packed: PerHead) -> None:
+        super().__init__()
+        self.projections = nn.ModuleDict()
+        group, start = sum(SIZES.values()), 0
+        for name, size in SIZES.items():
+            rows = [h * group + i for h in range(HEADS) for i in range(start, start + size)]
+            start += size
+            layer = nn.Linear(WIDTH, HEADS * size).double()
+            with torch.no_grad():
+                layer.weight.copy_(packed.qkv.weight[rows])
+                layer.bias.copy_(packed.qkv.bias[rows])
+            self.projections[name] = layer
+        self.out = copy.deepcopy(packed.out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(_mix(*(layer(x) for layer in self.projections.values())))
+
+
+def test_projections_interleaved_per_head_train_like_separate_layers() -> None:
+    torch.manual_seed(0)
+    packed = PerHead().double()
+    twin = PerHeadTwin(packed)
+    x = torch.randn(3, 4, WIDTH, dtype=torch.float64)
+    torch.testing.assert_close(packed(x), twin(x))  # the same function
+    optimizer, twin_optimizer = SINGD(packed, lr=0.01), SINGD(twin, lr=0.01)
+    assert "qkv.weight[8 rows], qkv.bias[8 rows]" in optimizer.describe()
+    losses = _train(packed, optimizer, steps=4)
+    twin_losses = _train(twin, twin_optimizer, steps=4)
+    assert losses[-1] < losses[0]
+    torch.testing.assert_close(losses, twin_losses, rtol=1e-12, atol=1e-12)
+    for name in SIZES:
+        for ours, theirs in ((optimizer.Ks, twin_optimizer.Ks), (optimizer.Cs, twin_optimizer.Cs)):
+            torch.testing.assert_close(
+                ours[f"qkv.{name}"].to_dense(),
+                theirs[f"projections.{name}"].to_dense(),
+                rtol=1e-12,
+                atol=1e-12,
+            )
+    torch.testing.assert_close(packed(x), twin(x), rtol=1e-12, atol=1e-12)
+
+
 def test_whole_keeps_one_block_and_the_reference_set_does_not_split() -> None:
     packed, _ = _models(transposed=False)
     for options in ({"packed_projections": "whole"}, {"defaults": "reference"}):
@@ -220,6 +281,17 @@ def test_a_bad_declaration_is_refused_and_changes_nothing(
     with pytest.raises(error, match=message):
         declare_packed(module, parts, transposed=transposed)  # type: ignore[arg-type]
     assert not hasattr(module, PACKED_OUTPUTS_ATTRIBUTE)
+
+
+def test_heads_multiply_the_sizes_and_are_checked() -> None:
+    module = nn.Linear(4, 12)
+    declare_packed(module, [1, 2, 3], heads=2)
+    with pytest.raises(ValueError, match="sum to 6, times 3 heads, but Linear has 12"):
+        declare_packed(module, [1, 2, 3], heads=3)
+    with pytest.raises(ValueError, match="heads must be >= 1, got 0"):
+        declare_packed(module, [6, 6], heads=0)
+    with pytest.raises(TypeError, match="heads must be an int"):
+        declare_packed(module, [6, 6], heads=1.0)  # type: ignore[arg-type]
 
 
 def test_a_transposed_declaration_counts_the_columns() -> None:

@@ -47,21 +47,34 @@ class ParameterRows:
     Attributes:
         param: The parameter.
         row_slice: The entries of ``param`` along ``dim`` that belong to the block (the
-            map's rows); ``None`` for all.
+            map's rows): a slice, their indices (rows interleaved with other blocks'),
+            or ``None`` for all.
         dim: The dimension ``row_slice`` indexes: 0, or 1 for a parameter stored as
             :math:`W^\top` (``(d_in, d_out)``, whose map rows are its columns).
     """
 
     param: nn.Parameter
-    row_slice: slice | None = None
+    row_slice: slice | tuple[int, ...] | None = None
     dim: int = 0
 
     @property
-    def index(self) -> tuple[slice, ...]:
+    def index(self) -> tuple[slice | Tensor, ...]:
         """The index of the block in ``param`` (``param[index]``); ``(:,)`` for all of it."""
-        if self.row_slice is None:
+        rows = self.row_slice
+        if rows is None:
             return (slice(None),)
-        return (slice(None),) * self.dim + (self.row_slice,)
+        if not isinstance(rows, slice):
+            rows = torch.tensor(rows, device=self.param.device)
+        return (slice(None),) * self.dim + (rows,)
+
+    @property
+    def label(self) -> str:
+        """The block as an index for messages: ``"[0:64]"``, ``"[:, 0:64]"``, ``"[48 rows]"``."""
+        rows = self.row_slice
+        if rows is None:
+            return ""
+        text = f"{rows.start}:{rows.stop}" if isinstance(rows, slice) else f"{len(rows)} rows"
+        return "[" + ":, " * self.dim + text + "]"
 
     @property
     def value(self) -> Tensor:
