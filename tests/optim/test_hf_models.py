@@ -22,6 +22,16 @@ from singd_opt import SINGD
 transformers = pytest.importorskip("transformers")
 
 VOCABULARY, WIDTH = 48, 16
+QKV = ("query", "key", "value")
+#: The sizes of the small models built from configs with these argument names.
+SMALL = {
+    "vocab_size": VOCABULARY,
+    "hidden_size": WIDTH,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 2 * WIDTH,
+    "max_position_embeddings": 16,
+}
 
 
 def gpt2() -> nn.Module:
@@ -46,15 +56,7 @@ def llama() -> nn.Module:
 
 
 def bert() -> nn.Module:
-    config = transformers.BertConfig(
-        vocab_size=VOCABULARY,
-        hidden_size=WIDTH,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=2 * WIDTH,
-        max_position_embeddings=16,
-    )
-    return transformers.BertForMaskedLM(config)
+    return transformers.BertForMaskedLM(transformers.BertConfig(**SMALL))
 
 
 MODELS: dict[str, tuple[Callable[[], nn.Module], str, str]] = {
@@ -144,6 +146,28 @@ def test_tied_embeddings_take_the_elementwise_rule_by_default(name: str) -> None
     assert others and all(kinds[id(p)] == "kronecker" for p in others)
 
 
+def _assert_same_factors(optimizer: SINGD, twin: SINGD, names: dict[str, str]) -> None:
+    """``K`` and ``C`` of each block of ``optimizer`` equal the twin's block of that name."""
+    for ours, theirs in names.items():
+        for factors, twin_factors in ((optimizer.Ks, twin.Ks), (optimizer.Cs, twin.Cs)):
+            torch.testing.assert_close(
+                factors[ours].to_dense(), twin_factors[theirs].to_dense(), rtol=1e-12, atol=1e-12
+            )
+
+
+def _train_twins(
+    model: nn.Module, twin: nn.Module, same_batch: bool = False
+) -> tuple[SINGD, SINGD]:
+    """Train both with the defaults; the losses fall and agree to 1e-12. Returns the optimizers."""
+    optimizer, twin_optimizer = SINGD(model, lr=3e-3), SINGD(twin, lr=3e-3)
+    with torch.enable_grad():
+        losses = _train(model, optimizer, steps=4, same_batch=same_batch)
+        twin_losses = _train(twin, twin_optimizer, steps=4, same_batch=same_batch)
+    assert losses[-1] < losses[0]
+    torch.testing.assert_close(losses, twin_losses, rtol=1e-12, atol=1e-12)
+    return optimizer, twin_optimizer
+
+
 def _linear_twin(model: nn.Module) -> nn.Module:
     """The model with every ``Conv1D`` replaced by an ``nn.Linear`` of the transposed weight."""
     from transformers.pytorch_utils import Conv1D
@@ -183,16 +207,9 @@ def test_gpt2_conv1d_trains_like_its_linear_twin() -> None:
             torch.testing.assert_close(module.bias, linear.bias, rtol=1e-12, atol=1e-12)
             # the packed query/key/value map is one block per projection in both models
             parts = [".query", ".key", ".value"] if name.endswith("c_attn") else [""]
-            pairs = ((optimizer.Ks, twin_optimizer.Ks), (optimizer.Cs, twin_optimizer.Cs))
             for part in parts:
-                ours_name = name + part if part else f"{name}.weight"
-                for ours, theirs in pairs:
-                    torch.testing.assert_close(
-                        ours[ours_name].to_dense(),
-                        theirs[name + part].to_dense(),
-                        rtol=1e-12,
-                        atol=1e-12,
-                    )
+                ours = name + part if part else f"{name}.weight"
+                _assert_same_factors(optimizer, twin_optimizer, {ours: name + part})
                 conv_blocks += 1
     assert conv_blocks == 12  # c_attn (3 projections), c_proj, c_fc, mlp.c_proj in two blocks
 
@@ -225,12 +242,7 @@ def test_gpt2_packed_attention_trains_like_three_separate_projections() -> None:
     twin.load_state_dict(model.state_dict())
     for block in twin.transformer.h:
         block.attn.c_attn = _SeparateProjections(block.attn.c_attn)
-    optimizer, twin_optimizer = SINGD(model, lr=3e-3), SINGD(twin, lr=3e-3)
-    with torch.enable_grad():
-        losses = _train(model, optimizer, steps=4)
-        twin_losses = _train(twin, twin_optimizer, steps=4)
-    assert losses[-1] < losses[0]
-    torch.testing.assert_close(losses, twin_losses, rtol=1e-12, atol=1e-12)
+    optimizer, twin_optimizer = _train_twins(model, twin)
     for i, block in enumerate(model.transformer.h):
         name = f"transformer.h.{i}.attn.c_attn"
         for j, part in enumerate(("query", "key", "value")):
@@ -238,16 +250,8 @@ def test_gpt2_packed_attention_trains_like_three_separate_projections() -> None:
             columns = slice(j * WIDTH, (j + 1) * WIDTH)
             torch.testing.assert_close(block.attn.c_attn.weight[:, columns], layer.weight)
             torch.testing.assert_close(block.attn.c_attn.bias[columns], layer.bias)
-            for ours, theirs in (
-                (optimizer.Ks, twin_optimizer.Ks),
-                (optimizer.Cs, twin_optimizer.Cs),
-            ):
-                torch.testing.assert_close(
-                    ours[f"{name}.{part}"].to_dense(),
-                    theirs[f"{name}.projections.{j}.weight"].to_dense(),
-                    rtol=1e-12,
-                    atol=1e-12,
-                )
+            names = {f"{name}.{part}": f"{name}.projections.{j}.weight"}
+            _assert_same_factors(optimizer, twin_optimizer, names)
     whole = SINGD(model, lr=3e-3, packed_projections="whole")
     assert "transformer.h.0.attn.c_attn.weight" in {block.name for block in whole.blocks}
 
@@ -324,29 +328,15 @@ def test_phi3_fused_projections_train_like_separate_ones() -> None:
     phi3, llama = _phi3_and_llama_twin()
     ids = torch.randint(0, VOCABULARY, (2, 8))
     torch.testing.assert_close(phi3(ids).logits, llama(ids).logits)  # the same function
-    optimizer, twin_optimizer = SINGD(phi3, lr=3e-3), SINGD(llama, lr=3e-3)
-    with torch.enable_grad():
-        losses = _train(phi3, optimizer, steps=4)
-        twin_losses = _train(llama, twin_optimizer, steps=4)
-    assert losses[-1] < losses[0]
-    torch.testing.assert_close(losses, twin_losses, rtol=1e-12, atol=1e-12)
+    optimizer, twin_optimizer = _train_twins(phi3, llama)
     pairs = {"self_attn.qkv_proj.query": "self_attn.q_proj"}
     pairs |= {"self_attn.qkv_proj.key": "self_attn.k_proj"}
     pairs |= {"self_attn.qkv_proj.value": "self_attn.v_proj"}
     pairs |= {"mlp.gate_up_proj.gate": "mlp.gate_proj", "mlp.gate_up_proj.up": "mlp.up_proj"}
     for layer in range(2):
-        for ours, theirs in pairs.items():
-            ours, theirs = f"model.layers.{layer}.{ours}", f"model.layers.{layer}.{theirs}"
-            for factors, twin_factors in (
-                (optimizer.Ks, twin_optimizer.Ks),
-                (optimizer.Cs, twin_optimizer.Cs),
-            ):
-                torch.testing.assert_close(
-                    factors[ours].to_dense(),
-                    twin_factors[theirs].to_dense(),
-                    rtol=1e-12,
-                    atol=1e-12,
-                )
+        prefix = f"model.layers.{layer}."
+        names = {prefix + ours: prefix + theirs for ours, theirs in pairs.items()}
+        _assert_same_factors(optimizer, twin_optimizer, names)
 
 
 class _PerHeadProjections(nn.Module):
@@ -371,15 +361,7 @@ class _PerHeadProjections(nn.Module):
 
 
 def test_gpt_neox_per_head_projections_train_like_separate_ones() -> None:
-    config = transformers.GPTNeoXConfig(
-        vocab_size=VOCABULARY,
-        hidden_size=WIDTH,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=2 * WIDTH,
-        max_position_embeddings=16,
-        attention_bias=True,
-    )
+    config = transformers.GPTNeoXConfig(**SMALL, attention_bias=True)
     torch.manual_seed(0)
     model = transformers.GPTNeoXForCausalLM(config).to(torch.float64).eval()
     twin = copy.deepcopy(model)
@@ -387,25 +369,11 @@ def test_gpt_neox_per_head_projections_train_like_separate_ones() -> None:
         layer.attention.query_key_value = _PerHeadProjections(layer.attention.query_key_value, 2)
     ids = torch.randint(0, VOCABULARY, (2, 8))
     torch.testing.assert_close(model(ids).logits, twin(ids).logits)  # the same function
-    optimizer, twin_optimizer = SINGD(model, lr=3e-3), SINGD(twin, lr=3e-3)
-    with torch.enable_grad():
-        losses = _train(model, optimizer, steps=4, same_batch=True)
-        twin_losses = _train(twin, twin_optimizer, steps=4, same_batch=True)
-    assert losses[-1] < losses[0]
-    torch.testing.assert_close(losses, twin_losses, rtol=1e-12, atol=1e-12)
+    optimizer, twin_optimizer = _train_twins(model, twin, same_batch=True)
     for i in range(2):
         name = f"gpt_neox.layers.{i}.attention.query_key_value"
-        for j, part in enumerate(("query", "key", "value")):
-            for ours, theirs in (
-                (optimizer.Ks, twin_optimizer.Ks),
-                (optimizer.Cs, twin_optimizer.Cs),
-            ):
-                torch.testing.assert_close(
-                    ours[f"{name}.{part}"].to_dense(),
-                    theirs[f"{name}.projections.{j}"].to_dense(),
-                    rtol=1e-12,
-                    atol=1e-12,
-                )
+        names = {f"{name}.{p}": f"{name}.projections.{j}" for j, p in enumerate(QKV)}
+        _assert_same_factors(optimizer, twin_optimizer, names)
 
 
 def _compiled_run(
