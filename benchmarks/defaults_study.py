@@ -392,6 +392,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # layers, about AdamW's state) and one whose blocks do not divide the heads (28)
     "defaults_budget0.5": {"auto_budget": 0.5},
     "defaults_budget0.45": {"auto_budget": 0.45},
+    # dense factors: how much of SOAP's lead on BERT its memory buys
+    "defaults_dense": {"structures": ("dense", "dense")},
 }
 
 
