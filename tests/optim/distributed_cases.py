@@ -27,7 +27,8 @@ from torch import Tensor, nn
 from torch.nn import functional
 from torch.nn.parallel import DistributedDataParallel
 
-from singd_opt import SINGD, declare_packed
+from singd_opt import SINGD
+from singd_opt.packed import declare_packed
 
 
 @dataclass(frozen=True)
