@@ -277,8 +277,10 @@ class _Planner:
 
         Applies when the weight's group has ``packed_projections="split"``, the weight
         is trained and held by this module alone. A bias that is 1-D with one entry per
-        output, held alone and in the weight's group, is split with it. Returns whether
-        the module was taken.
+        output and held alone is split with it. Returns whether the module was taken.
+
+        Raises:
+            ValueError: If such a bias is in another parameter group than the weight.
         """
         weight = module.weight
         if (
@@ -295,9 +297,10 @@ class _Planner:
             and id(bias) not in self.claimed
             and bias.shape == (outputs,)
             and len(self.holders[id(bias)]) == 1
-            and self.group_of[id(bias)] == self.group_of[id(weight)]
         ):
             bias = None
+        else:
+            self.group_index(name, [weight, bias])  # one group for the map
         parts = [
             (
                 self.kronecker(

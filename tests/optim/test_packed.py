@@ -222,6 +222,16 @@ def test_the_weights_group_chooses() -> None:
     assert [block.name for block in optimizer.blocks] == ["qkv", "out"]
 
 
+def test_a_weight_and_bias_in_different_groups_are_refused() -> None:
+    packed, _ = _models(transposed=False)
+    groups = [
+        {"params": [packed.qkv.weight, *packed.out.parameters()]},
+        {"params": [packed.qkv.bias], "lr": 0.1},
+    ]
+    with pytest.raises(ValueError, match="parameters of layer 'qkv' are in different parameter"):
+        SINGD(packed, groups, lr=0.01)
+
+
 def test_a_checkpoint_of_split_blocks_resumes_exactly() -> None:
     packed, _ = _models(transposed=True)
     resumed = copy.deepcopy(packed)  # the declaration travels with the module
