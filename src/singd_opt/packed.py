@@ -40,7 +40,7 @@ from torch import nn
 
 from singd_opt.layers import Layer, LinearLayer, ParameterRows, TransposedLinearLayer
 
-#: The module attribute that holds a declared packing (a tuple of :class:`PackedPart`).
+#: The module attribute that holds a declared packing (a :class:`Packing`).
 PACKED_OUTPUTS_ATTRIBUTE = "singd_packed_outputs"
 
 #: The valid values of the ``packed_projections`` option.
