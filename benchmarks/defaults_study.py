@@ -49,8 +49,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
-from singd_opt import SINGD, structure_choice
-from singd_opt.structure_choice import AUTO_BUDGET
+from singd_opt import SINGD
 
 STEPS = 40
 LR_GRID = (3e-4, 1e-3, 3e-3)
@@ -412,7 +411,6 @@ def make_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimi
 
         return getattr(import_heavyball(), PEERS[name])(model.parameters(), lr=lr)
     arguments = dict(CANDIDATES[name])
-    structure_choice.AUTO_BUDGET = arguments.pop("auto_budget", AUTO_BUDGET)
     fixed = arguments.pop("identity_for", None)
     if fixed is not None:  # parameters whose name contains it keep K = C = I
         params = dict(model.named_parameters())

@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from singd_opt.structure_choice import AUTO_BUDGET
+
 
 class _Default:
     """The marker of an argument that was not passed (takes the set's value)."""
@@ -52,6 +54,7 @@ REFERENCE: Mapping[str, Any] = {
     "momentum_dampening": False,
     "tied_embeddings": "kronecker",
     "packed_projections": "whole",
+    "auto_budget": AUTO_BUDGET,
 }
 
 #: The arguments the sets give values to.

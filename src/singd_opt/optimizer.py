@@ -125,6 +125,7 @@ class SINGD(BlockViews, CheckpointHooks, Optimizer):
         momentum_dampening: bool | str = DEFAULT,
         tied_embeddings: str = DEFAULT,
         packed_projections: str = DEFAULT,
+        auto_budget: float = DEFAULT,
         defaults: str = "recommended",
     ) -> None:
         r"""Create the optimizer and install its recording hooks on ``model``.
@@ -211,6 +212,10 @@ class SINGD(BlockViews, CheckpointHooks, Optimizer):
                 (GPT-2's query, key and value ``c_attn``; see :mod:`singd_opt.packed`)
                 is trained: ``"split"`` (one Kronecker block per projection) or
                 ``"whole"`` (one block for the map).
+            auto_budget: :math:`f > 0`, the memory of each side's factors for
+                ``structures="auto"`` as a fraction of the weight's
+                (:mod:`singd_opt.structure_choice`): 0.25 keeps the optimizer state
+                below AdamW's; 0.5 gives larger blocks at about AdamW's state.
             defaults: The set of defaults of every argument not passed
                 (:mod:`singd_opt.default_sets`): ``"recommended"`` or ``"reference"``
                 (the reference implementation's defaults).

@@ -10,7 +10,8 @@ numbers against the weight's :math:`d_C d_K`, so a square ``4608 x 512`` convolu
 for its 2.4 M weights.
 
 With ``"auto"`` a side of dimension :math:`d` gets the richest structure within a
-budget of :data:`AUTO_BUDGET` (:math:`f`) times the weight's numbers:
+budget of :math:`f` times the weight's numbers (the group option ``auto_budget``,
+:data:`AUTO_BUDGET` by default):
 
 .. math::
     \text{dense if } c\, d^2 \le f\, d_C d_K, \quad\text{else}\quad

@@ -40,6 +40,7 @@ HYPERPARAMETERS: tuple[str, ...] = (
     "momentum_dampening",
     "tied_embeddings",
     "packed_projections",
+    "auto_budget",
 )
 
 #: The valid values of ``tied_embeddings``.
@@ -174,6 +175,7 @@ def check_group(group: dict[str, Any], group_index: int | None = None) -> None:
     check_flag("normalize_lr_cov", group["normalize_lr_cov"], group_index)
     check_flag("warm_start", group["warm_start"], group_index)
     check_nonnegative("relative_damping", group["relative_damping"], group_index)
+    check_positive("auto_budget", group["auto_budget"], group_index)
     dampening = group["momentum_dampening"]
     if not (isinstance(dampening, bool) or dampening in MOMENTUM_DAMPENINGS[2:]):
         choices = ", ".join(map(repr, MOMENTUM_DAMPENINGS))

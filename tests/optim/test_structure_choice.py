@@ -46,16 +46,20 @@ def conv_net() -> nn.Module:
     )
 
 
+@pytest.mark.parametrize("budget", [AUTO_BUDGET, 0.5])
+@pytest.mark.parametrize("T", [1, 3])
 @pytest.mark.parametrize("alpha1", [0.0, 0.5])
-def test_auto_state_stays_within_the_budget(alpha1: float) -> None:
+def test_auto_state_stays_within_the_budget(alpha1: float, T: int, budget: float) -> None:
     """After steps (momenta, cached products), auto factors keep <= 2 f x the weights.
 
     The grafting moment (``d_K + d_C`` numbers) comes on top.
     """
     model = conv_net()
-    optimizer = SINGD(model, structures=("auto", "auto"), alpha1=alpha1, momentum=0.0, T=1)
+    optimizer = SINGD(
+        model, structures=("auto", "auto"), alpha1=alpha1, momentum=0.0, T=T, auto_budget=budget
+    )
     x = torch.randn(4, 3, 4, 4)
-    for _ in range(2):
+    for _ in range(T + 1):
         optimizer.zero_grad()
         model(x).square().mean().backward()
         optimizer.step()
@@ -64,8 +68,9 @@ def test_auto_state_stays_within_the_budget(alpha1: float) -> None:
         weight = layer.dim_K * layer.dim_C * 4
         size = sum(t.numel() * t.element_size() for t in block.state_tensors())
         moment = (layer.dim_K + layer.dim_C) * 4  # the grafting moment (graft="adafactor")
-        assert size <= 2 * AUTO_BUDGET * weight + moment, (block.name, block.structures)
-    assert optimizer.state_bytes() <= adamw_bytes(model)
+        assert size <= 2 * budget * weight + moment, (block.name, block.structures)
+    if budget == AUTO_BUDGET:
+        assert optimizer.state_bytes() <= adamw_bytes(model)
     # describe() shows the chosen structures
     table = optimizer.describe()
     for block in optimizer.blocks:
@@ -84,3 +89,24 @@ def test_explicit_large_factors_warn_with_the_figure() -> None:
         SINGD(nn.Linear(600, 4), structures=("auto", "auto"))
         # 4.5x the weight, but below WARN_MIN_BYTES
         SINGD(nn.Linear(8, 8), structures=("dense", "dense"))
+
+
+def test_the_budget_and_the_period_choose_the_block_size() -> None:
+    """A 64-wide layer: ``T=1`` keeps one matrix per side, ``T > 1`` also ``K K^T``."""
+
+    def structures(**options: object) -> tuple[str, str]:
+        optimizer = SINGD(nn.Linear(64, 64, bias=False), lr=1e-3, **options)  # type: ignore[arg-type]
+        return optimizer.blocks[0].structures
+
+    assert structures() == ("block16diagonal", "block16diagonal")
+    assert structures(auto_budget=0.5) == ("block32diagonal", "block32diagonal")
+    assert structures(T=3) == ("block8diagonal", "block8diagonal")
+    assert structures(auto_budget=1.0) == ("dense", "dense")
+
+
+@pytest.mark.parametrize(
+    ("budget", "error"), [(0.0, ValueError), (-1.0, ValueError), ("1", TypeError)]
+)
+def test_a_bad_budget_is_refused(budget: object, error: type) -> None:
+    with pytest.raises(error, match="auto_budget"):
+        SINGD(nn.Linear(4, 4), auto_budget=budget)  # type: ignore[arg-type]

@@ -124,10 +124,11 @@ class KroneckerBlock(PreconditionerBlock):
             name_K = "diagonal"
         numel = layer.dim_K * layer.dim_C
         copies = copies_per_side(group["alpha1"], group["T"])
+        budget = float(group["auto_budget"])
         if name_K == AUTO:
-            name_K = choose_structure(layer.dim_K, numel, copies)
+            name_K = choose_structure(layer.dim_K, numel, copies, budget)
         if name_C == AUTO:
-            name_C = choose_structure(layer.dim_C, numel, copies)
+            name_C = choose_structure(layer.dim_C, numel, copies, budget)
         return name_K, name_C
 
     def dtypes(self, group: Mapping[str, Any]) -> tuple[torch.dtype, torch.dtype]:
