@@ -16,15 +16,17 @@ A packing is a declared fact about a module, never guessed from the data:
 - :func:`declare_packed` declares it for any ``nn.Linear`` or :math:`W^\top`-stored
   map (it sets the module attribute ``singd_packed_outputs``, which survives
   ``copy.deepcopy`` and wins over the rules);
-- the rules in :data:`KNOWN_PACKINGS` declare it for the Hugging Face models they
-  know: the attention of the GPT-2 family (a module with ``c_attn`` and an integer
-  ``split_size`` whose ``c_attn`` has two or three times ``split_size`` outputs:
-  query, key, value, or key and value for cross-attention), and Phi-3's attention (an
-  ``nn.Linear`` ``qkv_proj`` whose outputs are ``num_attention_heads * head_dim``
-  query, then ``num_key_value_heads * head_dim`` key and value) and gated MLP (an
-  ``nn.Linear`` ``gate_up_proj``: gate, then up, in halves), and the attention of
-  GPT-NeoX (Pythia) and BLOOM (an ``nn.Linear`` ``query_key_value`` holding query, key
-  and value of each head in turn, :data:`PER_HEAD_QKV`).
+- the rules in :data:`KNOWN_PACKINGS` declare it for the Hugging Face classes whose
+  layout they know, by class name (a model whose fused map has another layout, such
+  as GPT-BigCode's per-head ``c_attn`` or Falcon's grouped ``query_key_value``, is not
+  guessed at): the attention of the GPT-2 family (:data:`CONTIGUOUS_C_ATTN`: ``c_attn``
+  with two or three times ``split_size`` outputs, query, key, value, or key and value
+  for cross-attention), Phi-3's attention (:data:`CONTIGUOUS_QKV_PROJ`: ``qkv_proj``
+  with ``num_attention_heads * head_dim`` query, then ``num_key_value_heads *
+  head_dim`` key and value outputs), the gated MLPs of Phi-3 and GLM
+  (:data:`GATE_THEN_UP`: ``gate_up_proj``, gate, then up, in halves), and the
+  attention of GPT-NeoX (Pythia), BLOOM and Persimmon (:data:`PER_HEAD_QKV`:
+  ``query_key_value`` holding query, key and value of each head in turn).
 
 The parts are consecutive ranges of the output features, or (``heads > 1``) ranges
 repeated in each of ``heads`` equal groups.
@@ -189,22 +191,46 @@ def make_packing(
     return Packing(tuple(found), transposed)
 
 
+#: Attention classes whose ``c_attn`` holds query, key and value (key and value for
+#: cross-attention) one after the other, ``split_size`` each (GPT-2's family).
+CONTIGUOUS_C_ATTN: tuple[str, ...] = (
+    "GPT2Attention",
+    "DecisionTransformerGPT2Attention",
+    "ImageGPTAttention",
+)
+#: Attention classes whose ``qkv_proj`` holds the query heads, then the key and the
+#: value heads (Phi-3's grouped-query layout).
+CONTIGUOUS_QKV_PROJ: tuple[str, ...] = ("Phi3Attention",)
+#: Gated MLP classes whose ``gate_up_proj`` holds the gate's outputs, then the up
+#: projection's, in halves.
+GATE_THEN_UP: tuple[str, ...] = ("Phi3MLP", "GlmMLP", "Glm4MLP")
+#: Attention classes whose ``query_key_value`` holds query, key and value of each head
+#: in turn.
+PER_HEAD_QKV: tuple[str, ...] = ("GPTNeoXAttention", "BloomAttention", "PersimmonAttention")
+
+
+def _of(module: nn.Module, classes: tuple[str, ...]) -> bool:
+    return type(module).__name__ in classes
+
+
+def _int_attribute(owner: object, name: str) -> int | None:
+    """A positive integer attribute, else ``None``."""
+    value = getattr(owner, name, None)
+    ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return value if ok else None
+
+
 def _gpt2_attention(module: nn.Module) -> Iterable[tuple[nn.Module, dict[str, int]]]:
     """GPT-2's attention: ``c_attn`` packs query, key, value (key, value for cross)."""
-    c_attn, split = getattr(module, "c_attn", None), getattr(module, "split_size", None)
-    if not isinstance(c_attn, nn.Module) or isinstance(split, bool) or not isinstance(split, int):
+    c_attn, split = getattr(module, "c_attn", None), _int_attribute(module, "split_size")
+    if not _of(module, CONTIGUOUS_C_ATTN) or not isinstance(c_attn, nn.Module) or not split:
         return []
     try:
         outputs, _ = _output_features(c_attn, None)
     except TypeError:
         return []
     names = {3 * split: ("query", "key", "value"), 2 * split: ("key", "value")}.get(outputs)
-    return [] if names is None or split <= 0 else [(c_attn, dict.fromkeys(names, split))]
-
-
-def _int_attribute(owner: object, name: str) -> int | None:
-    value = getattr(owner, name, None)
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return [] if names is None else [(c_attn, dict.fromkeys(names, split))]
 
 
 def _fused_attention(module: nn.Module) -> Iterable[tuple[nn.Module, dict[str, int]]]:
@@ -213,7 +239,9 @@ def _fused_attention(module: nn.Module) -> Iterable[tuple[nn.Module, dict[str, i
     head_dim = _int_attribute(module, "head_dim")
     kv_heads = _int_attribute(module, "num_key_value_heads")
     heads = _int_attribute(getattr(module, "config", None), "num_attention_heads")
-    if not isinstance(qkv, nn.Linear) or None in (head_dim, kv_heads, heads):
+    if not _of(module, CONTIGUOUS_QKV_PROJ) or not isinstance(qkv, nn.Linear):
+        return []
+    if head_dim is None or kv_heads is None or heads is None:
         return []
     sizes = {"query": heads * head_dim, "key": kv_heads * head_dim, "value": kv_heads * head_dim}
     return [(qkv, sizes)] if sum(sizes.values()) == qkv.out_features else []
@@ -222,21 +250,21 @@ def _fused_attention(module: nn.Module) -> Iterable[tuple[nn.Module, dict[str, i
 def _fused_gate_up(module: nn.Module) -> Iterable[tuple[nn.Module, dict[str, int]]]:
     """A gated MLP's ``gate_up_proj`` (Phi-3): the gate's outputs, then the up projection's."""
     gate_up = getattr(module, "gate_up_proj", None)
-    if not isinstance(gate_up, nn.Linear) or gate_up.out_features % 2:
+    if (
+        not _of(module, GATE_THEN_UP)
+        or not isinstance(gate_up, nn.Linear)
+        or gate_up.out_features % 2
+    ):
         return []
     half = gate_up.out_features // 2
     return [(gate_up, {"gate": half, "up": half})]
-
-
-#: Attention classes whose ``query_key_value`` holds ``[query, key, value]`` per head.
-PER_HEAD_QKV: tuple[str, ...] = ("GPTNeoXAttention", "BloomAttention")
 
 
 def _per_head_attention(module: nn.Module) -> Iterable[tuple[nn.Module, dict[str, int], int]]:
     """GPT-NeoX's and BLOOM's ``query_key_value``: query, key, value of each head in turn."""
     qkv = getattr(module, "query_key_value", None)
     head = _int_attribute(module, "head_size") or _int_attribute(module, "head_dim")
-    if type(module).__name__ not in PER_HEAD_QKV or not isinstance(qkv, nn.Linear) or not head:
+    if not _of(module, PER_HEAD_QKV) or not isinstance(qkv, nn.Linear) or not head:
         return []
     heads, rest = divmod(qkv.out_features, 3 * head)
     return [] if rest else [(qkv, dict.fromkeys(("query", "key", "value"), head), heads)]

@@ -360,20 +360,62 @@ class _PerHeadProjections(nn.Module):
         return torch.cat(parts, dim=-1).flatten(-2)
 
 
-def test_gpt_neox_per_head_projections_train_like_separate_ones() -> None:
-    config = transformers.GPTNeoXConfig(**SMALL, attention_bias=True)
+def _per_head_models() -> dict[str, tuple[Callable[[], nn.Module], str, str]]:
+    """Builders of models whose ``query_key_value`` interleaves the heads, the layers' path."""
+    bloom = transformers.BloomConfig(vocab_size=VOCABULARY, hidden_size=WIDTH, n_layer=2, n_head=2)
+    return {
+        "gpt_neox": (
+            lambda: transformers.GPTNeoXForCausalLM(
+                transformers.GPTNeoXConfig(**SMALL, attention_bias=True)
+            ),
+            "gpt_neox.layers",
+            "attention",
+        ),
+        "bloom": (lambda: transformers.BloomForCausalLM(bloom), "transformer.h", "self_attention"),
+        "persimmon": (
+            lambda: transformers.PersimmonForCausalLM(transformers.PersimmonConfig(**SMALL)),
+            "model.layers",
+            "self_attn",
+        ),
+    }
+
+
+@pytest.mark.parametrize("family", ["gpt_neox", "bloom", "persimmon"])
+def test_per_head_projections_train_like_separate_ones(family: str) -> None:
+    build, layers, attention = _per_head_models()[family]
     torch.manual_seed(0)
-    model = transformers.GPTNeoXForCausalLM(config).to(torch.float64).eval()
+    model = build().to(torch.float64).eval()
     twin = copy.deepcopy(model)
-    for layer in twin.gpt_neox.layers:
-        layer.attention.query_key_value = _PerHeadProjections(layer.attention.query_key_value, 2)
+    for layer in twin.get_submodule(layers):
+        owner = layer.get_submodule(attention)
+        owner.query_key_value = _PerHeadProjections(owner.query_key_value, 2)
     ids = torch.randint(0, VOCABULARY, (2, 8))
     torch.testing.assert_close(model(ids).logits, twin(ids).logits)  # the same function
     optimizer, twin_optimizer = _train_twins(model, twin, same_batch=True)
     for i in range(2):
-        name = f"gpt_neox.layers.{i}.attention.query_key_value"
+        name = f"{layers}.{i}.{attention}.query_key_value"
         names = {f"{name}.{p}": f"{name}.projections.{j}" for j, p in enumerate(QKV)}
         _assert_same_factors(optimizer, twin_optimizer, names)
+
+
+def test_glm_gated_mlp_splits_gate_and_up() -> None:
+    config = transformers.GlmConfig(
+        **SMALL, num_key_value_heads=1, head_dim=WIDTH // 2, pad_token_id=0, eos_token_id=1
+    )
+    optimizer = SINGD(transformers.GlmForCausalLM(config), lr=1e-3)
+    names = {block.name for block in optimizer.blocks}
+    assert {"model.layers.0.mlp.gate_up_proj.gate", "model.layers.0.mlp.gate_up_proj.up"} <= names
+
+
+def test_a_fused_map_of_unknown_layout_keeps_one_block() -> None:
+    """GPT-BigCode's ``c_attn`` (with ``split_size``) holds each head's query, key, value."""
+    config = transformers.GPTBigCodeConfig(
+        vocab_size=VOCABULARY, n_positions=16, n_embd=WIDTH, n_layer=1, n_head=2, multi_query=False
+    )
+    optimizer = SINGD(transformers.GPTBigCodeForCausalLM(config), lr=1e-3)
+    names = {block.name for block in optimizer.blocks}
+    assert "transformer.h.0.attn.c_attn" in names
+    assert not any(name.startswith("transformer.h.0.attn.c_attn.") for name in names)
 
 
 def _compiled_run(
