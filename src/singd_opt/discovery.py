@@ -276,7 +276,8 @@ class _Planner:
         """One Kronecker block per projection of a packed map (:mod:`singd_opt.packed`).
 
         Applies when the weight's group has ``packed_projections="split"``, the weight
-        is trained and held by this module alone. A bias that is 1-D with one entry per
+        is trained and held by this module alone (a shared weight is not split, with a
+        warning). A bias that is 1-D with one entry per
         output and held alone is split with it. Returns whether the module was taken.
 
         Raises:
@@ -286,9 +287,15 @@ class _Planner:
         if (
             not self.trained(weight)
             or id(weight) in self.claimed
-            or len(self.holders[id(weight)]) != 1
             or self.groups[self.group_of[id(weight)]]["packed_projections"] != "split"
         ):
+            return False
+        if len(self.holders[id(weight)]) != 1:
+            users = sorted(n for n, _ in self.holders[id(weight)])
+            warn_user(
+                f"the packed map {name!r} shares its weight with {users}; its projections "
+                "are not split"
+            )
             return False
         bias = getattr(module, "bias", None)
         outputs = packing.outputs

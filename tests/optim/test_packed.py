@@ -232,6 +232,17 @@ def test_a_weight_and_bias_in_different_groups_are_refused() -> None:
         SINGD(packed, groups, lr=0.01)
 
 
+def test_a_shared_packed_weight_is_not_split_and_says_so() -> None:
+    packed, _ = _models(transposed=False)
+    twin = nn.Linear(WIDTH, sum(SIZES.values())).double()
+    twin.weight = packed.qkv.weight
+    model = nn.ModuleDict({"packed": packed, "twin": twin})
+    with pytest.warns(UserWarning, match=r"packed map 'packed.qkv' shares its weight with"):
+        optimizer = SINGD(model, lr=0.01)
+    names = {block.name for block in optimizer.blocks}
+    assert not names & {f"packed.qkv.{part}" for part in SIZES}
+
+
 def test_a_checkpoint_of_split_blocks_resumes_exactly() -> None:
     packed, _ = _models(transposed=True)
     resumed = copy.deepcopy(packed)  # the declaration travels with the module
