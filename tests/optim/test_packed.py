@@ -237,8 +237,12 @@ def test_a_shared_packed_weight_is_not_split_and_says_so() -> None:
     twin = nn.Linear(WIDTH, sum(SIZES.values())).double()
     twin.weight = packed.qkv.weight
     model = nn.ModuleDict({"packed": packed, "twin": twin})
-    with pytest.warns(UserWarning, match=r"packed map 'packed.qkv' shares its weight with"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         optimizer = SINGD(model, lr=0.01)
+    messages = [str(w.message) for w in caught]
+    assert any("packed map 'packed.qkv' shares its weight with" in m for m in messages)
+    assert any("trained with the element-wise rule" in m for m in messages)  # the shared map
     names = {block.name for block in optimizer.blocks}
     assert not names & {f"packed.qkv.{part}" for part in SIZES}
 
