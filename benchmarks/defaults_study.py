@@ -590,7 +590,7 @@ def main(argv: list[str] | None = None) -> None:
                 str(seed): run(workload, candidate, entry["best_lr"], seed)["final_loss"]
                 for seed in args.seeds
             }
-            entry["seed_finals"] = finals
+            entry["seed_finals"] = {**entry.get("seed_finals", {}), **finals}
             print(f"{model_name:7s} {candidate:28s} lr {entry['best_lr']:g} seeds {finals}")
     for model_name in args.models if not args.seeds else []:
         workload = WORKLOADS[model_name]
