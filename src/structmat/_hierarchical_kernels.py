@@ -62,8 +62,10 @@ def right_product(W: Tensor, parts: Parts, transpose: bool) -> Tensor:
         transpose: Whether to multiply by :math:`H^\top`.
 
     Returns:
-        Shape ``(n, d)``, contiguous. :math:`O(n d k)`; the blocks are written once
-        and joined by one copy.
+        Shape ``(n, d)``, contiguous. :math:`O(n d k)`: the two products with the wide
+        :math:`W_c` (or the two updates of the wide middle block) run as one GEMM of
+        rank :math:`k`, one pass over the wide operand instead of two; the blocks are
+        joined by one copy.
     """
     A, B, C, D, E = parts
     k1, dc, k2 = _sizes(parts)
@@ -71,11 +73,12 @@ def right_product(W: Tensor, parts: Parts, transpose: bool) -> Tensor:
     B_c, B_e = B.split([dc, k2], dim=1)
     middle = W_c * C
     if transpose:
-        first = (W_a @ A.mT).addmm_(W_c, B_c.mT).addmm_(W_e, B_e.mT)
-        last = (W_e @ E.mT).addmm_(W_c, D.mT)
+        arms = W_c @ torch.cat([B_c, D]).mT  # (W_c B_c^T | W_c D^T)
+        first = torch.addmm(arms[:, :k1], W_a, A.mT).addmm_(W_e, B_e.mT)
+        last = torch.addmm(arms[:, k1:], W_e, E.mT)
     else:
         first = W_a @ A
-        middle.addmm_(W_a, B_c).addmm_(W_e, D)
+        middle.addmm_(torch.cat([W_a, W_e], dim=1), torch.cat([B_c, D]))
         last = (W_e @ E).addmm_(W_a, B_e)
     return torch.cat([first, middle, last], dim=1)
 
@@ -94,7 +97,8 @@ def left_product(X: Tensor, parts: Parts, transpose: bool) -> Tensor:
         transpose: Whether to multiply by :math:`H^\top`.
 
     Returns:
-        Shape ``(d, n)``, contiguous. :math:`O(n d k)`.
+        Shape ``(d, n)``, contiguous. :math:`O(n d k)`, with one pass over the wide
+        :math:`X_c` or middle block as in :func:`right_product`.
     """
     A, B, C, D, E = parts
     k1, dc, k2 = _sizes(parts)
@@ -103,11 +107,12 @@ def left_product(X: Tensor, parts: Parts, transpose: bool) -> Tensor:
     middle = C.unsqueeze(1) * X_c
     if transpose:
         first = A.mT @ X_a
-        middle.addmm_(B_c.mT, X_a).addmm_(D.mT, X_e)
+        middle.addmm_(torch.cat([B_c, D]).mT, torch.cat([X_a, X_e]))
         last = (E.mT @ X_e).addmm_(B_e.mT, X_a)
     else:
-        first = (A @ X_a).addmm_(B_c, X_c).addmm_(B_e, X_e)
-        last = (E @ X_e).addmm_(D, X_c)
+        arms = torch.cat([B_c, D]) @ X_c  # (B_c X_c; D X_c)
+        first = torch.addmm(arms[:k1], A, X_a).addmm_(B_e, X_e)
+        last = torch.addmm(arms[k1:], E, X_e)
     return torch.cat([first, middle, last])
 
 
