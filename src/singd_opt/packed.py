@@ -17,16 +17,20 @@ A packing is a declared fact about a module, never guessed from the data:
   map (it sets the module attribute ``singd_packed_outputs``, which survives
   ``copy.deepcopy`` and wins over the rules);
 - the rules in :data:`KNOWN_PACKINGS` declare it for the Hugging Face classes whose
-  layout they know, by class name (a model whose fused map has another layout, such
-  as GPT-BigCode's per-head ``c_attn`` or Falcon's grouped ``query_key_value``, is not
-  guessed at): the attention of the GPT-2 family (:data:`CONTIGUOUS_C_ATTN`: ``c_attn``
-  with two or three times ``split_size`` outputs, query, key, value, or key and value
-  for cross-attention), Phi-3's attention (:data:`CONTIGUOUS_QKV_PROJ`: ``qkv_proj``
-  with ``num_attention_heads * head_dim`` query, then ``num_key_value_heads *
-  head_dim`` key and value outputs), the gated MLPs of Phi-3 and GLM
-  (:data:`GATE_THEN_UP`: ``gate_up_proj``, gate, then up, in halves), and the
-  attention of GPT-NeoX (Pythia), BLOOM and Persimmon (:data:`PER_HEAD_QKV`:
-  ``query_key_value`` holding query, key and value of each head in turn).
+  layout they know, by class name (a fused map of another layout, such as Falcon's
+  grouped ``query_key_value``, is not guessed at):
+
+  - :data:`CONTIGUOUS_C_ATTN` (GPT-2's family): ``c_attn`` with two or three times
+    ``split_size`` outputs, query, key, value, or key and value for cross-attention;
+  - :data:`CONTIGUOUS_QKV_PROJ` (Phi-3): ``qkv_proj`` with ``num_attention_heads *
+    head_dim`` query, then ``num_key_value_heads * head_dim`` key and value outputs;
+  - :data:`GATE_THEN_UP` (the gated MLPs of Phi-3 and GLM): ``gate_up_proj``, gate,
+    then up, in halves;
+  - :data:`PER_HEAD_QKV` (GPT-NeoX, BLOOM, Persimmon): ``query_key_value`` holding
+    query, key and value of each head in turn;
+  - :data:`QUERY_THEN_KEY_VALUE_OR_PER_HEAD` (GPT-BigCode, StarCoder): the
+    self-attention's ``c_attn`` with the query heads, then one key and one value head
+    (``multi_query``), else query, key and value of each head in turn.
 
 The parts are consecutive ranges of the output features, or (``heads > 1``) ranges
 repeated in each of ``heads`` equal groups.
@@ -204,6 +208,9 @@ CONTIGUOUS_QKV_PROJ: tuple[str, ...] = ("Phi3Attention",)
 #: Gated MLP classes whose ``gate_up_proj`` holds the gate's outputs, then the up
 #: projection's, in halves.
 GATE_THEN_UP: tuple[str, ...] = ("Phi3MLP", "GlmMLP", "Glm4MLP")
+#: Attention classes whose ``c_attn`` holds the query heads, then the key and the value
+#: heads (``multi_query``), else query, key and value of each head in turn (GPT-BigCode).
+QUERY_THEN_KEY_VALUE_OR_PER_HEAD: tuple[str, ...] = ("GPTBigCodeAttention",)
 #: Attention classes whose ``query_key_value`` holds query, key and value of each head
 #: in turn.
 PER_HEAD_QKV: tuple[str, ...] = ("GPTNeoXAttention", "BloomAttention", "PersimmonAttention")
@@ -270,6 +277,26 @@ def _per_head_attention(module: nn.Module) -> Iterable[tuple[nn.Module, dict[str
     return [] if rest else [(qkv, dict.fromkeys(("query", "key", "value"), head), heads)]
 
 
+def _gpt_bigcode_attention(module: nn.Module) -> Iterable[tuple[Any, ...]]:
+    """GPT-BigCode's self-attention ``c_attn``: by query, key, value, or per head."""
+    c_attn = getattr(module, "c_attn", None)
+    head, heads = _int_attribute(module, "head_dim"), _int_attribute(module, "num_heads")
+    if (
+        not _of(module, QUERY_THEN_KEY_VALUE_OR_PER_HEAD)
+        or getattr(module, "is_cross_attention", True)
+        or not isinstance(c_attn, nn.Linear)
+        or head is None
+        or heads is None
+    ):
+        return []
+    if getattr(module, "multi_query", False):
+        sizes = {"query": heads * head, "key": head, "value": head}
+        return [(c_attn, sizes)] if sum(sizes.values()) == c_attn.out_features else []
+    if c_attn.out_features != 3 * heads * head:
+        return []
+    return [(c_attn, dict.fromkeys(("query", "key", "value"), head), heads)]
+
+
 #: Rules that declare the packings of known models: each takes a module and returns
 #: ``(packed submodule, {part name: size})`` pairs, or ``(..., heads)`` triples for
 #: outputs interleaved per head.
@@ -278,6 +305,7 @@ KNOWN_PACKINGS: list[Callable[[nn.Module], Iterable[tuple[Any, ...]]]] = [
     _fused_attention,
     _fused_gate_up,
     _per_head_attention,
+    _gpt_bigcode_attention,
 ]
 
 

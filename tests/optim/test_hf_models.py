@@ -408,14 +408,63 @@ def test_glm_gated_mlp_splits_gate_and_up() -> None:
 
 
 def test_a_fused_map_of_unknown_layout_keeps_one_block() -> None:
-    """GPT-BigCode's ``c_attn`` (with ``split_size``) holds each head's query, key, value."""
-    config = transformers.GPTBigCodeConfig(
-        vocab_size=VOCABULARY, n_positions=16, n_embd=WIDTH, n_layer=1, n_head=2, multi_query=False
+    """Falcon's ``query_key_value`` (several layouts by config) is not guessed at."""
+    config = transformers.FalconConfig(
+        vocab_size=VOCABULARY, hidden_size=WIDTH, num_hidden_layers=1, num_attention_heads=2
     )
-    optimizer = SINGD(transformers.GPTBigCodeForCausalLM(config), lr=1e-3)
+    optimizer = SINGD(transformers.FalconForCausalLM(config), lr=1e-3)
     names = {block.name for block in optimizer.blocks}
-    assert "transformer.h.0.attn.c_attn" in names
-    assert not any(name.startswith("transformer.h.0.attn.c_attn.") for name in names)
+    qkv = "transformer.h.0.self_attention.query_key_value"
+    assert qkv in names and not any(name.startswith(qkv + ".") for name in names)
+
+
+class _ContiguousProjections(nn.Module):
+    """A packed ``nn.Linear`` as one ``nn.Linear`` per consecutive block of outputs."""
+
+    def __init__(self, packed: nn.Linear, sizes: list[int]) -> None:
+        super().__init__()
+        self.projections = nn.ModuleList()
+        start = 0
+        for size in sizes:
+            layer = nn.Linear(packed.in_features, size).to(packed.weight.dtype)
+            with torch.no_grad():
+                layer.weight.copy_(packed.weight[start : start + size])
+                layer.bias.copy_(packed.bias[start : start + size])
+            self.projections.append(layer)
+            start += size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([layer(x) for layer in self.projections], dim=-1)
+
+
+@pytest.mark.parametrize("multi_query", [True, False], ids=["multi-query", "per-head"])
+def test_gpt_bigcode_projections_train_like_separate_ones(multi_query: bool) -> None:
+    config = transformers.GPTBigCodeConfig(
+        vocab_size=VOCABULARY,
+        n_positions=16,
+        n_embd=WIDTH,
+        n_layer=2,
+        n_head=2,
+        multi_query=multi_query,
+    )
+    torch.manual_seed(0)
+    model = transformers.GPTBigCodeForCausalLM(config).to(torch.float64).eval()
+    twin = copy.deepcopy(model)
+    head = WIDTH // 2
+    for block in twin.transformer.h:
+        packed = block.attn.c_attn
+        block.attn.c_attn = (
+            _ContiguousProjections(packed, [WIDTH, head, head])
+            if multi_query
+            else _PerHeadProjections(packed, 2)
+        )
+    ids = torch.randint(0, VOCABULARY, (2, 8))
+    torch.testing.assert_close(model(ids).logits, twin(ids).logits)  # the same function
+    optimizer, twin_optimizer = _train_twins(model, twin, same_batch=True)
+    for i in range(2):
+        name = f"transformer.h.{i}.attn.c_attn"
+        names = {f"{name}.{p}": f"{name}.projections.{j}" for j, p in enumerate(QKV)}
+        _assert_same_factors(optimizer, twin_optimizer, names)
 
 
 def _compiled_run(
