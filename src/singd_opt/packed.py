@@ -17,8 +17,8 @@ A packing is a declared fact about a module, never guessed from the data:
   map (it sets the module attribute ``singd_packed_outputs``, which survives
   ``copy.deepcopy`` and wins over the rules);
 - the rules in :data:`KNOWN_PACKINGS` declare it for the Hugging Face classes whose
-  layout they know, by class name (a fused map of another layout, such as Falcon's
-  grouped ``query_key_value``, is not guessed at):
+  layout they know, by class name (a fused map of another layout, such as CodeGen's
+  ``qkv_proj``, is not guessed at):
 
   - :data:`CONTIGUOUS_C_ATTN` (GPT-2's family): ``c_attn`` with two or three times
     ``split_size`` outputs, query, key, value, or key and value for cross-attention;
@@ -30,7 +30,9 @@ A packing is a declared fact about a module, never guessed from the data:
     query, key and value of each head in turn;
   - :data:`QUERY_THEN_KEY_VALUE_OR_PER_HEAD` (GPT-BigCode, StarCoder): the
     self-attention's ``c_attn`` with the query heads, then one key and one value head
-    (``multi_query``), else query, key and value of each head in turn.
+    (``multi_query``), else query, key and value of each head in turn;
+  - :data:`FALCON_QKV` (Falcon): ``query_key_value`` by key-value group, by query then
+    key and value, or per head, as its configuration says.
 
 The parts are consecutive ranges of the output features, or (``heads > 1``) ranges
 repeated in each of ``heads`` equal groups.
@@ -211,6 +213,10 @@ GATE_THEN_UP: tuple[str, ...] = ("Phi3MLP", "GlmMLP", "Glm4MLP")
 #: Attention classes whose ``c_attn`` holds the query heads, then the key and the value
 #: heads (``multi_query``), else query, key and value of each head in turn (GPT-BigCode).
 QUERY_THEN_KEY_VALUE_OR_PER_HEAD: tuple[str, ...] = ("GPTBigCodeAttention",)
+#: Attention classes whose ``query_key_value`` holds, for ``new_decoder_architecture``,
+#: each key-value group's query heads, key and value in turn; for ``multi_query`` the
+#: query heads, then one key and one value head; else each head's query, key, value.
+FALCON_QKV: tuple[str, ...] = ("FalconAttention",)
 #: Attention classes whose ``query_key_value`` holds query, key and value of each head
 #: in turn.
 PER_HEAD_QKV: tuple[str, ...] = ("GPTNeoXAttention", "BloomAttention", "PersimmonAttention")
@@ -297,6 +303,24 @@ def _gpt_bigcode_attention(module: nn.Module) -> Iterable[tuple[Any, ...]]:
     return [(c_attn, dict.fromkeys(("query", "key", "value"), head), heads)]
 
 
+def _falcon_attention(module: nn.Module) -> Iterable[tuple[Any, ...]]:
+    """Falcon's ``query_key_value`` in its three layouts (see :data:`FALCON_QKV`)."""
+    qkv = getattr(module, "query_key_value", None)
+    head, heads = _int_attribute(module, "head_dim"), _int_attribute(module, "num_heads")
+    groups = _int_attribute(module, "num_kv_heads")
+    if not _of(module, FALCON_QKV) or not isinstance(qkv, nn.Linear):
+        return []
+    if head is None or heads is None or groups is None or heads % groups:
+        return []
+    if getattr(module, "new_decoder_architecture", False):
+        sizes = {"query": heads // groups * head, "key": head, "value": head}
+    elif getattr(module, "multi_query", False):
+        sizes, groups = {"query": heads * head, "key": head, "value": head}, 1
+    else:
+        sizes, groups = dict.fromkeys(("query", "key", "value"), head), heads
+    return [(qkv, sizes, groups)] if groups * sum(sizes.values()) == qkv.out_features else []
+
+
 #: Rules that declare the packings of known models: each takes a module and returns
 #: ``(packed submodule, {part name: size})`` pairs, or ``(..., heads)`` triples for
 #: outputs interleaved per head.
@@ -306,6 +330,7 @@ KNOWN_PACKINGS: list[Callable[[nn.Module], Iterable[tuple[Any, ...]]]] = [
     _fused_gate_up,
     _per_head_attention,
     _gpt_bigcode_attention,
+    _falcon_attention,
 ]
 
 

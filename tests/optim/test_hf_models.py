@@ -339,25 +339,39 @@ def test_phi3_fused_projections_train_like_separate_ones() -> None:
         _assert_same_factors(optimizer, twin_optimizer, names)
 
 
-class _PerHeadProjections(nn.Module):
-    """GPT-NeoX's ``query_key_value`` as three ``nn.Linear``, interleaved per head again."""
+class _GroupedProjections(nn.Module):
+    """A packed ``nn.Linear`` as one ``nn.Linear`` per projection.
 
-    def __init__(self, packed: nn.Linear, heads: int) -> None:
+    The packed outputs are ``groups`` equal groups, each holding ``sizes[j]`` outputs of
+    projection ``j`` in turn (one group: the projections one after the other); the
+    twin recomputes that layout from the separate layers.
+    """
+
+    def __init__(self, packed: nn.Linear, groups: int, sizes: list[int]) -> None:
         super().__init__()
-        size = packed.out_features // (3 * heads)
-        self.heads = heads
+        self.groups = groups
         self.projections = nn.ModuleList()
-        for j in range(3):
-            rows = [h * 3 * size + j * size + i for h in range(heads) for i in range(size)]
-            layer = nn.Linear(packed.in_features, heads * size).to(packed.weight.dtype)
+        group = sum(sizes)
+        for j, size in enumerate(sizes):
+            offset = sum(sizes[:j])
+            rows = [g * group + offset + i for g in range(groups) for i in range(size)]
+            bias = packed.bias is not None
+            layer = nn.Linear(packed.in_features, groups * size, bias=bias)
+            layer = layer.to(packed.weight.dtype)
             with torch.no_grad():
                 layer.weight.copy_(packed.weight[rows])
-                layer.bias.copy_(packed.bias[rows])
+                if bias:
+                    layer.bias.copy_(packed.bias[rows])
             self.projections.append(layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        parts = [layer(x).unflatten(-1, (self.heads, -1)) for layer in self.projections]
+        parts = [layer(x).unflatten(-1, (self.groups, -1)) for layer in self.projections]
         return torch.cat(parts, dim=-1).flatten(-2)
+
+
+def _per_head(packed: nn.Linear, heads: int) -> nn.Module:
+    """Query, key and value of each of ``heads`` heads in turn, as three layers."""
+    return _GroupedProjections(packed, heads, [packed.out_features // (3 * heads)] * 3)
 
 
 def _per_head_models() -> dict[str, tuple[Callable[[], nn.Module], str, str]]:
@@ -388,7 +402,7 @@ def test_per_head_projections_train_like_separate_ones(family: str) -> None:
     twin = copy.deepcopy(model)
     for layer in twin.get_submodule(layers):
         owner = layer.get_submodule(attention)
-        owner.query_key_value = _PerHeadProjections(owner.query_key_value, 2)
+        owner.query_key_value = _per_head(owner.query_key_value, 2)
     ids = torch.randint(0, VOCABULARY, (2, 8))
     torch.testing.assert_close(model(ids).logits, twin(ids).logits)  # the same function
     optimizer, twin_optimizer = _train_twins(model, twin, same_batch=True)
@@ -408,33 +422,51 @@ def test_glm_gated_mlp_splits_gate_and_up() -> None:
 
 
 def test_a_fused_map_of_unknown_layout_keeps_one_block() -> None:
-    """Falcon's ``query_key_value`` (several layouts by config) is not guessed at."""
-    config = transformers.FalconConfig(
-        vocab_size=VOCABULARY, hidden_size=WIDTH, num_hidden_layers=1, num_attention_heads=2
+    """CodeGen's ``qkv_proj`` (its own interleaving) is not guessed at."""
+    config = transformers.CodeGenConfig(
+        vocab_size=VOCABULARY, n_positions=16, n_embd=WIDTH, n_layer=1, n_head=2, rotary_dim=4
     )
-    optimizer = SINGD(transformers.FalconForCausalLM(config), lr=1e-3)
+    optimizer = SINGD(transformers.CodeGenForCausalLM(config), lr=1e-3)
     names = {block.name for block in optimizer.blocks}
-    qkv = "transformer.h.0.self_attention.query_key_value"
+    qkv = "transformer.h.0.attn.qkv_proj"
     assert qkv in names and not any(name.startswith(qkv + ".") for name in names)
 
 
-class _ContiguousProjections(nn.Module):
-    """A packed ``nn.Linear`` as one ``nn.Linear`` per consecutive block of outputs."""
-
-    def __init__(self, packed: nn.Linear, sizes: list[int]) -> None:
-        super().__init__()
-        self.projections = nn.ModuleList()
-        start = 0
-        for size in sizes:
-            layer = nn.Linear(packed.in_features, size).to(packed.weight.dtype)
-            with torch.no_grad():
-                layer.weight.copy_(packed.weight[start : start + size])
-                layer.bias.copy_(packed.bias[start : start + size])
-            self.projections.append(layer)
-            start += size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([layer(x) for layer in self.projections], dim=-1)
+@pytest.mark.parametrize(
+    ("layout", "options", "groups", "sizes"),
+    [
+        # query, key, value of each head in turn
+        ("per-head", {"multi_query": False}, 4, [4, 4, 4]),
+        # the query heads, then one key and one value head
+        ("multi-query", {"multi_query": True}, 1, [16, 4, 4]),
+        # 2 groups of 2 query heads, the group's key and value
+        ("grouped", {"new_decoder_architecture": True, "num_kv_heads": 2}, 2, [8, 4, 4]),
+    ],
+)
+def test_falcon_projections_train_like_separate_ones(
+    layout: str, options: dict[str, Any], groups: int, sizes: list[int]
+) -> None:
+    config = transformers.FalconConfig(
+        vocab_size=VOCABULARY,
+        hidden_size=WIDTH,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        bias=True,
+        **options,
+    )
+    torch.manual_seed(0)
+    model = transformers.FalconForCausalLM(config).to(torch.float64).eval()
+    twin = copy.deepcopy(model)
+    for block in twin.transformer.h:
+        attention = block.self_attention
+        attention.query_key_value = _GroupedProjections(attention.query_key_value, groups, sizes)
+    ids = torch.randint(0, VOCABULARY, (2, 8))
+    torch.testing.assert_close(model(ids).logits, twin(ids).logits)  # the same function
+    optimizer, twin_optimizer = _train_twins(model, twin, same_batch=True)
+    for i in range(2):
+        name = f"transformer.h.{i}.self_attention.query_key_value"
+        names = {f"{name}.{p}": f"{name}.projections.{j}" for j, p in enumerate(QKV)}
+        _assert_same_factors(optimizer, twin_optimizer, names)
 
 
 @pytest.mark.parametrize("multi_query", [True, False], ids=["multi-query", "per-head"])
@@ -454,9 +486,9 @@ def test_gpt_bigcode_projections_train_like_separate_ones(multi_query: bool) -> 
     for block in twin.transformer.h:
         packed = block.attn.c_attn
         block.attn.c_attn = (
-            _ContiguousProjections(packed, [WIDTH, head, head])
+            _GroupedProjections(packed, 1, [WIDTH, head, head])
             if multi_query
-            else _PerHeadProjections(packed, 2)
+            else _per_head(packed, 2)
         )
     ids = torch.randint(0, VOCABULARY, (2, 8))
     torch.testing.assert_close(model(ids).logits, twin(ids).logits)  # the same function
