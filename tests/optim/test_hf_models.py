@@ -32,13 +32,12 @@ SMALL = {
     "intermediate_size": 2 * WIDTH,
     "max_position_embeddings": 16,
 }
+#: The same for the configs of GPT-2's naming.
+SMALL_GPT = {"vocab_size": VOCABULARY, "n_positions": 16, "n_embd": WIDTH, "n_head": 2}
 
 
 def gpt2() -> nn.Module:
-    config = transformers.GPT2Config(
-        vocab_size=VOCABULARY, n_positions=16, n_embd=WIDTH, n_layer=2, n_head=2
-    )
-    return transformers.GPT2LMHeadModel(config)
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(**SMALL_GPT, n_layer=2))
 
 
 def llama() -> nn.Module:
@@ -257,14 +256,7 @@ def test_gpt2_packed_attention_trains_like_three_separate_projections() -> None:
 
 
 def test_gpt2_cross_attention_splits_key_and_value() -> None:
-    config = transformers.GPT2Config(
-        vocab_size=VOCABULARY,
-        n_positions=16,
-        n_embd=WIDTH,
-        n_layer=1,
-        n_head=2,
-        add_cross_attention=True,
-    )
+    config = transformers.GPT2Config(**SMALL_GPT, n_layer=1, add_cross_attention=True)
     torch.manual_seed(0)
     model = transformers.GPT2LMHeadModel(config).eval()
     optimizer = SINGD(model, lr=1e-3)
@@ -374,6 +366,31 @@ def _per_head(packed: nn.Linear, heads: int) -> nn.Module:
     return _GroupedProjections(packed, heads, [packed.out_features // (3 * heads)] * 3)
 
 
+def _check_against_separate_projections(
+    model: nn.Module, layers: str, path: str, separate: Callable[[nn.Linear], nn.Module]
+) -> None:
+    """``model`` trains like a copy whose packed query/key/value maps are separate layers.
+
+    The map ``<layers>.<i>.<path>`` of every layer is replaced in the copy by
+    ``separate(map)`` (projections ``0, 1, 2``); both compute the same function, and
+    losses, ``K`` and ``C`` agree to 1e-12 in float64.
+    """
+    torch.manual_seed(0)
+    model = model.to(torch.float64).eval()
+    twin = copy.deepcopy(model)
+    owner_path, _, attribute = path.rpartition(".")
+    for layer in twin.get_submodule(layers):
+        owner = layer.get_submodule(owner_path)
+        setattr(owner, attribute, separate(getattr(owner, attribute)))
+    ids = torch.randint(0, VOCABULARY, (2, 8))
+    torch.testing.assert_close(model(ids).logits, twin(ids).logits)  # the same function
+    optimizer, twin_optimizer = _train_twins(model, twin, same_batch=True)
+    for i in range(len(twin.get_submodule(layers))):
+        name = f"{layers}.{i}.{path}"
+        names = {f"{name}.{p}": f"{name}.projections.{j}" for j, p in enumerate(QKV)}
+        _assert_same_factors(optimizer, twin_optimizer, names)
+
+
 def _per_head_models() -> dict[str, tuple[Callable[[], nn.Module], str, str]]:
     """Builders of models whose ``query_key_value`` interleaves the heads, the layers' path."""
     bloom = transformers.BloomConfig(vocab_size=VOCABULARY, hidden_size=WIDTH, n_layer=2, n_head=2)
@@ -398,18 +415,9 @@ def _per_head_models() -> dict[str, tuple[Callable[[], nn.Module], str, str]]:
 def test_per_head_projections_train_like_separate_ones(family: str) -> None:
     build, layers, attention = _per_head_models()[family]
     torch.manual_seed(0)
-    model = build().to(torch.float64).eval()
-    twin = copy.deepcopy(model)
-    for layer in twin.get_submodule(layers):
-        owner = layer.get_submodule(attention)
-        owner.query_key_value = _per_head(owner.query_key_value, 2)
-    ids = torch.randint(0, VOCABULARY, (2, 8))
-    torch.testing.assert_close(model(ids).logits, twin(ids).logits)  # the same function
-    optimizer, twin_optimizer = _train_twins(model, twin, same_batch=True)
-    for i in range(2):
-        name = f"{layers}.{i}.{attention}.query_key_value"
-        names = {f"{name}.{p}": f"{name}.projections.{j}" for j, p in enumerate(QKV)}
-        _assert_same_factors(optimizer, twin_optimizer, names)
+    _check_against_separate_projections(
+        build(), layers, f"{attention}.query_key_value", lambda packed: _per_head(packed, 2)
+    )
 
 
 def test_glm_gated_mlp_splits_gate_and_up() -> None:
@@ -423,9 +431,7 @@ def test_glm_gated_mlp_splits_gate_and_up() -> None:
 
 def test_a_fused_map_of_unknown_layout_keeps_one_block() -> None:
     """CodeGen's ``qkv_proj`` (its own interleaving) is not guessed at."""
-    config = transformers.CodeGenConfig(
-        vocab_size=VOCABULARY, n_positions=16, n_embd=WIDTH, n_layer=1, n_head=2, rotary_dim=4
-    )
+    config = transformers.CodeGenConfig(**SMALL_GPT, n_layer=1, rotary_dim=4)
     optimizer = SINGD(transformers.CodeGenForCausalLM(config), lr=1e-3)
     names = {block.name for block in optimizer.blocks}
     qkv = "transformer.h.0.attn.qkv_proj"
@@ -455,48 +461,29 @@ def test_falcon_projections_train_like_separate_ones(
         **options,
     )
     torch.manual_seed(0)
-    model = transformers.FalconForCausalLM(config).to(torch.float64).eval()
-    twin = copy.deepcopy(model)
-    for block in twin.transformer.h:
-        attention = block.self_attention
-        attention.query_key_value = _GroupedProjections(attention.query_key_value, groups, sizes)
-    ids = torch.randint(0, VOCABULARY, (2, 8))
-    torch.testing.assert_close(model(ids).logits, twin(ids).logits)  # the same function
-    optimizer, twin_optimizer = _train_twins(model, twin, same_batch=True)
-    for i in range(2):
-        name = f"transformer.h.{i}.self_attention.query_key_value"
-        names = {f"{name}.{p}": f"{name}.projections.{j}" for j, p in enumerate(QKV)}
-        _assert_same_factors(optimizer, twin_optimizer, names)
+    _check_against_separate_projections(
+        transformers.FalconForCausalLM(config),
+        "transformer.h",
+        "self_attention.query_key_value",
+        lambda packed: _GroupedProjections(packed, groups, sizes),
+    )
 
 
 @pytest.mark.parametrize("multi_query", [True, False], ids=["multi-query", "per-head"])
 def test_gpt_bigcode_projections_train_like_separate_ones(multi_query: bool) -> None:
-    config = transformers.GPTBigCodeConfig(
-        vocab_size=VOCABULARY,
-        n_positions=16,
-        n_embd=WIDTH,
-        n_layer=2,
-        n_head=2,
-        multi_query=multi_query,
-    )
-    torch.manual_seed(0)
-    model = transformers.GPTBigCodeForCausalLM(config).to(torch.float64).eval()
-    twin = copy.deepcopy(model)
+    config = transformers.GPTBigCodeConfig(**SMALL_GPT, n_layer=2, multi_query=multi_query)
     head = WIDTH // 2
-    for block in twin.transformer.h:
-        packed = block.attn.c_attn
-        block.attn.c_attn = (
+    torch.manual_seed(0)
+    _check_against_separate_projections(
+        transformers.GPTBigCodeForCausalLM(config),
+        "transformer.h",
+        "attn.c_attn",
+        lambda packed: (
             _GroupedProjections(packed, 1, [WIDTH, head, head])
             if multi_query
             else _per_head(packed, 2)
-        )
-    ids = torch.randint(0, VOCABULARY, (2, 8))
-    torch.testing.assert_close(model(ids).logits, twin(ids).logits)  # the same function
-    optimizer, twin_optimizer = _train_twins(model, twin, same_batch=True)
-    for i in range(2):
-        name = f"transformer.h.{i}.attn.c_attn"
-        names = {f"{name}.{p}": f"{name}.projections.{j}" for j, p in enumerate(QKV)}
-        _assert_same_factors(optimizer, twin_optimizer, names)
+        ),
+    )
 
 
 def _compiled_run(
