@@ -189,7 +189,11 @@ class PackedTarget:
             param_name: The weight's name (for messages).
             record: Hands each block's part of a call to the optimizer.
         """
-        self.parts = parts
+        # interleaved features as an index tensor, made once
+        self.parts = [
+            (block, rows if isinstance(rows, slice) else torch.tensor(rows))
+            for block, rows in parts
+        ]
         self.transposed = transposed
         self.param_name = param_name
         self.record = record
@@ -214,7 +218,7 @@ class PackedTarget:
                 if isinstance(rows, slice):
                     record(block, x, grad_output[..., rows])
                 else:
-                    index = torch.tensor(rows, device=grad_output.device)
+                    index = rows.to(grad_output.device)
                     record(block, x, grad_output.index_select(-1, index))
 
         hook_output(call.output, call.x, record_parts)

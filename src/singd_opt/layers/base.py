@@ -26,6 +26,7 @@ parameter stored as :math:`W^\top`): :class:`ParameterRows`.
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -64,8 +65,14 @@ class ParameterRows:
         if rows is None:
             return (slice(None),)
         if not isinstance(rows, slice):
-            rows = torch.tensor(rows, device=self.param.device)
+            rows = self._row_indices.to(self.param.device)  # no copy on the same device
         return (slice(None),) * self.dim + (rows,)
+
+    @functools.cached_property
+    def _row_indices(self) -> Tensor:
+        """The indices of interleaved rows as a tensor, made once."""
+        assert isinstance(self.row_slice, tuple)
+        return torch.tensor(self.row_slice)
 
     @property
     def label(self) -> str:
