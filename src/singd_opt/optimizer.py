@@ -31,13 +31,14 @@ from singd_opt.diagnostics import (
     scaler_disagreement,
     warn_unrecorded,
 )
-from singd_opt.discovery import parameter_names, plan_blocks, unwrap_model
+from singd_opt.discovery import plan_blocks
 from singd_opt.distributed.collectives import CommunicationStats
 from singd_opt.distributed.setup import check_distribute, make_sync
 from singd_opt.forward_switch import MapCapture
 from singd_opt.grad_scale import GradScales
 from singd_opt.layers import LOSS_AVERAGES, SUPPORTED_MODULES
 from singd_opt.layers import preconditioner_dims as _preconditioner_dims
+from singd_opt.model_access import parameter_names, unwrap_model
 from singd_opt.param_groups import parameter_groups
 from singd_opt.structure_choice import warn_large_factors
 from singd_opt.update import all_finite, apply_directions
