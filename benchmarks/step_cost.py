@@ -173,14 +173,38 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             results[name] = measure(name, ["adamw", *args.structures], args.rounds, args.steps)
             print(name, {k: round(r["vs_adamw"], 2) for k, r in results[name].items()}, flush=True)
     print(table(results))
+    return write_results(args.output, results, args.rounds, args.steps, load_start, start)
+
+
+def write_results(
+    output: Path,
+    results: dict[str, Any],
+    rounds: int,
+    steps: int,
+    load_start: list[float],
+    start: float,
+) -> dict[str, Any]:
+    """Write ``results`` with the machine, the protocol and the load to ``output``.
+
+    Args:
+        output: The JSON file.
+        results: The measurements.
+        rounds: Interleaved rounds per configuration.
+        steps: Steps per block.
+        load_start: The load averages when the measurement began.
+        start: ``time.perf_counter()`` when it began.
+
+    Returns:
+        What was written.
+    """
     data = {
         "meta": {
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "machine": platform.machine(),
             "python": platform.python_version(),
-            "rounds": args.rounds,
-            "steps_per_block": args.steps,
+            "rounds": rounds,
+            "steps_per_block": steps,
             "load_average_at_start": load_start,
             "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
             "seconds_total": round(time.perf_counter() - start, 1),
@@ -188,8 +212,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         },
         "results": results,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(data, indent=1) + "\n")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(data, indent=1) + "\n")
     return data
 
 

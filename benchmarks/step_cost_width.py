@@ -19,10 +19,9 @@ Results go to ``benchmarks/results/step_cost_width.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -33,6 +32,10 @@ import torch
 from torch import Tensor, nn
 
 from singd_opt import SINGD
+
+# the sibling benchmark modules, however this file is loaded
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step_cost import write_results
 
 RESULTS = Path(__file__).parent / "results" / "step_cost_width.json"
 VOCABULARY, BATCH, LENGTH = 96, 32, 64
@@ -98,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     load_start = [round(v, 2) for v in os.getloadavg()]
+    start = time.perf_counter()
     results = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -109,22 +113,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 f"{1e3 * r['singd_seconds']:.1f} ms, ratio {r['singd_vs_adamw']:.2f}",
                 flush=True,
             )
-    data = {
-        "meta": {
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "machine": platform.machine(),
-            "python": platform.python_version(),
-            "rounds": args.rounds,
-            "steps_per_block": args.steps,
-            "load_average_at_start": load_start,
-            "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
-        },
-        "results": results,
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(data, indent=1) + "\n")
-    return data
+    return write_results(args.output, results, args.rounds, args.steps, load_start, start)
 
 
 if __name__ == "__main__":
