@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from singd_opt.layers import Layer, LinearLayer, ParameterRows, TransposedLinearLayer
@@ -367,7 +368,8 @@ def part_layer(
     rows, dim = part.rows, int(packing.transposed)
     weight_rows = ParameterRows(weight, rows, dim) if weight is not None else None
     bias_rows = ParameterRows(bias, rows) if bias is not None else None
-    full = ParameterRows(module.weight, rows, dim).value
+    # the map's shape only: a sharded (FSDP2) weight is not indexed
+    full = torch.empty(ParameterRows(module.weight, rows, dim).shape, device="meta")
     if packing.transposed:
         return TransposedLinearLayer(weight_rows, bias_rows, full)
     return LinearLayer(weight_rows, bias_rows, full)

@@ -100,12 +100,19 @@ class Packed(nn.Module):
         declare_packed(self.qkv, [3, 2, 4])
         self.mix = TransposedMap(9, 6)
         declare_packed(self.mix, {"gate": 2, "up": 4}, transposed=True)
-        self.head = nn.Linear(6, 3)
+        self.per_head = nn.Linear(6, 12)  # [a (2), b (4)] of each of 2 heads in turn
+        declare_packed(self.per_head, {"a": 2, "b": 4}, heads=2)
+        self.head = nn.Linear(12, 3)
 
     def forward(self, x: Tensor) -> Tensor:
         query, key, value = self.qkv(x).split([3, 2, 4], dim=-1)
         gate, up = self.mix(torch.cat([query.tanh(), key * key, value], dim=-1)).split([2, 4], -1)
-        return self.head(torch.cat([gate.tanh(), up], dim=-1))
+        a, b = (
+            self.per_head(torch.cat([gate.tanh(), up], dim=-1))
+            .unflatten(-1, (2, 6))
+            .split([2, 4], dim=-1)
+        )
+        return self.head(torch.cat([a.tanh().flatten(-2), b.flatten(-2)], dim=-1))
 
 
 def make_model(case: Case) -> nn.Module:

@@ -119,6 +119,8 @@ def test_packed_maps_are_split_on_every_process(results: dict[str, Any]) -> None
                 "Ks:qkv.2",
                 "Ks:mix.gate",
                 "Ks:mix.up",
+                "Ks:per_head.a",
+                "Ks:per_head.b",
                 "Ks:head",
             }
 

@@ -350,7 +350,7 @@ class _ExchangePlan:
         layout = self.segments.layouts[owner]
         params = block.gradient_rows()
         directions = [
-            layout.add(rows.value.shape, rows.value.dtype, rows.value.device) for rows in params
+            layout.add(rows.shape, rows.param.dtype, rows.param.device) for rows in params
         ]
         templates = block.shared_buffers()
         shared = [layout.add_like(t) for t in templates]
@@ -366,7 +366,7 @@ class _ExchangePlan:
     ) -> dict[Key, Tensor]:
         """Fill this process's segment, all-gather; return the full buffers."""
         # the votes (0 or 1, exact in every float dtype) share the first block's bucket
-        first = next((e.params[0].value for e in self.entries if e.params), torch.empty(0))
+        first = next((e.params[0].param for e in self.entries if e.params), torch.empty(0))
         if self.votes:
             self.flags = [
                 layout.add((self.votes,), first.dtype, first.device)

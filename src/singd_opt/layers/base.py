@@ -84,6 +84,19 @@ class ParameterRows:
         return "[" + ":, " * self.dim + text + "]"
 
     @property
+    def shape(self) -> torch.Size:
+        """The block's shape, without indexing the parameter (which may be sharded)."""
+        rows = self.row_slice
+        if rows is None:
+            return self.param.shape
+        sizes = list(self.param.shape)
+        if isinstance(rows, slice):
+            sizes[self.dim] = len(range(*rows.indices(sizes[self.dim])))
+        else:
+            sizes[self.dim] = len(rows)
+        return torch.Size(sizes)
+
+    @property
     def value(self) -> Tensor:
         """The (view of the) parameter's values."""
         return self.param if self.row_slice is None else self.param[self.index]
@@ -243,7 +256,7 @@ class Layer(ABC):
     def _weight_update(self, columns: Tensor) -> Tensor:
         """Inverse of :meth:`_weight_columns`: columns of a matrix to the weight's shape."""
         assert self.weight is not None
-        return columns.reshape(self.weight.value.shape)
+        return columns.reshape(self.weight.shape)
 
     def gradient_matrix(
         self, gradients: Mapping[nn.Parameter, Tensor] | None = None
@@ -261,11 +274,13 @@ class Layer(ABC):
             return None
         columns = []
         if self.weight is not None:
-            like = self.weight.value
+            param = self.weight.param
             columns.append(
                 self._weight_columns(weight_grad)
                 if weight_grad is not None
-                else like.new_zeros(self.dim_C, self._dim_weight)
+                else torch.zeros(
+                    self.dim_C, self._dim_weight, dtype=param.dtype, device=param.device
+                )
             )
         if self.bias is not None:
             columns.append(
