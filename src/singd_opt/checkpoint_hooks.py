@@ -8,6 +8,7 @@ sharded parameters' state for :meth:`CheckpointHooks.full_state_dict`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from singd_opt import checkpoint
@@ -32,8 +33,7 @@ class CheckpointHooks:
     _sync: Any
     _prepared_load: checkpoint.PreparedLoad | None
 
-    def _set_recording(self) -> None:
-        raise NotImplementedError
+    _set_recording: Callable[[], None]  # see :class:`singd_opt.recording.CurvatureRecording`
 
     def _install_checkpoint_hooks(self) -> None:
         """Register the state-dict hooks (the optimizer is a ``torch.optim.Optimizer``)."""

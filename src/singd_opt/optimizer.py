@@ -24,7 +24,7 @@ from torch.optim import Optimizer
 
 from singd_opt.blocks import PreconditionerBlock, Proposal, StepContext
 from singd_opt.checkpoint_hooks import CheckpointHooks
-from singd_opt.default_sets import DEFAULT, SETTINGS, resolve_defaults
+from singd_opt.default_sets import DEFAULT
 from singd_opt.diagnostics import (
     ForeignUpdateWatch,
     report_skipped_step,
@@ -40,14 +40,15 @@ from singd_opt.layers import LOSS_AVERAGES, SUPPORTED_MODULES
 from singd_opt.layers import preconditioner_dims as _preconditioner_dims
 from singd_opt.model_access import parameter_names, unwrap_model
 from singd_opt.param_groups import parameter_groups
+from singd_opt.recording import CurvatureRecording
 from singd_opt.structure_choice import warn_large_factors
 from singd_opt.update import all_finite, apply_directions
-from singd_opt.validation import HYPERPARAMETERS, check_constructor_flags, check_group
+from singd_opt.validation import check_constructor_flags, group_defaults_of
 from singd_opt.views import STANDARD_STRUCTURES, BlockViews
 from structmat import StructuredMatrix
 
 
-class SINGD(BlockViews, CheckpointHooks, Optimizer):
+class SINGD(BlockViews, CurvatureRecording, CheckpointHooks, Optimizer):
     r"""Structured inverse-free natural gradient descent (uses the empirical Fisher).
 
     Every trainable parameter is preconditioned by a block (see
@@ -228,16 +229,8 @@ class SINGD(BlockViews, CheckpointHooks, Optimizer):
                 set-up that differs between the processes of the group, naming the first
                 difference. Nothing changes on error.
         """
-        arguments = resolve_defaults(defaults, {k: v for k, v in locals().items() if k in SETTINGS})
-        train_all_parameters = arguments.pop("train_all_parameters")
-        # the hyper-parameters that parameter groups may set, by their argument names
-        group_defaults: dict[str, Any] = {
-            k: v for k, v in {**locals(), **arguments}.items() if k in HYPERPARAMETERS
-        }
-        if isinstance(group_defaults["structures"], list):
-            group_defaults["structures"] = tuple(group_defaults["structures"])
+        group_defaults, train_all_parameters = group_defaults_of(defaults, locals())
         model, wrapped = unwrap_model(model)
-        check_group(group_defaults)
         check_constructor_flags(
             warn_unsupported=warn_unsupported,
             train_all_parameters=train_all_parameters,
@@ -315,37 +308,6 @@ class SINGD(BlockViews, CheckpointHooks, Optimizer):
         for handle in self.hook_handles:
             handle.remove()
         self.hook_handles = []
-
-    # ------------------------------------------------------- curvature hooks
-    def _set_recording(self) -> None:
-        """Tell every block whether the coming step records curvature.
-
-        A step that records runs the model's forward pass eagerly, also under
-        ``torch.compile`` (see :class:`~singd_opt.forward_switch.MapCapture`).
-        """
-        for block in self.blocks:
-            block.recording = self.steps % self.param_groups[block.group_index]["T"] == 0
-        self._recording_any = any(block.recording for block in self.blocks)
-
-    def _is_recording(self) -> bool:
-        return self._recording_any
-
-    def _record(self, block: PreconditionerBlock, x: Tensor, grad_output: Tensor) -> None:
-        """Hand one call's input and output gradient to ``block``."""
-        group = self.param_groups[block.group_index]
-        block.record(x, grad_output, group, self._grad_scales.prescale(self.steps))
-
-    def set_current_grad_scale(self, grad_scale: float) -> None:
-        """Set the gradient (loss) scale of the current step's backward passes.
-
-        Needed only when the loss is scaled without handing the scale to
-        :meth:`step` through :class:`torch.amp.GradScaler` (which does so itself),
-        for example after ``scaler.unscale_(optimizer)``.
-
-        Args:
-            grad_scale: The factor the loss was multiplied with.
-        """
-        self._grad_scales.set(self.steps, grad_scale)
 
     # ------------------------------------------------------------------ step
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]

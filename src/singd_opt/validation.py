@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from numbers import Real
 from typing import Any
 
 import torch
 
+from singd_opt.default_sets import SETTINGS, resolve_defaults
 from singd_opt.grafting import GRAFTS
 from singd_opt.layers.base import KFAC_APPROXIMATIONS, LOSS_AVERAGES
 from singd_opt.packed import PACKED_PROJECTIONS
@@ -234,3 +235,29 @@ def check_constructor_flags(
     if average_gradients is not None:
         check_flag("average_gradients", average_gradients)
     check_init_grad_scale(init_grad_scale)
+
+
+def group_defaults_of(defaults: str, passed: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The constructor's group hyper-parameters and ``train_all_parameters``, validated.
+
+    Arguments left at ``DEFAULT`` take their value from the set named by ``defaults``
+    (:mod:`singd_opt.default_sets`).
+
+    Args:
+        defaults: ``"recommended"`` or ``"reference"``.
+        passed: The constructor's arguments by name.
+
+    Returns:
+        The defaults of the parameter groups (every name of :data:`HYPERPARAMETERS`)
+        and whether every parameter is trained.
+
+    Raises:
+        TypeError, ValueError: As :func:`check_group`, or for an unknown ``defaults``.
+    """
+    arguments = resolve_defaults(defaults, {k: v for k, v in passed.items() if k in SETTINGS})
+    train_all = arguments.pop("train_all_parameters")
+    group = {k: v for k, v in {**passed, **arguments}.items() if k in HYPERPARAMETERS}
+    if isinstance(group["structures"], list):
+        group["structures"] = tuple(group["structures"])
+    check_group(group)
+    return group, train_all
