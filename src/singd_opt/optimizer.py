@@ -22,7 +22,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from singd_opt.blocks import PreconditionerBlock, Proposal, StepContext
+from singd_opt.blocks import PreconditionerBlock, StepContext
+from singd_opt.blocks.batching import propose_blocks
 from singd_opt.checkpoint_hooks import CheckpointHooks
 from singd_opt.default_sets import DEFAULT
 from singd_opt.diagnostics import (
@@ -402,10 +403,8 @@ class SINGD(BlockViews, CurvatureRecording, CheckpointHooks, Optimizer):
             grad_unscaling=self._grad_scales.unscaling(self.steps) if updating else 1.0,
             gradients=gradients,
         )
-        proposals: dict[str, Proposal] = {}
-        for block in working:
-            if sync is None or sync.computes(block):
-                proposals[block.name] = block.propose(self.param_groups[block.group_index], context)
+        computed = [block for block in working if sync is None or sync.computes(block)]
+        proposals = propose_blocks(computed, self.param_groups, context)
         votes = None  # this process's (proposals not finite, scaler found non-finite)
         if self.skip_nonfinite:
             checked = [t for p in proposals.values() for t in p.checked]

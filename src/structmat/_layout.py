@@ -17,9 +17,27 @@ from torch import Tensor
 LONG_ROWS = 1024
 
 
+_IS_TRANSFORMED = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+
+
 def needs_grad(*tensors: Tensor) -> bool:
-    """Whether autograd records an op on ``tensors`` (then ``out=`` writes are not allowed)."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    """Whether ``out=`` writes into new tensors are not allowed for an op on ``tensors``.
+
+    They are not when autograd records the op, nor under a function transform such
+    as :func:`torch.vmap` (batched tensors take no ``out=``).
+    """
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return True
+    return transformed(*tensors)
+
+
+def transformed(*tensors: Tensor) -> bool:
+    """Whether some of ``tensors`` are wrapped by a function transform (``torch.vmap``).
+
+    Such tensors lack ``out=`` and some fused in-place kernels; ``True`` when the
+    check is not available (the safe choice).
+    """
+    return _IS_TRANSFORMED is None or any(_IS_TRANSFORMED(t) for t in tensors)
 
 
 def stored_by_columns(X: Tensor) -> bool:

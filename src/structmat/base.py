@@ -100,12 +100,18 @@ class StructuredMatrix(ABC):
             (``None``) and its concrete structures set, e.g. ``("block_size",)``.
         template_hint: How to get a concrete structure from a template, for the
             error raised when a template is used as one.
+        batches_under_vmap: Whether every operation runs under :func:`torch.vmap` over
+            stacked members (the tensors of several members of one dimension stacked
+            along a new leading axis) with a batching rule for each of its kernels, so
+            that one vmapped call processes a batch of members at once and equals
+            processing each.
     """
 
     name: ClassVar[str | None] = None
     closed_under_inverse: ClassVar[bool] = False
     closed_under_transpose: ClassVar[bool] = False
     closed_under_spectral_functions: ClassVar[bool] = False
+    batches_under_vmap: ClassVar[bool] = False
     transpose_name: ClassVar[str | None] = None
     parameters: ClassVar[tuple[str, ...]] = ()
     template_hint: ClassVar[str] = ""

@@ -58,6 +58,7 @@ class BlockDiagonal(LinearStructure):
     template_hint = "use BlockDiagonal.with_block_size(b) or get_structure('block{b}diagonal')"
     closed_under_inverse = True
     closed_under_transpose = True
+    batches_under_vmap = True
     closed_under_spectral_functions = True
     _plain_constructor = True
 

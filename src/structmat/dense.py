@@ -28,6 +28,7 @@ class Dense(LinearStructure):
     name = "dense"
     closed_under_inverse = True
     closed_under_transpose = True
+    batches_under_vmap = True
     closed_under_spectral_functions = True
     _plain_constructor = True
 

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
+from structmat._layout import transformed
 from structmat._numerics import stable_norm
 from structmat.base import Scalar, StructuredMatrix
 
@@ -42,7 +43,9 @@ class LinearStructure(StructuredMatrix):
         for name, tensor in self.named_tensors():
             if not tensor.numel():  # an empty tensor (a block-diagonal's last block)
                 continue
-            if scaled:
+            if scaled and transformed(tensor, alpha):  # type: ignore[arg-type]
+                tensor.add_(getattr(other, name) * alpha)  # vmap has no addcmul_ rule
+            elif scaled:
                 tensor.addcmul_(getattr(other, name), alpha)  # type: ignore[arg-type]
             else:
                 tensor.add_(getattr(other, name), alpha=alpha)

@@ -21,7 +21,7 @@ is not finite. What the optimizer then does with a direction :math:`N` of parame
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -88,6 +88,8 @@ class PreconditionerBlock(ABC):
             the others (``distribute="split"``); else every process does it.
         mixes_rows: Whether a direction mixes the rows of the gradient, so that a
             sharded parameter needs its whole gradient.
+        batch_min_size: The fewest blocks of one :meth:`batch_key` that are proposed
+            together (:meth:`propose_batch`); fewer go one by one.
         name: The block's name (the layer's or the parameter's name in the model).
         params: The parameters (or their blocks of rows) the block preconditions.
         group_index: Index of the parameter group that holds the parameters.
@@ -99,6 +101,7 @@ class PreconditionerBlock(ABC):
     """
 
     kind: ClassVar[str]
+    batch_min_size: ClassVar[int] = 2
     splittable: ClassVar[bool] = False
     mixes_rows: ClassVar[bool] = False
 
@@ -210,6 +213,24 @@ class PreconditionerBlock(ABC):
             group: The block's parameter group (hyper-parameters).
             context: The step.
         """
+
+    def batch_key(self, group: Mapping[str, Any], context: StepContext) -> Hashable | None:
+        """A key shared by the blocks this one can be proposed together with, or ``None``.
+
+        Blocks of one parameter group whose keys are equal (and not ``None``) are
+        proposed by one :meth:`propose_batch` call; by default every block goes alone.
+        """
+        return None
+
+    def propose_batch(
+        self, blocks: list[PreconditionerBlock], group: Mapping[str, Any], context: StepContext
+    ) -> list[Proposal]:
+        """Return the proposals of ``blocks``, equal to each one's :meth:`propose`.
+
+        ``blocks`` hold this one and share its :meth:`batch_key`. The default proposes
+        one block after the other.
+        """
+        return [block.propose(group, context) for block in blocks]
 
     def shared_buffers(self) -> list[Tensor]:
         """Templates of what a proposal shares (:attr:`Proposal.shared`) in this step."""

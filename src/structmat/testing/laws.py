@@ -89,6 +89,12 @@ entrywise agreement within ``rtol`` relative to the largest entry, in float64.
     :class:`~structmat.SingularMatrixError`
 ``test_zeros_and_eye``
     :math:`0` and :math:`I` at every boundary dimension, dtype and device
+``test_batched_operations_match_members``
+    for a structure declaring ``batches_under_vmap``: under :func:`torch.vmap` over
+    three stacked members, :math:`AB`, :math:`AX`, :math:`A^\top X`, ``from_inner(X)``,
+    ``from_inner()``, the average trace, :math:`\max_{ij} |a_{ij}|`, ``clone``,
+    ``add_`` (with a per-member tensor factor), ``mul_`` and ``diag_add_`` equal each
+    member's result, with no warning (a kernel without a batching rule warns)
 ``test_gradients``
     ``torch.autograd.gradcheck`` of :math:`AX`, ``from_inner(X)``,
     ``from_inner2(M)``, :math:`A^{-1}`
@@ -903,6 +909,54 @@ class StructureLaws:
             assert torch.equal(zero.to_dense(), torch.zeros(dim, dim))
             eye = cls.eye(dim, dtype=torch.float64)
             assert torch.equal(eye.to_dense(), torch.eye(dim, dtype=torch.float64))
+
+    @given(data=st.data())
+    def test_batched_operations_match_members(self, data: st.DataObject) -> None:
+        """Under ``torch.vmap`` over stacked members, operations equal each member's.
+
+        A structure that does not declare ``batches_under_vmap`` promises nothing here.
+        """
+        cls = self.structure
+        if not cls.batches_under_vmap:
+            return
+        dim = data.draw(dims(cls, self.max_dim), label="d")
+        n = data.draw(st.integers(1, 5), label="n")
+        count = 3
+        firsts = [random_member(cls, dim, data.draw(seeds)) for _ in range(count)]
+        seconds = [random_member(cls, dim, data.draw(seeds)) for _ in range(count)]
+        X = self.draw_tensor(data, (count, dim, n))
+        factors = self.draw_tensor(data, (count,))
+
+        def operations(
+            first: dict[str, Tensor], second: dict[str, Tensor], x: Tensor, factor: Tensor
+        ) -> dict[str, Tensor]:
+            A, B = cls.from_tensors(first), cls.from_tensors(second)
+            updated = A.clone().add_(B, alpha=factor).mul_(factor).diag_add_(-1.0)
+            results = {
+                "A @ X": A @ x,
+                "A.rmatmat(X)": A.rmatmat(x),
+                "average_trace": A.average_trace(),
+                "infinity_vector_norm": A.infinity_vector_norm(),
+            }
+            for what, matrix in {
+                "A @ B": A @ B,
+                "from_inner(X)": A.from_inner(x),
+                "from_inner()": A.from_inner(),
+                "in-place updates": updated,
+            }.items():
+                results.update({f"{what} {k}": t for k, t in matrix.tensors().items()})
+            return results
+
+        def stack(members: list[StructuredMatrix]) -> dict[str, Tensor]:
+            return {k: torch.stack([m.tensors()[k] for m in members]) for k in members[0].tensors()}
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            batched = torch.vmap(operations)(stack(firsts), stack(seconds), X, factors)
+        for i in range(count):
+            single = operations(firsts[i].tensors(), seconds[i].tensors(), X[i], factors[i])
+            for what, expected in single.items():
+                self.close(batched[what][i], expected, f"member {i} of a vmapped {what}")
 
     # --------------------------------------------------------------- autograd
     def test_gradients(self) -> None:

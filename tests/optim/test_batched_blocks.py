@@ -1,0 +1,88 @@
+"""Kronecker blocks of the same signature are proposed together and step as if alone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from singd_opt import SINGD
+from singd_opt.blocks import KroneckerBlock
+
+
+class Stack(nn.Module):
+    """Four equal 12 -> 12 maps (one signature), a wider one and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.same = nn.ModuleList(nn.Linear(12, 12) for _ in range(4))
+        self.wide = nn.Linear(12, 20)
+        self.head = nn.Linear(20, 3)
+        self.norm = nn.LayerNorm(12)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.same:
+            x = torch.tanh(layer(self.norm(x)))
+        return self.head(torch.tanh(self.wide(x)))
+
+
+def _train(
+    options: dict[str, Any], alone: bool, monkeypatch: pytest.MonkeyPatch, steps: int = 4
+) -> tuple[list[torch.Tensor], list[int]]:
+    """Train :class:`Stack` in float64; return the parameters and the batch sizes proposed."""
+    batch_sizes: list[int] = []
+    with monkeypatch.context() as patch:
+        if alone:
+            patch.setattr(KroneckerBlock, "batch_key", lambda self, group, context: None)
+        original: Callable[..., Any] = KroneckerBlock.propose_batch
+
+        def counted(self: KroneckerBlock, blocks: list, group: Any, context: Any) -> Any:
+            batch_sizes.append(len(blocks))
+            return original(self, blocks, group, context)
+
+        patch.setattr(KroneckerBlock, "propose_batch", counted)
+        torch.manual_seed(0)
+        model = Stack().double()
+        optimizer = SINGD(model, lr=3e-3, **options)
+        generator = torch.Generator().manual_seed(1)
+        for _ in range(steps):
+            x = torch.randn(16, 12, generator=generator, dtype=torch.float64)
+            y = torch.randint(0, 3, (16,), generator=generator)
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    return [p.detach().clone() for p in model.parameters()], batch_sizes
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"T": 2},
+        {"alpha1": 0.5, "graft": "rms"},
+        {"graft": None, "structures": ("dense", "diagonal")},
+        {"T": 3, "structures": ("block4diagonal", "dense"), "warm_start": False},
+        {"defaults": "reference", "train_all_parameters": True},
+    ],
+    ids=["defaults", "T2", "momenta-rms", "dense-diagonal", "T3-block4", "reference"],
+)
+def test_batched_blocks_step_like_blocks_alone(
+    options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batched, sizes = _train(options, alone=False, monkeypatch=monkeypatch)
+    alone, sizes_alone = _train(options, alone=True, monkeypatch=monkeypatch)
+    assert sizes and max(sizes) == 4, f"the four equal maps were not batched: {sizes}"
+    assert not sizes_alone
+    for got, expected in zip(batched, alone, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_structures_without_batching_rules_go_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hierarchical factors do not declare ``batches_under_vmap``: never batched."""
+    _, sizes = _train(
+        {"structures": ("hierarchical3_3", "dense")}, alone=False, monkeypatch=monkeypatch
+    )
+    assert sizes == []
