@@ -1,4 +1,4 @@
-"""Kronecker blocks of the same signature are proposed together and step as if alone."""
+"""Blocks proposed together (same batch key) step exactly as if proposed alone."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from singd_opt import SINGD
-from singd_opt.blocks import KroneckerBlock
+from singd_opt.blocks import ElementwiseBlock, KroneckerBlock
 
 
 class Stack(nn.Module):
@@ -32,11 +32,15 @@ class Stack(nn.Module):
 def _train(
     options: dict[str, Any], alone: bool, monkeypatch: pytest.MonkeyPatch, steps: int = 4
 ) -> tuple[list[torch.Tensor], list[int]]:
-    """Train :class:`Stack` in float64; return the parameters and the batch sizes proposed."""
+    """Train :class:`Stack` in float64; return the parameters and the Kronecker batches' sizes.
+
+    ``alone``: every block's :meth:`batch_key` is ``None`` (each proposed by itself).
+    """
     batch_sizes: list[int] = []
     with monkeypatch.context() as patch:
         if alone:
-            patch.setattr(KroneckerBlock, "batch_key", lambda self, group, context: None)
+            for kind in (KroneckerBlock, ElementwiseBlock):
+                patch.setattr(kind, "batch_key", lambda self, group, context: None)
         original: Callable[..., Any] = KroneckerBlock.propose_batch
 
         def counted(self: KroneckerBlock, blocks: list, group: Any, context: Any) -> Any:
@@ -66,8 +70,17 @@ def _train(
         {"graft": None, "structures": ("dense", "diagonal")},
         {"T": 3, "structures": ("block4diagonal", "dense"), "warm_start": False},
         {"defaults": "reference", "train_all_parameters": True},
+        {"elementwise_lr": 1e-3, "momentum_dampening": False},
     ],
-    ids=["defaults", "T2", "momenta-rms", "dense-diagonal", "T3-block4", "reference"],
+    ids=[
+        "defaults",
+        "T2",
+        "momenta-rms",
+        "dense-diagonal",
+        "T3-block4",
+        "reference",
+        "elementwise",
+    ],
 )
 def test_batched_blocks_step_like_blocks_alone(
     options: dict[str, Any], monkeypatch: pytest.MonkeyPatch

@@ -16,7 +16,7 @@ group's ``elementwise_lr`` (``lr`` when unset) like for every block. Hyper-param
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 import torch
@@ -47,25 +47,65 @@ class ElementwiseBlock(PreconditionerBlock):
         self.second_moment: Tensor | None = None
         self.updates: int = 0
 
+    def batch_key(self, group: Mapping[str, Any], context: StepContext) -> Hashable | None:
+        """See :meth:`PreconditionerBlock.batch_key`: gradients of one dtype and device.
+
+        Blocks without a gradient or with a sharded parameter go alone; the first
+        update (no :math:`v` yet) and later ones are batched apart.
+        """
+        grad = self.params[0].grad
+        if grad is None or is_sharded(grad):
+            return None
+        return ("elementwise", grad.dtype, grad.device, self.second_moment is None)
+
     def propose(self, group: Mapping[str, Any], context: StepContext) -> Proposal:
         """Return :math:`N` and the new :math:`v` (see the module docstring)."""
-        (rows,) = self.params
-        grad = rows.grad
-        if grad is None:
+        if self.params[0].grad is None:
             return Proposal([])
-        if context.grad_factor != 1.0:
-            grad = grad / context.grad_factor
+        return self.propose_batch([self], group, context)[0]
+
+    def propose_batch(
+        self, blocks: list[PreconditionerBlock], group: Mapping[str, Any], context: StepContext
+    ) -> list[Proposal]:
+        """See :meth:`PreconditionerBlock.propose_batch`: the rule as ``torch._foreach_*`` ops.
+
+        Each operation of the module docstring's rule is one call over all the blocks'
+        gradients.
+        """
+        members = [block for block in blocks if isinstance(block, ElementwiseBlock)]
+        if len(members) != len(blocks):
+            raise TypeError("propose_batch: every block must be an ElementwiseBlock")
         beta, eps = group["elementwise_beta2"], group["elementwise_eps"]
-        dtype = moment_dtype(grad.dtype)
-        square = grad.to(dtype).square()
-        if self.second_moment is None:
-            second_moment = square.mul_(1.0 - beta)
+        grads = []
+        for block in members:
+            grad = block.params[0].grad
+            assert grad is not None  # see batch_key
+            grads.append(grad.to(moment_dtype(grad.dtype)))
+        if context.grad_factor != 1.0:
+            grads = torch._foreach_div(grads, context.grad_factor)
+        squares = torch._foreach_mul(grads, grads)
+        if members[0].second_moment is None:
+            second_moments = torch._foreach_mul(squares, 1.0 - beta)
         else:
-            second_moment = torch.lerp(self.second_moment, square, 1.0 - beta)
-        updates = self.updates + 1
-        correction = 1.0 - beta**updates
-        denominator = (second_moment / correction).sqrt_().add_(eps)
-        direction = (grad.to(dtype) / denominator).to(grad.dtype)
+            previous = [block.second_moment for block in members]
+            second_moments = torch._foreach_lerp(previous, squares, 1.0 - beta)  # type: ignore[arg-type]
+        updates = [block.updates + 1 for block in members]
+        denominators = torch._foreach_div(second_moments, [1.0 - beta**t for t in updates])
+        torch._foreach_sqrt_(denominators)
+        torch._foreach_add_(denominators, eps)
+        directions = torch._foreach_div(grads, denominators)
+        return [
+            block._proposal(direction, second_moment, count)
+            for block, direction, second_moment, count in zip(
+                members, directions, second_moments, updates, strict=True
+            )
+        ]
+
+    def _proposal(self, direction: Tensor, second_moment: Tensor, updates: int) -> Proposal:
+        """The proposal of ``direction`` that commits the new :math:`v` and :math:`t`."""
+        (rows,) = self.params
+        assert rows.grad is not None
+        direction = direction.to(rows.grad.dtype)
 
         def commit() -> None:
             self.second_moment = second_moment
