@@ -143,8 +143,8 @@ class BlockDiagonal(LinearStructure):
         """Blockwise product :math:`K_i K'_i`, :math:`O(d b^2)`."""
         last = self.last_block
         return self._like(
-            blocks=self.blocks @ other.blocks,
-            last_block=last @ other.last_block if last.numel() else last,
+            blocks=torch.bmm(self.blocks, other.blocks),
+            last_block=torch.mm(last, other.last_block) if last.numel() else last,
         )
 
     def _matmat(self, X: Tensor) -> Tensor:
@@ -157,10 +157,10 @@ class BlockDiagonal(LinearStructure):
         blocks, last = self.blocks, self.last_block
         X_blocks, X_last = self._split_rows(X)
         if needs_grad(blocks, last, X):
-            return self._join_rows(blocks @ X_blocks, last @ X_last)
+            return self._join_rows(torch.bmm(blocks, X_blocks), torch.mm(last, X_last))
         out = X.new_empty(X.shape)
         out_blocks, out_last = self._split_rows(out)
-        torch.matmul(blocks, X_blocks, out=out_blocks)
+        torch.bmm(blocks, X_blocks, out=out_blocks)
         if last.numel():
             torch.mm(last, X_last, out=out_last)
         return out
@@ -222,19 +222,21 @@ class BlockDiagonal(LinearStructure):
         blocks, last = self.blocks, self.last_block
         if X.shape[1] >= 2 * self.block_size:
             return self._like(
-                blocks=blocks.mT @ block_grams(X_blocks) @ blocks,
+                blocks=torch.bmm(torch.bmm(blocks.mT, block_grams(X_blocks)), blocks),
                 last_block=last.mT @ (X_last @ X_last.mT) @ last if last.numel() else last,
             )
-        S_blocks = blocks.mT @ X_blocks
-        S_last = last.mT @ X_last
-        return self._like(blocks=S_blocks @ S_blocks.mT, last_block=S_last @ S_last.mT)
+        S_blocks = torch.bmm(blocks.mT, X_blocks)
+        S_last = torch.mm(last.mT, X_last)
+        return self._like(
+            blocks=torch.bmm(S_blocks, S_blocks.mT), last_block=torch.mm(S_last, S_last.mT)
+        )
 
     def _from_inner_identity(self) -> BlockDiagonal:
         r""":math:`A^\top A` is blockdiag(:math:`K_i^\top K_i`), :math:`O(d b^2)`."""
         last = self.last_block
         return self._like(
-            blocks=self.blocks.mT @ self.blocks,
-            last_block=last.mT @ last if last.numel() else last,
+            blocks=torch.bmm(self.blocks.mT, self.blocks),
+            last_block=torch.mm(last.mT, last) if last.numel() else last,
         )
 
     def _from_inner2(self, XXT: Tensor) -> BlockDiagonal:
@@ -297,9 +299,9 @@ def block_grams(X_blocks: Tensor) -> Tensor:
     count, b, n = X_blocks.shape
     group = SUPER_BLOCK // b
     if b >= SUPER_BLOCK or SUPER_BLOCK % b or count % group or n < SUPER_BLOCK_MIN_COLUMNS:
-        return X_blocks @ X_blocks.mT
+        return torch.bmm(X_blocks, X_blocks.mT)
     supers = X_blocks.reshape(count // group, SUPER_BLOCK, n)
-    grams = (supers @ supers.mT).view(count // group, group, b, group, b)
+    grams = torch.bmm(supers, supers.mT).view(count // group, group, b, group, b)
     # (G, g, b, g, b) -> the g diagonal (b, b) blocks of each super-block
     return grams.diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2).reshape(count, b, b)
 

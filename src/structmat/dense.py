@@ -55,7 +55,7 @@ class Dense(LinearStructure):
         return self.matrix
 
     def _matmul(self, other: Dense) -> Dense:
-        return self._like(matrix=self.matrix @ other.matrix)
+        return self._like(matrix=torch.mm(self.matrix, other.matrix))
 
     def _matmat(self, X: Tensor) -> Tensor:
         return self.matrix @ X
