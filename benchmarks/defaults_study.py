@@ -399,6 +399,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # round 12: the momentum of the previous set (the defaults now average over fewer
     # steps, momentum 0.8)
     "defaults_momentum0.9": dict(_MOMENTUM_0_9),
+    "defaults_momentum0.7": {"momentum": 0.7},
+    "defaults_momentum0.6": {"momentum": 0.6},
 }
 
 

@@ -7,8 +7,8 @@ chosen by the keyword ``defaults``:
   ``benchmarks/defaults_study.py`` chose, for use in place of AdamW with AdamW's
   learning rate (see the Differences page of the documentation for the math);
 - ``"reference"``: the defaults of the reference implementation (``singd`` 0.0.5):
-  dense factors, absolute damping, no grafting, a summed momentum, only ``Linear`` and
-  ``Conv`` layers trained.
+  dense factors, absolute damping, no grafting, a summed momentum of 0.9, only
+  ``Linear`` and ``Conv`` layers trained.
 
 An argument passed explicitly (positionally or by keyword) always wins over either set;
 parameter groups override both, as in every PyTorch optimizer.
