@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from singd_opt import SINGD
-from singd_opt.blocks import ElementwiseBlock, KroneckerBlock
+from singd_opt.blocks import ElementwiseBlock, KroneckerBlock, StepContext
 
 
 class Stack(nn.Module):
@@ -99,3 +99,15 @@ def test_structures_without_batching_rules_go_alone(monkeypatch: pytest.MonkeyPa
         {"structures": ("hierarchical3_3", "dense")}, alone=False, monkeypatch=monkeypatch
     )
     assert sizes == []
+
+
+def test_a_batch_of_mixed_kinds_is_refused() -> None:
+    model = Stack()
+    optimizer = SINGD(model, lr=1e-3)
+    kronecker = next(b for b in optimizer.blocks if isinstance(b, KroneckerBlock))
+    elementwise = next(b for b in optimizer.blocks if isinstance(b, ElementwiseBlock))
+    group, context = optimizer.param_groups[0], StepContext(step=0)
+    with pytest.raises(TypeError, match="KroneckerBlock"):
+        kronecker.propose_batch([kronecker, elementwise], group, context)
+    with pytest.raises(TypeError, match="ElementwiseBlock"):
+        elementwise.propose_batch([elementwise, kronecker], group, context)
