@@ -179,9 +179,9 @@ class BlockDiagonal(LinearStructure):
         """Sum of the blocks' diagonals without assembling the diagonal (half types: default)."""
         if self.blocks.dtype in HALF_TYPES:
             return super()._trace(mean)
-        total = self.blocks.diagonal(dim1=-2, dim2=-1).sum()
+        total = self.blocks.diagonal(dim1=-2, dim2=-1).sum((0, 1))
         if self.last_block.numel():
-            total = total + self.last_block.diagonal().sum()
+            total = total + self.last_block.diagonal().sum(0)
         return total / self.shape[0] if mean else total
 
     def _diag_add_(self, value: Scalar) -> None:

@@ -59,8 +59,9 @@ class LinearStructure(StructuredMatrix):
         return stable_norm([t for _, t in self.named_tensors()])
 
     def _infinity_vector_norm(self) -> Tensor:
-        maxima = [t.abs().max() for _, t in self.named_tensors() if t.numel() > 0]
-        return maxima[0] if len(maxima) == 1 else torch.stack(maxima).max()
+        # amax: the same value as max, and a fast reduction under torch.vmap
+        maxima = [t.abs().amax() for _, t in self.named_tensors() if t.numel() > 0]
+        return maxima[0] if len(maxima) == 1 else torch.stack(maxima).amax()
 
     @classmethod
     def _zeros(cls: type[L], dim: int, dtype: torch.dtype | None, device: Any) -> L:

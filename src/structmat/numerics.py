@@ -45,7 +45,9 @@ def stable_sum(values: Tensor, mean: bool = False) -> Tensor:
         A 0-d tensor in the dtype of ``values``.
     """
     if values.dtype not in HALF_TYPES:
-        return values.mean() if mean else values.sum()
+        # explicit dimensions: the same reduction, and a fast one under torch.vmap
+        dims = tuple(range(values.ndim))
+        return values.mean(dims) if mean else values.sum(dims)
     work = values.float()
     scale = _scale_of([work])
     usable = scale.isfinite() & (scale > 0)
