@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from structmat._layout import needs_grad
+from structmat._layout import writes_forbidden
 
 #: Rows per block of :func:`gram`.
 GRAM_BLOCK_ROWS = 128
@@ -37,9 +37,9 @@ def gram(Z: Tensor) -> Tensor:
         plus :math:`O(d b)` (blocked) or :math:`O(d^2)` for the mirroring.
     """
     d, m = Z.shape
-    if min(d, m) < HALF_GRAM_MIN_SIZE or needs_grad(Z):
+    if min(d, m) < HALF_GRAM_MIN_SIZE or writes_forbidden(Z):
         G = Z @ Z.mT
-        if needs_grad(G):
+        if writes_forbidden(G):
             return G.triu() + G.triu(1).mT
         return _mirror_upper_(G)
     out = Z.new_empty((d, d))

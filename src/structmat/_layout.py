@@ -20,7 +20,7 @@ LONG_ROWS = 1024
 _IS_TRANSFORMED = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
 
 
-def needs_grad(*tensors: Tensor) -> bool:
+def writes_forbidden(*tensors: Tensor) -> bool:
     """Whether ``out=`` writes into new tensors are not allowed for an op on ``tensors``.
 
     They are not when autograd records the op, nor under a function transform such

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 from torch.nn.functional import pad
 
-from structmat._layout import needs_grad, stored_by_columns
+from structmat._layout import stored_by_columns, writes_forbidden
 
 #: Rows per block of the direct kernels (and the least ``n`` they are used for, so
 #: that their ``b x d`` scratch matrix is never larger than the ``d x n`` operand).
@@ -161,7 +161,7 @@ def lower_product(coefficients: Tensor, X: Tensor, transpose: bool) -> Tensor:
     else:
         R = lower_rows(coefficients, b)
         pieces = [(R[: e - s, d - b - s : d - b - s + e], X[:e]) for s, e in blocks]
-    if needs_grad(coefficients, X):
+    if writes_forbidden(coefficients, X):
         return torch.cat([block @ rows for block, rows in pieces])
     out = X.new_empty((d, n))
     for (s, e), (block, rows) in zip(blocks, pieces, strict=True):

@@ -20,7 +20,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from structmat._layout import needs_grad
+from structmat._layout import writes_forbidden
 from structmat._numerics import dense_inverse
 from structmat.base import Scalar
 from structmat.linear_structure import LinearStructure
@@ -156,7 +156,7 @@ class BlockDiagonal(LinearStructure):
         """
         blocks, last = self.blocks, self.last_block
         X_blocks, X_last = self._split_rows(X)
-        if needs_grad(blocks, last, X):
+        if writes_forbidden(blocks, last, X):
             return self._join_rows(torch.bmm(blocks, X_blocks), torch.mm(last, X_last))
         out = X.new_empty(X.shape)
         out_blocks, out_last = self._split_rows(out)
