@@ -331,7 +331,7 @@ class KroneckerBlock(PreconditionerBlock):
         settings = self._settings(group, context)
         start = self._state_for_step(context)
         self.curvature = None  # consumed: its storage becomes the new momenta
-        return self._proposal(advance(start, settings), settings)
+        return self._proposal(advance(start, settings))
 
     def propose_batch(
         self, blocks: list[PreconditionerBlock], group: Mapping[str, Any], context: StepContext
@@ -346,12 +346,9 @@ class KroneckerBlock(PreconditionerBlock):
             starts.append(block._state_for_step(context))
             block.curvature = None
         results = advance_batch(starts, settings)
-        return [
-            block._proposal(result, settings)
-            for block, result in zip(members, results, strict=True)
-        ]
+        return [block._proposal(result) for block, result in zip(members, results, strict=True)]
 
-    def _proposal(self, result: BlockState, settings: StepSettings) -> Proposal:
+    def _proposal(self, result: BlockState) -> Proposal:
         """The proposal that commits ``result`` (from :func:`advance`) as the new state."""
         updating = result.shared is not None
         checked: list[Tensor] = []
