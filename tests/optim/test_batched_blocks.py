@@ -98,18 +98,19 @@ def test_batched_blocks_step_like_blocks_alone(
 
 
 def test_batched_blocks_in_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
-    """bfloat16 factors and gradients batch without warnings and agree to the last bit or so.
+    """bfloat16 factors and gradients batch without warnings and agree to a unit or two.
 
-    A batched product may sum in another order than one product per block, so the
-    weights may differ by a unit in the last place of bfloat16 (:math:`2^{-8}`
-    relative).
+    A batched product may sum in another order than one product per block; the
+    directions then differ far below a weight's resolution, but a weight update near a
+    rounding boundary can round the other way, once or twice in four steps: a unit in
+    the last place of bfloat16 is at most :math:`2^{-7}` of the weight.
     """
     batched, sizes = _train({}, alone=False, monkeypatch=monkeypatch, dtype=torch.bfloat16)
     alone, _ = _train({}, alone=True, monkeypatch=monkeypatch, dtype=torch.bfloat16)
     assert sizes and max(sizes) == 4
     for got, expected in zip(batched, alone, strict=True):
         assert got.dtype == torch.bfloat16
-        torch.testing.assert_close(got, expected, rtol=2**-7, atol=2**-9)
+        torch.testing.assert_close(got, expected, rtol=2**-6, atol=2**-9)
 
 
 def test_structures_without_batching_rules_go_alone(monkeypatch: pytest.MonkeyPatch) -> None:
