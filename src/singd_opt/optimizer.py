@@ -26,12 +26,7 @@ from singd_opt.blocks import PreconditionerBlock, StepContext
 from singd_opt.blocks.batching import propose_blocks
 from singd_opt.checkpoint_hooks import CheckpointHooks
 from singd_opt.default_sets import DEFAULT
-from singd_opt.diagnostics import (
-    ForeignUpdateWatch,
-    report_skipped_step,
-    scaler_disagreement,
-    warn_unrecorded,
-)
+from singd_opt.diagnostics import ForeignUpdateWatch, warn_unrecorded
 from singd_opt.discovery import plan_blocks
 from singd_opt.distributed.collectives import CommunicationStats
 from singd_opt.distributed.setup import check_distribute, make_sync
@@ -42,14 +37,15 @@ from singd_opt.layers import preconditioner_dims as _preconditioner_dims
 from singd_opt.model_access import parameter_names, unwrap_model
 from singd_opt.param_groups import parameter_groups
 from singd_opt.recording import CurvatureRecording
+from singd_opt.skipping import StepSkipping
 from singd_opt.structure_choice import warn_large_factors
-from singd_opt.update import all_finite, apply_directions
+from singd_opt.update import apply_directions
 from singd_opt.validation import check_constructor_flags, group_defaults_of
 from singd_opt.views import STANDARD_STRUCTURES, BlockViews
 from structmat import StructuredMatrix
 
 
-class SINGD(BlockViews, CurvatureRecording, CheckpointHooks, Optimizer):
+class SINGD(BlockViews, CurvatureRecording, StepSkipping, CheckpointHooks, Optimizer):
     r"""Structured inverse-free natural gradient descent (uses the empirical Fisher).
 
     Every trainable parameter is preconditioned by a block (see
@@ -405,14 +401,7 @@ class SINGD(BlockViews, CurvatureRecording, CheckpointHooks, Optimizer):
         )
         computed = [block for block in working if sync is None or sync.computes(block)]
         proposals = propose_blocks(computed, self.param_groups, context)
-        votes = None  # this process's (proposals not finite, scaler found non-finite)
-        if self.skip_nonfinite:
-            checked = [t for p in proposals.values() for t in p.checked]
-            if found_inf is not None:  # infinite where the scaler found non-finite values
-                checked.append(torch.where(found_inf > 0, torch.inf, 0.0).reshape(1))
-            finite = bool(all_finite(sync.local_tensors(checked) if sync is not None else checked))
-            found = found_inf is not None and (sync is not None or not finite)
-            votes = torch.tensor([float(not finite), float(found and bool(found_inf > 0))])
+        votes = self._local_votes(proposals, found_inf)
         if sync is not None:
             votes = sync.exchange(working, proposals, votes, self.param_groups, context)
         if votes is not None and self._skips(votes, working):
@@ -424,30 +413,3 @@ class SINGD(BlockViews, CurvatureRecording, CheckpointHooks, Optimizer):
         self.blocks[:] = working  # a block that turned into another is replaced for good
         apply_directions(self, taken, sync.fit_update if sync is not None else None)
         return True
-
-    def _skips(self, votes: Tensor, working: list[PreconditionerBlock]) -> bool:
-        """Whether the votes (summed over the processes) skip the step.
-
-        Raises:
-            RuntimeError: On every process, when the gradient scalers of some processes
-                found non-finite gradients and others did not (their scales would
-                drift apart); the step is dropped first.
-        """
-        processes = self._sync.collectives.world_size if self._sync is not None else 1
-        disagreement = scaler_disagreement(votes, processes)
-        if disagreement is not None:
-            self._drop_step(working)
-            raise RuntimeError(disagreement)
-        return bool(votes.sum() > 0)
-
-    def _drop_step(self, working: list[PreconditionerBlock]) -> None:
-        """Forget this step's curvature, choices and gradient scale."""
-        for block in [*self.blocks, *working]:
-            block.drop_curvature()
-        self._grad_scales.scales.pop(self.steps, None)
-
-    def _skip(self, scaler: bool, working: list[PreconditionerBlock] | None = None) -> None:
-        """Drop this step (its curvature, choices and gradient scale); count and report it."""
-        self._drop_step(working or [])
-        self.skipped_steps += 1
-        report_skipped_step(self.steps, self.skipped_steps, scaler)
