@@ -35,10 +35,12 @@ def _train(
     monkeypatch: pytest.MonkeyPatch,
     steps: int = 4,
     dtype: torch.dtype = torch.float64,
+    scaled: bool = False,
 ) -> tuple[list[torch.Tensor], list[int]]:
     """Train :class:`Stack` in ``dtype``; return the parameters and the Kronecker batches' sizes.
 
     ``alone``: every block's :meth:`batch_key` is ``None`` (each proposed by itself).
+    ``scaled``: through a gradient scaler whose scale (from ``2**10``) changes every step.
     """
     batch_sizes: list[int] = []
     with monkeypatch.context() as patch:
@@ -55,13 +57,17 @@ def _train(
         torch.manual_seed(0)
         model = Stack().to(dtype)
         optimizer = SINGD(model, lr=3e-3, **options)
+        scaler = torch.amp.GradScaler(
+            "cpu", init_scale=2.0**10, growth_factor=3.0, growth_interval=1, enabled=scaled
+        )
         generator = torch.Generator().manual_seed(1)
         for _ in range(steps):
             x = torch.randn(16, 12, generator=generator, dtype=torch.float64).to(dtype)
             y = torch.randint(0, 3, (16,), generator=generator)
             optimizer.zero_grad()
-            nn.functional.cross_entropy(model(x).double(), y).backward()
-            optimizer.step()
+            scaler.scale(nn.functional.cross_entropy(model(x).double(), y)).backward()
+            scaler.step(optimizer)
+            scaler.update()
     return [p.detach().clone() for p in model.parameters()], batch_sizes
 
 
@@ -133,42 +139,11 @@ def test_a_batch_of_mixed_kinds_is_refused() -> None:
         elementwise.propose_batch([elementwise, kronecker], group, context)
 
 
-def _train_scaled(
-    alone: bool, monkeypatch: pytest.MonkeyPatch
-) -> tuple[list[torch.Tensor], list[int]]:
-    """Train :class:`Stack` in float64 with a gradient scaler whose scale changes every step."""
-    batch_sizes: list[int] = []
-    with monkeypatch.context() as patch:
-        if alone:
-            patch.setattr(KroneckerBlock, "batch_key", lambda self, group, context: None)
-        original: Callable[..., Any] = KroneckerBlock.propose_batch
-
-        def counted(self: KroneckerBlock, blocks: list, group: Any, context: Any) -> Any:
-            batch_sizes.append(len(blocks))
-            return original(self, blocks, group, context)
-
-        patch.setattr(KroneckerBlock, "propose_batch", counted)
-        torch.manual_seed(0)
-        model = Stack().double()
-        optimizer = SINGD(model, lr=3e-3, init_grad_scale=2.0**10, T=2)
-        scaler = torch.amp.GradScaler(
-            "cpu", init_scale=2.0**10, growth_factor=3.0, growth_interval=1
-        )
-        generator = torch.Generator().manual_seed(1)
-        for _ in range(4):
-            x = torch.randn(16, 12, generator=generator, dtype=torch.float64)
-            y = torch.randint(0, 3, (16,), generator=generator)
-            optimizer.zero_grad()
-            scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
-            scaler.step(optimizer)
-            scaler.update()
-    return [p.detach().clone() for p in model.parameters()], batch_sizes
-
-
 def test_batched_blocks_with_a_gradient_scaler(monkeypatch: pytest.MonkeyPatch) -> None:
     """The scale carried by the gradients and the curvature is removed in the batch as alone."""
-    batched, sizes = _train_scaled(alone=False, monkeypatch=monkeypatch)
-    alone, _ = _train_scaled(alone=True, monkeypatch=monkeypatch)
+    options = {"T": 2, "init_grad_scale": 2.0**10}
+    batched, sizes = _train(options, alone=False, monkeypatch=monkeypatch, scaled=True)
+    alone, _ = _train(options, alone=True, monkeypatch=monkeypatch, scaled=True)
     assert sizes and max(sizes) == 4
     for got, expected in zip(batched, alone, strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)

@@ -258,9 +258,8 @@ class KroneckerBlock(PreconditionerBlock):
         The recorded curvature (if any) is handed over: its storage becomes the new
         momenta.
         """
-        cached = self._squares
-        usable = cached is not None and cached[0] is self.K and cached[1] is self.C
         curvature = self.curvature
+        KKT, CCT = self._cached_squares()
         return BlockState(
             self.K,
             self.C,
@@ -269,10 +268,17 @@ class KroneckerBlock(PreconditionerBlock):
             H_K=curvature.H_K if curvature is not None else None,
             H_C=curvature.H_C if curvature is not None else None,
             grad=self.layer.gradient_matrix(context.gradients),
-            KKT=cached[2] if usable and cached is not None else None,
-            CCT=cached[3] if usable and cached is not None else None,
+            KKT=KKT,
+            CCT=CCT,
             moment=self._graft_moment,
         )
+
+    def _cached_squares(self) -> tuple[StructuredMatrix | None, StructuredMatrix | None]:
+        """The cached ``K K^T``, ``C C^T`` of the current factors (``None`` where not kept)."""
+        cached = self._squares
+        if cached is None or cached[0] is not self.K or cached[1] is not self.C:
+            return None, None
+        return cached[2], cached[3]
 
     def _settings(self, group: Mapping[str, Any], context: StepContext) -> StepSettings:
         """The step's hyper-parameters for :func:`~singd_opt.blocks.kronecker_step.advance`."""
@@ -285,14 +291,12 @@ class KroneckerBlock(PreconditionerBlock):
             group=group,
         )
 
-    def step_signature(
-        self, group: Mapping[str, Any], context: StepContext
-    ) -> StepSignature | None:
-        """What blocks advanced together with this one must share, ``None`` to go alone.
+    def batch_key(self, group: Mapping[str, Any], context: StepContext) -> StepSignature | None:
+        """See :meth:`PreconditionerBlock.batch_key`: the block's :class:`StepSignature`.
 
-        A block goes alone for a warm start, without a gradient for every parameter,
-        with sharded parameters (``context.gradients``), and with a structure that does
-        not declare :attr:`~structmat.StructuredMatrix.batches_under_vmap`.
+        A block goes alone (``None``) for a warm start, without a gradient for every
+        parameter, with sharded parameters (``context.gradients``), and with a structure
+        that does not declare :attr:`~structmat.StructuredMatrix.batches_under_vmap`.
         """
         if not (type(self.K).batches_under_vmap and type(self.C).batches_under_vmap):
             return None
@@ -302,8 +306,7 @@ class KroneckerBlock(PreconditionerBlock):
             return None
         if any(rows.param.grad is None for rows in self.layer.params):
             return None
-        cached = self._squares
-        usable = cached is not None and cached[0] is self.K and cached[1] is self.C
+        KKT, CCT = self._cached_squares()
         moment = self._graft_moment
         return StepSignature(
             structures=self.structures,
@@ -312,16 +315,9 @@ class KroneckerBlock(PreconditionerBlock):
             device=self.K.device,
             updating=self.curvature is not None,
             momenta=self.m_K is not None,
-            squares=(
-                usable and cached is not None and cached[2] is not None,
-                usable and cached is not None and cached[3] is not None,
-            ),
+            squares=(KKT is not None, CCT is not None),
             moment_updates=moment.updates if moment is not None else None,
         )
-
-    def batch_key(self, group: Mapping[str, Any], context: StepContext) -> StepSignature | None:
-        """See :meth:`PreconditionerBlock.batch_key`: the :meth:`step_signature`."""
-        return self.step_signature(group, context)
 
     def propose(self, group: Mapping[str, Any], context: StepContext) -> Proposal:
         r"""Update ``K, C`` from the recorded curvature (if any) and precondition.
