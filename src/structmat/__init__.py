@@ -15,7 +15,7 @@ from structmat.arrow_variants import (
     TriuBottomRightDiag,
     TriuTopLeftDiag,
 )
-from structmat.base import StructuredMatrix
+from structmat.base import STACK_OPERATIONS, StructuredMatrix
 from structmat.block_diagonal import BlockDiagonal
 from structmat.dense import Dense
 from structmat.diagonal import Diagonal
@@ -37,6 +37,7 @@ from structmat.tril_toeplitz import TrilToeplitz
 from structmat.triu_toeplitz import TriuToeplitz
 
 __all__ = [
+    "STACK_OPERATIONS",
     "ArrowMatrix",
     "BlockDiagonal",
     "Dense",

@@ -36,8 +36,8 @@ def gram(Z: Tensor) -> Tensor:
         :math:`d^2 m / 2 + O(d b m)` multiply-adds blocked, :math:`d^2 m` otherwise,
         plus :math:`O(d b)` (blocked) or :math:`O(d^2)` for the mirroring.
     """
-    d, m = Z.shape
-    if min(d, m) < HALF_GRAM_MIN_SIZE or writes_forbidden(Z):
+    d, m = Z.shape[-2:]
+    if Z.ndim > 2 or min(d, m) < HALF_GRAM_MIN_SIZE or writes_forbidden(Z):  # a stack: one GEMM
         G = Z @ Z.mT
         if writes_forbidden(G):
             return G.triu() + G.triu(1).mT

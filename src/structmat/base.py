@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -79,6 +79,31 @@ from structmat.registry import get_structure, rebuild_member
 
 Scalar = float | int | Tensor
 S = TypeVar("S", bound="StructuredMatrix")
+
+#: The public operations defined on a stack of members (:meth:`StructuredMatrix.stack`)
+#: of a structure that declares ``batches_natively``.
+STACK_OPERATIONS: tuple[str, ...] = (
+    "+",
+    "-",
+    "*",
+    "/",
+    "@",
+    "rmatmat",
+    "add_",
+    "mul_",
+    "diag_add_",
+    "transpose",
+    "diag",
+    "trace",
+    "average_trace",
+    "infinity_vector_norm",
+    "from_inner()",
+    "clone",
+    "detach",
+    "to",
+    "to_dense",
+    "unbind",
+)
 
 
 class StructuredMatrix(ABC):
@@ -105,6 +130,11 @@ class StructuredMatrix(ABC):
             along a new leading axis) with a batching rule for each of its kernels, so
             that one vmapped call processes a batch of members at once and equals
             processing each.
+        batches_natively: Whether members stack (:meth:`stack`): a stack holds the
+            tensors of several members of one dimension along leading batch
+            dimensions (:attr:`batch_shape`), and the operations of
+            :data:`STACK_OPERATIONS` act on each member at once, without
+            :func:`torch.vmap`; the others raise ``ValueError`` on a stack.
     """
 
     name: ClassVar[str | None] = None
@@ -112,6 +142,7 @@ class StructuredMatrix(ABC):
     closed_under_transpose: ClassVar[bool] = False
     closed_under_spectral_functions: ClassVar[bool] = False
     batches_under_vmap: ClassVar[bool] = False
+    batches_natively: ClassVar[bool] = False
     transpose_name: ClassVar[str | None] = None
     parameters: ClassVar[tuple[str, ...]] = ()
     template_hint: ClassVar[str] = ""
@@ -285,7 +316,17 @@ class StructuredMatrix(ABC):
         return cls(**tensors)
 
     def _map_tensors(self: S, fn: Any) -> S:
-        return type(self)(**{name: fn(t) for name, t in self.named_tensors()})
+        return self._rebuilt({name: fn(t) for name, t in self.named_tensors()})
+
+    def _rebuilt(self: S, tensors: dict[str, Tensor]) -> S:
+        """A member (a stack, for a stack) of this structure and size from new ``tensors``.
+
+        Through the constructor, which checks members; a stack's tensors, which carry
+        the batch dimensions, are taken as they are.
+        """
+        if self.batch_shape:
+            return type(self)._from_checked(self.shape, tensors)
+        return type(self)(**tensors)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -305,6 +346,83 @@ class StructuredMatrix(ABC):
             dim = layout_dimension(type(self), shapes)
             self._shape = torch.Size((dim, dim))
         return self._shape
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        """The leading dimensions of a stack (:meth:`stack`); ``torch.Size([])`` for a member."""
+        name, tensor = self._tensor_names[0], getattr(self, self._tensor_names[0])
+        return tensor.shape[: tensor.ndim - declared_ndims(type(self))[name]]
+
+    @classmethod
+    def stack(cls: type[S], members: Sequence[S]) -> S:
+        """Return the stack of ``members``: one object whose operations act on each member.
+
+        The stored tensors of the members (of one structure, dimension, dtype and
+        device) are stacked along a new leading dimension, so ``batch_shape`` is
+        ``(len(members),)`` and ``stack(...).unbind()[i]`` equals ``members[i]``.
+        :data:`STACK_OPERATIONS` work on the stack: scalars they return have shape
+        ``batch_shape`` (one per member), scalars they take may be tensors of that
+        shape, and tensor operands carry the batch dimensions first (``A @ X`` with
+        ``X`` of shape ``(*batch_shape, d, n)``). For a structure that declares
+        :attr:`batches_natively`.
+
+        Raises:
+            TypeError: If the structure does not batch natively, or the members are
+                not all of it.
+            ValueError: If there are no members, or their shapes, dtypes, devices or
+                batch shapes differ.
+        """
+        if not cls.batches_natively:
+            raise TypeError(f"{cls.__name__} does not declare batches_natively: it does not stack")
+        members = list(members)
+        if not members:
+            raise ValueError("stack needs at least one member")
+        first = members[0]
+        for member in members:
+            if type(member) is not cls:
+                raise TypeError(
+                    f"stack: every member must be a {cls.__name__}, got {type(member).__name__}"
+                )
+            if (member.shape, member.dtype, member.device, member.batch_shape) != (
+                first.shape,
+                first.dtype,
+                first.device,
+                first.batch_shape,
+            ):
+                raise ValueError(
+                    "stack: the members must share shape, dtype, device and batch shape; got "
+                    f"{tuple(first.shape)} {first.dtype} {first.device} and "
+                    f"{tuple(member.shape)} {member.dtype} {member.device}"
+                )
+        stacked = {
+            name: torch.stack([getattr(member, name) for member in members])
+            for name in first._tensor_names
+        }
+        return cls._from_checked(first.shape, stacked)
+
+    def unbind(self: S) -> list[S]:
+        """Return the members of a stack along its first batch dimension (views, no copy).
+
+        Raises:
+            ValueError: If ``self`` is not a stack.
+        """
+        if not self.batch_shape:
+            raise ValueError(f"unbind: this {type(self).__name__} is a member, not a stack")
+        views = {name: tensor.unbind(0) for name, tensor in self.named_tensors()}
+        count = len(next(iter(views.values())))
+        return [
+            type(self)._from_checked(self.shape, {name: parts[i] for name, parts in views.items()})
+            for i in range(count)
+        ]
+
+    def _require_member(self, op: str) -> None:
+        """Raise ``ValueError`` if ``self`` is a stack (``op`` is not a stack operation)."""
+        if self.batch_shape:
+            raise ValueError(
+                f"{op} is not defined on a stack of {type(self).__name__} members (batch shape "
+                f"{tuple(self.batch_shape)}); the stack operations are "
+                f"{', '.join(STACK_OPERATIONS)}; unbind() the stack first"
+            )
 
     def to(self: S, *args: Any, **kwargs: Any) -> S:
         """Return a copy with every stored tensor moved by ``Tensor.to(*args, **kwargs)``."""
@@ -360,22 +478,42 @@ class StructuredMatrix(ABC):
             raise ValueError(
                 f"cannot {op} matrices of shapes {tuple(self.shape)} and {tuple(other.shape)}"
             )
+        if self.batch_shape != other.batch_shape:
+            raise ValueError(
+                f"cannot {op} stacks of batch shapes {tuple(self.batch_shape)} and "
+                f"{tuple(other.batch_shape)}"
+            )
 
-    @staticmethod
-    def _check_scalar(value: object, op: str) -> None:
+    def _check_scalar(self, value: object, op: str) -> None:
         if isinstance(value, Tensor):
-            if value.numel() != 1:
-                raise ValueError(f"{op} takes a scalar, got a tensor of shape {tuple(value.shape)}")
+            if value.numel() != 1 and value.shape != self.batch_shape:
+                per_member = f" or of the batch shape {tuple(self.batch_shape)}"
+                raise ValueError(
+                    f"{op} takes a scalar{per_member if self.batch_shape else ''}, got a tensor "
+                    f"of shape {tuple(value.shape)}"
+                )
         elif not isinstance(value, int | float) or isinstance(value, bool):
             raise TypeError(f"{op} takes a scalar (int, float or 1-element tensor), got {value!r}")
 
     def _check_operand(self, X: object, op: str, dim: int = 0) -> Tensor:
+        """Check a tensor operand: ``(d,)`` or ``(d, n)`` (``dim``: where ``d`` sits).
+
+        On a stack the operand carries the batch dimensions first, and ``dim`` counts
+        from the end of them.
+        """
         if not isinstance(X, Tensor):
             raise TypeError(f"{op}: expected a torch.Tensor, got {type(X).__name__}")
-        if X.ndim not in (1, 2) or X.shape[dim] != self.shape[0]:
+        batch = self.batch_shape
+        member_ndim = X.ndim - len(batch)
+        if (
+            member_ndim not in (1, 2)
+            or X.shape[: len(batch)] != batch
+            or X.shape[len(batch) + dim] != self.shape[0]
+        ):
+            lead = f"batch dimensions {tuple(batch)} followed by " if batch else ""
             raise ValueError(
                 f"{op}: shapes {tuple(self.shape)} and {tuple(X.shape)} are not aligned "
-                f"(need a 1-d or 2-d tensor with size {self.shape[0]} in dimension {dim})"
+                f"(need {lead}a 1-d or 2-d tensor with size {self.shape[0]} in dimension {dim})"
             )
         self._check_dtype(X, op)
         return X
@@ -443,8 +581,8 @@ class StructuredMatrix(ABC):
             return self._matmul(other)
         if isinstance(other, Tensor):
             X = self._check_operand(other, "A @ X")
-            if X.ndim == 1:
-                return self._matmat(X.unsqueeze(1)).squeeze(1)
+            if X.ndim == len(self.batch_shape) + 1:
+                return self._matmat(X.unsqueeze(-1)).squeeze(-1)
             return self._matmat(X)
         return NotImplemented
 
@@ -452,9 +590,10 @@ class StructuredMatrix(ABC):
         """``X @ A`` for a tensor ``X`` of shape ``(n, d)`` (or a vector of size ``d``)."""
         if not isinstance(other, Tensor):
             return NotImplemented
-        X = self._check_operand(other, "X @ A", dim=other.ndim - 1)
-        if X.ndim == 1:
-            return self._transpose()._matmat(X.unsqueeze(1)).squeeze(1)
+        vector = other.ndim == len(self.batch_shape) + 1
+        X = self._check_operand(other, "X @ A", dim=0 if vector else 1)
+        if vector:
+            return self._transpose()._matmat(X.unsqueeze(-1)).squeeze(-1)
         return self._transpose()._matmat(X.mT).mT
 
     def rmatmat(self, X: Tensor) -> Tensor:
@@ -464,8 +603,8 @@ class StructuredMatrix(ABC):
         copy) with ``X``.
         """
         X = self._check_operand(X, "A.T @ X")
-        if X.ndim == 1:
-            return self._transpose()._matmat(X.unsqueeze(1)).squeeze(1)
+        if X.ndim == len(self.batch_shape) + 1:
+            return self._transpose()._matmat(X.unsqueeze(-1)).squeeze(-1)
         return self._transpose()._matmat(X)
 
     def transpose(self) -> StructuredMatrix:
@@ -519,6 +658,7 @@ class StructuredMatrix(ABC):
                 f"{type(self).__name__} is not closed under spectral functions; "
                 "symmetric_eigen needs closed_under_spectral_functions = True"
             )
+        self._require_member("symmetric_eigen")
         return self._symmetric_eigen()  # type: ignore[attr-defined] (checked at definition)
 
     def frobenius_norm(self) -> Tensor:
@@ -527,6 +667,7 @@ class StructuredMatrix(ABC):
         Half types are accumulated in float32 after scaling by the largest magnitude, so
         the norm is finite whenever it is representable in the dtype.
         """
+        self._require_member("frobenius_norm")
         return self._frobenius_norm()
 
     def infinity_vector_norm(self) -> Tensor:
@@ -542,6 +683,7 @@ class StructuredMatrix(ABC):
         """
         if not type(self).closed_under_inverse:
             raise TypeError(f"{type(self).__name__} is not closed under inversion")
+        self._require_member("inv")
         return self._inv()
 
     @classmethod
@@ -575,6 +717,7 @@ class StructuredMatrix(ABC):
                 f"got {tuple(XXT.shape)}"
             )
         self._check_dtype(XXT, "from_inner2(XXT)")
+        self._require_member("from_inner2")
         return self._from_inner2(XXT)
 
     def from_inner_diagonal(self: S, values: Tensor) -> S:
@@ -598,6 +741,7 @@ class StructuredMatrix(ABC):
                 f"got {tuple(values.shape)}"
             )
         self._check_dtype(values, "from_inner_diagonal(values)")
+        self._require_member("from_inner_diagonal")
         return self._from_inner_diagonal(values)
 
     def from_inner(self: S, X: Tensor | None = None) -> S:
@@ -607,6 +751,7 @@ class StructuredMatrix(ABC):
         """
         if X is None:
             return self._from_inner_identity()
+        self._require_member("from_inner(X)")
         X = self._check_operand(X, "from_inner(X)")
         if X.ndim == 1:
             X = X.unsqueeze(1)
@@ -721,7 +866,7 @@ class StructuredMatrix(ABC):
         without assembling the diagonal, keeping the half-precision guarantee of
         :meth:`trace` (e.g. by deferring half types to this default).
         """
-        return stable_sum(self._diag(), mean=mean)
+        return stable_sum(self._diag(), mean=mean, keep=len(self.batch_shape))
 
     def _frobenius_norm(self) -> Tensor:
         self._warn_fallback("frobenius_norm")
@@ -770,4 +915,10 @@ def _rebuild(cls: type[S], tensors: dict[str, Tensor]) -> S:
     return cls(**tensors)
 
 
-__all__ = ["DenseFallbackWarning", "Scalar", "SingularMatrixError", "StructuredMatrix"]
+__all__ = [
+    "STACK_OPERATIONS",
+    "DenseFallbackWarning",
+    "Scalar",
+    "SingularMatrixError",
+    "StructuredMatrix",
+]

@@ -59,6 +59,7 @@ class BlockDiagonal(LinearStructure):
     closed_under_inverse = True
     closed_under_transpose = True
     batches_under_vmap = True
+    batches_natively = True
     closed_under_spectral_functions = True
     _plain_constructor = True
 
@@ -100,14 +101,18 @@ class BlockDiagonal(LinearStructure):
         return shapes["blocks"][0] * cls._require_block_size() + shapes["last_block"][0]
 
     def _split_rows(self, X: Tensor) -> tuple[Tensor, Tensor]:
-        """Split ``X`` of shape ``(d, n)`` into ``(N, b, n)`` row blocks and the last ``r`` rows."""
-        count, b = self.blocks.shape[0], self._require_block_size()
-        return X[: count * b].reshape(count, b, X.shape[1]), X[count * b :]
+        """Split ``X``, ``(..., d, n)``, into ``(..., N, b, n)`` row blocks and the last rows.
+
+        The leading dimensions are a stack's batch dimensions (none for a member).
+        """
+        count, b = self.blocks.shape[-3], self._require_block_size()
+        head = X[..., : count * b, :]
+        return head.reshape(*X.shape[:-2], count, b, X.shape[-1]), X[..., count * b :, :]
 
     @staticmethod
     def _join_rows(blocks: Tensor, last: Tensor) -> Tensor:
-        """Inverse of :meth:`_split_rows`: stack ``(N, b, n)`` and ``(r, n)`` into ``(d, n)``."""
-        return torch.cat([blocks.reshape(-1, blocks.shape[-1]), last], 0)
+        """Inverse of :meth:`_split_rows`: the row blocks and last rows joined, ``(..., d, n)``."""
+        return torch.cat([blocks.reshape(*blocks.shape[:-3], -1, blocks.shape[-1]), last], -2)
 
     # --------------------------------------------------------- dense round trip
     @classmethod
@@ -135,16 +140,18 @@ class BlockDiagonal(LinearStructure):
         return mat[rows, cols], mat[start:, start:]
 
     def to_dense(self) -> Tensor:
-        """Assemble the ``d x d`` block-diagonal matrix."""
-        return torch.block_diag(*self.blocks.unbind(0), self.last_block)
+        """Assemble the ``d x d`` block-diagonal matrix (a stack: one per member)."""
+        if not self.batch_shape:
+            return torch.block_diag(*self.blocks.unbind(0), self.last_block)
+        return torch.stack([member.to_dense() for member in self.unbind()])
 
     # ---------------------------------------------------------------- kernels
     def _matmul(self, other: BlockDiagonal) -> BlockDiagonal:
         """Blockwise product :math:`K_i K'_i`, :math:`O(d b^2)`."""
         last = self.last_block
         return self._like(
-            blocks=torch.bmm(self.blocks, other.blocks),
-            last_block=torch.mm(last, other.last_block) if last.numel() else last,
+            blocks=torch.matmul(self.blocks, other.blocks),
+            last_block=torch.matmul(last, other.last_block) if last.numel() else last,
         )
 
     def _matmat(self, X: Tensor) -> Tensor:
@@ -152,10 +159,13 @@ class BlockDiagonal(LinearStructure):
 
         Without autograd the batched products are written straight into the result,
         with no copy to join them; any layout of ``X`` (and of the blocks, which are
-        transposed views in a transpose) is read in place.
+        transposed views in a transpose) is read in place. A stack's products are
+        joined (its row blocks are not one view of the result).
         """
         blocks, last = self.blocks, self.last_block
         X_blocks, X_last = self._split_rows(X)
+        if blocks.ndim > 3:
+            return self._join_rows(torch.matmul(blocks, X_blocks), torch.matmul(last, X_last))
         if writes_forbidden(blocks, last, X):
             return self._join_rows(torch.bmm(blocks, X_blocks), torch.mm(last, X_last))
         out = X.new_empty(X.shape)
@@ -171,23 +181,27 @@ class BlockDiagonal(LinearStructure):
         return self._from_checked(self.shape, transposed)
 
     def _diag(self) -> Tensor:
+        heads = self.blocks.diagonal(dim1=-2, dim2=-1)
         return torch.cat(
-            [self.blocks.diagonal(dim1=-2, dim2=-1).reshape(-1), self.last_block.diagonal()]
+            [heads.reshape(*heads.shape[:-2], -1), self.last_block.diagonal(dim1=-2, dim2=-1)],
+            -1,
         )
 
     def _trace(self, mean: bool) -> Tensor:
         """Sum of the blocks' diagonals without assembling the diagonal (half types: default)."""
         if self.blocks.dtype in HALF_TYPES:
             return super()._trace(mean)
-        total = self.blocks.diagonal(dim1=-2, dim2=-1).sum((0, 1))
+        total = self.blocks.diagonal(dim1=-2, dim2=-1).sum((-2, -1))
         if self.last_block.numel():
-            total = total + self.last_block.diagonal().sum(0)
+            total = total + self.last_block.diagonal(dim1=-2, dim2=-1).sum(-1)
         return total / self.shape[0] if mean else total
 
     def _diag_add_(self, value: Scalar) -> None:
-        self.blocks.diagonal(dim1=-2, dim2=-1).add_(value)
+        heads = self.blocks.diagonal(dim1=-2, dim2=-1)
+        heads.add_(self.per_member(value, heads))
         if self.last_block.numel():
-            self.last_block.diagonal().add_(value)
+            last = self.last_block.diagonal(dim1=-2, dim2=-1)
+            last.add_(self.per_member(value, last))
 
     def _inv(self) -> BlockDiagonal:
         """Batched dense inverse of the blocks, :math:`O(d b^2)`.
@@ -235,8 +249,8 @@ class BlockDiagonal(LinearStructure):
         r""":math:`A^\top A` is blockdiag(:math:`K_i^\top K_i`), :math:`O(d b^2)`."""
         last = self.last_block
         return self._like(
-            blocks=torch.bmm(self.blocks.mT, self.blocks),
-            last_block=torch.mm(last.mT, last) if last.numel() else last,
+            blocks=torch.matmul(self.blocks.mT, self.blocks),
+            last_block=torch.matmul(last.mT, last) if last.numel() else last,
         )
 
     def _from_inner2(self, XXT: Tensor) -> BlockDiagonal:

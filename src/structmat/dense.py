@@ -29,6 +29,7 @@ class Dense(LinearStructure):
     closed_under_inverse = True
     closed_under_transpose = True
     batches_under_vmap = True
+    batches_natively = True
     closed_under_spectral_functions = True
     _plain_constructor = True
 
@@ -55,7 +56,7 @@ class Dense(LinearStructure):
         return self.matrix
 
     def _matmul(self, other: Dense) -> Dense:
-        return self._like(matrix=torch.mm(self.matrix, other.matrix))
+        return self._like(matrix=torch.matmul(self.matrix, other.matrix))
 
     def _matmat(self, X: Tensor) -> Tensor:
         return self.matrix @ X
@@ -64,10 +65,11 @@ class Dense(LinearStructure):
         return self._from_checked(self.shape, {"matrix": self.matrix.mT})
 
     def _diag(self) -> Tensor:
-        return self.matrix.diagonal()
+        return self.matrix.diagonal(dim1=-2, dim2=-1)
 
     def _diag_add_(self, value: float | Tensor) -> None:
-        self.matrix.diagonal().add_(value)
+        diagonal = self.matrix.diagonal(dim1=-2, dim2=-1)
+        diagonal.add_(self.per_member(value, diagonal))
 
     def _inv(self) -> Dense:
         return self._like(matrix=dense_inverse(self.matrix, "Dense matrix"))

@@ -29,6 +29,7 @@ class Diagonal(LinearStructure):
     closed_under_inverse = True
     closed_under_transpose = True
     batches_under_vmap = True
+    batches_natively = True
     closed_under_spectral_functions = True
     _plain_constructor = True
 
@@ -51,14 +52,14 @@ class Diagonal(LinearStructure):
         return cls(cls._check_square(sym_mat).diagonal().clone())
 
     def to_dense(self) -> Tensor:
-        """Return ``torch.diag(diagonal)``."""
-        return torch.diag(self.diagonal)
+        """Return ``torch.diag(diagonal)`` (a stack: one per member)."""
+        return torch.diag_embed(self.diagonal)
 
     def _matmul(self, other: Diagonal) -> Diagonal:
         return self._like(diagonal=self.diagonal * other.diagonal)
 
     def _matmat(self, X: Tensor) -> Tensor:
-        return self.diagonal.unsqueeze(1) * X
+        return self.diagonal.unsqueeze(-1) * X
 
     def _transpose(self) -> Diagonal:
         return self
@@ -67,7 +68,7 @@ class Diagonal(LinearStructure):
         return self.diagonal
 
     def _diag_add_(self, value: float | Tensor) -> None:
-        self.diagonal.add_(value)
+        self.diagonal.add_(self.per_member(value, self.diagonal))
 
     def _inv(self) -> Diagonal:
         check_nonzero(self.diagonal, "Diagonal matrix")

@@ -27,41 +27,66 @@ class LinearStructure(StructuredMatrix):
     so :math:`\|A\|_F` is the 2-norm of the storage and :math:`\max_{ij} |A_{ij}|` its
     largest magnitude; structures that repeat stored numbers (Toeplitz) override
     :meth:`_frobenius_norm`.
+
+    On a stack (:meth:`~StructuredMatrix.stack`) a scalar may be a tensor of the batch
+    shape, one value per member: :meth:`per_member` lines it up with a stored tensor.
     """
 
+    def per_member(self, value: Scalar, tensor: Tensor) -> Scalar:
+        """``value`` shaped to scale ``tensor`` member by member.
+
+        A number or a one-element tensor is returned as it is; on a stack, a tensor of
+        the batch shape gets a trailing singleton dimension per dimension of a member's
+        ``tensor``.
+        """
+        if not isinstance(value, Tensor) or value.ndim == 0:
+            return value
+        if value.numel() == 1 and not self.batch_shape:
+            return value.reshape(())
+        return value.reshape(value.shape + (1,) * (tensor.ndim - value.ndim))
+
+    def member_dims(self, tensor: Tensor) -> tuple[int, ...]:
+        """The dimensions of ``tensor`` that index one member's entries (not the batch)."""
+        return tuple(range(len(self.batch_shape), tensor.ndim))
+
     def _add(self: L, other: L, alpha: Scalar) -> L:
-        return type(self)(
-            **{name: t + alpha * getattr(other, name) for name, t in self.named_tensors()}
+        return self._rebuilt(
+            {
+                name: t + self.per_member(alpha, t) * getattr(other, name)
+                for name, t in self.named_tensors()
+            }
         )
 
     def _scale(self: L, value: Scalar) -> L:
-        return self._map_tensors(lambda t: t * value)
+        return self._map_tensors(lambda t: t * self.per_member(value, t))
 
     def _add_(self, other: StructuredMatrix, alpha: Scalar) -> None:
         # a tensor alpha multiplies on the device (no conversion to a number, no sync)
-        scaled = isinstance(alpha, Tensor) and alpha.ndim == 0
+        scaled = isinstance(alpha, Tensor)
         for name, tensor in self.named_tensors():
             if not tensor.numel():  # an empty tensor (a block-diagonal's last block)
                 continue
             if scaled and transformed(tensor, alpha):  # type: ignore[arg-type]
                 tensor.add_(getattr(other, name) * alpha)  # vmap has no addcmul_ rule
             elif scaled:
-                tensor.addcmul_(getattr(other, name), alpha)  # type: ignore[arg-type]
+                tensor.addcmul_(getattr(other, name), self.per_member(alpha, tensor))
             else:
                 tensor.add_(getattr(other, name), alpha=alpha)
 
     def _mul_(self, value: Scalar) -> None:
         for _, tensor in self.named_tensors():
             if tensor.numel():
-                tensor.mul_(value)
+                tensor.mul_(self.per_member(value, tensor))
 
     def _frobenius_norm(self) -> Tensor:
         return stable_norm([t for _, t in self.named_tensors()])
 
     def _infinity_vector_norm(self) -> Tensor:
         # amax: the same value as max, and a fast reduction under torch.vmap
-        maxima = [t.abs().amax() for _, t in self.named_tensors() if t.numel() > 0]
-        return maxima[0] if len(maxima) == 1 else torch.stack(maxima).amax()
+        maxima = [
+            t.abs().amax(self.member_dims(t)) for _, t in self.named_tensors() if t.numel() > 0
+        ]
+        return maxima[0] if len(maxima) == 1 else torch.stack(maxima, -1).amax(-1)
 
     @classmethod
     def _zeros(cls: type[L], dim: int, dtype: torch.dtype | None, device: Any) -> L:

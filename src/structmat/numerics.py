@@ -21,15 +21,18 @@ from torch import Tensor
 HALF_TYPES = (torch.float16, torch.bfloat16)
 
 
-def _scale_of(values: Sequence[Tensor]) -> Tensor:
-    """Largest magnitude over ``values`` (float32 tensors), 0 for no entries."""
-    maxima = [v.abs().amax() for v in values if v.numel()]
+def _scale_of(values: Sequence[Tensor], keep: int = 0) -> Tensor:
+    """Largest magnitude over ``values`` (float32 tensors), 0 for no entries.
+
+    ``keep`` leading dimensions are kept (one scale per index of them).
+    """
+    maxima = [v.abs().amax(tuple(range(keep, v.ndim))) for v in values if v.numel()]
     if not maxima:
         return values[0].new_zeros(())
     return torch.stack(maxima).amax()
 
 
-def stable_sum(values: Tensor, mean: bool = False) -> Tensor:
+def stable_sum(values: Tensor, mean: bool = False, keep: int = 0) -> Tensor:
     r"""Sum (or mean) of a tensor that cannot overflow in half precision unless the result does.
 
     float32 and float64 are reduced as they are. Half types are reduced in float32
@@ -40,21 +43,24 @@ def stable_sum(values: Tensor, mean: bool = False) -> Tensor:
     Args:
         values: The entries.
         mean: Return the mean instead of the sum.
+        keep: How many leading dimensions to keep (the batch dimensions of a stack:
+            one sum per index of them).
 
     Returns:
-        A 0-d tensor in the dtype of ``values``.
+        A tensor of the ``keep`` leading dimensions of ``values`` (0-d for ``keep=0``) in
+        the dtype of ``values``.
     """
+    # explicit dimensions: the same reduction, and a fast one under torch.vmap
+    dims = tuple(range(keep, values.ndim))
     if values.dtype not in HALF_TYPES:
-        # explicit dimensions: the same reduction, and a fast one under torch.vmap
-        dims = tuple(range(values.ndim))
         return values.mean(dims) if mean else values.sum(dims)
     work = values.float()
-    scale = _scale_of([work])
+    scale = _scale_of([work], keep)
     usable = scale.isfinite() & (scale > 0)
     safe = torch.where(usable, scale, torch.ones_like(scale))
-    scaled = work / safe
-    total = (scaled.mean() if mean else scaled.sum()) * safe
-    plain = work.mean() if mean else work.sum()  # inf / nan entries, or all zero
+    scaled = work / safe.reshape(safe.shape + (1,) * len(dims))
+    total = (scaled.mean(dims) if mean else scaled.sum(dims)) * safe
+    plain = work.mean(dims) if mean else work.sum(dims)  # inf / nan entries, or all zero
     return torch.where(usable, total, plain).to(values.dtype)
 
 

@@ -95,6 +95,19 @@ entrywise agreement within ``rtol`` relative to the largest entry, in float64.
     ``from_inner()``, the average trace, :math:`\max_{ij} |a_{ij}|`, ``clone``,
     ``add_`` (with a per-member tensor factor), ``mul_`` and ``diag_add_`` equal each
     member's result, with no warning (a kernel without a batching rule warns)
+``test_stacks_match_members``
+    for a structure declaring ``batches_natively``: on stacks of three members
+    (:meth:`~structmat.StructuredMatrix.stack`) every operation of
+    :data:`~structmat.STACK_OPERATIONS` (products with members, matrices and
+    vectors, sums, per-member scalar factors, the transpose, ``from_inner()``, the
+    diagonal, traces, :math:`\max_{ij} |a_{ij}|`, in-place updates) equals each
+    member's result, with no warning
+``test_stack_round_trip_and_errors``
+    ``stack(members).unbind()`` gives the members back; on a stack the other
+    operations (``inv``, ``frobenius_norm``, ``from_inner(X)``, ``from_inner2``), a
+    factor of the wrong batch shape and an operand without the batch dimension raise
+    ``ValueError`` and change nothing; a structure that does not declare
+    ``batches_natively`` refuses to stack (``TypeError``)
 ``test_gradients``
     ``torch.autograd.gradcheck`` of :math:`AX`, ``from_inner(X)``,
     ``from_inner2(M)``, :math:`A^{-1}`
@@ -957,6 +970,102 @@ class StructureLaws:
             single = operations(firsts[i].tensors(), seconds[i].tensors(), X[i], factors[i])
             for what, expected in single.items():
                 self.close(batched[what][i], expected, f"member {i} of a vmapped {what}")
+
+    @given(data=st.data())
+    def test_stacks_match_members(self, data: st.DataObject) -> None:
+        """Every stack operation on a stack of members equals that operation on each member.
+
+        Scalars come back one per member, scalar arguments go in one per member, and the
+        tensor operands carry the batch dimension first; no warning is raised (no dense
+        fallback). A structure that does not declare ``batches_natively`` promises
+        nothing here.
+        """
+        cls = self.structure
+        if not cls.batches_natively:
+            return
+        dim = data.draw(dims(cls, self.max_dim), label="d")
+        n = data.draw(st.integers(1, 5), label="n")
+        count = 3
+        firsts = [random_member(cls, dim, data.draw(seeds)) for _ in range(count)]
+        seconds = [random_member(cls, dim, data.draw(seeds)) for _ in range(count)]
+        X = self.draw_tensor(data, (count, dim, n))
+        vectors = self.draw_tensor(data, (count, dim))
+        factors = self.draw_tensor(data, (count,))
+
+        def operations(
+            A: StructuredMatrix, B: StructuredMatrix, x: Tensor, v: Tensor, factor: Tensor
+        ) -> dict[str, Any]:
+            return {
+                "A @ X": A @ x,
+                "A @ v": A @ v,
+                "X^T @ A": x.mT @ A,
+                "A.rmatmat(X)": A.rmatmat(x),
+                "diag": A.diag(),
+                "trace": A.trace(),
+                "average_trace": A.average_trace(),
+                "infinity_vector_norm": A.infinity_vector_norm(),
+                "to_dense": A.to_dense(),
+                "A @ B": A @ B,
+                "A + B": A + B,
+                "A - B": A - B,
+                "c * A": A * factor,
+                "A / c": A / factor,
+                "A^T": A.T,
+                "from_inner()": A.from_inner(),
+                "in-place updates": A.clone().add_(B, alpha=factor).mul_(factor).diag_add_(factor),
+            }
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            stacked = operations(cls.stack(firsts), cls.stack(seconds), X, vectors, factors)
+        for i in range(count):
+            single = operations(firsts[i], seconds[i], X[i], vectors[i], factors[i])
+            for what, expected in single.items():
+                result = stacked[what]
+                if isinstance(expected, StructuredMatrix):
+                    assert result.batch_shape == (count,), what
+                    result, expected = result.unbind()[i].to_dense(), expected.to_dense()
+                else:
+                    result = result[i]
+                self.close(result, expected, f"member {i} of a stack's {what}")
+
+    def test_stack_round_trip_and_errors(self) -> None:
+        """``stack(members).unbind()`` returns the members; other operations raise on a stack.
+
+        The operations outside :data:`~structmat.STACK_OPERATIONS` raise
+        ``ValueError`` naming the stack operations before touching anything; a
+        structure that does not batch natively refuses to stack (``TypeError``).
+        """
+        cls = self.structure
+        dim = interesting_dims(cls, self.max_dim)[-1]
+        members = [random_member(cls, dim, seed) for seed in range(3)]
+        if not cls.batches_natively:
+            with raises(TypeError, "batches_natively"):
+                cls.stack(members)
+            return
+        stack = cls.stack(members)
+        for member, back in zip(members, stack.unbind(), strict=True):
+            assert torch.equal(member.to_dense(), back.to_dense())
+        X = random_tensor((dim, 2), seed=1)
+        refused = [
+            stack.frobenius_norm,
+            lambda: stack.from_inner(X.expand(3, dim, 2)),
+            lambda: stack.from_inner2(X @ X.mT),
+        ]
+        if cls.closed_under_inverse:
+            refused.append(stack.inv)
+        before = {k: t.clone() for k, t in stack.tensors().items()}
+        for call in refused:
+            with raises(ValueError, "stack"):
+                call()
+        with raises(ValueError, "batch shape"):
+            stack.mul_(torch.ones(2, dtype=stack.dtype))
+        with raises(ValueError, "not aligned"):
+            stack @ X
+        with raises(ValueError, "member, not a stack"):
+            members[0].unbind()
+        for key, tensor in stack.tensors().items():
+            assert torch.equal(tensor, before[key]), key
 
     # --------------------------------------------------------------- autograd
     def test_gradients(self) -> None:
