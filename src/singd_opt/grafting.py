@@ -59,8 +59,8 @@ class FactoredMoment:
         """Return the moment after averaging in ``grad`` (``self`` is unchanged)."""
         square = grad.to(self.rows.dtype).square()
         return FactoredMoment(
-            torch.lerp(self.rows, square.mean(dim=1), 1.0 - beta),
-            torch.lerp(self.columns, square.mean(dim=0), 1.0 - beta),
+            torch.lerp(self.rows, square.mean(dim=-1), 1.0 - beta),
+            torch.lerp(self.columns, square.mean(dim=-2), 1.0 - beta),
             self.updates + 1,
         )
 
@@ -68,10 +68,10 @@ class FactoredMoment:
     def zeros(grad: Tensor) -> FactoredMoment:
         """Return an empty moment for gradient matrices shaped like ``grad``."""
         dtype = torch.float32 if grad.dtype in (torch.float16, torch.bfloat16) else grad.dtype
-        d_C, d_K = grad.shape
+        *batch, d_C, d_K = grad.shape  # batch: the gradients of a stack of blocks
         return FactoredMoment(
-            torch.zeros(d_C, dtype=dtype, device=grad.device),
-            torch.zeros(d_K, dtype=dtype, device=grad.device),
+            torch.zeros((*batch, d_C), dtype=dtype, device=grad.device),
+            torch.zeros((*batch, d_K), dtype=dtype, device=grad.device),
             0,
         )
 
@@ -84,27 +84,28 @@ class FactoredMoment:
         """
         correction = 1.0 - beta**self.updates
         rows = self.rows / correction
-        mean = rows.mean().clamp_min(torch.finfo(rows.dtype).tiny)
-        root = torch.outer(rows.div_(mean).sqrt_(), (self.columns / correction).sqrt_())
-        return torch.linalg.vector_norm(grad.to(rows.dtype) / root.add_(eps))
+        mean = rows.mean(-1, keepdim=True).clamp_min(torch.finfo(rows.dtype).tiny)
+        columns = (self.columns / correction).sqrt_()
+        root = rows.div_(mean).sqrt_().unsqueeze(-1) * columns.unsqueeze(-2)
+        return torch.linalg.vector_norm(grad.to(rows.dtype) / root.add_(eps), dim=(-2, -1))
 
 
 def graft(direction: Tensor, target_norm: Tensor | float) -> Tensor:
     r"""Return ``direction`` scaled to Frobenius norm ``target_norm`` (zero stays zero).
 
     Args:
-        direction: :math:`N`, any shape.
-        target_norm: :math:`\|D\|_F`.
+        direction: :math:`N`, ``(d_C, d_K)``, or a stack of them ``(..., d_C, d_K)``.
+        target_norm: :math:`\|D\|_F` (one per matrix of a stack).
     """
     wide = direction.float() if direction.dtype in (torch.float16, torch.bfloat16) else direction
-    norm = torch.linalg.vector_norm(wide)
+    norm = torch.linalg.vector_norm(wide, dim=(-2, -1))
     factor = torch.where(norm > 0, torch.as_tensor(target_norm, dtype=norm.dtype) / norm, 0.0)
-    return direction * factor.to(direction.dtype)
+    return direction * factor.to(direction.dtype)[..., None, None]
 
 
 def rms_target(direction: Tensor) -> float:
-    r"""The ``"rms"`` rule's :math:`\|D\|_F = \sqrt{\text{numel}}` (root mean square 1)."""
-    return float(direction.numel()) ** 0.5
+    r"""The ``"rms"`` rule's :math:`\|D\|_F = \sqrt{d_C d_K}` (root mean square 1)."""
+    return float(direction.shape[-2] * direction.shape[-1]) ** 0.5
 
 
 def graft_direction(

@@ -119,8 +119,8 @@ def test_batched_blocks_in_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
         torch.testing.assert_close(got, expected, rtol=2**-6, atol=2**-9)
 
 
-def test_structures_without_batching_rules_go_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Hierarchical factors do not declare ``batches_under_vmap``: never batched."""
+def test_structures_that_do_not_stack_go_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hierarchical factors do not declare ``batches_natively``: never batched."""
     _, sizes = _train(
         {"structures": ("hierarchical3_3", "dense")}, alone=False, monkeypatch=monkeypatch
     )

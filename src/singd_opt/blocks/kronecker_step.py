@@ -5,11 +5,12 @@ r"""One step of a Kronecker block as a function of its state, for one block or a
 grafting (:mod:`singd_opt.grafting`). It reads only its arguments, so the blocks of one
 step that share a :class:`StepSignature` (same structures, sizes, dtypes and
 settings: the attention projections of every layer of a transformer, for example)
-are advanced together by :func:`advance_batch`, which stacks their states and runs
-:func:`advance` once under :func:`torch.vmap`. Each operation then runs once for the
-batch instead of once per block: on small layers, where a step costs the per-operation
-overhead rather than arithmetic, that is most of the time of the optimizer step. The
-results are those of :func:`advance` for each block.
+are advanced together by :func:`advance_batch`, which stacks their states
+(:meth:`structmat.StructuredMatrix.stack`: the structmat kernels act on every member of
+a stack at once) and runs :func:`advance` once on the stacks. Each operation then runs
+once for the batch instead of once per block: on small layers, where a step costs the
+per-operation overhead rather than arithmetic, that is most of the time of the
+optimizer step. The results are those of :func:`advance` for each block.
 """
 
 from __future__ import annotations
@@ -139,8 +140,8 @@ def advance(state: BlockState, settings: StepSettings) -> BlockState:
         if settings.grad_factor != 1.0:
             grad = grad / settings.grad_factor
         if KKT is None and CCT is None:
-            KKT = cached_square(K, grad.shape[0], settings.uses)
-            CCT = cached_square(C, grad.shape[1], settings.uses)
+            KKT = cached_square(K, grad.shape[-2], settings.uses)
+            CCT = cached_square(C, grad.shape[-1], settings.uses)
         direction = natural_gradient(K, C, grad, KKT, CCT)
         if settings.uses == 1:  # the factors change every step: nothing to cache
             KKT = CCT = None
@@ -164,82 +165,65 @@ def advance(state: BlockState, settings: StepSettings) -> BlockState:
 
 # ------------------------------------------------------------------- batches
 _MATRICES = ("K", "C", "m_K", "m_C", "H_K", "H_C", "KKT", "CCT")
-#: The fields (of :data:`_MATRICES` and the shared pair) with the structure of ``C``.
-_C_SIDE = frozenset({"C", "m_C", "H_C", "CCT", "shared_C"})
 
 
-def _flat_tensors(state: BlockState) -> dict[str, Tensor]:
-    """The tensors of ``state`` by ``"<field>.<tensor name>"`` (absent fields left out)."""
-    flat: dict[str, Tensor] = {}
-    matrices = [(name, getattr(state, name)) for name in _MATRICES]
-    if state.shared is not None:
-        matrices += [("shared_K", state.shared[0]), ("shared_C", state.shared[1])]
-    for field_name, matrix in matrices:
-        if matrix is not None:
-            for key, tensor in matrix.tensors().items():
-                flat[f"{field_name}.{key}"] = tensor
-    for field_name in ("grad", "direction"):
-        if getattr(state, field_name) is not None:
-            flat[field_name] = getattr(state, field_name)
-    if state.moment is not None:
-        flat["moment.rows"], flat["moment.columns"] = state.moment.rows, state.moment.columns
-    return flat
+def _stacked(states: list[BlockState]) -> BlockState:
+    """One state whose matrices and tensors are the stacks of those of ``states``."""
+
+    def stack(name: str) -> StructuredMatrix | None:
+        members = [getattr(state, name) for state in states]
+        return None if members[0] is None else type(members[0]).stack(members)
+
+    first = states[0]
+    moment = first.moment
+    if moment is not None:
+        rows = torch.stack([state.moment.rows for state in states])  # type: ignore[union-attr]
+        columns = torch.stack([state.moment.columns for state in states])  # type: ignore[union-attr]
+        moment = FactoredMoment(rows, columns, moment.updates)
+    grad = None if first.grad is None else torch.stack([state.grad for state in states])  # type: ignore[misc]
+    return BlockState(**{name: stack(name) for name in _MATRICES}, grad=grad, moment=moment)
 
 
-def _state_from(
-    flat: Mapping[str, Tensor],
-    K_cls: type[StructuredMatrix],
-    C_cls: type[StructuredMatrix],
-    moment_updates: int,
-) -> BlockState:
-    """Inverse of :func:`_flat_tensors` (``K_cls``, ``C_cls``: the structures of the sides)."""
-    parts: dict[str, dict[str, Tensor]] = {}
-    for name, tensor in flat.items():
-        field_name, _, key = name.partition(".")
-        parts.setdefault(field_name, {})[key] = tensor
+def _members(stacked: BlockState, count: int) -> list[BlockState]:
+    """The states of the members of ``stacked`` (views of its tensors)."""
 
-    def matrix(field_name: str) -> StructuredMatrix | None:
-        found = parts.get(field_name)
-        if found is None:
-            return None
-        return (C_cls if field_name in _C_SIDE else K_cls).from_tensors(found)
+    def unbind(matrix: StructuredMatrix | None) -> list[Any]:
+        return [None] * count if matrix is None else matrix.unbind()
 
-    moment = parts.get("moment")
-    shared_K, shared_C = matrix("shared_K"), matrix("shared_C")
-    return BlockState(
-        **{name: matrix(name) for name in _MATRICES},  # type: ignore[arg-type]
-        grad=parts.get("grad", {}).get(""),
-        direction=parts.get("direction", {}).get(""),
-        moment=None
-        if moment is None
-        else FactoredMoment(moment["rows"], moment["columns"], moment_updates),
-        shared=None if shared_K is None or shared_C is None else (shared_K, shared_C),
+    def split(tensor: Tensor | None) -> list[Any]:
+        return [None] * count if tensor is None else list(tensor.unbind(0))
+
+    matrices = {name: unbind(getattr(stacked, name)) for name in _MATRICES}
+    shared = (
+        [None] * count
+        if stacked.shared is None
+        else list(zip(unbind(stacked.shared[0]), unbind(stacked.shared[1]), strict=True))
     )
+    moment = stacked.moment
+    moments: list[FactoredMoment | None] = [None] * count
+    if moment is not None:
+        pairs = zip(moment.rows.unbind(0), moment.columns.unbind(0), strict=True)
+        moments = [FactoredMoment(rows, columns, moment.updates) for rows, columns in pairs]
+    grads, directions = split(stacked.grad), split(stacked.direction)
+    return [
+        BlockState(
+            **{name: matrices[name][i] for name in _MATRICES},
+            grad=grads[i],
+            moment=moments[i],
+            direction=directions[i],
+            shared=shared[i],
+        )
+        for i in range(count)
+    ]
 
 
 def advance_batch(states: list[BlockState], settings: StepSettings) -> list[BlockState]:
-    """:func:`advance` of every state, computed once on the stacked states (``torch.vmap``).
+    """:func:`advance` of every state, computed once on the stacked states.
 
-    The states must share a :class:`StepSignature`. The returned states hold views of
-    the batch's results (one storage per tensor of the batch).
+    The states must share a :class:`StepSignature` whose structures batch natively
+    (:attr:`~structmat.StructuredMatrix.batches_natively`): their matrices are stacked
+    (:meth:`~structmat.StructuredMatrix.stack`), :func:`advance` runs once on the
+    stacks, and the results are unbound. The returned states hold views of the batch's
+    results (one storage per tensor of the batch).
     """
-    first = states[0]
-    K_cls, C_cls = type(first.K), type(first.C)
-    moment_updates = [first.moment.updates if first.moment is not None else 0]
-    flats = [_flat_tensors(state) for state in states]
-    stacked = {name: torch.stack([flat[name] for flat in flats]) for name in flats[0]}
-
-    def one(flat: dict[str, Tensor]) -> dict[str, Tensor]:
-        result = advance(_state_from(flat, K_cls, C_cls, moment_updates[0]), settings)
-        if result.moment is not None:
-            moment_updates[0] = result.moment.updates
-        return _flat_tensors(result)
-
-    batched = torch.vmap(one)(stacked)
-    members = {name: tensor.unbind(0) for name, tensor in batched.items()}
-    return [
-        _state_from(
-            {name: views[i] for name, views in members.items()}, K_cls, C_cls, moment_updates[0]
-        )
-        for i in range(len(states))
-    ]
+    return _members(advance(_stacked(states), settings), len(states))
