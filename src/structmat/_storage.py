@@ -22,6 +22,7 @@ has been seen.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import torch
@@ -34,6 +35,7 @@ Shapes = tuple[tuple[int, ...], ...]
 
 
 _LAYOUTS: dict[type, tuple[tuple[str, int], ...]] = {}
+_NDIMS: dict[type, Mapping[str, int]] = {}
 _SIZES: dict[tuple[object, ...], torch.Size] = {}
 _MAX_CACHED_LAYOUTS = 4096
 _MISSING = object()
@@ -48,9 +50,15 @@ def _wrong_names(
     )
 
 
-def declared_ndims(cls: type[StructuredMatrix]) -> dict[str, int]:
-    """Return ``{name: ndim}`` of the stored tensors of ``cls`` (the same for every ``d``)."""
-    return dict(_declared_layout(cls))
+def declared_ndims(cls: type[StructuredMatrix]) -> Mapping[str, int]:
+    """Return ``{name: ndim}`` of the stored tensors of ``cls`` (the same for every ``d``).
+
+    Made once per class (a read-only mapping).
+    """
+    ndims = _NDIMS.get(cls)
+    if ndims is None:
+        ndims = _NDIMS[cls] = MappingProxyType(dict(_declared_layout(cls)))
+    return ndims
 
 
 def _declared_layout(cls: type[StructuredMatrix]) -> tuple[tuple[str, int], ...]:

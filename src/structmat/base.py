@@ -79,6 +79,7 @@ from structmat.registry import get_structure, rebuild_member
 
 Scalar = float | int | Tensor
 S = TypeVar("S", bound="StructuredMatrix")
+_MEMBER = torch.Size()  # the batch shape of a member
 
 #: The public operations defined on a stack of members (:meth:`StructuredMatrix.stack`)
 #: of a structure that declares ``batches_natively``.
@@ -194,6 +195,7 @@ class StructuredMatrix(ABC):
         if tensors:
             self._shape = check_storage(cls, tensors)
             self.__dict__.update(tensors)
+            self.__dict__["_batch_shape"] = _MEMBER  # checked: a member, not a stack
 
     @classmethod
     def _from_checked(cls: type[S], shape: torch.Size, tensors: dict[str, Tensor]) -> S:
@@ -297,6 +299,7 @@ class StructuredMatrix(ABC):
         setattr(self, name, tensor)
         self._tensor_names.append(name)
         self._shape = None
+        self.__dict__.pop("_batch_shape", None)
 
     def named_tensors(self) -> Iterator[tuple[str, Tensor]]:
         """Iterate over ``(name, tensor)`` pairs of the stored tensors.
@@ -350,8 +353,13 @@ class StructuredMatrix(ABC):
     @property
     def batch_shape(self) -> torch.Size:
         """The leading dimensions of a stack (:meth:`stack`); ``torch.Size([])`` for a member."""
-        name, tensor = self._tensor_names[0], getattr(self, self._tensor_names[0])
-        return tensor.shape[: tensor.ndim - declared_ndims(type(self))[name]]
+        batch = self.__dict__.get("_batch_shape")
+        if batch is None:  # read once from the first stored tensor and its declared ndim
+            name = self._tensor_names[0]
+            tensor = getattr(self, name)
+            batch = tensor.shape[: tensor.ndim - declared_ndims(type(self))[name]]
+            self.__dict__["_batch_shape"] = batch
+        return batch
 
     @classmethod
     def stack(cls: type[S], members: Sequence[S]) -> S:
