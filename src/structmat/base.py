@@ -386,25 +386,23 @@ class StructuredMatrix(ABC):
         if not members:
             raise ValueError("stack needs at least one member")
         first = members[0]
+        names = first._tensor_names
+        reference = [(t.shape, t.dtype, t.device) for t in (getattr(first, n) for n in names)]
         for member in members:
             if type(member) is not cls:
                 raise TypeError(
                     f"stack: every member must be a {cls.__name__}, got {type(member).__name__}"
                 )
-            if (member.shape, member.dtype, member.device, member.batch_shape) != (
-                first.shape,
-                first.dtype,
-                first.device,
-                first.batch_shape,
-            ):
+            found = [(t.shape, t.dtype, t.device) for t in (getattr(member, n) for n in names)]
+            if found != reference:  # the stored shapes fix d and the batch shape
                 raise ValueError(
                     "stack: the members must share shape, dtype, device and batch shape; got "
-                    f"{tuple(first.shape)} {first.dtype} {first.device} and "
-                    f"{tuple(member.shape)} {member.dtype} {member.device}"
+                    f"{tuple(first.shape)} {first.dtype} {first.device} "
+                    f"{tuple(first.batch_shape)} and {tuple(member.shape)} {member.dtype} "
+                    f"{member.device} {tuple(member.batch_shape)}"
                 )
         stacked = {
-            name: torch.stack([getattr(member, name) for member in members])
-            for name in first._tensor_names
+            name: torch.stack([getattr(member, name) for member in members]) for name in names
         }
         return cls._from_checked(first.shape, stacked)
 
