@@ -195,18 +195,25 @@ class StructuredMatrix(ABC):
         if tensors:
             self._shape = check_storage(cls, tensors)
             self.__dict__.update(tensors)
-            self.__dict__["_batch_shape"] = _MEMBER  # checked: a member, not a stack
+        self._batch_shape = _MEMBER  # checked: a member, not a stack
 
     @classmethod
-    def _from_checked(cls: type[S], shape: torch.Size, tensors: dict[str, Tensor]) -> S:
+    def _from_checked(
+        cls: type[S],
+        shape: torch.Size,
+        tensors: dict[str, Tensor],
+        batch_shape: torch.Size = _MEMBER,
+    ) -> S:
         """A member from tensors already checked for a ``shape`` member (e.g. a transpose).
 
         Skips the constructor and its storage check; for relabellings of the tensors of
-        an existing member, whose shapes, dtypes and devices are known to fit.
+        an existing member, whose shapes, dtypes and devices are known to fit. For a
+        stack, ``batch_shape`` is its batch shape (the tensors' leading dimensions).
         """
         member = cls.__new__(cls)
         member._tensor_names = list(tensors)
         member._shape = shape
+        member._batch_shape = batch_shape
         member.__dict__.update(tensors)
         return member
 
@@ -218,7 +225,7 @@ class StructuredMatrix(ABC):
         a few microseconds per member on the optimizer's paths. The tensors must be
         given in the declared order.
         """
-        return type(self)._from_checked(self.shape, tensors)
+        return type(self)._from_checked(self.shape, tensors, self._batch_shape)
 
     # ------------------------------------------------------- declared structure
     @classmethod
@@ -299,7 +306,6 @@ class StructuredMatrix(ABC):
         setattr(self, name, tensor)
         self._tensor_names.append(name)
         self._shape = None
-        self.__dict__.pop("_batch_shape", None)
 
     def named_tensors(self) -> Iterator[tuple[str, Tensor]]:
         """Iterate over ``(name, tensor)`` pairs of the stored tensors.
@@ -327,8 +333,8 @@ class StructuredMatrix(ABC):
         Through the constructor, which checks members; a stack's tensors, which carry
         the batch dimensions, are taken as they are.
         """
-        if self.batch_shape:
-            return type(self)._from_checked(self.shape, tensors)
+        if self._batch_shape:
+            return type(self)._from_checked(self.shape, tensors, self._batch_shape)
         return type(self)(**tensors)
 
     @property
@@ -353,13 +359,7 @@ class StructuredMatrix(ABC):
     @property
     def batch_shape(self) -> torch.Size:
         """The leading dimensions of a stack (:meth:`stack`); ``torch.Size([])`` for a member."""
-        batch = self.__dict__.get("_batch_shape")
-        if batch is None:  # read once from the first stored tensor and its declared ndim
-            name = self._tensor_names[0]
-            tensor = getattr(self, name)
-            batch = tensor.shape[: tensor.ndim - declared_ndims(type(self))[name]]
-            self.__dict__["_batch_shape"] = batch
-        return batch
+        return self._batch_shape
 
     @classmethod
     def stack(cls: type[S], members: Sequence[S]) -> S:
@@ -404,7 +404,9 @@ class StructuredMatrix(ABC):
         stacked = {
             name: torch.stack([getattr(member, name) for member in members]) for name in names
         }
-        return cls._from_checked(first.shape, stacked)
+        return cls._from_checked(
+            first.shape, stacked, torch.Size((len(members), *first._batch_shape))
+        )
 
     def unbind(self: S) -> list[S]:
         """Return the members of a stack along its first batch dimension (views, no copy).
@@ -417,13 +419,15 @@ class StructuredMatrix(ABC):
         views = {name: tensor.unbind(0) for name, tensor in self.named_tensors()}
         count = len(next(iter(views.values())))
         return [
-            type(self)._from_checked(self.shape, {name: parts[i] for name, parts in views.items()})
+            type(self)._from_checked(
+                self.shape, {name: parts[i] for name, parts in views.items()}, self._batch_shape[1:]
+            )
             for i in range(count)
         ]
 
     def _require_member(self, op: str) -> None:
         """Raise ``ValueError`` if ``self`` is a stack (``op`` is not a stack operation)."""
-        if self.batch_shape:
+        if self._batch_shape:
             raise ValueError(
                 f"{op} is not defined on a stack of {type(self).__name__} members (batch shape "
                 f"{tuple(self.batch_shape)}); the stack operations are "
@@ -484,7 +488,7 @@ class StructuredMatrix(ABC):
             raise ValueError(
                 f"cannot {op} matrices of shapes {tuple(self.shape)} and {tuple(other.shape)}"
             )
-        if self.batch_shape != other.batch_shape:
+        if self._batch_shape != other._batch_shape:
             raise ValueError(
                 f"cannot {op} stacks of batch shapes {tuple(self.batch_shape)} and "
                 f"{tuple(other.batch_shape)}"
@@ -492,7 +496,7 @@ class StructuredMatrix(ABC):
 
     def _check_scalar(self, value: object, op: str) -> None:
         if isinstance(value, Tensor):
-            if value.numel() != 1 and value.shape != self.batch_shape:
+            if value.numel() != 1 and value.shape != self._batch_shape:
                 per_member = f" or of the batch shape {tuple(self.batch_shape)}"
                 raise ValueError(
                     f"{op} takes a scalar{per_member if self.batch_shape else ''}, got a tensor "
@@ -509,7 +513,7 @@ class StructuredMatrix(ABC):
         """
         if not isinstance(X, Tensor):
             raise TypeError(f"{op}: expected a torch.Tensor, got {type(X).__name__}")
-        batch = self.batch_shape
+        batch = self._batch_shape
         member_ndim = X.ndim - len(batch)
         if (
             member_ndim not in (1, 2)
@@ -587,7 +591,7 @@ class StructuredMatrix(ABC):
             return self._matmul(other)
         if isinstance(other, Tensor):
             X = self._check_operand(other, "A @ X")
-            if X.ndim == len(self.batch_shape) + 1:
+            if X.ndim == len(self._batch_shape) + 1:
                 return self._matmat(X.unsqueeze(-1)).squeeze(-1)
             return self._matmat(X)
         return NotImplemented
@@ -596,7 +600,7 @@ class StructuredMatrix(ABC):
         """``X @ A`` for a tensor ``X`` of shape ``(n, d)`` (or a vector of size ``d``)."""
         if not isinstance(other, Tensor):
             return NotImplemented
-        vector = other.ndim == len(self.batch_shape) + 1
+        vector = other.ndim == len(self._batch_shape) + 1
         X = self._check_operand(other, "X @ A", dim=0 if vector else 1)
         if vector:
             return self._transpose()._matmat(X.unsqueeze(-1)).squeeze(-1)
@@ -609,7 +613,7 @@ class StructuredMatrix(ABC):
         copy) with ``X``.
         """
         X = self._check_operand(X, "A.T @ X")
-        if X.ndim == len(self.batch_shape) + 1:
+        if X.ndim == len(self._batch_shape) + 1:
             return self._transpose()._matmat(X.unsqueeze(-1)).squeeze(-1)
         return self._transpose()._matmat(X)
 
@@ -859,7 +863,9 @@ class StructuredMatrix(ABC):
         """
         partner = type(self).transpose_structure()
         names = declared_ndims(partner)
-        return partner._from_checked(self.shape, dict(zip(names, tensors, strict=True)))
+        return partner._from_checked(
+            self.shape, dict(zip(names, tensors, strict=True)), self._batch_shape
+        )
 
     def _diag(self) -> Tensor:
         self._warn_fallback("diag")
@@ -872,7 +878,7 @@ class StructuredMatrix(ABC):
         without assembling the diagonal, keeping the half-precision guarantee of
         :meth:`trace` (e.g. by deferring half types to this default).
         """
-        return stable_sum(self._diag(), mean=mean, keep=len(self.batch_shape))
+        return stable_sum(self._diag(), mean=mean, keep=len(self._batch_shape))
 
     def _frobenius_norm(self) -> Tensor:
         self._warn_fallback("frobenius_norm")

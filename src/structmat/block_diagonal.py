@@ -106,6 +106,8 @@ class BlockDiagonal(LinearStructure):
         The leading dimensions are a stack's batch dimensions (none for a member).
         """
         count, b = self.blocks.shape[-3], self._require_block_size()
+        if X.ndim == 2:  # a member's operand
+            return X[: count * b].reshape(count, b, X.shape[1]), X[count * b :]
         head = X[..., : count * b, :]
         return head.reshape(*X.shape[:-2], count, b, X.shape[-1]), X[..., count * b :, :]
 
@@ -149,9 +151,14 @@ class BlockDiagonal(LinearStructure):
     def _matmul(self, other: BlockDiagonal) -> BlockDiagonal:
         """Blockwise product :math:`K_i K'_i`, :math:`O(d b^2)`."""
         last = self.last_block
+        if self._batch_shape:
+            return self._like(
+                blocks=torch.matmul(self.blocks, other.blocks),
+                last_block=torch.matmul(last, other.last_block) if last.numel() else last,
+            )
         return self._like(
-            blocks=torch.matmul(self.blocks, other.blocks),
-            last_block=torch.matmul(last, other.last_block) if last.numel() else last,
+            blocks=torch.bmm(self.blocks, other.blocks),
+            last_block=torch.mm(last, other.last_block) if last.numel() else last,
         )
 
     def _matmat(self, X: Tensor) -> Tensor:
@@ -178,7 +185,7 @@ class BlockDiagonal(LinearStructure):
     def _transpose(self) -> BlockDiagonal:
         """Transpose every block (views, no copy)."""
         transposed = {"blocks": self.blocks.mT, "last_block": self.last_block.mT}
-        return self._from_checked(self.shape, transposed)
+        return self._from_checked(self.shape, transposed, self._batch_shape)
 
     def _diag(self) -> Tensor:
         heads = self.blocks.diagonal(dim1=-2, dim2=-1)
@@ -247,9 +254,9 @@ class BlockDiagonal(LinearStructure):
 
     def _from_inner_identity(self) -> BlockDiagonal:
         r""":math:`A^\top A` is blockdiag(:math:`K_i^\top K_i`), :math:`O(d b^2)`."""
-        last = self.last_block
+        last, product = self.last_block, torch.matmul if self._batch_shape else torch.bmm
         return self._like(
-            blocks=torch.matmul(self.blocks.mT, self.blocks),
+            blocks=product(self.blocks.mT, self.blocks),
             last_block=torch.matmul(last.mT, last) if last.numel() else last,
         )
 

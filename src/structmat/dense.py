@@ -56,13 +56,14 @@ class Dense(LinearStructure):
         return self.matrix
 
     def _matmul(self, other: Dense) -> Dense:
-        return self._like(matrix=torch.matmul(self.matrix, other.matrix))
+        product = torch.matmul if self._batch_shape else torch.mm
+        return self._like(matrix=product(self.matrix, other.matrix))
 
     def _matmat(self, X: Tensor) -> Tensor:
         return self.matrix @ X
 
     def _transpose(self) -> Dense:
-        return self._from_checked(self.shape, {"matrix": self.matrix.mT})
+        return self._from_checked(self.shape, {"matrix": self.matrix.mT}, self._batch_shape)
 
     def _diag(self) -> Tensor:
         return self.matrix.diagonal(dim1=-2, dim2=-1)

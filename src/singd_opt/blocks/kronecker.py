@@ -18,6 +18,7 @@ from torch import Tensor
 
 from singd_opt.blocks.base import PreconditionerBlock, Proposal, StepContext
 from singd_opt.blocks.kronecker_step import (
+    STACK_MAX_ENTRIES,
     BlockState,
     StepSettings,
     StepSignature,
@@ -292,10 +293,14 @@ class KroneckerBlock(PreconditionerBlock):
         """See :meth:`PreconditionerBlock.batch_key`: the block's :class:`StepSignature`.
 
         A block goes alone (``None``) for a warm start, without a gradient for every
-        parameter, with sharded parameters (``context.gradients``), and with a structure
-        that does not declare :attr:`~structmat.StructuredMatrix.batches_natively`.
+        parameter, with sharded parameters (``context.gradients``), with a structure
+        that does not declare :attr:`~structmat.StructuredMatrix.batches_natively`, and
+        with a gradient matrix of more than
+        :data:`~singd_opt.blocks.kronecker_step.STACK_MAX_ENTRIES` entries.
         """
         if not (type(self.K).batches_natively and type(self.C).batches_natively):
+            return None
+        if self.layer.dim_K * self.layer.dim_C > STACK_MAX_ENTRIES:
             return None
         if context.gradients is not None or (
             self.curvature is not None and self._warm_starts(group)

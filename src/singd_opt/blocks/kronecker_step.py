@@ -32,6 +32,14 @@ from singd_opt.preconditioner import (
 from singd_opt.warm_start import warm_start_factors
 from structmat import StructuredMatrix
 
+#: Blocks whose gradient matrix has more entries than this step alone. Stacking saves
+#: per-operation overhead, which only small blocks are dominated by; a large block's
+#: operations are bound by memory, and a stack's tensors are larger than the cache that
+#: one block's fit in. Measured on pairs of equal ``w x w`` layers of the recommended
+#: defaults (one CPU thread), the stacked step against two steps alone: 0.68 at
+#: ``w = 64``, 0.82 at 128, 1.07 at 192, 1.19 at 256, 1.95 at 512.
+STACK_MAX_ENTRIES = 2**15
+
 
 @dataclass(frozen=True)
 class StepSignature:
