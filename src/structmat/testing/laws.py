@@ -923,6 +923,26 @@ class StructureLaws:
             eye = cls.eye(dim, dtype=torch.float64)
             assert torch.equal(eye.to_dense(), torch.eye(dim, dtype=torch.float64))
 
+    def _draw_batch(
+        self, data: st.DataObject, count: int
+    ) -> tuple[list[StructuredMatrix], list[StructuredMatrix], Tensor, Tensor]:
+        """Two lists of ``count`` random members of one drawn ``d``, ``X`` and scalars.
+
+        Returns ``(firsts, seconds, X, factors)`` with ``X`` of shape ``(count, d, n)``
+        and ``factors`` of shape ``(count,)``: the operands of the batch laws.
+        """
+        cls = self.structure
+        dim = data.draw(dims(cls, self.max_dim), label="d")
+        n = data.draw(st.integers(1, 5), label="n")
+        firsts = [random_member(cls, dim, data.draw(seeds)) for _ in range(count)]
+        seconds = [random_member(cls, dim, data.draw(seeds)) for _ in range(count)]
+        return (
+            firsts,
+            seconds,
+            self.draw_tensor(data, (count, dim, n)),
+            self.draw_tensor(data, (count,)),
+        )
+
     @given(data=st.data())
     def test_batched_operations_match_members(self, data: st.DataObject) -> None:
         """Under ``torch.vmap`` over stacked members, operations equal each member's.
@@ -932,13 +952,8 @@ class StructureLaws:
         cls = self.structure
         if not cls.batches_under_vmap:
             return
-        dim = data.draw(dims(cls, self.max_dim), label="d")
-        n = data.draw(st.integers(1, 5), label="n")
         count = 3
-        firsts = [random_member(cls, dim, data.draw(seeds)) for _ in range(count)]
-        seconds = [random_member(cls, dim, data.draw(seeds)) for _ in range(count)]
-        X = self.draw_tensor(data, (count, dim, n))
-        factors = self.draw_tensor(data, (count,))
+        firsts, seconds, X, factors = self._draw_batch(data, count)
 
         def operations(
             first: dict[str, Tensor], second: dict[str, Tensor], x: Tensor, factor: Tensor
@@ -983,14 +998,9 @@ class StructureLaws:
         cls = self.structure
         if not cls.batches_natively:
             return
-        dim = data.draw(dims(cls, self.max_dim), label="d")
-        n = data.draw(st.integers(1, 5), label="n")
         count = 3
-        firsts = [random_member(cls, dim, data.draw(seeds)) for _ in range(count)]
-        seconds = [random_member(cls, dim, data.draw(seeds)) for _ in range(count)]
-        X = self.draw_tensor(data, (count, dim, n))
-        vectors = self.draw_tensor(data, (count, dim))
-        factors = self.draw_tensor(data, (count,))
+        firsts, seconds, X, factors = self._draw_batch(data, count)
+        vectors = self.draw_tensor(data, X.shape[:2])
 
         def operations(
             A: StructuredMatrix, B: StructuredMatrix, x: Tensor, v: Tensor, factor: Tensor
