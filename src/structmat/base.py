@@ -73,6 +73,12 @@ import torch
 from torch import Tensor
 
 from structmat._numerics import stable_norm, stable_sum
+from structmat._stacks import (
+    STACK_OPERATIONS,
+    raise_stack_error,
+    stacked_tensors,
+    unbound_tensors,
+)
 from structmat._storage import check_storage, declared_ndims, layout_dimension, search_dimension
 from structmat.exceptions import DenseFallbackWarning, SingularMatrixError
 from structmat.registry import get_structure, rebuild_member
@@ -80,31 +86,6 @@ from structmat.registry import get_structure, rebuild_member
 Scalar = float | int | Tensor
 S = TypeVar("S", bound="StructuredMatrix")
 _MEMBER = torch.Size()  # the batch shape of a member
-
-#: The public operations defined on a stack of members (:meth:`StructuredMatrix.stack`)
-#: of a structure that declares ``batches_natively``.
-STACK_OPERATIONS: tuple[str, ...] = (
-    "+",
-    "-",
-    "*",
-    "/",
-    "@",
-    "rmatmat",
-    "add_",
-    "mul_",
-    "diag_add_",
-    "transpose",
-    "diag",
-    "trace",
-    "average_trace",
-    "infinity_vector_norm",
-    "from_inner()",
-    "clone",
-    "detach",
-    "to",
-    "to_dense",
-    "unbind",
-)
 
 
 class StructuredMatrix(ABC):
@@ -380,33 +361,9 @@ class StructuredMatrix(ABC):
             ValueError: If there are no members, or their shapes, dtypes, devices or
                 batch shapes differ.
         """
-        if not cls.batches_natively:
-            raise TypeError(f"{cls.__name__} does not declare batches_natively: it does not stack")
         members = list(members)
-        if not members:
-            raise ValueError("stack needs at least one member")
-        first = members[0]
-        names = first._tensor_names
-        reference = [(t.shape, t.dtype, t.device) for t in (getattr(first, n) for n in names)]
-        for member in members:
-            if type(member) is not cls:
-                raise TypeError(
-                    f"stack: every member must be a {cls.__name__}, got {type(member).__name__}"
-                )
-            found = [(t.shape, t.dtype, t.device) for t in (getattr(member, n) for n in names)]
-            if found != reference:  # the stored shapes fix d and the batch shape
-                raise ValueError(
-                    "stack: the members must share shape, dtype, device and batch shape; got "
-                    f"{tuple(first.shape)} {first.dtype} {first.device} "
-                    f"{tuple(first.batch_shape)} and {tuple(member.shape)} {member.dtype} "
-                    f"{member.device} {tuple(member.batch_shape)}"
-                )
-        stacked = {
-            name: torch.stack([getattr(member, name) for member in members]) for name in names
-        }
-        return cls._from_checked(
-            first.shape, stacked, torch.Size((len(members), *first._batch_shape))
-        )
+        tensors, batch_shape = stacked_tensors(cls, members)
+        return cls._from_checked(members[0].shape, tensors, batch_shape)
 
     def unbind(self: S) -> list[S]:
         """Return the members of a stack along its first batch dimension (views, no copy).
@@ -414,25 +371,13 @@ class StructuredMatrix(ABC):
         Raises:
             ValueError: If ``self`` is not a stack.
         """
-        if not self.batch_shape:
-            raise ValueError(f"unbind: this {type(self).__name__} is a member, not a stack")
-        views = {name: tensor.unbind(0) for name, tensor in self.named_tensors()}
-        count = len(next(iter(views.values())))
-        return [
-            type(self)._from_checked(
-                self.shape, {name: parts[i] for name, parts in views.items()}, self._batch_shape[1:]
-            )
-            for i in range(count)
-        ]
+        cls, inner = type(self), self._batch_shape[1:]
+        return [cls._from_checked(self.shape, tensors, inner) for tensors in unbound_tensors(self)]
 
     def _require_member(self, op: str) -> None:
         """Raise ``ValueError`` if ``self`` is a stack (``op`` is not a stack operation)."""
         if self._batch_shape:
-            raise ValueError(
-                f"{op} is not defined on a stack of {type(self).__name__} members (batch shape "
-                f"{tuple(self.batch_shape)}); the stack operations are "
-                f"{', '.join(STACK_OPERATIONS)}; unbind() the stack first"
-            )
+            raise_stack_error(self, op)
 
     def to(self: S, *args: Any, **kwargs: Any) -> S:
         """Return a copy with every stored tensor moved by ``Tensor.to(*args, **kwargs)``."""
