@@ -29,7 +29,7 @@ def _scale_of(values: Sequence[Tensor], keep: int = 0) -> Tensor:
     maxima = [v.abs().amax(tuple(range(keep, v.ndim))) for v in values if v.numel()]
     if not maxima:
         return values[0].new_zeros(())
-    return torch.stack(maxima).amax()
+    return torch.stack(maxima).amax(0)
 
 
 def stable_sum(values: Tensor, mean: bool = False, keep: int = 0) -> Tensor:

@@ -103,7 +103,8 @@ entrywise agreement within ``rtol`` relative to the largest entry, in float64.
     diagonal, traces, :math:`\max_{ij} |a_{ij}|`, in-place updates) equals each
     member's result, with no warning
 ``test_stack_round_trip_and_errors``
-    ``stack(members).unbind()`` gives the members back; on a stack the other
+    ``stack(members).unbind()`` gives the members back, half-precision traces of a
+    stack equal the members' own; on a stack the other
     operations (``inv``, ``frobenius_norm``, ``from_inner(X)``, ``from_inner2``), a
     factor of the wrong batch shape and an operand without the batch dimension raise
     ``ValueError`` and change nothing; a structure that does not declare
@@ -1056,6 +1057,17 @@ class StructureLaws:
         stack = cls.stack(members)
         for member, back in zip(members, stack.unbind(), strict=True):
             assert torch.equal(member.to_dense(), back.to_dense())
+        # half-precision traces are reduced after scaling each member by its own largest
+        # entry: a bfloat16 member of entries near 1e-30 beside one near 1e30 keeps its trace
+        magnitudes = {torch.float16: (300.0, 1.0, 1e-3), torch.bfloat16: (1e30, 1.0, 1e-30)}
+        for dtype, scales in magnitudes.items():
+            halves = [m.to(dtype) * s for m, s in zip(members, scales, strict=True)]
+            for what in ("trace", "average_trace"):
+                stacked = getattr(cls.stack(halves), what)()
+                expected = torch.stack([getattr(half, what)() for half in halves])
+                # the float32 sums may differ in their last bits: one unit of the dtype
+                eps = torch.finfo(dtype).eps
+                torch.testing.assert_close(stacked, expected, rtol=eps, atol=0.0)
         X = random_tensor((dim, 2), seed=1)
         refused = [
             stack.frobenius_norm,
