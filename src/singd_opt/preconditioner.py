@@ -35,7 +35,6 @@ Natural gradient of the ``(d_C, d_K)`` gradient matrix :math:`G`:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -177,8 +176,7 @@ def cached_square(K: StructuredMatrix, other_dim: int, uses: int) -> StructuredM
     if not type(K).closed_under_transpose:
         return None
     dim = K.shape[0]
-    stored = sum(math.prod(shape) for shape in type(K).tensor_shapes(dim).values())
-    return K @ K.T if stored < uses * other_dim * dim else None
+    return K @ K.T if type(K).stored_numbers(dim) < uses * other_dim * dim else None
 
 
 def natural_gradient(

@@ -64,6 +64,7 @@ this.
 
 from __future__ import annotations
 
+import math
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -217,6 +218,11 @@ class StructuredMatrix(ABC):
         This is the storage layout: the constructor takes exactly these tensors, and the
         number of dimensions of each must not depend on ``dim``.
         """
+
+    @classmethod
+    def stored_numbers(cls, dim: int) -> int:
+        """Return how many numbers a ``dim x dim`` member stores (from :meth:`tensor_shapes`)."""
+        return sum(math.prod(shape) for shape in cls.tensor_shapes(dim).values())
 
     @classmethod
     def dim_from_shapes(cls, shapes: Mapping[str, tuple[int, ...]]) -> int:

@@ -148,17 +148,20 @@ class BlockDiagonal(LinearStructure):
         return torch.stack([member.to_dense() for member in self.unbind()])
 
     # ---------------------------------------------------------------- kernels
+    def _products(self) -> tuple[Callable[..., Tensor], Callable[..., Tensor]]:
+        """The products for the full blocks and for the last block.
+
+        ``bmm`` and ``mm`` for a member; ``matmul`` (over the batch dimensions too) for a
+        stack.
+        """
+        return (torch.matmul, torch.matmul) if self._batch_shape else (torch.bmm, torch.mm)
+
     def _matmul(self, other: BlockDiagonal) -> BlockDiagonal:
         """Blockwise product :math:`K_i K'_i`, :math:`O(d b^2)`."""
-        last = self.last_block
-        if self._batch_shape:
-            return self._like(
-                blocks=torch.matmul(self.blocks, other.blocks),
-                last_block=torch.matmul(last, other.last_block) if last.numel() else last,
-            )
+        last, (blockwise, single) = self.last_block, self._products()
         return self._like(
-            blocks=torch.bmm(self.blocks, other.blocks),
-            last_block=torch.mm(last, other.last_block) if last.numel() else last,
+            blocks=blockwise(self.blocks, other.blocks),
+            last_block=single(last, other.last_block) if last.numel() else last,
         )
 
     def _matmat(self, X: Tensor) -> Tensor:
@@ -169,12 +172,10 @@ class BlockDiagonal(LinearStructure):
         transposed views in a transpose) is read in place. A stack's products are
         joined (its row blocks are not one view of the result).
         """
-        blocks, last = self.blocks, self.last_block
+        blocks, last, (blockwise, single) = self.blocks, self.last_block, self._products()
         X_blocks, X_last = self._split_rows(X)
-        if blocks.ndim > 3:
-            return self._join_rows(torch.matmul(blocks, X_blocks), torch.matmul(last, X_last))
-        if writes_forbidden(blocks, last, X):
-            return self._join_rows(torch.bmm(blocks, X_blocks), torch.mm(last, X_last))
+        if self._batch_shape or writes_forbidden(blocks, last, X):
+            return self._join_rows(blockwise(blocks, X_blocks), single(last, X_last))
         out = X.new_empty(X.shape)
         out_blocks, out_last = self._split_rows(out)
         torch.bmm(blocks, X_blocks, out=out_blocks)
@@ -254,10 +255,10 @@ class BlockDiagonal(LinearStructure):
 
     def _from_inner_identity(self) -> BlockDiagonal:
         r""":math:`A^\top A` is blockdiag(:math:`K_i^\top K_i`), :math:`O(d b^2)`."""
-        last, product = self.last_block, torch.matmul if self._batch_shape else torch.bmm
+        last, (blockwise, single) = self.last_block, self._products()
         return self._like(
-            blocks=product(self.blocks.mT, self.blocks),
-            last_block=torch.matmul(last.mT, last) if last.numel() else last,
+            blocks=blockwise(self.blocks.mT, self.blocks),
+            last_block=single(last.mT, last) if last.numel() else last,
         )
 
     def _from_inner2(self, XXT: Tensor) -> BlockDiagonal:

@@ -69,26 +69,22 @@ class LinearStructure(StructuredMatrix):
             if scaled and transformed(tensor, alpha):  # type: ignore[arg-type]
                 tensor.add_(getattr(other, name) * alpha)  # vmap has no addcmul_ rule
             elif scaled:
-                factor = self.per_member(alpha, tensor) if self._batch_shape else alpha
-                tensor.addcmul_(getattr(other, name), factor)  # type: ignore[arg-type]
+                tensor.addcmul_(getattr(other, name), self.per_member(alpha, tensor))  # type: ignore[arg-type]
             else:
                 tensor.add_(getattr(other, name), alpha=alpha)
 
     def _mul_(self, value: Scalar) -> None:
         for _, tensor in self.named_tensors():
             if tensor.numel():
-                tensor.mul_(self.per_member(value, tensor) if self._batch_shape else value)
+                tensor.mul_(self.per_member(value, tensor))
 
     def _frobenius_norm(self) -> Tensor:
         return stable_norm([t for _, t in self.named_tensors()])
 
     def _infinity_vector_norm(self) -> Tensor:
         # amax: the same value as max, and a fast reduction under torch.vmap
-        stack = bool(self._batch_shape)
         maxima = [
-            t.abs().amax(self.member_dims(t)) if stack else t.abs().amax()
-            for _, t in self.named_tensors()
-            if t.numel() > 0
+            t.abs().amax(self.member_dims(t)) for _, t in self.named_tensors() if t.numel() > 0
         ]
         return maxima[0] if len(maxima) == 1 else torch.stack(maxima, -1).amax(-1)
 

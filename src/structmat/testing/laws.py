@@ -403,9 +403,6 @@ class StructureLaws:
             return self.other_structure
         return Diagonal if self.structure is Dense else Dense
 
-    def _stored_numbers(self, dim: int) -> int:
-        return sum(math.prod(shape) for shape in self.structure.tensor_shapes(dim).values())
-
     # ------------------------------------------------------- declared facts
     def test_declared_structure(self) -> None:
         """Declared facts are consistent: template, transpose structure, registry name."""
@@ -1306,7 +1303,7 @@ class StructureLaws:
             A, B = (random_member(cls, dim, seed, invertible=True) for seed in (0, 1))
             X = random_tensor((dim, 3), seed=2)
             M = random_tensor((dim, dim), seed=3)
-            limit = max(self._stored_numbers(dim), dim * dim - 1)
+            limit = max(self.structure.stored_numbers(dim), dim * dim - 1)
             operations = self._operations(A, B, X, M)
             for what, run in operations.items():
                 with warnings.catch_warnings(record=True) as caught:
