@@ -28,7 +28,7 @@ from singd_opt.checkpoint_hooks import CheckpointHooks
 from singd_opt.default_sets import DEFAULT
 from singd_opt.diagnostics import ForeignUpdateWatch, warn_unrecorded
 from singd_opt.discovery import plan_blocks
-from singd_opt.distributed.collectives import CommunicationStats
+from singd_opt.distributed.optimizer_calls import DataParallelCalls
 from singd_opt.distributed.setup import check_distribute, make_sync
 from singd_opt.forward_switch import MapCapture
 from singd_opt.grad_scale import GradScales
@@ -45,7 +45,9 @@ from singd_opt.views import STANDARD_STRUCTURES, BlockViews
 from structmat import StructuredMatrix
 
 
-class SINGD(BlockViews, CurvatureRecording, StepSkipping, CheckpointHooks, Optimizer):
+class SINGD(
+    BlockViews, CurvatureRecording, StepSkipping, CheckpointHooks, DataParallelCalls, Optimizer
+):
     r"""Structured inverse-free natural gradient descent (uses the empirical Fisher).
 
     Every trainable parameter is preconditioned by a block (see
@@ -300,12 +302,6 @@ class SINGD(BlockViews, CurvatureRecording, StepSkipping, CheckpointHooks, Optim
         """
         return _preconditioner_dims(module)
 
-    def remove_hooks(self) -> None:
-        """Detach the optimizer's hooks from the model (no more curvature is recorded)."""
-        for handle in self.hook_handles:
-            handle.remove()
-        self.hook_handles = []
-
     # ------------------------------------------------------------------ step
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """Update the preconditioners (on update steps) and the parameters.
@@ -342,13 +338,7 @@ class SINGD(BlockViews, CurvatureRecording, StepSkipping, CheckpointHooks, Optim
         found_inf = self.__dict__.get("found_inf")
         taken = False
         if found_inf is not None and not self.skip_nonfinite:
-            # the scaler's finding alone decides (agreed over the processes)
-            votes = torch.tensor([0.0, float(bool(found_inf > 0))])
-            if self._sync is not None:
-                votes = self._sync.agree(votes)
-            if self._skips(votes, []):
-                self._skip(scaler=True)
-            else:
+            if not self._scaler_skips(found_inf):
                 with torch.no_grad():
                     taken = self._step(grad_factor)
         else:
@@ -362,23 +352,6 @@ class SINGD(BlockViews, CurvatureRecording, StepSkipping, CheckpointHooks, Optim
         self._set_recording()
         self._foreign_updates.remember()
         return loss
-
-    @property
-    def communication(self) -> CommunicationStats | None:
-        """Collectives issued so far (calls and payload bytes), ``None`` without processes."""
-        return self._sync.collectives.stats if self._sync is not None else None
-
-    def synchronize_gradients(self) -> None:
-        """Average the gradients over the processes now, instead of in :meth:`step`.
-
-        For a model the optimizer averages the gradients of (see
-        ``average_gradients``): call it after the backward passes when something
-        reads the gradients before :meth:`step`, such as gradient clipping or
-        ``GradScaler.unscale_``, so that every process sees the averaged ones. Does
-        nothing in a single process or when the gradients are averaged elsewhere.
-        """
-        if self._sync is not None:
-            self._sync.synchronize_gradients(self.param_groups)
 
     def _step(self, grad_factor: float, found_inf: Tensor | None = None) -> bool:
         """Propose, check (with a scaler's ``found_inf``), commit, apply; return if taken.

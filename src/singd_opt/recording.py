@@ -27,6 +27,13 @@ class CurvatureRecording:
     param_groups: list[dict[str, Any]]
     _grad_scales: GradScales
     _recording_any: bool
+    hook_handles: list[Any]
+
+    def remove_hooks(self) -> None:
+        """Detach the optimizer's hooks from the model (no more curvature is recorded)."""
+        for handle in self.hook_handles:
+            handle.remove()
+        self.hook_handles = []
 
     def _set_recording(self) -> None:
         """Tell every block whether the coming step records curvature.

@@ -53,6 +53,20 @@ class StepSkipping:
         found = found_inf is not None and (sync is not None or not finite)
         return torch.tensor([float(not finite), float(found and bool(found_inf > 0))])
 
+    def _scaler_skips(self, found_inf: Tensor) -> bool:
+        """Without ``skip_nonfinite``: skip the step if a gradient scaler found non-finite.
+
+        The scaler's finding alone decides, agreed over the processes; a skipped step is
+        dropped, counted and reported here.
+        """
+        votes = torch.tensor([0.0, float(bool(found_inf > 0))])
+        if self._sync is not None:
+            votes = self._sync.agree(votes)
+        if not self._skips(votes, []):
+            return False
+        self._skip(scaler=True)
+        return True
+
     def _skips(self, votes: Tensor, working: list[PreconditionerBlock]) -> bool:
         """Whether the votes (summed over the processes) skip the step.
 
