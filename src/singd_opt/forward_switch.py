@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from singd_opt.map_calls import MapCallMode, MapTarget
+from singd_opt.map_calls import MapCallMode, MapTarget, UntrackedParameters
 
 
 class MapCapture:
@@ -51,6 +51,7 @@ class MapCapture:
         self.targets = targets
         self.is_recording = is_recording
         self.handles: list[_ForwardSwitch] = []
+        self.untracked = UntrackedParameters()
 
     def install(self) -> list[_ForwardSwitch]:
         """Replace the model's ``forward`` by the recording switch; return its handle."""
@@ -105,9 +106,10 @@ class _ForwardSwitch:
         """Restore the model's ``forward`` (if this switch is still the outermost one)."""
         model = self.model
         current = model.__dict__.get("forward")
-        if getattr(current, "__func__", None) is not None and getattr(
-            current.__func__, "inner_name", None
-        ) == self.inner_name:
+        if (
+            getattr(current, "__func__", None) is not None
+            and getattr(current.__func__, "inner_name", None) == self.inner_name
+        ):
             if self.had_forward:
                 object.__setattr__(model, "forward", self.previous)
             else:
@@ -133,7 +135,7 @@ def _recording_forward(
     capture: MapCapture, inner: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """Run ``inner`` eagerly under :class:`MapCallMode`."""
-    mode = MapCallMode(capture._tracked, capture.batch_of(args, kwargs))
+    mode = MapCallMode(capture._tracked, capture.batch_of(args, kwargs), capture.untracked)
     try:
         with mode:
             return inner(*args, **kwargs)

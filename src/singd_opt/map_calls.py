@@ -39,6 +39,7 @@ therefore recorded by the functional scopes of :mod:`singd_opt.capture`.
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -127,6 +128,41 @@ _PASSED = {
 }
 
 
+class UntrackedParameters:
+    """The parameters a forward pass found to be no tracked tensor, kept across passes.
+
+    The parameters of a model that are not tracked (a normalisation layer's, a bias)
+    each cost the lookup of every tracked tensor on their first sight; remembered
+    here, they cost it once, not once per pass. The entries hold while the tracked
+    tensors stay the same objects: they are forgotten when a pass starts with other
+    tracked tensors than the one before, or when the tracked tensors change during
+    a pass (FSDP2 swaps in the gathered weights module by module).
+    """
+
+    def __init__(self) -> None:
+        self.tracked: tuple[int, ...] = ()
+        self.parameters: dict[int, weakref.ref[Tensor]] = {}
+
+    def start(self, tracked: tuple[int, ...]) -> None:
+        """Begin a pass whose tracked tensors are ``tracked`` (ids)."""
+        if tracked != self.tracked:
+            self.forget()
+            self.tracked = tracked
+
+    def forget(self) -> None:
+        """Drop every entry."""
+        self.parameters.clear()
+
+    def remembers(self, param: Tensor) -> bool:
+        """Whether ``param`` was found untracked (the same object, not a reused id)."""
+        reference = self.parameters.get(id(param))
+        return reference is not None and reference() is param
+
+    def remember(self, param: Tensor) -> None:
+        """Note that ``param`` is no tracked tensor."""
+        self.parameters[id(param)] = weakref.ref(param)
+
+
 @dataclass
 class _Tracked:
     """A tensor of the forward pass that is a tracked parameter (or a view/cast of it)."""
@@ -147,10 +183,16 @@ class MapCallMode(TorchFunctionMode):
             ``None``. A linear map applied to a flattened ``(batch * positions, d)``
             input is recorded as ``(batch, positions, d)``, so that its loss terms and
             ``"reduce"`` averages are those of the same map on the unflattened input.
+        untracked: The parameters found to be no tracked tensor; the caller may keep
+            it across passes, so that each such parameter (a normalisation layer's, a
+            bias) costs one lookup in all instead of one per pass.
     """
 
     def __init__(
-        self, lookup: Callable[[], list[tuple[Tensor, MapTarget]]], batch: int | None = None
+        self,
+        lookup: Callable[[], list[tuple[Tensor, MapTarget]]],
+        batch: int | None = None,
+        untracked: UntrackedParameters | None = None,
     ) -> None:
         super().__init__()
         self.lookup = lookup
@@ -158,12 +200,17 @@ class MapCallMode(TorchFunctionMode):
         self.known: dict[int, _Tracked] = {}
         self.keep: list[Tensor] = []  # derived tensors stay alive while their ids are known
         self.storages: dict[int, list[_Tracked]] = {}
-        self.unknown: set[int] = set()
+        self.untracked = UntrackedParameters() if untracked is None else untracked
+        self._started = False
         self._refresh()
+        self._started = True
+        self.untracked.start(tuple(self.known))
 
     def _refresh(self) -> None:
         for tensor, target in self.lookup():
             if id(tensor) not in self.known:
+                if self._started:  # the tracked tensors changed during the pass (FSDP2)
+                    self.untracked.forget()
                 entry = _Tracked(tensor, target, False)
                 self.known[id(tensor)] = entry
                 self.keep.append(tensor)
@@ -171,20 +218,31 @@ class MapCallMode(TorchFunctionMode):
                 if key is not None:
                     self.storages.setdefault(key, []).append(entry)
 
+    def _is_untracked(self, param: Tensor) -> bool:
+        """Whether the parameter ``param``, not known so far, is no tracked tensor.
+
+        Answered by a lookup, or by :attr:`untracked` when an earlier one found it.
+        """
+        if self.untracked.remembers(param):
+            return True
+        self._refresh()
+        if id(param) in self.known:
+            return False
+        self.untracked.remember(param)
+        return True
+
     # ---------------------------------------------------------------- matching
     def match(self, t: Any) -> tuple[_Tracked, tuple[int, int]] | None:
         """Return the tracked parameter behind ``t`` and the rows it covers."""
         if not isinstance(t, Tensor):
             return None
         entry = self.known.get(id(t))
-        if entry is None and isinstance(t, nn.Parameter) and id(t) not in self.unknown:
-            self._refresh()
-            entry = self.known.get(id(t))
-            if entry is None:
-                self.unknown.add(id(t))
+        parameter = entry is None and t.grad_fn is None and isinstance(t, nn.Parameter)
+        if parameter and not self._is_untracked(t):
+            entry = self.known[id(t)]
         if entry is not None:
             return entry, (0, entry.param.shape[0])
-        if t._base is None or t.ndim == 0:
+        if t._base is None or t.ndim == 0 or not self.storages:
             return None
         for entry in self.storages.get(_storage(t), ()):
             p = entry.param
@@ -260,13 +318,14 @@ class MapCallMode(TorchFunctionMode):
         self, func: Any, args: Any, kwargs: dict[str, Any], skip: tuple[str, ...] = ()
     ) -> None:
         """Report every tracked parameter among the arguments as an other use."""
-        values = list(args) + [v for k, v in kwargs.items() if k not in skip]
+        values = [*args, *(v for k, v in kwargs.items() if k not in skip)] if kwargs else args
         for value in values:
-            items = value if isinstance(value, list | tuple) else (value,)
-            for item in items:
-                found = self.match(item)
+            if isinstance(value, Tensor):
+                found = self.match(value)
                 if found is not None:
                     found[0].target.other_use(_name(func))
+            elif isinstance(value, list | tuple):
+                self._others(func, value, {})
 
     def _linear(self, args: tuple[Any, ...], kwargs: dict[str, Any], output: Tensor) -> None:
         x = args[0] if args else kwargs.get("input")

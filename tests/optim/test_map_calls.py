@@ -175,3 +175,82 @@ def test_recording_is_off_between_recording_steps() -> None:
         warnings.simplefilter("error")
         with torch.no_grad():
             model(torch.randn(2, 4))
+
+
+class _Target:
+    """A map target that keeps what it is handed."""
+
+    def __init__(self) -> None:
+        self.calls: list[object] = []
+        self.others: list[str] = []
+
+    def capture(self, call: object) -> None:
+        self.calls.append(call)
+
+    def other_use(self, name: str) -> None:
+        self.others.append(name)
+
+
+def test_an_untracked_parameter_costs_one_lookup_across_passes() -> None:
+    """A layer norm's parameters are looked up once, not on every pass."""
+    from singd_opt.map_calls import MapCallMode, UntrackedParameters
+
+    layer, norm = nn.Linear(4, 3), nn.LayerNorm(3)
+    target, lookups = _Target(), []
+
+    def lookup() -> list[tuple[Tensor, _Target]]:
+        lookups.append(1)
+        return [(layer.weight, target)]
+
+    untracked = UntrackedParameters()
+    for _ in range(3):
+        with MapCallMode(lookup, untracked=untracked):
+            norm(layer(torch.randn(2, 4)))
+    # one lookup per pass to start it, one more for the first sight of each
+    # untracked parameter (norm.weight, norm.bias, layer.bias) in the first pass
+    assert len(lookups) == 3 + 3
+    assert len(target.calls) == 3 and target.others == []
+
+
+def test_a_tensor_swapped_in_during_a_pass_is_still_found() -> None:
+    """The tracked tensor changes during the pass (as FSDP2 does): its call is captured."""
+    from singd_opt.map_calls import MapCallMode, UntrackedParameters
+
+    layer, other = nn.Linear(4, 3), nn.Linear(3, 3)
+    target, untracked = _Target(), UntrackedParameters()
+    current = {"weight": layer.weight}
+
+    def lookup() -> list[tuple[Tensor, _Target]]:
+        return [(current["weight"], target)]
+
+    with MapCallMode(lookup, untracked=untracked):  # other.weight is remembered as untracked
+        other(layer(torch.randn(2, 4)))
+    assert len(target.calls) == 1 and untracked.remembers(other.weight)
+    swapped = nn.Parameter(torch.randn(3, 3))
+    with MapCallMode(lookup, untracked=untracked):
+        hidden = layer(torch.randn(2, 4))  # starts with the old tracked tensor
+        current["weight"] = swapped  # swapped in during the pass
+        functional.linear(hidden, swapped)
+    assert len(target.calls) == 3  # layer's call and the swapped weight's call
+    assert not untracked.remembers(other.weight)  # the tracked tensors changed: forgotten
+
+
+def test_a_parameter_once_untracked_is_found_when_it_becomes_tracked() -> None:
+    """A weight replaced between passes by a parameter seen untracked before is recorded."""
+    from singd_opt.map_calls import MapCallMode, UntrackedParameters
+
+    layer, other = nn.Linear(4, 3), nn.Linear(3, 3)
+    target, untracked = _Target(), UntrackedParameters()
+    current = {"weight": layer.weight}
+
+    def lookup() -> list[tuple[Tensor, _Target]]:
+        return [(current["weight"], target)]
+
+    with MapCallMode(lookup, untracked=untracked):
+        other(layer(torch.randn(2, 4)))
+    assert untracked.remembers(other.weight)
+    current["weight"] = other.weight  # the tracked weight is now other's
+    with MapCallMode(lookup, untracked=untracked):
+        other(layer(torch.randn(2, 4)))
+    assert len(target.calls) == 2 and target.calls[-1].output.shape == (2, 3)
+    assert not untracked.remembers(other.weight)
