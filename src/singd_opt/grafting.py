@@ -78,16 +78,15 @@ class FactoredMoment:
     def norm_of_direction(self, grad: Tensor, beta: float, eps: float) -> Tensor:
         r"""Return :math:`\|G / (\sqrt{\hat V} + \epsilon)\|_F` (0-dim tensor).
 
-        :math:`\sqrt{\hat V_{ij}} = \sqrt{\hat r_i / \operatorname{mean}(\hat r)}\,
-        \sqrt{\hat c_j}` with the bias-corrected :math:`\hat r, \hat c`: square roots
-        of vectors and one outer product, :math:`O(d_C d_K)` in four passes.
+        With the bias corrections :math:`\hat r = r / (1 - \beta^t)`, :math:`\hat c = c /
+        (1 - \beta^t)`, the rows' cancels: :math:`\hat V_{ij} = r_i c_j / (\operatorname{mean}(r)
+        (1 - \beta^t))`, one outer product scaled once; :math:`O(d_C d_K)` in four passes.
         """
-        correction = 1.0 - beta**self.updates
-        rows = self.rows / correction
-        mean = rows.mean(-1, keepdim=True).clamp_min(torch.finfo(rows.dtype).tiny)
-        columns = (self.columns / correction).sqrt_()
-        root = rows.div_(mean).sqrt_().unsqueeze(-1) * columns.unsqueeze(-2)
-        return torch.linalg.vector_norm(grad.to(rows.dtype) / root.add_(eps), dim=(-2, -1))
+        rows = self.rows
+        scale = rows.mean(-1, keepdim=True).mul_(1.0 - beta**self.updates)
+        scale = scale.clamp_min_(torch.finfo(rows.dtype).tiny).unsqueeze(-1)
+        root = (rows.unsqueeze(-1) * self.columns.unsqueeze(-2)).div_(scale).sqrt_().add_(eps)
+        return torch.linalg.vector_norm(grad.to(rows.dtype) / root, dim=(-2, -1))
 
 
 def graft(direction: Tensor, target_norm: Tensor | float) -> Tensor:
@@ -99,8 +98,13 @@ def graft(direction: Tensor, target_norm: Tensor | float) -> Tensor:
     """
     wide = direction.float() if direction.dtype in (torch.float16, torch.bfloat16) else direction
     norm = torch.linalg.vector_norm(wide, dim=(-2, -1))
-    factor = torch.where(norm > 0, torch.as_tensor(target_norm, dtype=norm.dtype) / norm, 0.0)
-    return direction * factor.to(direction.dtype)[..., None, None]
+    if isinstance(target_norm, Tensor):
+        factor = torch.div(target_norm, norm)
+    else:
+        factor = norm.reciprocal().mul_(target_norm)
+    # a zero direction has the factor 0/0 or x/0: it stays zero
+    factor = torch.nan_to_num_(factor, nan=0.0, posinf=0.0)
+    return direction * factor.to(direction.dtype).unsqueeze(-1).unsqueeze(-1)
 
 
 def rms_target(direction: Tensor) -> float:

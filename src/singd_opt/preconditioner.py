@@ -142,14 +142,17 @@ def factor_step(
     process computes the same factors (``normalize_lr_cov`` scales :math:`\beta_1` by
     the momenta's infinity norms).
     """
-    beta_K: float | Tensor = config.lr_cov
-    beta_C: float | Tensor = config.lr_cov
-    if config.normalize_lr_cov:
-        beta_K = beta_K / torch.clamp(m_K.infinity_vector_norm(), min=1.0)
-        beta_C = beta_C / torch.clamp(m_C.infinity_vector_norm(), min=1.0)
-    new_K = K.clone().add_(K @ m_K, alpha=-beta_K)
-    new_C = C.clone().add_(C @ m_C, alpha=-beta_C)
+    new_K = K.add(K @ m_K, alpha=_negative_step(m_K, config))
+    new_C = C.add(C @ m_C, alpha=_negative_step(m_C, config))
     return new_K, new_C
+
+
+def _negative_step(momentum: StructuredMatrix, config: UpdateConfig) -> float | Tensor:
+    r""":math:`-\beta_1`, divided by :math:`\max(1, \|m\|_\infty)` with ``normalize_lr_cov``."""
+    if not config.normalize_lr_cov:
+        return -config.lr_cov
+    largest = torch.clamp(momentum.infinity_vector_norm(), min=1.0)
+    return largest.reciprocal_().mul_(-config.lr_cov)
 
 
 def cached_square(K: StructuredMatrix, other_dim: int, uses: int) -> StructuredMatrix | None:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 STACK_OPERATIONS: tuple[str, ...] = (
     "+",
     "-",
+    "add",
     "*",
     "/",
     "@",

@@ -496,6 +496,16 @@ class StructuredMatrix(ABC):
         self._check_same_structure(other, "subtract")
         return self._add(other, -1.0)
 
+    def add(self: S, other: S, alpha: Scalar = 1.0) -> S:
+        """Return ``A + alpha * B`` (a new matrix), as :meth:`add_` without changing ``A``.
+
+        On a stack ``alpha`` may hold one factor per member. Costs one pass over the
+        storage of the built-in structures.
+        """
+        self._check_same_structure(other, "add")
+        self._check_scalar(alpha, "add(alpha)")
+        return self._add(other, alpha)
+
     def __neg__(self: S) -> S:
         return self._scale(-1.0)
 

@@ -200,9 +200,11 @@ class BlockDiagonal(LinearStructure):
         if self.blocks.dtype in HALF_TYPES:
             return super()._trace(mean)
         total = self.blocks.diagonal(dim1=-2, dim2=-1).sum((-2, -1))
-        if self.last_block.numel():
-            total = total + self.last_block.diagonal(dim1=-2, dim2=-1).sum(-1)
-        return total / self.shape[0] if mean else total
+        last = self.last_block
+        if last.numel():
+            last_trace = last.diagonal(dim1=-2, dim2=-1).sum(-1) if last.ndim > 2 else last.trace()
+            total = total.add_(last_trace)
+        return total.div_(self.shape[0]) if mean else total
 
     def _diag_add_(self, value: Scalar) -> None:
         heads = self.blocks.diagonal(dim1=-2, dim2=-1)

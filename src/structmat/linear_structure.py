@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any, TypeVar
 
 import torch
@@ -52,7 +54,7 @@ class LinearStructure(StructuredMatrix):
     def _add(self: L, other: L, alpha: Scalar) -> L:
         return self._rebuilt(
             {
-                name: t + self.per_member(alpha, t) * getattr(other, name)
+                name: scaled_sum(t, getattr(other, name), self.per_member(alpha, t))
                 for name, t in self.named_tensors()
             }
         )
@@ -82,11 +84,13 @@ class LinearStructure(StructuredMatrix):
         return stable_norm([t for _, t in self.named_tensors()])
 
     def _infinity_vector_norm(self) -> Tensor:
-        # amax: the same value as max, and a fast reduction under torch.vmap
+        # one fused reduction per stored tensor (the largest magnitude), then their maximum
         maxima = [
-            t.abs().amax(self.member_dims(t)) for _, t in self.named_tensors() if t.numel() > 0
+            torch.linalg.vector_norm(t, math.inf, self.member_dims(t))
+            for _, t in self.named_tensors()
+            if t.numel() > 0
         ]
-        return maxima[0] if len(maxima) == 1 else torch.stack(maxima, -1).amax(-1)
+        return functools.reduce(torch.maximum, maxima)
 
     @classmethod
     def _zeros(cls: type[L], dim: int, dtype: torch.dtype | None, device: Any) -> L:
@@ -96,3 +100,14 @@ class LinearStructure(StructuredMatrix):
                 for name, shape in cls.tensor_shapes(dim).items()
             }
         )
+
+
+def scaled_sum(tensor: Tensor, other: Tensor, alpha: Scalar) -> Tensor:
+    """``tensor + alpha * other`` in one kernel (``alpha`` a number, or a tensor lined up).
+
+    ``torch.add`` with ``alpha`` for a number, ``torch.addcmul`` for a tensor (no
+    conversion to a number, no synchronisation).
+    """
+    if isinstance(alpha, Tensor):
+        return torch.addcmul(tensor, other, alpha)
+    return torch.add(tensor, other, alpha=alpha)

@@ -25,7 +25,7 @@ from structmat._triangular_kernels import (
 )
 from structmat.base import Scalar, StructuredMatrix
 from structmat.exceptions import SingularMatrixError
-from structmat.linear_structure import LinearStructure
+from structmat.linear_structure import LinearStructure, scaled_sum
 from structmat.registry import register
 
 Tri = TypeVar("Tri", bound="TriangularMatrix")
@@ -106,7 +106,7 @@ class TriangularMatrix(LinearStructure):
 
     # -------------------------------------------------------------- kernels
     def _add(self: Tri, other: Tri, alpha: Scalar) -> Tri:
-        return self._wrap(self.matrix + alpha * other.matrix)
+        return self._wrap(scaled_sum(self.matrix, other.matrix, alpha))
 
     def _scale(self: Tri, value: Scalar) -> Tri:
         return self._wrap(self.matrix * value)

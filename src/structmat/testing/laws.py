@@ -30,8 +30,9 @@ entrywise agreement within ``rtol`` relative to the largest entry, in float64.
     ``from_dense`` :math:`= P` on symmetric and general :math:`S`; :math:`P(P(S)) =
     P(S)`; linear; recovers the tensors of members
 ``test_arithmetic_matches_dense``
-    :math:`A \pm B`, :math:`cA`, :math:`A/c`, :math:`-A`, :math:`AB`, :math:`A^\top`
-    match dense; sums, multiples and products are members (closure)
+    :math:`A \pm B`, ``A.add(B, alpha)`` (number or tensor), :math:`cA`, :math:`A/c`,
+    :math:`-A`, :math:`AB`, :math:`A^\top` match dense; sums, multiples and products
+    are members (closure)
 ``test_in_place_operations_match_dense``
     ``add_``, ``mul_``, ``diag_add_`` match and return ``self``
 ``test_products_after_in_place_updates``
@@ -477,6 +478,9 @@ class StructureLaws:
         a, b = A.to_dense(), B.to_dense()
         self.same(A + B, a + b, "A + B")
         self.same(A - B, a - b, "A - B")
+        self.same(A.add(B, alpha=c), a + c * b, "A.add(B, alpha=c)")
+        alpha = torch.tensor(c, dtype=A.dtype)
+        self.same(A.add(B, alpha=alpha), a + c * b, "A.add(B, alpha=tensor(c))")
         self.same(c * A, c * a, "c * A")
         self.same(A * c, c * a, "A * c")
         self.same(A * torch.tensor(c, dtype=torch.float64), c * a, "A * tensor(c)")
@@ -485,7 +489,14 @@ class StructureLaws:
         self.same(A @ B, a @ b, "A @ B")
         self.same(A.T, a.T, "A.T")
         self.same(A.transpose(), a.T, "A.transpose()")
-        results = {"A + B": A + B, "A - B": A - B, "c * A": c * A, "-A": -A, "A @ B": A @ B}
+        results = {
+            "A + B": A + B,
+            "A - B": A - B,
+            "A.add(B, alpha)": A.add(B, alpha=c),
+            "c * A": c * A,
+            "-A": -A,
+            "A @ B": A @ B,
+        }
         self.assert_members(results)
 
     @given(data=st.data())
@@ -1016,6 +1027,7 @@ class StructureLaws:
                 "A @ B": A @ B,
                 "A + B": A + B,
                 "A - B": A - B,
+                "A.add(B, alpha=c)": A.add(B, alpha=factor),
                 "c * A": A * factor,
                 "A / c": A / factor,
                 "A^T": A.T,
@@ -1330,6 +1342,7 @@ class StructureLaws:
         operations: dict[str, Callable[[], object]] = {
             "A + B": lambda: A + B,
             "A - B": lambda: A - B,
+            "A.add(B, alpha)": lambda: A.add(B, alpha=0.5),
             "c * A": lambda: 3.0 * A,
             "add_": lambda: A.clone().add_(B, alpha=0.5),
             "mul_": lambda: A.clone().mul_(2.0),
