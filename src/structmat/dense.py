@@ -10,6 +10,7 @@ from torch import Tensor
 from structmat._gram import gram
 from structmat._numerics import dense_inverse
 from structmat.linear_structure import LinearStructure
+from structmat.numerics import HALF_TYPES
 from structmat.registry import register
 
 
@@ -67,6 +68,14 @@ class Dense(LinearStructure):
 
     def _diag(self) -> Tensor:
         return self.matrix.diagonal(dim1=-2, dim2=-1)
+
+    def _trace(self, mean: bool) -> Tensor:
+        """One trace kernel for a float32 or float64 member (half types, stacks: the default)."""
+        matrix = self.matrix
+        if self._batch_shape or matrix.dtype in HALF_TYPES:
+            return super()._trace(mean)
+        total = matrix.trace()
+        return total.div_(matrix.shape[0]) if mean else total
 
     def _diag_add_(self, value: float | Tensor) -> None:
         diagonal = self.matrix.diagonal(dim1=-2, dim2=-1)
