@@ -13,7 +13,7 @@ Protocol:
   digits CNN of the ``singd-opt`` demo and an MLP 64-512-512-10 on the same data
   (scikit-learn's bundled 8x8 digits, the fixed split of
   :func:`singd_opt_demo.data.load_split`), mini-batches of 32, constant learning rates.
-  Target: 97% accuracy on the 360 test images, evaluated every 10 steps, at most 600
+  Target: 97% accuracy on the 360 test images, evaluated every 5 steps, at most 600
   steps (13 epochs). ``lm``: the demo's character transformer. **Real model families**
   (:mod:`real_architectures`, built from ``transformers`` configs, skipped when it is
   not installed): GPT-2 and Llama decoders on the demo's language-model text (batches
@@ -143,7 +143,7 @@ class Workload:
     load_split: Callable[[bool], Any]
     target: float = 0.97
     batch_size: int = 32
-    eval_every: int = 10
+    eval_every: int = 5
     max_steps: int = 600
     loss: Callable[[Tensor, Tensor], Tensor] = functional.cross_entropy
     score: Callable[[nn.Module, Tensor, Tensor], float] = field(
@@ -207,7 +207,6 @@ register_workload(
         LM.make_model,
         LM.load_split,
         target=-LM_TARGET_LOSS,
-        eval_every=25,
         max_steps=600,
         loss=_sequence_loss,
         score=_negative_loss,
@@ -259,7 +258,6 @@ for _name, _model, _make, _target in (
             _load_lm_strided_eval,
             target=-_target,
             batch_size=16,
-            eval_every=25,
             max_steps=300,
             loss=_sequence_loss,
             score=_negative_loss,
