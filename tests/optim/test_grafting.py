@@ -26,6 +26,20 @@ def test_graft_sets_the_norm_and_keeps_the_direction() -> None:
     assert torch.equal(graft(torch.zeros(3, 4), 2.0), torch.zeros(3, 4))
 
 
+def test_graft_of_a_stack_scales_each_member_and_keeps_a_zero_member_zero() -> None:
+    generator = torch.Generator().manual_seed(3)
+    direction = torch.randn(3, 4, 5, generator=generator, dtype=DTYPE)
+    direction[1] = 0.0
+    targets = torch.tensor([2.0, 5.0, 0.5], dtype=DTYPE)
+    for target in (targets, 3.0):
+        grafted = graft(direction, target)
+        norms = torch.linalg.vector_norm(grafted, dim=(-2, -1))
+        expected = torch.as_tensor(target, dtype=DTYPE).expand(3).clone()
+        expected[1] = 0.0
+        torch.testing.assert_close(norms, expected, rtol=1e-12, atol=0)
+        assert torch.isfinite(grafted).all()
+
+
 def test_rms_rule_has_root_mean_square_one() -> None:
     direction = torch.randn(6, 9, dtype=DTYPE)
     grafted, _ = graft_direction(direction, direction, "rms", None, {})
