@@ -12,6 +12,7 @@ from torch.nn import functional
 from torch.nn.functional import linear as linear_by_name
 
 from singd_opt import SINGD
+from singd_opt.map_calls import MapCallMode, UntrackedParameters
 
 DTYPE = torch.float64
 CONFIG = {"lr": 0.1, "lr_cov": 0.1, "damping": 1e-3, "T": 2, "momentum": 0.5}
@@ -193,8 +194,6 @@ class _Target:
 
 def test_an_untracked_parameter_costs_one_lookup_across_passes() -> None:
     """A layer norm's parameters are looked up once, not on every pass."""
-    from singd_opt.map_calls import MapCallMode, UntrackedParameters
-
     layer, norm = nn.Linear(4, 3), nn.LayerNorm(3)
     target, lookups = _Target(), []
 
@@ -212,45 +211,43 @@ def test_an_untracked_parameter_costs_one_lookup_across_passes() -> None:
     assert len(target.calls) == 3 and target.others == []
 
 
+class _SwappableWeight:
+    """Two layers; the tracked weight is ``self.tracked`` (first ``layer``'s), swappable."""
+
+    def __init__(self) -> None:
+        self.layer, self.other = nn.Linear(4, 3), nn.Linear(3, 3)
+        self.target, self.untracked = _Target(), UntrackedParameters()
+        self.tracked: Tensor = self.layer.weight
+
+    def mode(self) -> MapCallMode:
+        return MapCallMode(lambda: [(self.tracked, self.target)], untracked=self.untracked)
+
+    def first_pass(self) -> None:
+        """One pass: ``layer``'s call captured, ``other.weight`` remembered as untracked."""
+        with self.mode():
+            self.other(self.layer(torch.randn(2, 4)))
+        assert len(self.target.calls) == 1 and self.untracked.remembers(self.other.weight)
+
+
 def test_a_tensor_swapped_in_during_a_pass_is_still_found() -> None:
     """The tracked tensor changes during the pass (as FSDP2 does): its call is captured."""
-    from singd_opt.map_calls import MapCallMode, UntrackedParameters
-
-    layer, other = nn.Linear(4, 3), nn.Linear(3, 3)
-    target, untracked = _Target(), UntrackedParameters()
-    current = {"weight": layer.weight}
-
-    def lookup() -> list[tuple[Tensor, _Target]]:
-        return [(current["weight"], target)]
-
-    with MapCallMode(lookup, untracked=untracked):  # other.weight is remembered as untracked
-        other(layer(torch.randn(2, 4)))
-    assert len(target.calls) == 1 and untracked.remembers(other.weight)
+    case = _SwappableWeight()
+    case.first_pass()
     swapped = nn.Parameter(torch.randn(3, 3))
-    with MapCallMode(lookup, untracked=untracked):
-        hidden = layer(torch.randn(2, 4))  # starts with the old tracked tensor
-        current["weight"] = swapped  # swapped in during the pass
+    with case.mode():
+        hidden = case.layer(torch.randn(2, 4))  # starts with the old tracked tensor
+        case.tracked = swapped  # swapped in during the pass
         functional.linear(hidden, swapped)
-    assert len(target.calls) == 3  # layer's call and the swapped weight's call
-    assert not untracked.remembers(other.weight)  # the tracked tensors changed: forgotten
+    assert len(case.target.calls) == 3  # layer's call and the swapped weight's call
+    assert not case.untracked.remembers(case.other.weight)  # the tracked tensors changed
 
 
 def test_a_parameter_once_untracked_is_found_when_it_becomes_tracked() -> None:
     """A weight replaced between passes by a parameter seen untracked before is recorded."""
-    from singd_opt.map_calls import MapCallMode, UntrackedParameters
-
-    layer, other = nn.Linear(4, 3), nn.Linear(3, 3)
-    target, untracked = _Target(), UntrackedParameters()
-    current = {"weight": layer.weight}
-
-    def lookup() -> list[tuple[Tensor, _Target]]:
-        return [(current["weight"], target)]
-
-    with MapCallMode(lookup, untracked=untracked):
-        other(layer(torch.randn(2, 4)))
-    assert untracked.remembers(other.weight)
-    current["weight"] = other.weight  # the tracked weight is now other's
-    with MapCallMode(lookup, untracked=untracked):
-        other(layer(torch.randn(2, 4)))
-    assert len(target.calls) == 2 and target.calls[-1].output.shape == (2, 3)
-    assert not untracked.remembers(other.weight)
+    case = _SwappableWeight()
+    case.first_pass()
+    case.tracked = case.other.weight  # the tracked weight is now other's
+    with case.mode():
+        case.other(case.layer(torch.randn(2, 4)))
+    assert len(case.target.calls) == 2 and case.target.calls[-1].output.shape == (2, 3)
+    assert not case.untracked.remembers(case.other.weight)
