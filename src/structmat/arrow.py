@@ -84,6 +84,7 @@ class ArrowMatrix(LinearStructure):
 
     upper: ClassVar[bool | None] = None
     closed_under_inverse = True
+    batches_natively = True
     corner_first: ClassVar[bool | None] = None
     parameters = ("upper", "corner_first")
     template_hint = (
@@ -110,16 +111,21 @@ class ArrowMatrix(LinearStructure):
 
     # -------------------------------------------- corner / other indices split
     @classmethod
-    def _split(cls, X: Tensor) -> tuple[Tensor, Tensor]:
-        """Split the rows of ``X`` (shape ``(d, ...)``) into the others and the corner."""
+    def _split(cls, X: Tensor, dim: int = -1) -> tuple[Tensor, Tensor]:
+        """Split ``X`` along ``dim`` (the ``d`` indices) into the others and the corner.
+
+        ``dim=-1`` for the stored vectors and a diagonal, ``-2`` for the rows of an
+        operand ``(..., d, n)``; leading dimensions are a stack's batch dimensions.
+        """
+        d = X.shape[dim]
         if cls.corner_first:
-            return X[1:], X[:1]
-        return X[:-1], X[-1:]
+            return X.narrow(dim, 1, d - 1), X.narrow(dim, 0, 1)
+        return X.narrow(dim, 0, d - 1), X.narrow(dim, d - 1, 1)
 
     @classmethod
-    def _join(cls, rest: Tensor, corner: Tensor) -> Tensor:
-        """Inverse of :meth:`_split`: stack the other rows and the corner row."""
-        return torch.cat([corner, rest] if cls.corner_first else [rest, corner], 0)
+    def _join(cls, rest: Tensor, corner: Tensor, dim: int = -1) -> Tensor:
+        """Inverse of :meth:`_split`: the other indices and the corner joined along ``dim``."""
+        return torch.cat([corner, rest] if cls.corner_first else [rest, corner], dim)
 
     # ---------------------------------------------------------- conversions
     @classmethod
@@ -134,7 +140,9 @@ class ArrowMatrix(LinearStructure):
         return cls(diagonal=diagonal.clone(), arrow=row + column, corner=corner.clone())
 
     def to_dense(self) -> Tensor:
-        """Return the ``d x d`` matrix. :math:`O(d^2)`."""
+        """Return the ``d x d`` matrix (a stack: one per member). :math:`O(d^2)`."""
+        if self._batch_shape:
+            return torch.stack([member.to_dense() for member in self.unbind()])
         zero = self.corner.new_zeros(1)
         unit = self._join(self.arrow.new_zeros(self.arrow.shape), self.corner.new_ones(1))
         arrow = torch.outer(unit, self._join(self.arrow, zero))
@@ -152,15 +160,18 @@ class ArrowMatrix(LinearStructure):
         Rows are in the original index order. The diagonal part scales all rows in one
         elementwise product, which keeps the memory layout of ``X`` (a transposed view
         stays cheap); the arrow then adds a rank-one correction to the corner row
-        (``row_arrow``) or to the other rows. :math:`O(dn)`.
+        (``row_arrow``) or to the other rows. On a stack ``X`` is ``(..., d, n)`` and
+        every member's correction is made at once. :math:`O(dn)`.
         """
         D, b, c = self._parts()
         full_diagonal = self._join(D, c)
-        rest, corner = self._split(X)
-        out = full_diagonal.unsqueeze(1) * X
-        out_rest, out_corner = self._split(out)
+        rest, corner = self._split(X, -2)
+        out = full_diagonal.unsqueeze(-1) * X
+        out_rest, out_corner = self._split(out, -2)
         if row_arrow:
-            out_corner.add_(b.unsqueeze(0) @ rest)
+            out_corner.add_(b.unsqueeze(-2) @ rest)
+        elif self._batch_shape:
+            out_rest.add_(b.unsqueeze(-1) * corner)
         else:
             # a rank-one update in place, in the layout of X (no outer-product temporary)
             out_rest.addr_(b, corner.squeeze(0))
@@ -173,7 +184,7 @@ class ArrowMatrix(LinearStructure):
         D1, b1, c1 = self._parts()
         D2, b2, c2 = other._parts()
         arrow = b1 * D2 + c1 * b2 if self._row_arrow() else D1 * b2 + c2 * b1
-        return type(self)(diagonal=D1 * D2, arrow=arrow, corner=c1 * c2)
+        return self._like(diagonal=D1 * D2, arrow=arrow, corner=c1 * c2)
 
     def _transpose(self) -> StructuredMatrix:
         # the paired variant (declared as transpose_name) on the same tensors
@@ -183,8 +194,8 @@ class ArrowMatrix(LinearStructure):
         return self._join(self.diagonal, self.corner)
 
     def _diag_add_(self, value: Scalar) -> None:
-        self.diagonal.add_(value)
-        self.corner.add_(value)
+        self.diagonal.add_(self.per_member(value, self.diagonal))
+        self.corner.add_(self.per_member(value, self.corner))
 
     def _inv(self: Arrow) -> Arrow:
         what = f"{type(self).__name__} matrix"
@@ -197,7 +208,7 @@ class ArrowMatrix(LinearStructure):
     def _from_mat_inner(cls: type[Arrow], X: Tensor) -> Arrow:
         if X.shape[0] == 0:
             raise ValueError("from_mat_inner: X must have at least one row")
-        rest, x = cls._split(X)
+        rest, x = cls._split(X, -2)
         return cls(
             diagonal=row_sums_of_squares(rest),
             arrow=2 * (rest @ x.squeeze(0)),
@@ -222,7 +233,7 @@ class ArrowMatrix(LinearStructure):
         :math:`O(dn)` in two or three passes over ``X``, no ``d x n`` temporary.
         """
         D, b, c = self._parts()
-        rest, x = self._split(X)
+        rest, x = self._split(X, -2)
         x = x.squeeze(0)
         s = row_sums_of_squares(rest)
         if not self._row_arrow():
@@ -242,10 +253,10 @@ class ArrowMatrix(LinearStructure):
         D, b, c = self._parts()
         if self._row_arrow():
             # [[D, b], [0, c]] [[D, 0], [b^T, c]] = [[D^2 + b b^T, c b], [c b^T, c^2]]
-            return type(self)(diagonal=D.square() + b.square(), arrow=2 * c * b, corner=c.square())
+            return self._like(diagonal=D.square() + b.square(), arrow=2 * c * b, corner=c.square())
         # [[D, 0], [b^T, c]] [[D, b], [0, c]] = [[D^2, D b], [b^T D, b^T b + c^2]]
-        corner = c.square() + b.square().sum().unsqueeze(0)
-        return type(self)(diagonal=D.square(), arrow=2 * D * b, corner=corner)
+        corner = c.square() + b.square().sum(-1, keepdim=True)
+        return self._like(diagonal=D.square(), arrow=2 * D * b, corner=corner)
 
     def _from_inner2(self: Arrow, XXT: Tensor) -> Arrow:
         D, b, c = self._parts()

@@ -81,6 +81,8 @@ def _train(
         {"T": 3, "structures": ("block4diagonal", "dense"), "warm_start": False},
         {"defaults": "reference", "train_all_parameters": True},
         {"elementwise_lr": 1e-3, "momentum_dampening": False},
+        {"structures": ("triltopleftdiag", "triubottomrightdiag")},
+        {"T": 2, "alpha1": 0.5, "structures": ("triubottomrightdiag", "trilbottomrightdiag")},
     ],
     ids=[
         "defaults",
@@ -90,6 +92,8 @@ def _train(
         "T3-block4",
         "reference",
         "elementwise",
+        "arrows",
+        "T2-momenta-arrows",
     ],
 )
 def test_batched_blocks_step_like_blocks_alone(
