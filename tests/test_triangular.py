@@ -115,6 +115,42 @@ def test_kernels_match_dense(cls: type[TriangularMatrix], d: int) -> None:
 
 @pytest.mark.parametrize("cls", CLASSES)
 @pytest.mark.parametrize("d", SIZES)
+def test_stacks_match_members_on_the_blocked_paths(cls: type[TriangularMatrix], d: int) -> None:
+    """A stack of three members above the panel height: every stack operation per member."""
+    firsts = [random_member(cls, d, seed=s) for s in range(3)]
+    seconds = [random_member(cls, d, seed=10 + s) for s in range(3)]
+    A, B = cls.stack(firsts), cls.stack(seconds)
+    X = torch.randn(3, d, 5, dtype=torch.float64)
+    factors = torch.tensor([0.5, -2.0, 3.0], dtype=torch.float64)
+    results = {
+        "A @ B": (A @ B).unbind(),
+        "A.add(B, alpha)": A.add(B, alpha=factors).unbind(),
+        "c * A": (A * factors).unbind(),
+        "from_inner()": A.from_inner().unbind(),
+        "in place": A.clone().diag_add_(factors).add_(B, alpha=factors).mul_(factors).unbind(),
+    }
+    for i, (first, second) in enumerate(zip(firsts, seconds, strict=True)):
+        c = float(factors[i])
+        expected = {
+            "A @ B": first @ second,
+            "A.add(B, alpha)": first.add(second, alpha=c),
+            "c * A": first * c,
+            "from_inner()": first.from_inner(),
+            "in place": first.clone().diag_add_(c).add_(second, alpha=c).mul_(c),
+        }
+        for name, member in expected.items():
+            got = results[name][i]
+            assert type(got) is cls, name
+            assert_triangular(cls, got.to_dense())
+            close(got.to_dense(), member.to_dense())
+        close((A @ X)[i], first @ X[i])
+        close(A.rmatmat(X)[i], first.rmatmat(X[i]))
+        close(A.average_trace()[i], first.average_trace())
+        close(A.infinity_vector_norm()[i], first.infinity_vector_norm())
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("d", SIZES)
 def test_transpose_and_inverse(cls: type[TriangularMatrix], d: int) -> None:
     A = invertible_member(cls, d)
     At = A.T
@@ -198,9 +234,7 @@ def test_gradients_through_blocked_kernels(
 
 @pytest.mark.parametrize("upper", [False, True])
 @pytest.mark.parametrize("leaf", [1, 2, 3])
-def test_kernels_with_tiny_panels(
-    upper: bool, leaf: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_kernels_with_tiny_panels(upper: bool, leaf: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kernels, "LEAF", leaf)
     tri = torch.triu if upper else torch.tril
     gen = torch.Generator().manual_seed(leaf)

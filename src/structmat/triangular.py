@@ -59,6 +59,7 @@ class TriangularMatrix(LinearStructure):
 
     upper: ClassVar[bool | None] = None
     closed_under_inverse = True
+    batches_natively = True
     parameters = ("upper",)
     template_hint = "instantiate structmat.Tril or structmat.Triu"
 
@@ -105,17 +106,20 @@ class TriangularMatrix(LinearStructure):
         return cls._wrap(folded.mT if cls.upper else folded)
 
     # -------------------------------------------------------------- kernels
+    # On a stack ``matrix`` is ``(..., d, d)``: the kernels act on the last two dimensions.
     def _add(self: Tri, other: Tri, alpha: Scalar) -> Tri:
-        return self._wrap(scaled_sum(self.matrix, other.matrix, alpha))
+        alpha = self.per_member(alpha, self.matrix)
+        return self._like(matrix=scaled_sum(self.matrix, other.matrix, alpha))
 
     def _scale(self: Tri, value: Scalar) -> Tri:
-        return self._wrap(self.matrix * value)
+        return self._like(matrix=self.matrix * self.per_member(value, self.matrix))
 
     def _diag_add_(self, value: Scalar) -> None:
-        self.matrix.diagonal().add_(value)
+        diagonal = self.matrix.diagonal(dim1=-2, dim2=-1)
+        diagonal.add_(self.per_member(value, diagonal))
 
     def _matmul(self: Tri, other: Tri) -> Tri:
-        return self._wrap(tri_matmul(self.matrix, other.matrix, self.upper))
+        return self._like(matrix=tri_matmul(self.matrix, other.matrix, self.upper))
 
     def _matmat(self, X: Tensor) -> Tensor:
         return tri_matmat(self.matrix, X, self.upper)
@@ -125,7 +129,7 @@ class TriangularMatrix(LinearStructure):
         return self._transposed_member(self.matrix.mT)
 
     def _diag(self) -> Tensor:
-        return self.matrix.diagonal()
+        return self.matrix.diagonal(dim1=-2, dim2=-1)
 
     def _inv(self: Tri) -> Tri:
         what = f"{type(self).__name__} matrix"
@@ -144,7 +148,8 @@ class TriangularMatrix(LinearStructure):
 
     def _from_inner_identity(self: Tri) -> Tri:
         # A^T A = Y Y^T with Y = A^T, triangular in the other triangle.
-        return self._from_folded_lower(tri_gram_folded(self.matrix.mT, not self.upper))
+        folded = tri_gram_folded(self.matrix.mT, not self.upper)
+        return self._like(matrix=folded.mT if self.upper else folded)
 
     def _from_inner2(self: Tri, XXT: Tensor) -> Tri:
         # Z = A^T M A by two triangular products (A^T is triangular too), then the

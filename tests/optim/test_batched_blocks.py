@@ -83,6 +83,7 @@ def _train(
         {"elementwise_lr": 1e-3, "momentum_dampening": False},
         {"structures": ("triltopleftdiag", "triubottomrightdiag")},
         {"T": 2, "alpha1": 0.5, "structures": ("triubottomrightdiag", "trilbottomrightdiag")},
+        {"structures": ("tril", "triu")},
     ],
     ids=[
         "defaults",
@@ -94,6 +95,7 @@ def _train(
         "elementwise",
         "arrows",
         "T2-momenta-arrows",
+        "triangular",
     ],
 )
 def test_batched_blocks_step_like_blocks_alone(
