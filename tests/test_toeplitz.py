@@ -346,3 +346,41 @@ def test_no_op_allocates_a_dense_matrix_on_the_fft_paths(cls: type[TriangularToe
         with LargestAllocation() as record:
             run()
         assert record.largest < dim * dim, record.op
+
+
+@classes
+@pytest.mark.parametrize(("dim", "n"), [(1, 3), (33, 5), (65, 100), (200, 7)])
+def test_stacks_match_members_on_every_product_path(
+    cls: type[TriangularToeplitz], dim: int, n: int
+) -> None:
+    """A stack of three members equals each member, on every path of the stack kernels.
+
+    Products with operands over one or several row blocks of the blocked GEMMs, products
+    of members, ``from_inner()`` and in-place updates.
+    """
+    generator = torch.Generator().manual_seed(dim)
+    firsts = [cls(torch.randn(dim, generator=generator, dtype=torch.float64)) for _ in range(3)]
+    seconds = [cls(torch.randn(dim, generator=generator, dtype=torch.float64)) for _ in range(3)]
+    A, B = cls.stack(firsts), cls.stack(seconds)
+    X = torch.randn(3, dim, n, generator=generator, dtype=torch.float64)
+    factors = torch.tensor([0.5, -2.0, 3.0], dtype=torch.float64)
+    products, transposed = A @ X, A.rmatmat(X)
+    matrices = {
+        "A @ B": (A @ B).unbind(),
+        "from_inner()": A.from_inner().unbind(),
+        "in place": A.clone().diag_add_(factors).add_(B, alpha=factors).unbind(),
+    }
+    for i, (first, second) in enumerate(zip(firsts, seconds, strict=True)):
+        c = float(factors[i])
+        close(products[i], first @ X[i])
+        close(transposed[i], first.rmatmat(X[i]))
+        close(A.average_trace()[i], first.average_trace())
+        expected = {
+            "A @ B": first @ second,
+            "from_inner()": first.from_inner(),
+            "in place": first.clone().diag_add_(c).add_(second, alpha=c),
+        }
+        for name, member in expected.items():
+            got = matrices[name][i]
+            assert type(got) is cls, name
+            close(got.coefficients, member.coefficients)

@@ -119,8 +119,8 @@ def lower_rows(coefficients: Tensor, rows: int) -> Tensor:
 
     Entry ``(t, u)`` is :math:`c_{d - rows + t - u}`, zero for a negative index.
     """
-    d = coefficients.shape[0]
-    return pad(coefficients, (rows - 1, 0)).unfold(0, d, 1).flip(1)
+    d = coefficients.shape[-1]
+    return pad(coefficients, (rows - 1, 0)).unfold(-1, d, 1).flip(-1)
 
 
 def lower_columns(coefficients: Tensor, columns: int) -> Tensor:
@@ -128,7 +128,7 @@ def lower_columns(coefficients: Tensor, columns: int) -> Tensor:
 
     Entry ``(i, t)`` is :math:`c_{i - t}`, zero for a negative index.
     """
-    return pad(coefficients, (columns - 1, 0)).unfold(0, columns, 1).flip(1)
+    return pad(coefficients, (columns - 1, 0)).unfold(-1, columns, 1).flip(-1)
 
 
 def lower_product(coefficients: Tensor, X: Tensor, transpose: bool) -> Tensor:
@@ -141,28 +141,29 @@ def lower_product(coefficients: Tensor, X: Tensor, transpose: bool) -> Tensor:
     :math:`L_{s:,\,s:e} = W_{:d-s,\,:e-s}`.
 
     Args:
-        coefficients: :math:`c`, shape ``(d,)``, in the dtype of ``X``.
-        X: Shape ``(d, n)``, any strides.
+        coefficients: :math:`c`, shape ``(d,)``, in the dtype of ``X``; for a stack
+            ``(..., d)``, one vector per member.
+        X: Shape ``(d, n)``, any strides; for a stack ``(..., d, n)``.
         transpose: Whether to multiply by :math:`L^\top` instead of :math:`L`.
 
     Returns:
-        Shape ``(d, n)``, contiguous.
+        Shape ``(d, n)`` (``(..., d, n)``), contiguous.
 
     Complexity:
         :math:`d^2 n / 2 + O(d b n)` multiply-adds in :math:`\lceil d / b \rceil` GEMMs;
         scratch :math:`d b` elements.
     """
-    d, n = X.shape
+    d, n = X.shape[-2:]
     b = min(BLOCK_ROWS, d)
     blocks = row_blocks(d, b)
     if transpose:
         W = lower_columns(coefficients, b)
-        pieces = [(W[: d - s, : e - s].mT, X[s:]) for s, e in blocks]
+        pieces = [(W[..., : d - s, : e - s].mT, X[..., s:, :]) for s, e in blocks]
     else:
         R = lower_rows(coefficients, b)
-        pieces = [(R[: e - s, d - b - s : d - b - s + e], X[:e]) for s, e in blocks]
-    if writes_forbidden(coefficients, X):
-        return torch.cat([block @ rows for block, rows in pieces])
+        pieces = [(R[..., : e - s, d - b - s : d - b - s + e], X[..., :e, :]) for s, e in blocks]
+    if X.ndim > 2 or writes_forbidden(coefficients, X):
+        return torch.cat([block @ rows for block, rows in pieces], -2)
     out = X.new_empty((d, n))
     for (s, e), (block, rows) in zip(blocks, pieces, strict=True):
         torch.mm(block, rows, out=out[s:e])

@@ -390,7 +390,7 @@ def average_diagonal_pairs(pair_sums: Tensor) -> Tensor:
     Complexity:
         :math:`O(d)`.
     """
-    d = pair_sums.shape[0]
+    d = pair_sums.shape[-1]
     counts = torch.arange(d, 0, -1, dtype=pair_sums.dtype, device=pair_sums.device)
     counts[0] = 2 * d
     return pair_sums / counts

@@ -39,6 +39,7 @@ from structmat._toeplitz_kernels import (
     lag_sums,
 )
 from structmat._toeplitz_sandwich import sandwich_pair_sums
+from structmat._toeplitz_stacks import member_convolutions, member_lag_sums
 from structmat.base import Scalar, StructuredMatrix
 from structmat.exceptions import SingularMatrixError
 from structmat.linear_structure import LinearStructure
@@ -89,6 +90,9 @@ class TriangularToeplitz(LinearStructure):
       :math:`(\sum_k (d - k) c_k^2)^{1/2}`, ``+`` and scalar ``*``: :math:`O(d)`;
       ``transpose``: :math:`O(1)`, the same coefficient tensor in the other structure.
     - ``from_dense``: :math:`O(d^2)`, one pass over :math:`S` without copying it.
+    - On a stack (coefficients ``(..., d)``): products with operands by the blocked
+      GEMMs for every ``d``, products of members and ``from_inner()`` by one grouped
+      ``conv1d`` for all members, :math:`O(d^2)` each (:mod:`structmat._toeplitz_stacks`).
 
     Half types are computed in float32 and rounded once at the end.
 
@@ -100,6 +104,7 @@ class TriangularToeplitz(LinearStructure):
 
     upper: ClassVar[bool | None] = None
     closed_under_inverse = True
+    batches_natively = True
     coefficients_name: ClassVar[str | None] = None
     parameters = ("upper", "coefficients_name")
     template_hint = "instantiate structmat.TrilToeplitz or structmat.TriuToeplitz"
@@ -153,7 +158,9 @@ class TriangularToeplitz(LinearStructure):
         return cls(average_diagonal_pairs(upper + lower).to(mat.dtype))
 
     def to_dense(self) -> Tensor:
-        """Return the represented ``d x d`` matrix. :math:`O(d^2)`."""
+        """Return the represented ``d x d`` matrix (a stack: one per member). :math:`O(d^2)`."""
+        if self._batch_shape:
+            return torch.stack([member.to_dense() for member in self.unbind()])
         c = self.coefficients
         d = c.shape[0]
         # hankel[i, j] = c[d - 1 - i - j] (zero where the index is negative); flipping
@@ -163,7 +170,7 @@ class TriangularToeplitz(LinearStructure):
 
     # ----------------------------------------------------------------- kernels
     def _rebuild(self: T, coefficients: Tensor) -> T:
-        return type(self)(coefficients)
+        return self._like(**{self.coefficients_name: coefficients})  # type: ignore[dict-item]
 
     def _apply(self, signals: Tensor, transpose: bool) -> Tensor:
         """Rows of ``signals`` (shape ``(n, d)``, compute dtype) times ``A^T`` (or ``A``).
@@ -181,7 +188,7 @@ class TriangularToeplitz(LinearStructure):
         Direct below the measured crossover (see :mod:`structmat._toeplitz_direct`),
         FFT above it. The result may be a transposed view of a slice of an FFT buffer.
         """
-        if use_direct_product(X):
+        if self._batch_shape or use_direct_product(X):  # a stack: the blocked GEMMs
             kernel = self.coefficients.to(X.dtype)
             return lower_product(kernel, X, transpose=self.upper != transpose)
         return self._apply(X.mT, transpose).mT
@@ -196,7 +203,10 @@ class TriangularToeplitz(LinearStructure):
     def _matmul(self: T, other: T) -> T:
         work = compute_dtype(self.dtype)
         first, second = self.coefficients.to(work), other.coefficients.to(work)
-        product = causal_convolution(first, second.unsqueeze(0))[0]
+        if self._batch_shape:
+            product = member_convolutions(first, second)
+        else:
+            product = causal_convolution(first, second.unsqueeze(0))[0]
         return self._rebuild(product.to(self.dtype))
 
     def _transpose(self) -> StructuredMatrix:
@@ -204,12 +214,12 @@ class TriangularToeplitz(LinearStructure):
         return self._transposed_member(self.coefficients)
 
     def _diag(self) -> Tensor:
-        return self.coefficients[:1].repeat(self.coefficients.shape[0])
+        c = self.coefficients
+        return c[..., :1].expand(c.shape).contiguous()
 
     def _diag_add_(self, value: Scalar) -> None:
-        if isinstance(value, Tensor):
-            value = value.reshape(())
-        self.coefficients[:1].add_(value)
+        first = self.coefficients[..., :1]
+        first.add_(self.per_member(value, first))
 
     def _frobenius_norm(self) -> Tensor:
         c = self.coefficients
@@ -263,12 +273,15 @@ class TriangularToeplitz(LinearStructure):
 
     def _from_inner_identity(self: T) -> T:
         c = self.coefficients
-        d = c.shape[0]
+        d = c.shape[-1]
         work = c.to(compute_dtype(c.dtype))
         # sum_j (A^T A)[j + k, j] = sum_p c_p (d - p - k) c_{p + k}: correlate c with
         # u_q = (d - q) c_q.
         weighted = torch.arange(d, 0, -1, dtype=work.dtype, device=work.device) * work
-        lags = lag_sums(work.unsqueeze(0), weighted.unsqueeze(0))
+        if self._batch_shape:
+            lags = member_lag_sums(work, weighted)
+        else:
+            lags = lag_sums(work.unsqueeze(0), weighted.unsqueeze(0))
         return self._rebuild(average_diagonal_pairs(2 * lags).to(c.dtype))
 
     def _from_inner2(self: T, XXT: Tensor) -> T:

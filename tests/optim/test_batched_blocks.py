@@ -84,6 +84,7 @@ def _train(
         {"structures": ("triltopleftdiag", "triubottomrightdiag")},
         {"T": 2, "alpha1": 0.5, "structures": ("triubottomrightdiag", "trilbottomrightdiag")},
         {"structures": ("tril", "triu")},
+        {"structures": ("triltoeplitz", "triutoeplitz")},
     ],
     ids=[
         "defaults",
@@ -96,6 +97,7 @@ def _train(
         "arrows",
         "T2-momenta-arrows",
         "triangular",
+        "toeplitz",
     ],
 )
 def test_batched_blocks_step_like_blocks_alone(
