@@ -92,9 +92,7 @@ def block_inverse(parts: Parts, what: str) -> Parts:
     C_inv = C.reciprocal()
     D_inv = -(E_inv @ D) * C_inv
     B_inv = -A_inv @ lower_rmatmat(C_inv, D_inv, E_inv, B.mT).mT
-    A_inv, B_inv, C_inv, D_inv, E_inv = (
-        t.to(dtype) for t in (A_inv, B_inv, C_inv, D_inv, E_inv)
-    )
+    A_inv, B_inv, C_inv, D_inv, E_inv = (t.to(dtype) for t in (A_inv, B_inv, C_inv, D_inv, E_inv))
     return A_inv, B_inv, C_inv, D_inv, E_inv
 
 

@@ -142,7 +142,7 @@ class ArrowMatrix(LinearStructure):
     def to_dense(self) -> Tensor:
         """Return the ``d x d`` matrix (a stack: one per member). :math:`O(d^2)`."""
         if self._batch_shape:
-            return torch.stack([member.to_dense() for member in self.unbind()])
+            return self._members_to_dense()
         zero = self.corner.new_zeros(1)
         unit = self._join(self.arrow.new_zeros(self.arrow.shape), self.corner.new_ones(1))
         arrow = torch.outer(unit, self._join(self.arrow, zero))

@@ -380,6 +380,10 @@ class StructuredMatrix(ABC):
         cls, inner = type(self), self._batch_shape[1:]
         return [cls._from_checked(self.shape, tensors, inner) for tensors in unbound_tensors(self)]
 
+    def _members_to_dense(self) -> Tensor:
+        """The dense matrices of a stack's members, stacked (``to_dense`` of a stack)."""
+        return torch.stack([member.to_dense() for member in self.unbind()])
+
     def _require_member(self, op: str) -> None:
         """Raise ``ValueError`` if ``self`` is a stack (``op`` is not a stack operation)."""
         if self._batch_shape:

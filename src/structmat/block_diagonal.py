@@ -145,7 +145,7 @@ class BlockDiagonal(LinearStructure):
         """Assemble the ``d x d`` block-diagonal matrix (a stack: one per member)."""
         if not self.batch_shape:
             return torch.block_diag(*self.blocks.unbind(0), self.last_block)
-        return torch.stack([member.to_dense() for member in self.unbind()])
+        return self._members_to_dense()
 
     # ---------------------------------------------------------------- kernels
     def _products(self) -> tuple[Callable[..., Tensor], Callable[..., Tensor]]:

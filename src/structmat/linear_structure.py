@@ -51,16 +51,19 @@ class LinearStructure(StructuredMatrix):
         """The dimensions of ``tensor`` that index one member's entries (not the batch)."""
         return tuple(range(len(self._batch_shape), tensor.ndim))
 
+    # A linear combination of members is a member of the same layout, dtype and device:
+    # built without the constructor's check (the tensors are new, see ``_like``).
     def _add(self: L, other: L, alpha: Scalar) -> L:
-        return self._rebuilt(
-            {
+        return self._like(
+            **{
                 name: scaled_sum(t, getattr(other, name), self.per_member(alpha, t))
                 for name, t in self.named_tensors()
             }
         )
 
     def _scale(self: L, value: Scalar) -> L:
-        return self._map_tensors(lambda t: t * self.per_member(value, t))
+        scaled = {name: t * self.per_member(value, t) for name, t in self.named_tensors()}
+        return self._like(**scaled)
 
     def _add_(self, other: StructuredMatrix, alpha: Scalar) -> None:
         # a tensor alpha multiplies on the device (no conversion to a number, no sync)

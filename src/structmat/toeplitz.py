@@ -160,7 +160,7 @@ class TriangularToeplitz(LinearStructure):
     def to_dense(self) -> Tensor:
         """Return the represented ``d x d`` matrix (a stack: one per member). :math:`O(d^2)`."""
         if self._batch_shape:
-            return torch.stack([member.to_dense() for member in self.unbind()])
+            return self._members_to_dense()
         c = self.coefficients
         d = c.shape[0]
         # hankel[i, j] = c[d - 1 - i - j] (zero where the index is negative); flipping

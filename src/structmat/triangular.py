@@ -25,7 +25,7 @@ from structmat._triangular_kernels import (
 )
 from structmat.base import Scalar, StructuredMatrix
 from structmat.exceptions import SingularMatrixError
-from structmat.linear_structure import LinearStructure, scaled_sum
+from structmat.linear_structure import LinearStructure
 from structmat.registry import register
 
 Tri = TypeVar("Tri", bound="TriangularMatrix")
@@ -101,19 +101,17 @@ class TriangularMatrix(LinearStructure):
         return self.matrix
 
     @classmethod
+    def _oriented(cls, folded: Tensor) -> Tensor:
+        """The stored triangle from the folded lower triangle of a symmetric matrix."""
+        return folded.mT if cls.upper else folded
+
+    @classmethod
     def _from_folded_lower(cls: type[Tri], folded: Tensor) -> Tri:
         """Member from the folded lower triangle of a symmetric matrix (see the kernels)."""
-        return cls._wrap(folded.mT if cls.upper else folded)
+        return cls._wrap(cls._oriented(folded))
 
     # -------------------------------------------------------------- kernels
     # On a stack ``matrix`` is ``(..., d, d)``: the kernels act on the last two dimensions.
-    def _add(self: Tri, other: Tri, alpha: Scalar) -> Tri:
-        alpha = self.per_member(alpha, self.matrix)
-        return self._like(matrix=scaled_sum(self.matrix, other.matrix, alpha))
-
-    def _scale(self: Tri, value: Scalar) -> Tri:
-        return self._like(matrix=self.matrix * self.per_member(value, self.matrix))
-
     def _diag_add_(self, value: Scalar) -> None:
         diagonal = self.matrix.diagonal(dim1=-2, dim2=-1)
         diagonal.add_(self.per_member(value, diagonal))
@@ -148,8 +146,7 @@ class TriangularMatrix(LinearStructure):
 
     def _from_inner_identity(self: Tri) -> Tri:
         # A^T A = Y Y^T with Y = A^T, triangular in the other triangle.
-        folded = tri_gram_folded(self.matrix.mT, not self.upper)
-        return self._like(matrix=folded.mT if self.upper else folded)
+        return self._like(matrix=self._oriented(tri_gram_folded(self.matrix.mT, not self.upper)))
 
     def _from_inner2(self: Tri, XXT: Tensor) -> Tri:
         # Z = A^T M A by two triangular products (A^T is triangular too), then the

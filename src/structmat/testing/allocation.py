@@ -29,9 +29,7 @@ class LargestAllocation(TorchDispatchMode):
         self.largest = 0
         self.op = ""
 
-    def __torch_dispatch__(
-        self, func: Any, types: Any, args: Any = (), kwargs: Any = None
-    ) -> Any:
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
         inputs = {
             t.untyped_storage().data_ptr()

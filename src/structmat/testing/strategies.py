@@ -97,9 +97,7 @@ def layouts(X: Tensor) -> dict[str, Tensor]:
     }
 
 
-def random_tensor(
-    shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.float64
-) -> Tensor:
+def random_tensor(shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.float64) -> Tensor:
     """A standard normal tensor from a seeded generator, rounded to ``dtype``."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
