@@ -228,3 +228,56 @@ def test_linear_output_curvature_is_that_of_the_scaled_rows(
         rtol=tolerance,
         atol=tolerance * float(expected.abs().max()),
     )
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize(
+    ("x_dtype", "K_dtype"),
+    [
+        (torch.float64, torch.float64),
+        (torch.float32, torch.float64),
+        (torch.bfloat16, torch.float32),
+    ],
+)
+def test_linear_input_curvature_from_any_layout_and_dtype(
+    bias: bool, x_dtype: torch.dtype, K_dtype: torch.dtype
+) -> None:
+    r""":math:`H_K` of a transposed input of another dtype is that of its scaled rows.
+
+    Attention modules pass the ``(sequence, batch, d)`` transpose of their input; the rows
+    are copied from that layout, converted to ``K``'s dtype, in one pass.
+    """
+    torch.manual_seed(0)
+    module = nn.Linear(6, 5, bias=bias)
+    layer = make_layer(module, module.weight, module.bias)
+    x = torch.randn(4, 7, 6).to(x_dtype).transpose(0, 1)  # (7, 4, 6), not contiguous
+    K = structmat.BlockDiagonal.with_block_size(2).from_dense(torch.randn(layer.dim_K, 6 + bias))
+    K = K.to(K_dtype)
+    A = layer.input_matrix(x.contiguous().double(), "expand")
+    torch.testing.assert_close(layer.input_matrix(x.double(), "expand"), A)
+    expected = K.to(torch.float64).from_inner(A.mT).to_dense()
+    H_K, n = layer.input_curvature(K, x, "expand")
+    assert n == 28
+    assert H_K.dtype == K_dtype
+    # the rows round to x's dtype first; the Gram then sums 28 products in K's dtype
+    tolerance = {torch.float64: 1e-12, torch.float32: 1e-5}[K_dtype]
+    if x_dtype != K_dtype:
+        expected = (
+            K.to(torch.float64)
+            .from_inner(layer.input_matrix(x.contiguous().to(K_dtype).double(), "expand").mT)
+            .to_dense()
+        )
+    torch.testing.assert_close(H_K.to_dense().double(), expected, rtol=tolerance, atol=tolerance)
+
+
+def test_contiguous_inputs_without_bias_are_not_copied() -> None:
+    module = nn.Linear(6, 5, bias=False)
+    layer = make_layer(module, module.weight, None)
+    x = torch.randn(3, 4, 6)
+    rows, n = layer.input_rows(x, "expand", torch.float32)
+    assert n == 12
+    assert rows.shape == (12, 6)
+    assert rows.data_ptr() == x.data_ptr()
+    copied, _ = layer.input_rows(x, "expand", torch.float64)
+    assert copied.dtype == torch.float64
+    torch.testing.assert_close(copied, x.reshape(12, 6).double())

@@ -171,13 +171,28 @@ class Layer(ABC):
 
     # ---------------------------------------------------------------- inputs
     @abstractmethod
+    def input_rows(self, x: Tensor, kfac_approx: str, dtype: torch.dtype) -> tuple[Tensor, int]:
+        r"""Return the unscaled input matrix :math:`\sqrt{n} A`, ``(n, dim_K)``, and :math:`n`.
+
+        Every row is an input (with a trailing 1 for the bias). Building it takes at most
+        one pass over the input, which also converts it to ``dtype``; without a bias, a
+        contiguous input of that dtype is returned as a view.
+
+        Args:
+            x: The call's input (any floating dtype).
+            kfac_approx: ``"expand"`` or ``"reduce"``.
+            dtype: The result's dtype (that of ``K``).
+        """
+
     def input_matrix(self, x: Tensor, kfac_approx: str) -> Tensor:
         r"""Return the scaled input matrix :math:`A` of shape ``(n, dim_K)``.
 
         Args:
-            x: The call's input (already in the dtype of ``K``).
+            x: The call's input.
             kfac_approx: ``"expand"`` or ``"reduce"``.
         """
+        rows, n = self.input_rows(x, kfac_approx, x.dtype)
+        return rows / math.sqrt(n)
 
     def input_curvature(
         self, K: StructuredMatrix, x: Tensor, kfac_approx: str
@@ -189,8 +204,20 @@ class Layer(ABC):
             x: The call's input (converted to the dtype of ``K``).
             kfac_approx: ``"expand"`` or ``"reduce"``.
         """
-        A = self.input_matrix(x.to(K.dtype), kfac_approx)
-        return K.from_inner(A.mT), A.shape[0]
+        rows, n = self.input_rows(x, kfac_approx, K.dtype)
+        return self._curvature_of_rows(K, rows, n), n
+
+    @staticmethod
+    def _curvature_of_rows(K: StructuredMatrix, rows: Tensor, n: int) -> StructuredMatrix:
+        r""":math:`\Pi_K(K^\top R^\top R K) / n` of the ``(n, d)`` unscaled rows :math:`R`.
+
+        In float32 and float64 :math:`1 / n` multiplies the ``d x d`` result instead of
+        the rows (no scaled copy of the rows); half types scale the rows, which keeps
+        their squares in range.
+        """
+        if rows.dtype in (torch.float16, torch.bfloat16):
+            return K.from_inner((rows / math.sqrt(n)).mT)
+        return K.from_inner(rows.mT).mul_(1.0 / n)
 
     @abstractmethod
     def grad_output_matrix(
@@ -230,22 +257,26 @@ class Layer(ABC):
             G = G / math.sqrt(grad_prescale)
         return C.from_inner(G.mT), terms
 
-    def _finish_input(self, rows: Tensor | None, n: int, like: Tensor) -> Tensor:
-        """Append the ones column for the bias and divide by ``sqrt(n)``.
+    def _with_bias_column(
+        self, rows: Tensor | None, n: int, like: Tensor, dtype: torch.dtype
+    ) -> Tensor:
+        """Return the ``(n, dim_K)`` rows with the ones column of the bias appended.
 
         Args:
-            rows: The ``(n, d_in)`` input rows, or ``None`` if the weight is not trained.
+            rows: ``(..., d_in)`` inputs whose leading dimensions flatten to the ``n``
+                rows (in any memory layout), or ``None`` if the weight is not trained.
             n: Number of rows.
-            like: A tensor with the dtype and device of the result.
+            like: A tensor with the device of the result.
+            dtype: The result's dtype.
         """
-        scale = math.sqrt(n)
-        if self.bias is None:
-            assert rows is not None
-            return rows / scale
-        out = like.new_empty((n, self.dim_K))
+        width = rows.shape[-1] if rows is not None else 0
+        if self.bias is None and rows is not None and rows.dtype == dtype:
+            return rows.reshape(n, width)
+        out = like.new_empty((n, width + (self.bias is not None)), dtype=dtype)
         if rows is not None:
-            torch.div(rows, scale, out=out[:, : self._dim_weight])
-        out[:, self._dim_weight :].fill_(1.0).div_(scale)
+            # one pass from the input's own layout (no reshaped copy first)
+            out[:, :width].view(rows.shape).copy_(rows)
+        out[:, width:].fill_(1.0)
         return out
 
     # ------------------------------------------------------------- gradients

@@ -167,8 +167,8 @@ class ConvLayer(Layer):
             self._patterns[key] = pattern
         return pattern
 
-    def input_matrix(self, x: Tensor, kfac_approx: str) -> Tensor:
-        """See :meth:`Layer.input_matrix`.
+    def input_rows(self, x: Tensor, kfac_approx: str, dtype: torch.dtype) -> tuple[Tensor, int]:
+        """See :meth:`Layer.input_rows`.
 
         With ``"expand"`` the result is the transpose of a contiguous
         ``(dim_K, n)`` matrix: gathering the patches in that order reads and writes
@@ -180,24 +180,23 @@ class ConvLayer(Layer):
         if self.weight is None:
             positions = math.prod(self._output_positions(x.shape[2:]))
             n = batch * positions if kfac_approx == "expand" else batch
-            return self._finish_input(None, n, x)
+            return self._with_bias_column(None, n, x, dtype), n
         s = self._spatial
         if kfac_approx == "reduce":
             # mean over output positions of the patches, one kernel dimension at a time
-            y = self._group_mean_padded(x)
+            y = self._group_mean_padded(x.to(dtype))
             for i in range(s):
                 y = torch.tensordot(y, self._position_means(y.shape[2], i, y), dims=([2], [1]))
-            return self._finish_input(y.reshape(batch, -1), batch, x)
+            return self._with_bias_column(y.reshape(batch, -1), batch, x, dtype), batch
         patches = self._patches(x)
         # (C_in / groups, *kernel, batch, *positions)
         patches = patches.permute(1, *range(2 + s, 2 + 2 * s), 0, *range(2, 2 + s))
         n = batch * math.prod(patches.shape[2 + s :])
-        scale = math.sqrt(n)
-        out_T = x.new_empty((self.dim_K, n))
-        torch.div(patches, scale, out=out_T[: self._dim_weight].view(patches.shape))
+        out_T = x.new_empty((self.dim_K, n), dtype=dtype)
+        out_T[: self._dim_weight].view(patches.shape).copy_(patches)
         if self.bias is not None:
-            out_T[self._dim_weight :].fill_(1.0).div_(scale)
-        return out_T.mT
+            out_T[self._dim_weight :].fill_(1.0)
+        return out_T.mT, n
 
     def grad_output_matrix(
         self, g: Tensor, loss_average: str | None, kfac_approx: str

@@ -45,7 +45,7 @@ class EmbeddingLayer(Layer):
         # the vocabulary-side rows of a projection with the matrix, scaled like inputs
         self._projection_rows = LinearLayer(weight, None, weight.value)
 
-    def input_matrix(self, x: Tensor, kfac_approx: str) -> Tensor:
+    def input_rows(self, x: Tensor, kfac_approx: str, dtype: torch.dtype) -> tuple[Tensor, int]:
         """Not built for embeddings: see :meth:`input_curvature`.
 
         Raises:
@@ -80,8 +80,8 @@ class EmbeddingLayer(Layer):
             kfac_approx: ``"expand"`` or ``"reduce"``.
         """
         if x.is_floating_point():
-            rows = self._projection_rows.input_matrix(x.to(K.dtype), kfac_approx)
-            return K.from_inner(rows.mT), rows.shape[0]
+            rows, n = self._projection_rows.input_rows(x, kfac_approx, K.dtype)
+            return self._curvature_of_rows(K, rows, n), n
         vocabulary = self.dim_K
         if x.ndim == 0:
             x = x.unsqueeze(0)

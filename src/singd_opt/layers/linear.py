@@ -29,20 +29,22 @@ class LinearLayer(Layer):
         """
         super().__init__(weight, bias, full_weight.shape[0], full_weight.shape[1])
 
-    def input_matrix(self, x: Tensor, kfac_approx: str) -> Tensor:
-        """See :meth:`Layer.input_matrix`."""
+    def input_rows(self, x: Tensor, kfac_approx: str, dtype: torch.dtype) -> tuple[Tensor, int]:
+        """See :meth:`Layer.input_rows`.
+
+        With ``"expand"`` the inputs are copied (and converted) from their own layout,
+        in one pass; a transposed input, as attention modules pass, is not reshaped first.
+        """
         if x.ndim == 1:
             x = x.unsqueeze(0)
-        if self.weight is None:
-            n = x.shape[:-1].numel() if kfac_approx == "expand" else x.shape[0]
-            return self._finish_input(None, n, x)
-        if kfac_approx == "expand":
-            rows = x.reshape(-1, x.shape[-1])
-        elif x.ndim > 2:
-            rows = x.mean(dim=tuple(range(1, x.ndim - 1)))
+        trained = self.weight is not None
+        if kfac_approx == "reduce" and x.ndim > 2:
+            n = x.shape[0]
+            rows = x.to(dtype).mean(dim=tuple(range(1, x.ndim - 1))) if trained else None
         else:
-            rows = x
-        return self._finish_input(rows, rows.shape[0], x)
+            n = x.shape[:-1].numel()
+            rows = x if trained else None
+        return self._with_bias_column(rows, n, x, dtype), n
 
     def grad_output_matrix(
         self, g: Tensor, loss_average: str | None, kfac_approx: str
