@@ -357,9 +357,9 @@ class StructuredMatrix(ABC):
         ``(len(members),)`` and ``stack(...).unbind()[i]`` equals ``members[i]``.
         :data:`STACK_OPERATIONS` work on the stack: scalars they return have shape
         ``batch_shape`` (one per member), scalars they take may be tensors of that
-        shape, and tensor operands carry the batch dimensions first (``A @ X`` with
-        ``X`` of shape ``(*batch_shape, d, n)``). For a structure that declares
-        :attr:`batches_natively`.
+        shape (of the stack's dtype and device: they would promote), and tensor
+        operands carry the batch dimensions first (``A @ X`` with ``X`` of shape
+        ``(*batch_shape, d, n)``). For a structure that declares :attr:`batches_natively`.
 
         Raises:
             TypeError: If the structure does not batch natively, or the members are
@@ -449,13 +449,22 @@ class StructuredMatrix(ABC):
                 f"{tuple(other.batch_shape)}"
             )
 
-    def _check_scalar(self, value: object, op: str) -> None:
+    def _check_scalar(self, value: object, op: str, in_place: bool = False) -> None:
         if isinstance(value, Tensor):
             if value.numel() != 1 and value.shape != self._batch_shape:
                 per_member = f" or of the batch shape {tuple(self.batch_shape)}"
                 raise ValueError(
                     f"{op} takes a scalar{per_member if self.batch_shape else ''}, got a tensor "
                     f"of shape {tuple(value.shape)}"
+                )
+            # a 0-d tensor acts as a number; another would promote an out-of-place result
+            if value.ndim and (
+                value.device != self.device or (value.dtype != self.dtype and not in_place)
+            ):
+                raise TypeError(
+                    f"{op}: a scalar tensor with dimensions must have the matrix's dtype and "
+                    f"device ({self.dtype}, {self.device}), got {value.dtype} on "
+                    f"{value.device}; convert it (or pass a 0-d tensor)"
                 )
         elif not isinstance(value, int | float) or isinstance(value, bool):
             raise TypeError(f"{op} takes a scalar (int, float or 1-element tensor), got {value!r}")
@@ -530,19 +539,19 @@ class StructuredMatrix(ABC):
     def add_(self: S, other: S, alpha: Scalar = 1.0) -> S:
         """In place: ``A <- A + alpha * B``. Returns ``self``."""
         self._check_same_structure(other, "add")
-        self._check_scalar(alpha, "add_(alpha)")
+        self._check_scalar(alpha, "add_(alpha)", in_place=True)
         self._add_(other, alpha)
         return self
 
     def mul_(self: S, value: Scalar) -> S:
         """In place: ``A <- c * A``. Returns ``self``."""
-        self._check_scalar(value, "mul_")
+        self._check_scalar(value, "mul_", in_place=True)
         self._mul_(value)
         return self
 
     def diag_add_(self: S, value: Scalar) -> S:
         """In place: ``A <- A + c * I``. Returns ``self``."""
-        self._check_scalar(value, "diag_add_")
+        self._check_scalar(value, "diag_add_", in_place=True)
         self._diag_add_(value)
         return self
 

@@ -730,7 +730,9 @@ class StructureLaws:
 
         The rule of :class:`~structmat.StructuredMatrix`: products do not promote (like
         :func:`torch.mm`), for a float32 member with a float64 operand and the other way
-        round; the member is left unchanged.
+        round; the member is left unchanged. A scalar tensor with a dimension, which would
+        promote an out-of-place result, is refused the same way; a 0-d one acts as a
+        number, and in place the member keeps its dtype.
         """
         for member_dtype, operand_dtype in (
             (torch.float32, torch.float64),
@@ -763,6 +765,21 @@ class StructureLaws:
                     f"{operand_dtype} operand did not raise TypeError"
                 )
             assert torch.equal(A.to_dense(), before), f"{what} changed A"
+        # a scalar tensor with a dimension would promote: refused; a 0-d one acts as a number
+        one_element = torch.full((1,), 2.0, dtype=operand_dtype)
+        for what, run in {
+            "A * s": lambda: A * one_element,
+            "A / s": lambda: A / one_element,
+            "A.add(A, alpha=s)": lambda: A.add(A, alpha=one_element),
+        }.items():
+            with raises(TypeError, "dtype"):
+                run()
+            assert torch.equal(A.to_dense(), before), f"{what} changed A"
+        zero_dim = torch.tensor(2.0, dtype=operand_dtype)
+        assert (A * zero_dim).dtype == member_dtype
+        assert A.add(A, alpha=zero_dim).dtype == member_dtype
+        # in place the member keeps its dtype, as a tensor's in-place update does
+        assert A.clone().mul_(one_element).dtype == member_dtype
 
     # ------------------------------------------------------------- transpose
     @given(data=st.data())
@@ -1053,7 +1070,8 @@ class StructureLaws:
         """``stack(members).unbind()`` returns the members; other operations raise on a stack.
 
         The operations outside :data:`~structmat.STACK_OPERATIONS` raise
-        ``ValueError`` naming the stack operations before touching anything; a
+        ``ValueError`` naming the stack operations before touching anything, per-member
+        scalars of another dtype out of place ``TypeError``; a
         structure that does not batch natively refuses to stack (``TypeError``).
         """
         cls = self.structure
@@ -1091,6 +1109,14 @@ class StructureLaws:
                 call()
         with raises(ValueError, "batch shape"):
             stack.mul_(torch.ones(2, dtype=stack.dtype))
+        other_dtype = torch.float64 if stack.dtype != torch.float64 else torch.float32
+        per_member = torch.ones(3, dtype=other_dtype)
+        for call in (
+            lambda: stack * per_member,
+            lambda: stack.add(stack, alpha=per_member),
+        ):
+            with raises(TypeError, "dtype"):
+                call()
         with raises(ValueError, "not aligned"):
             stack @ X
         with raises(ValueError, "member, not a stack"):
