@@ -263,9 +263,11 @@ WORKLOADS: dict[str, Workload] = {
 #: reference's defaults; the others are measured against it and against AdamW.
 _REF: dict[str, Any] = {"defaults": "reference", "train_all_parameters": True}
 _ADA: dict[str, Any] = {**_REF, "graft": "adafactor", "momentum_dampening": True}
-#: The momentum of the sets before round 12: the variants of the defaults measured
-#: before it keep it, so that each stays the setting its stored results measured.
-_MOMENTUM_0_9: dict[str, Any] = {"momentum": 0.9}
+#: The factor learning rate of the sets before round 13, and the momentum of those
+#: before round 12: the variants of the defaults measured before them keep these, so
+#: that each stays the setting its stored results measured.
+_LR_COV_0_01: dict[str, Any] = {"lr_cov": 0.01}
+_MOMENTUM_0_9: dict[str, Any] = {"momentum": 0.9, **_LR_COV_0_01}
 _REL: dict[str, Any] = {**_ADA, "relative_damping": 1e-2, "damping": 0.0}
 _WARM: dict[str, Any] = {**_REL, "warm_start": True}
 _SUM: dict[str, Any] = {**_WARM, "momentum_dampening": False}
@@ -399,8 +401,13 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # round 12: the momentum of the previous set (the defaults now average over fewer
     # steps, momentum 0.8)
     "defaults_momentum0.9": dict(_MOMENTUM_0_9),
-    "defaults_momentum0.7": {"momentum": 0.7},
-    "defaults_momentum0.6": {"momentum": 0.6},
+    "defaults_momentum0.7": {"momentum": 0.7, **_LR_COV_0_01},
+    "defaults_momentum0.6": {"momentum": 0.6, **_LR_COV_0_01},
+    # round 13: the factor learning rate (the defaults now take 0.1, the factors follow
+    # the curvature over about ten steps instead of a hundred)
+    "defaults_lr_cov0.01": dict(_LR_COV_0_01),
+    "defaults_lr_cov0.03": {"lr_cov": 0.03},
+    "defaults_lr_cov0.3": {"lr_cov": 0.3},
 }
 
 

@@ -68,6 +68,7 @@ RECOMMENDED: Mapping[str, Any] = {
     "relative_damping": 0.1,
     "alpha1": 0.0,
     "T": 1,
+    "lr_cov": 0.1,
     "structures": ("auto", "auto"),
     "train_all_parameters": True,
     "warm_start": True,
