@@ -41,6 +41,7 @@ STACK_OPERATIONS: tuple[str, ...] = (
     "trace",
     "average_trace",
     "infinity_vector_norm",
+    "frobenius_norm",
     "from_inner()",
     "clone",
     "detach",

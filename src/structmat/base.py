@@ -651,7 +651,6 @@ class StructuredMatrix(ABC):
         Half types are accumulated in float32 after scaling by the largest magnitude, so
         the norm is finite whenever it is representable in the dtype.
         """
-        self._require_member("frobenius_norm")
         return self._frobenius_norm()
 
     def infinity_vector_norm(self) -> Tensor:
@@ -856,7 +855,7 @@ class StructuredMatrix(ABC):
 
     def _frobenius_norm(self) -> Tensor:
         self._warn_fallback("frobenius_norm")
-        return stable_norm([self.to_dense()])
+        return stable_norm([self.to_dense()], keep=len(self._batch_shape))
 
     def _infinity_vector_norm(self) -> Tensor:
         self._warn_fallback("infinity_vector_norm")

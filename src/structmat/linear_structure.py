@@ -84,7 +84,7 @@ class LinearStructure(StructuredMatrix):
                 tensor.mul_(self.per_member(value, tensor))
 
     def _frobenius_norm(self) -> Tensor:
-        return stable_norm([t for _, t in self.named_tensors()])
+        return stable_norm([t for _, t in self.named_tensors()], keep=len(self._batch_shape))
 
     def _infinity_vector_norm(self) -> Tensor:
         # one fused reduction per stored tensor (the largest magnitude), then their maximum

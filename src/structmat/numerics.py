@@ -65,7 +65,7 @@ def stable_sum(values: Tensor, mean: bool = False, keep: int = 0) -> Tensor:
 
 
 def stable_norm(
-    tensors: Sequence[Tensor], weights: Sequence[Tensor | None] | None = None
+    tensors: Sequence[Tensor], weights: Sequence[Tensor | None] | None = None, keep: int = 0
 ) -> Tensor:
     r"""The 2-norm :math:`(\sum_t \sum_i w_{ti} x_{ti}^2)^{1/2}` over several tensors.
 
@@ -82,28 +82,43 @@ def stable_norm(
         tensors: The tensors, all of one dtype; at least one.
         weights: Optional non-negative weights, one per tensor (``None`` for 1),
             broadcastable to it.
+        keep: How many leading dimensions to keep (the batch dimensions of a stack:
+            one norm per index of them).
 
     Returns:
-        A 0-d tensor in the dtype of the tensors.
+        A tensor of the ``keep`` leading dimensions (0-d for ``keep=0``) in the dtype of
+        the tensors.
 
     Complexity:
         One pass over the tensors (two more for half types).
     """
     dtype = tensors[0].dtype
     weights = list(weights) if weights is not None else [None] * len(tensors)
+
+    def member_dims(t: Tensor) -> tuple[int, ...]:
+        return tuple(range(keep, t.ndim))
+
     if dtype not in HALF_TYPES:
         norms = [
-            torch.linalg.vector_norm(t) if w is None else (w * t.square()).sum().sqrt()
+            torch.linalg.vector_norm(t, dim=member_dims(t))
+            if w is None
+            else (w * t.square()).sum(member_dims(t)).sqrt()
             for t, w in zip(tensors, weights, strict=True)
         ]
-        return norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms))
+        return norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms), dim=0)
     work = [t.float() for t in tensors]
-    scale = _scale_of(work)
+    scale = _scale_of(work, keep)
     usable = scale.isfinite() & (scale > 0)
     safe = torch.where(usable, scale, torch.ones_like(scale))
+
+    def scaled(v: Tensor) -> Tensor:
+        return v / safe.reshape(safe.shape + (1,) * (v.ndim - keep))
+
     squares = [
-        (v / safe).square().sum() if w is None else (w * (v / safe).square()).sum()
+        scaled(v).square().sum(member_dims(v))
+        if w is None
+        else (w * scaled(v).square()).sum(member_dims(v))
         for v, w in zip(work, weights, strict=True)
     ]
-    norm = torch.stack(squares).sum().sqrt() * safe
+    norm = torch.stack(squares).sum(0).sqrt() * safe
     return torch.where(usable | scale.isnan(), norm, scale).to(dtype)

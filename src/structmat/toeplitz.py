@@ -223,9 +223,9 @@ class TriangularToeplitz(LinearStructure):
 
     def _frobenius_norm(self) -> Tensor:
         c = self.coefficients
-        d = c.shape[0]
+        d = c.shape[-1]
         counts = torch.arange(d, 0, -1, dtype=compute_dtype(c.dtype), device=c.device)
-        return stable_norm([c], [counts])
+        return stable_norm([c], [counts], keep=len(self._batch_shape))
 
     def _inv(self: T) -> T:
         c = self.coefficients

@@ -1040,6 +1040,7 @@ class StructureLaws:
                 "trace": A.trace(),
                 "average_trace": A.average_trace(),
                 "infinity_vector_norm": A.infinity_vector_norm(),
+                "frobenius_norm": A.frobenius_norm(),
                 "to_dense": A.to_dense(),
                 "A @ B": A @ B,
                 "A + B": A + B,
@@ -1084,12 +1085,13 @@ class StructureLaws:
         stack = cls.stack(members)
         for member, back in zip(members, stack.unbind(), strict=True):
             assert torch.equal(member.to_dense(), back.to_dense())
-        # half-precision traces are reduced after scaling each member by its own largest
-        # entry: a bfloat16 member of entries near 1e-30 beside one near 1e30 keeps its trace
+        # half-precision traces and norms are reduced after scaling each member by its own
+        # largest entry: a bfloat16 member of entries near 1e-30 beside one near 1e30 keeps
+        # its trace and its norm
         magnitudes = {torch.float16: (300.0, 1.0, 1e-3), torch.bfloat16: (1e30, 1.0, 1e-30)}
         for dtype, scales in magnitudes.items():
             halves = [m.to(dtype) * s for m, s in zip(members, scales, strict=True)]
-            for what in ("trace", "average_trace"):
+            for what in ("trace", "average_trace", "frobenius_norm"):
                 stacked = getattr(cls.stack(halves), what)()
                 expected = torch.stack([getattr(half, what)() for half in halves])
                 # the float32 sums may differ in their last bits: one unit of the dtype
@@ -1097,7 +1099,6 @@ class StructureLaws:
                 torch.testing.assert_close(stacked, expected, rtol=eps, atol=0.0)
         X = random_tensor((dim, 2), seed=1)
         refused = [
-            stack.frobenius_norm,
             lambda: stack.from_inner(X.expand(3, dim, 2)),
             lambda: stack.from_inner2(X @ X.mT),
         ]
