@@ -263,10 +263,11 @@ WORKLOADS: dict[str, Workload] = {
 #: reference's defaults; the others are measured against it and against AdamW.
 _REF: dict[str, Any] = {"defaults": "reference", "train_all_parameters": True}
 _ADA: dict[str, Any] = {**_REF, "graft": "adafactor", "momentum_dampening": True}
-#: The factor learning rate of the sets before round 13, and the momentum of those
-#: before round 12: the variants of the defaults measured before them keep these, so
-#: that each stays the setting its stored results measured.
-_LR_COV_0_01: dict[str, Any] = {"lr_cov": 0.01}
+#: The factor step bound of the sets before round 14, their factor learning rate before
+#: round 13, and the momentum before round 12: the variants of the defaults measured
+#: before them keep these, so that each stays the setting its stored results measured.
+_ENTRY_BOUND: dict[str, Any] = {"normalize_lr_cov": True}
+_LR_COV_0_01: dict[str, Any] = {"lr_cov": 0.01, **_ENTRY_BOUND}
 _MOMENTUM_0_9: dict[str, Any] = {"momentum": 0.9, **_LR_COV_0_01}
 _REL: dict[str, Any] = {**_ADA, "relative_damping": 1e-2, "damping": 0.0}
 _WARM: dict[str, Any] = {**_REL, "warm_start": True}
@@ -406,8 +407,11 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # round 13: the factor learning rate (the defaults now take 0.1, the factors follow
     # the curvature over about ten steps instead of a hundred)
     "defaults_lr_cov0.01": dict(_LR_COV_0_01),
-    "defaults_lr_cov0.03": {"lr_cov": 0.03},
-    "defaults_lr_cov0.3": {"lr_cov": 0.3},
+    "defaults_lr_cov0.03": {"lr_cov": 0.03, **_ENTRY_BOUND},
+    "defaults_lr_cov0.3": {"lr_cov": 0.3, **_ENTRY_BOUND},
+    # round 14: the factor step bounded by its spectrum as well (normalize_lr_cov=
+    # "spectral"; a wide block's step no longer reverses a direction); the set of round 13
+    "defaults_entry_bound": dict(_ENTRY_BOUND),
 }
 
 

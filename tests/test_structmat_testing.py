@@ -222,9 +222,7 @@ class Tridiagonal(LinearStructure):
         return cls(S.diagonal(-1).clone(), S.diagonal().clone(), S.diagonal(1).clone())
 
     def to_dense(self) -> Tensor:
-        return (
-            torch.diag(self.main) + torch.diag(self.lower, -1) + torch.diag(self.upper, 1)
-        )
+        return torch.diag(self.main) + torch.diag(self.lower, -1) + torch.diag(self.upper, 1)
 
 
 class InvertibleTridiagonal(Tridiagonal):

@@ -73,7 +73,7 @@ RECOMMENDED: Mapping[str, Any] = {
     "train_all_parameters": True,
     "warm_start": True,
     "graft": "adafactor",
-    "normalize_lr_cov": True,
+    "normalize_lr_cov": "spectral",
     "momentum_dampening": "bias_corrected",
     "tied_embeddings": "elementwise",
     "packed_projections": "split",

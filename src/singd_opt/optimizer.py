@@ -109,7 +109,7 @@ class SINGD(
         kfac_like: bool = False,
         preconditioner_dtype: tuple[torch.dtype | None, torch.dtype | None] = (None, None),
         init_grad_scale: float = 1.0,
-        normalize_lr_cov: bool = DEFAULT,
+        normalize_lr_cov: bool | str = DEFAULT,
         *,
         train_all_parameters: bool = DEFAULT,
         skip_nonfinite: bool = True,
@@ -167,7 +167,9 @@ class SINGD(
                 means the weight's dtype.
             init_grad_scale: Initial scale of a gradient scaler, if one is used.
             normalize_lr_cov: Divide :math:`\beta_1` by :math:`\max(1, \|m\|_\infty)`
-                (normalised gradient descent on ``K, C``).
+                (normalised gradient descent on ``K, C``); ``"spectral"`` also by
+                :math:`2 \beta_1 \|m\|_F`, so that no step reverses a direction of a
+                factor.
             train_all_parameters: Train every parameter (``True``), or, like the
                 reference, only those of ``Linear`` and ``Conv1d/2d/3d`` layers.
             skip_nonfinite: Skip a step whose directions or new ``K, C`` are not all

@@ -27,7 +27,8 @@ Preconditioner update, with :math:`s = \frac{1}{2}` (times :math:`1 - \alpha_1` 
 see :mod:`singd_opt.damping`), where ``kfac_like`` (IKFAC) drops the traces and the momentum:
 :math:`m_K = s[H_K + \lambda \Pi_K(K^\top K) - I]`,
 :math:`m_C = s[u H_C + \lambda \Pi_C(C^\top C) - I]`; and ``normalize_lr_cov`` divides
-:math:`\beta_1` by :math:`\max(1, \|m\|_\infty)` of the new momentum.
+:math:`\beta_1` by :math:`\max(1, \|m\|_\infty)` of the new momentum (``"spectral"``:
+by :math:`\max(1, \|m\|_\infty, 2 \beta_1 \|m\|_F)`).
 
 Natural gradient of the ``(d_C, d_K)`` gradient matrix :math:`G`:
 :math:`N = C C^\top G K K^\top`.
@@ -52,7 +53,9 @@ class UpdateConfig:
         damping: :math:`\lambda`.
         alpha1: :math:`\alpha_1` (0 disables the momenta).
         kfac_like: Use the IKFAC update.
-        normalize_lr_cov: Normalise :math:`\beta_1` by the momentum's infinity norm.
+        normalize_lr_cov: Normalise :math:`\beta_1` by the momentum's infinity norm
+            (``True``), and by its Frobenius norm as well (``"spectral"``; see
+            :func:`_negative_step`).
         lr_cov: :math:`\beta_1` for this step.
         grad_unscaling: Factor :math:`u` that finishes un-scaling :math:`H_C`.
         relative_damping: :math:`\lambda_r`, damping relative to the curvature
@@ -62,7 +65,7 @@ class UpdateConfig:
     damping: float
     alpha1: float
     kfac_like: bool
-    normalize_lr_cov: bool
+    normalize_lr_cov: bool | str
     lr_cov: float
     grad_unscaling: float = 1.0
     relative_damping: float = 0.0
@@ -147,11 +150,29 @@ def factor_step(
     return new_K, new_C
 
 
+#: The values of ``normalize_lr_cov``: off, the reference's bound, and that bound with a
+#: bound on the spectrum (:func:`_negative_step`).
+NORMALIZE_LR_COV: tuple[bool | str, ...] = (False, True, "spectral")
+
+
 def _negative_step(momentum: StructuredMatrix, config: UpdateConfig) -> float | Tensor:
-    r""":math:`-\beta_1`, divided by :math:`\max(1, \|m\|_\infty)` with ``normalize_lr_cov``."""
+    r""":math:`-\beta_1`, divided by a bound on the momentum with ``normalize_lr_cov``.
+
+    ``True`` (the reference's rule) divides by :math:`\max(1, \|m\|_\infty)`, which
+    bounds the step's largest entry but not its spectrum: a block of width :math:`b`
+    whose :math:`m` is near a matrix of equal entries has an eigenvalue up to :math:`b`
+    times its largest entry, and with :math:`\beta_1 b > 1` the factor step
+    :math:`I - \beta_1 m` reverses that direction. ``"spectral"`` divides by
+    :math:`\max(1, \|m\|_\infty, 2 \beta_1 \|m\|_F)`: as ``True`` while
+    :math:`\|m\|_F \le \max(1, \|m\|_\infty) / (2 \beta_1)`, and otherwise
+    :math:`\beta_1 \|m\|_2 \le 1/2`, so every eigenvalue of a symmetric
+    :math:`I - \beta_1 m` stays in :math:`[1/2, 3/2]` (:math:`\|m\|_2 \le \|m\|_F`).
+    """
     if not config.normalize_lr_cov:
         return -config.lr_cov
     largest = torch.clamp(momentum.infinity_vector_norm(), min=1.0)
+    if config.normalize_lr_cov == "spectral":
+        largest = torch.maximum(largest, momentum.frobenius_norm().mul_(2.0 * config.lr_cov))
     return largest.reciprocal_().mul_(-config.lr_cov)
 
 

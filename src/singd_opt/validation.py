@@ -13,6 +13,7 @@ from singd_opt.default_sets import SETTINGS, resolve_defaults
 from singd_opt.grafting import GRAFTS
 from singd_opt.layers.base import KFAC_APPROXIMATIONS, LOSS_AVERAGES
 from singd_opt.packed import PACKED_PROJECTIONS
+from singd_opt.preconditioner import NORMALIZE_LR_COV
 from singd_opt.structure_choice import AUTO
 from singd_opt.structures import resolve_structure, where
 from singd_opt.update import MOMENTUM_DAMPENINGS
@@ -173,7 +174,13 @@ def check_group(group: dict[str, Any], group_index: int | None = None) -> None:
             )
 
     check_flag("kfac_like", group["kfac_like"], group_index)
-    check_flag("normalize_lr_cov", group["normalize_lr_cov"], group_index)
+    normalize = group["normalize_lr_cov"]
+    if not (isinstance(normalize, bool) or normalize in NORMALIZE_LR_COV[2:]):
+        choices = ", ".join(map(repr, NORMALIZE_LR_COV))
+        error = ValueError if isinstance(normalize, str) else TypeError
+        raise error(
+            f"normalize_lr_cov must be one of {choices}{where(group_index)}, got {normalize!r}"
+        )
     check_flag("warm_start", group["warm_start"], group_index)
     check_nonnegative("relative_damping", group["relative_damping"], group_index)
     check_positive("auto_budget", group["auto_budget"], group_index)

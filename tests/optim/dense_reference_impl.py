@@ -342,7 +342,7 @@ class DenseSINGD:
         structures: tuple[str, str] = ("dense", "dense"),
         kfac_approx: str = "expand",
         kfac_like: bool = False,
-        normalize_lr_cov: bool = False,
+        normalize_lr_cov: bool | str = False,
         layer_structures: dict[str, tuple[str, str]] | None = None,
     ):
         self.lr, self.momentum, self.damping = lr, momentum, damping
@@ -440,8 +440,13 @@ class DenseSINGD:
         beta1 = self.lr_cov(self.steps) if callable(self.lr_cov) else self.lr_cov
         beta1_K, beta1_C = beta1, beta1
         if self.normalize_lr_cov:
-            beta1_K = beta1 / max(1.0, m_K.abs().max().item())
-            beta1_C = beta1 / max(1.0, m_C.abs().max().item())
+            spectral = self.normalize_lr_cov == "spectral"
+            beta1_K = beta1 / max(
+                1.0, m_K.abs().max().item(), 2 * beta1 * torch.linalg.norm(m_K).item() * spectral
+            )
+            beta1_C = beta1 / max(
+                1.0, m_C.abs().max().item(), 2 * beta1 * torch.linalg.norm(m_C).item() * spectral
+            )
         self.m_K[name], self.m_C[name] = m_K, m_C
         self.K[name] = K - beta1_K * K @ m_K
         self.C[name] = C - beta1_C * C @ m_C

@@ -202,6 +202,7 @@ BAD_ARGUMENTS: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"preconditioner_dtype": torch.float32}, TypeError, "preconditioner_dtype"),
     ({"kfac_like": "yes"}, TypeError, "kfac_like"),
     ({"normalize_lr_cov": 1}, TypeError, "normalize_lr_cov"),
+    ({"normalize_lr_cov": "frobenius"}, ValueError, r"normalize_lr_cov.*'spectral'"),
     ({"warn_unsupported": None}, TypeError, "warn_unsupported"),
     ({"init_grad_scale": 0.0}, ValueError, "init_grad_scale"),
     ({"lr": "0.1"}, TypeError, "lr"),

@@ -46,7 +46,6 @@ def test_twenty_steps_compile_at_most_twice() -> None:
     torch._dynamo.reset()
 
 
-
 def test_the_forward_switch_is_removed_and_copies_do_not_record() -> None:
     model = nn.Sequential(nn.Linear(3, 2))
     optimizer = SINGD(model, T=1)

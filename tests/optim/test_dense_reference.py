@@ -337,10 +337,10 @@ def test_mixed_structures(structures: tuple[str, str]):
     run_and_compare(mlp, batches, structures=structures, **SINGD_CONFIG)
 
 
-@pytest.mark.parametrize("normalize_lr_cov", [False, True])
+@pytest.mark.parametrize("normalize_lr_cov", [False, True, "spectral"])
 @pytest.mark.parametrize("kfac_like", [False, True])
 @pytest.mark.parametrize("T", [1, 3])
-def test_hyperparameters(T: int, kfac_like: bool, normalize_lr_cov: bool):
+def test_hyperparameters(T: int, kfac_like: bool, normalize_lr_cov: bool | str):
     """Update frequency, KFAC-like update and normalised ``lr_cov`` in all combinations."""
     batches = make_batches((8, 32), (8, 3))
     run_and_compare(

@@ -64,9 +64,7 @@ def _dense_factors(model: TiedLM, tokens: Tensor, loss_average: str) -> tuple[Te
     ("loss_average", "functional_head"),
     [("batch", False), ("batch+sequence", False), ("batch+sequence", True)],
 )
-def test_tied_block_equals_dense_reimplementation(
-    loss_average: str, functional_head: bool
-) -> None:
+def test_tied_block_equals_dense_reimplementation(loss_average: str, functional_head: bool) -> None:
     torch.manual_seed(0)
     model = TiedLM(functional_head).to(DTYPE)
     optimizer = SINGD(

@@ -313,9 +313,7 @@ class DeferredBlock(PreconditionerBlock):
         if choice is None:
             if not self.recording or call.row_range != (0, param.value.shape[0]):
                 return None
-            layer = layer_of_call(
-                param, call.function, call.options, call.transposed, self.bias
-            )
+            layer = layer_of_call(param, call.function, call.options, call.transposed, self.bias)
             if layer is None:
                 return None
             choice = self._adopt(KroneckerBlock(self.name, layer, self.group_index, self._group))
