@@ -37,6 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from structmat.numerics import HALF_TYPES
+
 #: The valid values of ``graft``.
 GRAFTS: tuple[str | None, ...] = (None, "rms", "adafactor")
 
@@ -67,7 +69,7 @@ class FactoredMoment:
     @staticmethod
     def zeros(grad: Tensor) -> FactoredMoment:
         """Return an empty moment for gradient matrices shaped like ``grad``."""
-        dtype = torch.float32 if grad.dtype in (torch.float16, torch.bfloat16) else grad.dtype
+        dtype = torch.float32 if grad.dtype in HALF_TYPES else grad.dtype
         *batch, d_C, d_K = grad.shape  # batch: the gradients of a stack of blocks
         return FactoredMoment(
             torch.zeros((*batch, d_C), dtype=dtype, device=grad.device),
@@ -96,7 +98,7 @@ def graft(direction: Tensor, target_norm: Tensor | float) -> Tensor:
         direction: :math:`N`, ``(d_C, d_K)``, or a stack of them ``(..., d_C, d_K)``.
         target_norm: :math:`\|D\|_F` (one per matrix of a stack).
     """
-    wide = direction.float() if direction.dtype in (torch.float16, torch.bfloat16) else direction
+    wide = direction.float() if direction.dtype in HALF_TYPES else direction
     norm = torch.linalg.vector_norm(wide, dim=(-2, -1))
     if isinstance(target_norm, Tensor):
         factor = torch.div(target_norm, norm)

@@ -109,6 +109,26 @@ def check_flag(name: str, value: object, group_index: int | None = None) -> None
         raise TypeError(f"{name} must be True or False{where(group_index)}, got {value!r}")
 
 
+def check_flag_or_name(
+    name: str,
+    value: object,
+    choices: tuple[bool | str, ...],
+    group_index: int | None = None,
+    wrong_type: type[Exception] = TypeError,
+) -> None:
+    """Require a ``bool`` or one of the names among ``choices``.
+
+    Raises:
+        ValueError: If ``value`` is a string that is not a choice; the message lists them.
+        TypeError: If ``value`` is neither a bool nor a string (``wrong_type``).
+    """
+    if isinstance(value, bool) or (isinstance(value, str) and value in choices):
+        return
+    listed = ", ".join(map(repr, choices))
+    error = ValueError if isinstance(value, str) else wrong_type
+    raise error(f"{name} must be one of {listed}{where(group_index)}, got {value!r}")
+
+
 def check_group(group: dict[str, Any], group_index: int | None = None) -> None:
     """Validate every SINGD hyper-parameter of a (default-filled) parameter group.
 
@@ -174,22 +194,17 @@ def check_group(group: dict[str, Any], group_index: int | None = None) -> None:
             )
 
     check_flag("kfac_like", group["kfac_like"], group_index)
-    normalize = group["normalize_lr_cov"]
-    if not (isinstance(normalize, bool) or normalize in NORMALIZE_LR_COV[2:]):
-        choices = ", ".join(map(repr, NORMALIZE_LR_COV))
-        error = ValueError if isinstance(normalize, str) else TypeError
-        raise error(
-            f"normalize_lr_cov must be one of {choices}{where(group_index)}, got {normalize!r}"
-        )
+    check_flag_or_name("normalize_lr_cov", group["normalize_lr_cov"], NORMALIZE_LR_COV, group_index)
     check_flag("warm_start", group["warm_start"], group_index)
     check_nonnegative("relative_damping", group["relative_damping"], group_index)
     check_positive("auto_budget", group["auto_budget"], group_index)
-    dampening = group["momentum_dampening"]
-    if not (isinstance(dampening, bool) or dampening in MOMENTUM_DAMPENINGS[2:]):
-        choices = ", ".join(map(repr, MOMENTUM_DAMPENINGS))
-        raise ValueError(
-            f"momentum_dampening must be one of {choices}{where(group_index)}, got {dampening!r}"
-        )
+    check_flag_or_name(
+        "momentum_dampening",
+        group["momentum_dampening"],
+        MOMENTUM_DAMPENINGS,
+        group_index,
+        wrong_type=ValueError,
+    )
     for option, choices in (
         ("tied_embeddings", TIED_EMBEDDINGS),
         ("packed_projections", PACKED_PROJECTIONS),

@@ -25,11 +25,12 @@ from torch import Tensor
 from singd_opt.blocks.base import PreconditionerBlock, Proposal, StepContext
 from singd_opt.layers import ParameterRows
 from singd_opt.sharding import is_sharded, shard_like
+from structmat.numerics import HALF_TYPES
 
 
 def moment_dtype(dtype: torch.dtype) -> torch.dtype:
     """Return the dtype of :math:`v` for a parameter dtype: float32 for 16-bit floats."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    return torch.float32 if dtype in HALF_TYPES else dtype
 
 
 class ElementwiseBlock(PreconditionerBlock):

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from structmat import StructuredMatrix
+from structmat.numerics import HALF_TYPES
 
 KFAC_APPROXIMATIONS: tuple[str, ...] = ("expand", "reduce")
 LOSS_AVERAGES: tuple[str | None, ...] = (None, "batch", "batch+sequence")
@@ -205,19 +206,20 @@ class Layer(ABC):
             kfac_approx: ``"expand"`` or ``"reduce"``.
         """
         rows, n = self.input_rows(x, kfac_approx, K.dtype)
-        return self._curvature_of_rows(K, rows, n), n
+        return self._curvature_of_rows(K, rows, 1.0 / n), n
 
     @staticmethod
-    def _curvature_of_rows(K: StructuredMatrix, rows: Tensor, n: int) -> StructuredMatrix:
-        r""":math:`\Pi_K(K^\top R^\top R K) / n` of the ``(n, d)`` unscaled rows :math:`R`.
+    def _curvature_of_rows(M: StructuredMatrix, rows: Tensor, weight: float) -> StructuredMatrix:
+        r""":math:`w\, \Pi(M^\top R^\top R M)` of the ``(n, d)`` rows :math:`R`, weight :math:`w`.
 
-        In float32 and float64 :math:`1 / n` multiplies the ``d x d`` result instead of
-        the rows (no scaled copy of the rows); half types scale the rows, which keeps
-        their squares in range.
+        In float32 and float64 :math:`w` multiplies the ``d x d`` result instead of the
+        rows (no scaled copy of the rows); half types scale the rows by
+        :math:`\sqrt{w}`, which keeps their squares in range.
         """
-        if rows.dtype in (torch.float16, torch.bfloat16):
-            return K.from_inner((rows / math.sqrt(n)).mT)
-        return K.from_inner(rows.mT).mul_(1.0 / n)
+        if rows.dtype in HALF_TYPES:
+            return M.from_inner((rows * math.sqrt(weight) if weight != 1.0 else rows).mT)
+        curvature = M.from_inner(rows.mT)
+        return curvature.mul_(weight) if weight != 1.0 else curvature
 
     @abstractmethod
     def grad_output_matrix(

@@ -81,7 +81,7 @@ class EmbeddingLayer(Layer):
         """
         if x.is_floating_point():
             rows, n = self._projection_rows.input_rows(x, kfac_approx, K.dtype)
-            return self._curvature_of_rows(K, rows, n), n
+            return self._curvature_of_rows(K, rows, 1.0 / n), n
         vocabulary = self.dim_K
         if x.ndim == 0:
             x = x.unsqueeze(0)

@@ -63,16 +63,12 @@ class LinearLayer(Layer):
     ) -> tuple[StructuredMatrix, int]:
         r"""See :meth:`Layer.output_curvature`.
 
-        In float32 and float64 the factor :math:`N / s` multiplies the ``d_C x d_C``
-        :math:`H_C` instead of the ``n x d_C`` rows (a pass over the rows fewer); half
-        types scale the rows, which keeps their squares in range.
+        The factor :math:`N / s` weighs the unscaled rows (:meth:`Layer._curvature_of_rows`:
+        in float32 and float64 it multiplies the ``d_C x d_C`` :math:`H_C` instead of the
+        ``n x d_C`` rows, a pass over the rows fewer).
         """
-        if g.dtype in (torch.float16, torch.bfloat16):
-            return super().output_curvature(C, g, loss_average, kfac_approx, grad_prescale)
         rows, terms = self._grad_output_rows(g, loss_average, kfac_approx)
-        H_C = C.from_inner(rows.mT)
-        factor = terms / grad_prescale
-        return (H_C.mul_(factor) if factor != 1.0 else H_C), terms
+        return self._curvature_of_rows(C, rows, terms / grad_prescale), terms
 
     def _grad_output_rows(
         self, g: Tensor, loss_average: str | None, kfac_approx: str
