@@ -263,10 +263,12 @@ WORKLOADS: dict[str, Workload] = {
 #: reference's defaults; the others are measured against it and against AdamW.
 _REF: dict[str, Any] = {"defaults": "reference", "train_all_parameters": True}
 _ADA: dict[str, Any] = {**_REF, "graft": "adafactor", "momentum_dampening": True}
-#: The factor step bound of the sets before round 14, their factor learning rate before
-#: round 13, and the momentum before round 12: the variants of the defaults measured
-#: before them keep these, so that each stays the setting its stored results measured.
-_ENTRY_BOUND: dict[str, Any] = {"normalize_lr_cov": True}
+#: The Kronecker blocks for small maps of the sets before round 15, their factor step
+#: bound before round 14, their factor learning rate before round 13, and the momentum
+#: before round 12: the variants of the defaults measured before them keep these, so
+#: that each stays the setting its stored results measured.
+_KRONECKER_EVERYWHERE: dict[str, Any] = {"elementwise_below": 0}
+_ENTRY_BOUND: dict[str, Any] = {"normalize_lr_cov": True, **_KRONECKER_EVERYWHERE}
 _LR_COV_0_01: dict[str, Any] = {"lr_cov": 0.01, **_ENTRY_BOUND}
 _MOMENTUM_0_9: dict[str, Any] = {"momentum": 0.9, **_LR_COV_0_01}
 _REL: dict[str, Any] = {**_ADA, "relative_damping": 1e-2, "damping": 0.0}
@@ -412,6 +414,11 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # round 14: the factor step bounded by its spectrum as well (normalize_lr_cov=
     # "spectral"; a wide block's step no longer reverses a direction); the set of round 13
     "defaults_entry_bound": dict(_ENTRY_BOUND),
+    # round 15: the weights of small maps trained element-wise (a Kronecker block's step
+    # is a hundred or more operations whatever the layer's size); the defaults take 1024,
+    # the set of round 14 gave every map a Kronecker block
+    "defaults_elementwise_below0": dict(_KRONECKER_EVERYWHERE),
+    "defaults_elementwise_below4096": {"elementwise_below": 4096},
 }
 
 

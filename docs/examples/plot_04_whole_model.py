@@ -6,8 +6,10 @@ Training the whole model
 every trainable parameter of the model. The weights of linear maps (linear layers,
 convolutions, embeddings, the projections of attention) get Kronecker-factored
 preconditioners; every other parameter (normalization scales and shifts, free
-parameters) gets an element-wise, Adam-like preconditioner. ``optimizer.describe()``
-lists which block preconditions which parameter.
+parameters) gets an element-wise, Adam-like preconditioner, and so do maps with fewer
+than ``elementwise_below`` weights (1024 by default; below, the one-channel
+convolution and the 64 x 10 head), whose preconditioning does not pay for a Kronecker
+block's step. ``optimizer.describe()`` lists which block preconditions which parameter.
 
 The reference optimizer trains only linear layers and convolutions and is usually
 paired with a second optimizer for the rest. That behaviour is one argument away:

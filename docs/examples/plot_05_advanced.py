@@ -70,7 +70,7 @@ def make_run() -> tuple[nn.Module, SINGD, object, torch.amp.GradScaler]:
 
 
 model, optimizer, scheduler, scaler = make_run()
-K = optimizer.Ks["0"]
+K = optimizer.Ks["2"]  # the first convolution (144 weights) is element-wise
 print(type(K).__name__, K.dtype)
 
 # %%

@@ -198,7 +198,8 @@ def prepare_load(
         raise ValueError(
             f"state_dict: the saved blocks {saved_names} differ from this optimizer's blocks "
             f"{sorted(names)} (the options that choose blocks must match the saved "
-            "optimizer's: train_all_parameters, tied_embeddings, packed_projections)"
+            "optimizer's: train_all_parameters, tied_embeddings, packed_projections, "
+            "elementwise_below)"
         )
     loaders = []
     for block in blocks:

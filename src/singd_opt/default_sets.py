@@ -55,6 +55,7 @@ REFERENCE: Mapping[str, Any] = {
     "tied_embeddings": "kronecker",
     "packed_projections": "whole",
     "auto_budget": AUTO_BUDGET,
+    "elementwise_below": 0,
 }
 
 #: The arguments the sets give values to.
@@ -77,6 +78,7 @@ RECOMMENDED: Mapping[str, Any] = {
     "momentum_dampening": "bias_corrected",
     "tied_embeddings": "elementwise",
     "packed_projections": "split",
+    "elementwise_below": 1024,
 }
 
 #: The sets by name.

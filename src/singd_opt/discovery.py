@@ -25,6 +25,14 @@ block:
   model, weights shared between maps of different kinds, with a warning): an
   element-wise block.
 
+A map whose weight has fewer entries than its group's ``elementwise_below`` (1024 in
+the recommended defaults, 0 in the reference's) is trained element-wise instead, its
+bias with it: a module's weight, a packed map's whole weight, a ``MultiheadAttention``'s
+in-projection weights (all of them small) or output projection, a module's own
+parameter. A Kronecker block's step costs the same hundred or more tensor operations
+whatever the map's size, which on a few hundred weights outweighs what preconditioning
+them buys (``docs/differences.rst``, "Small maps element-wise").
+
 With ``train_all_parameters=False`` (the reference's behaviour) only the weights and
 biases of ``Linear`` and ``Conv1d/2d/3d`` modules are trained; other parameters are left
 alone, with a warning unless ``warn_unsupported=False``.
@@ -159,6 +167,23 @@ class _Planner:
         index = self.group_of[id(param)]
         self.add(ElementwiseBlock(name, ParameterRows(param), index))
 
+    def small(self, weight: Tensor | None) -> bool:
+        """Whether ``weight`` is trained and has fewer entries than ``elementwise_below``."""
+        return (
+            self.trained(weight)
+            and id(weight) not in self.claimed
+            and weight.numel() < self.groups[self.group_of[id(weight)]]["elementwise_below"]
+        )
+
+    def small_map(self, weight: Tensor | None, *others: Tensor | None) -> bool:
+        """Train a small ``weight`` and its map's ``others`` element-wise; return whether."""
+        if not self.small(weight):
+            return False
+        for param in (weight, *others):
+            if self.trained(param) and id(param) not in self.claimed:
+                self.add_elementwise(param)
+        return True
+
     # ------------------------------------------------------------ layers
     def kronecker(self, name: str, layer: Layer) -> KroneckerBlock:
         """Add and return the Kronecker block of ``layer``."""
@@ -230,6 +255,8 @@ class _Planner:
         weight = module.weight if self.trained(module.weight) else None
         bias = getattr(module, "bias", None)
         bias = bias if self.trained(bias) else None
+        if self.small_map(weight, bias):
+            return
         params = [p for p in (weight, bias) if p is not None]
         if not params or any(id(p) in self.claimed for p in params):
             return  # nothing to train, or a shared weight that is a block already
@@ -286,6 +313,7 @@ class _Planner:
         if (
             not self.trained(weight)
             or id(weight) in self.claimed
+            or self.small(weight)
             or self.groups[self.group_of[id(weight)]]["packed_projections"] != "split"
         ):
             return False
@@ -328,7 +356,6 @@ class _Planner:
         """Kronecker blocks for the query, key, value and output projections."""
         embed = module.embed_dim
         layout = AttentionLayout(module.batch_first)
-        bias = module.in_proj_bias if self.trained(module.in_proj_bias) else None
         if module.in_proj_weight is not None:
             projections = [("in_proj_weight", slice(i * embed, (i + 1) * embed)) for i in range(3)]
         else:
@@ -337,10 +364,19 @@ class _Planner:
                 ("k_proj_weight", None),
                 ("v_proj_weight", None),
             ]
+        attributes = dict.fromkeys(attribute for attribute, _ in projections)
+        trained_weights = [
+            getattr(module, a) for a in attributes if self.trained(getattr(module, a))
+        ]
+        if trained_weights and all(self.small(w) for w in trained_weights):
+            for param in (*trained_weights, module.in_proj_bias):
+                if self.trained(param) and id(param) not in self.claimed:
+                    self.add_elementwise(param)
+            projections = []  # small in-projections: trained element-wise
+        roles = ("q_proj", "k_proj", "v_proj") if projections else ()
+        bias = module.in_proj_bias if self.trained(module.in_proj_bias) else None
         parts: dict[str, list[ProjectionPart]] = defaultdict(list)
-        for i, (role, (attribute, rows)) in enumerate(
-            zip(("q_proj", "k_proj", "v_proj"), projections, strict=True)
-        ):
+        for i, (role, (attribute, rows)) in enumerate(zip(roles, projections, strict=True)):
             weight = getattr(module, attribute)
             weight_rows = ParameterRows(weight, rows) if self.trained(weight) else None
             bias_rows = (
@@ -359,7 +395,7 @@ class _Planner:
 
         out = module.out_proj
         out_params = [p if self.trained(p) else None for p in (out.weight, out.bias)]
-        if any(p is not None for p in out_params):
+        if not self.small_map(out.weight, out.bias) and any(p is not None for p in out_params):
             block = self.kronecker(_joined(name, "out_proj"), make_layer(out, *out_params))
             self.plan.module_names[out] = block.name
             targets.append(
@@ -402,6 +438,10 @@ class _Planner:
             and id(param) not in self.claimed
             and self.holders[id(param)][0][1] is module  # else handled with its first holder
         ]
+        for _, param in own:
+            if param.ndim >= 2 and self.small(param):
+                self.add_elementwise(param)
+        own = [(attribute, param) for attribute, param in own if id(param) not in self.claimed]
         matrices = [(a, p) for a, p in own if p.ndim >= 2 and len(self.holders[id(p)]) == 1]
         bias = dict(own).get("bias")
         if bias is not None and (

@@ -127,6 +127,7 @@ class SINGD(
         tied_embeddings: str = DEFAULT,
         packed_projections: str = DEFAULT,
         auto_budget: float = DEFAULT,
+        elementwise_below: int = DEFAULT,
         defaults: str = "recommended",
     ) -> None:
         r"""Create the optimizer and install its recording hooks on ``model``.
@@ -219,6 +220,12 @@ class SINGD(
                 ``structures="auto"`` as a fraction of the weight's
                 (:mod:`singd_opt.structure_choice`): 0.25 keeps the optimizer state
                 below AdamW's; 0.5 gives larger blocks at about AdamW's state.
+            elementwise_below: Weights of linear maps with fewer entries than this
+                (with their biases) are trained with the element-wise rule instead of
+                a Kronecker block (:mod:`singd_opt.discovery`): a Kronecker block's
+                step is a hundred or more tensor operations whatever its size, which
+                on tiny layers costs more than their preconditioning gains. 0 gives
+                every map a Kronecker block.
             defaults: The set of defaults of every argument not passed
                 (:mod:`singd_opt.default_sets`): ``"recommended"`` or ``"reference"``
                 (the reference implementation's defaults).

@@ -43,6 +43,7 @@ HYPERPARAMETERS: tuple[str, ...] = (
     "tied_embeddings",
     "packed_projections",
     "auto_budget",
+    "elementwise_below",
 )
 
 #: The valid values of ``tied_embeddings``.
@@ -148,11 +149,12 @@ def check_group(group: dict[str, Any], group_index: int | None = None) -> None:
     if group["max_update_rms"] is not None:
         check_positive("max_update_rms", group["max_update_rms"], group_index)
 
-    T = group["T"]
-    if isinstance(T, bool) or not isinstance(T, int):
-        raise TypeError(f"T must be an int{in_group}, got {T!r}")
-    if T < 1:
-        raise ValueError(f"T must be >= 1{in_group}, got {T}")
+    for name, least in (("T", 1), ("elementwise_below", 0)):
+        value = group[name]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int{in_group}, got {value!r}")
+        if value < least:
+            raise ValueError(f"{name} must be >= {least}{in_group}, got {value}")
 
     lr_cov: float | Callable[[int], float] = group["lr_cov"]
     if not callable(lr_cov):

@@ -56,7 +56,7 @@ def _train(
         patch.setattr(KroneckerBlock, "propose_batch", counted)
         torch.manual_seed(0)
         model = Stack().to(dtype)
-        optimizer = SINGD(model, lr=3e-3, **options)
+        optimizer = SINGD(model, lr=3e-3, **options, elementwise_below=0)
         scaler = torch.amp.GradScaler(
             "cpu", init_scale=2.0**10, growth_factor=3.0, growth_interval=1, enabled=scaled
         )
@@ -137,7 +137,7 @@ def test_structures_that_do_not_stack_go_alone(monkeypatch: pytest.MonkeyPatch) 
 
 def test_a_batch_of_mixed_kinds_is_refused() -> None:
     model = Stack()
-    optimizer = SINGD(model, lr=1e-3)
+    optimizer = SINGD(model, lr=1e-3, elementwise_below=0)
     kronecker = next(b for b in optimizer.blocks if isinstance(b, KroneckerBlock))
     elementwise = next(b for b in optimizer.blocks if isinstance(b, ElementwiseBlock))
     group, context = optimizer.param_groups[0], StepContext(step=0)

@@ -75,7 +75,7 @@ def _step(model: nn.Module, optimizer: SINGD, scale: float = 1.0) -> None:
 
 def test_a_new_block_kind_needs_no_change_outside_blocks() -> None:
     model = _model()
-    optimizer = SINGD(model, lr=0.1, momentum=0.0, T=1)
+    optimizer = SINGD(model, lr=0.1, momentum=0.0, T=1, elementwise_below=0)
     index = next(i for i, b in enumerate(optimizer.blocks) if b.name == "1.weight")
     optimizer.blocks[index] = SignBlock(optimizer.blocks[index])
     before = model[1].weight.detach().clone()
@@ -106,7 +106,7 @@ class LateUse(nn.Module):
 
 def test_a_skipped_step_leaves_a_deferred_choice_open() -> None:
     model = LateUse()
-    optimizer = SINGD(model, T=1)
+    optimizer = SINGD(model, T=1, elementwise_below=0)
     assert [b.kind for b in optimizer.blocks] == ["deferred"]
     with pytest.warns(UserWarning, match="skipping step 0"):
         _step(model, optimizer, scale=torch.inf)  # unused as a map, and skipped
@@ -121,7 +121,7 @@ def test_a_skipped_step_leaves_a_deferred_choice_open() -> None:
 
 def test_a_taken_step_fixes_the_deferred_choice() -> None:
     model = LateUse()
-    optimizer = SINGD(model, T=1)
+    optimizer = SINGD(model, T=1, elementwise_below=0)
     _step(model, optimizer)  # not used as a map: element-wise for good
     model.use_weight = True
     _step(model, optimizer)

@@ -48,7 +48,7 @@ def test_twenty_steps_compile_at_most_twice() -> None:
 
 def test_the_forward_switch_is_removed_and_copies_do_not_record() -> None:
     model = nn.Sequential(nn.Linear(3, 2))
-    optimizer = SINGD(model, T=1)
+    optimizer = SINGD(model, T=1, elementwise_below=0)
     assert "forward" in model.__dict__  # the recording switch
     copied = copy.deepcopy(model)
     copied(torch.randn(4, 3)).sum().backward()  # the copy runs its own forward

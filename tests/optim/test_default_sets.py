@@ -121,15 +121,15 @@ def test_recommended_checkpoint_resumes_exactly(tmp_path) -> None:
             optimizer.step()
 
     straight = net()
-    optimizer = SINGD(straight, lr=1e-2)
+    optimizer = SINGD(straight, lr=1e-2, elementwise_below=0)
     steps(straight, optimizer, data)
 
     resumed = net()
-    first = SINGD(resumed, lr=1e-2)
+    first = SINGD(resumed, lr=1e-2, elementwise_below=0)
     steps(resumed, first, data[:2])
     assert any("graft_moment" in entry for entry in first.state_dict()["singd"]["blocks"].values())
     torch.save(first.state_dict(), tmp_path / "state.pt")
-    second = SINGD(resumed, lr=1e-2)
+    second = SINGD(resumed, lr=1e-2, elementwise_below=0)
     first.remove_hooks()
     second.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
     steps(resumed, second, data[2:])
@@ -146,7 +146,10 @@ def test_recommended_defaults_skip_a_bad_batch_and_go_on_as_without_it(bad_step:
         for _ in range(5)
     ]
     clean, faulty = model(), model()
-    clean_opt, faulty_opt = SINGD(clean, lr=1e-3), SINGD(faulty, lr=1e-3)
+    clean_opt, faulty_opt = (
+        SINGD(clean, lr=1e-3, elementwise_below=0),
+        SINGD(faulty, lr=1e-3, elementwise_below=0),
+    )
     for net, opt, with_bad_batch in ((clean, clean_opt, False), (faulty, faulty_opt, True)):
         for index, (x, y) in enumerate(batches):
             if with_bad_batch and index == bad_step:
@@ -172,7 +175,7 @@ def _after_curvature_growth(**options: object) -> tuple[int, float]:
     """
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 5, bias=False), nn.Tanh(), nn.Linear(5, 3, bias=False))
-    optimizer = SINGD(model.double(), lr=1e-3, **options)
+    optimizer = SINGD(model.double(), lr=1e-3, **options, elementwise_below=0)
     generator = torch.Generator().manual_seed(0)
     for step in range(30):
         scale = 1e-3 if step == 0 else 1.0

@@ -83,7 +83,7 @@ def test_optimizer_steps_by_the_grafted_size(rule: str) -> None:
     """Without momentum the first step of a Kronecker block has the rule's norm times lr."""
     torch.manual_seed(0)
     layer = nn.Linear(5, 3)
-    optimizer = SINGD(layer, lr=0.1, momentum=0.0, graft=rule)
+    optimizer = SINGD(layer, lr=0.1, momentum=0.0, graft=rule, elementwise_below=0)
     before = torch.cat([layer.weight.detach().clone(), layer.bias.detach().clone()[:, None]], 1)
     x = torch.randn(8, 5)
     layer(x).square().mean().backward()
@@ -142,7 +142,7 @@ def test_bias_corrected_first_step_has_the_directions_size() -> None:
     def train(steps: int, **options: object) -> list[torch.Tensor]:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(5, 4), nn.LayerNorm(4), nn.Linear(4, 3)).double()
-        optimizer = SINGD(model, lr=0.05, **options)
+        optimizer = SINGD(model, lr=0.05, **options, elementwise_below=0)
         generator = torch.Generator().manual_seed(2)
         for _ in range(steps):
             x = torch.randn(8, 5, generator=generator, dtype=DTYPE)

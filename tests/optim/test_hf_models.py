@@ -90,6 +90,9 @@ def _trained(
 ) -> tuple[nn.Module, SINGD, list[float], list[str]]:
     """Build the model, train it with ``SINGD(model, lr=1e-3, **options)``.
 
+    The models are small (width 16): ``elementwise_below=0`` (unless ``options`` say
+    otherwise) gives every map a Kronecker block.
+
     Returns the model, the optimizer, the losses and the optimizer's warnings about
     parameters or curvature (a fallback warns, naming the parameter).
     """
@@ -97,7 +100,7 @@ def _trained(
     model = MODELS[name][0]()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        optimizer = SINGD(model, lr=1e-3, **options)
+        optimizer = SINGD(model, lr=1e-3, **{"elementwise_below": 0, **options})
         losses = _train(model, optimizer, steps=steps, same_batch=same_batch)
     ours = [str(w.message) for w in caught if "parameter" in str(w.message)]
     ours += [str(w.message) for w in caught if "curvature" in str(w.message)]
@@ -158,7 +161,10 @@ def _train_twins(
     model: nn.Module, twin: nn.Module, same_batch: bool = False
 ) -> tuple[SINGD, SINGD]:
     """Train both with the defaults; the losses fall and agree to 1e-12. Returns the optimizers."""
-    optimizer, twin_optimizer = SINGD(model, lr=3e-3), SINGD(twin, lr=3e-3)
+    optimizer, twin_optimizer = (
+        SINGD(model, lr=3e-3, elementwise_below=0),
+        SINGD(twin, lr=3e-3, elementwise_below=0),
+    )
     with torch.enable_grad():
         losses = _train(model, optimizer, steps=4, same_batch=same_batch)
         twin_losses = _train(twin, twin_optimizer, steps=4, same_batch=same_batch)
@@ -192,7 +198,10 @@ def test_gpt2_conv1d_trains_like_its_linear_twin() -> None:
     twin = _linear_twin(twin)
     assert not any(isinstance(m, Conv1D) for m in twin.modules())
     config = {"lr": 0.05, "lr_cov": 0.1, "damping": 1e-3, "T": 2, "loss_average": "batch"}
-    optimizer, twin_optimizer = SINGD(model, **config), SINGD(twin, **config)
+    optimizer, twin_optimizer = (
+        SINGD(model, **config, elementwise_below=0),
+        SINGD(twin, **config, elementwise_below=0),
+    )
     with torch.enable_grad():
         losses = _train(model, optimizer, steps=4, same_batch=True)
         twin_losses = _train(twin, twin_optimizer, steps=4, same_batch=True)
@@ -251,15 +260,35 @@ def test_gpt2_packed_attention_trains_like_three_separate_projections() -> None:
             torch.testing.assert_close(block.attn.c_attn.bias[columns], layer.bias)
             names = {f"{name}.{part}": f"{name}.projections.{j}.weight"}
             _assert_same_factors(optimizer, twin_optimizer, names)
-    whole = SINGD(model, lr=3e-3, packed_projections="whole")
+    whole = SINGD(model, lr=3e-3, packed_projections="whole", elementwise_below=0)
     assert "transformer.h.0.attn.c_attn.weight" in {block.name for block in whole.blocks}
+
+
+@pytest.mark.parametrize("below", [600, 800])
+def test_gpt2_small_maps_train_elementwise(below: int) -> None:
+    """``c_attn`` has 768 weights, the attention's ``c_proj`` 256, the MLP's maps 1024."""
+    torch.manual_seed(0)
+    model = gpt2()
+    optimizer = SINGD(model, lr=1e-3, elementwise_below=below)
+    tokens = torch.randint(0, VOCABULARY, (2, 8))
+    model(tokens, labels=tokens).loss.backward()
+    optimizer.step()
+    kronecker = {block.name for block in optimizer.blocks if block.kind == "kronecker"}
+    mlp = {f"transformer.h.{i}.mlp.{name}.weight" for i in range(2) for name in ("c_fc", "c_proj")}
+    packed = {f"transformer.h.{i}.attn.c_attn.{part}" for i in range(2) for part in QKV}
+    assert kronecker == (packed | mlp if below == 600 else mlp)
+    elementwise = {block.name for block in optimizer.blocks if block.kind == "elementwise"}
+    for i in range(2):
+        assert {f"transformer.h.{i}.attn.c_proj.{n}" for n in ("weight", "bias")} <= elementwise
+        packed_params = {f"transformer.h.{i}.attn.c_attn.{n}" for n in ("weight", "bias")}
+        assert packed_params <= elementwise or below == 600
 
 
 def test_gpt2_cross_attention_splits_key_and_value() -> None:
     config = transformers.GPT2Config(**SMALL_GPT, n_layer=1, add_cross_attention=True)
     torch.manual_seed(0)
     model = transformers.GPT2LMHeadModel(config).eval()
-    optimizer = SINGD(model, lr=1e-3)
+    optimizer = SINGD(model, lr=1e-3, elementwise_below=0)
     names = {block.name for block in optimizer.blocks}
     cross = "transformer.h.0.crossattention."
     assert {cross + "c_attn.key", cross + "c_attn.value", cross + "q_attn.weight"} <= names
@@ -424,7 +453,7 @@ def test_glm_gated_mlp_splits_gate_and_up() -> None:
     config = transformers.GlmConfig(
         **SMALL, num_key_value_heads=1, head_dim=WIDTH // 2, pad_token_id=0, eos_token_id=1
     )
-    optimizer = SINGD(transformers.GlmForCausalLM(config), lr=1e-3)
+    optimizer = SINGD(transformers.GlmForCausalLM(config), lr=1e-3, elementwise_below=0)
     names = {block.name for block in optimizer.blocks}
     assert {"model.layers.0.mlp.gate_up_proj.gate", "model.layers.0.mlp.gate_up_proj.up"} <= names
 
@@ -432,7 +461,7 @@ def test_glm_gated_mlp_splits_gate_and_up() -> None:
 def test_a_fused_map_of_unknown_layout_keeps_one_block() -> None:
     """CodeGen's ``qkv_proj`` (its own interleaving) is not guessed at."""
     config = transformers.CodeGenConfig(**SMALL_GPT, n_layer=1, rotary_dim=4)
-    optimizer = SINGD(transformers.CodeGenForCausalLM(config), lr=1e-3)
+    optimizer = SINGD(transformers.CodeGenForCausalLM(config), lr=1e-3, elementwise_below=0)
     names = {block.name for block in optimizer.blocks}
     qkv = "transformer.h.0.attn.qkv_proj"
     assert qkv in names and not any(name.startswith(qkv + ".") for name in names)
@@ -498,7 +527,7 @@ def _compiled_run(
 
     def make(net: nn.Module) -> torch.optim.Optimizer:
         if use_singd:
-            return SINGD(net, lr=1e-3, T=3)
+            return SINGD(net, lr=1e-3, T=3, elementwise_below=0)
         return torch.optim.AdamW(net.parameters(), lr=1e-3)
 
     optimizer, twin_optimizer = make(model), make(twin)

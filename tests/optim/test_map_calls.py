@@ -15,7 +15,14 @@ from singd_opt import SINGD
 from singd_opt.map_calls import MapCallMode, UntrackedParameters
 
 DTYPE = torch.float64
-CONFIG = {"lr": 0.1, "lr_cov": 0.1, "damping": 1e-3, "T": 2, "momentum": 0.5}
+CONFIG = {
+    "lr": 0.1,
+    "lr_cov": 0.1,
+    "damping": 1e-3,
+    "T": 2,
+    "momentum": 0.5,
+    "elementwise_below": 0,
+}
 
 
 def _addmm(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -107,7 +114,7 @@ def test_a_weight_used_element_wise_falls_back_with_a_warning_and_stops_recordin
             return (x * self.scale).sum(-1)
 
     model = Scaled()
-    optimizer = SINGD(model, T=1)
+    optimizer = SINGD(model, T=1, elementwise_below=0)
     assert "forward" in model.__dict__  # the recording switch
     with pytest.warns(UserWarning, match=r"'scale' is used by Tensor.mul.*element-wise"):
         model(torch.randn(2, 4, 5)).sum().backward()
@@ -127,7 +134,7 @@ def test_einsum_with_a_batch_dimension_on_the_weight_falls_back() -> None:
             return torch.einsum("bi,hio->bho", x, self.weight)
 
     model = Batched()
-    optimizer = SINGD(model, T=1)
+    optimizer = SINGD(model, T=1, elementwise_below=0)
     with pytest.warns(UserWarning, match=r"'weight' is used by torch.einsum"):
         model(torch.randn(4, 5)).square().sum().backward()
     optimizer.step()
@@ -148,7 +155,7 @@ def test_recording_does_not_replace_torch_functions() -> None:
             return self.layer(x)
 
     model = Probe()
-    optimizer = SINGD(model, T=1)
+    optimizer = SINGD(model, T=1, elementwise_below=0)
     model(torch.randn(2, 4)).sum().backward()
     optimizer.step()
     assert seen == [True]
@@ -158,7 +165,7 @@ def test_recording_does_not_replace_torch_functions() -> None:
 def test_recording_is_off_between_recording_steps() -> None:
     calls: list[int] = []
     model = nn.Sequential(nn.Linear(4, 3))
-    optimizer = SINGD(model, T=3)
+    optimizer = SINGD(model, T=3, elementwise_below=0)
     block = optimizer.blocks[0]
     record = block.record
 

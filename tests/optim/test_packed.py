@@ -110,7 +110,10 @@ def _train(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int) -> li
 @pytest.mark.parametrize("T", [1, 2])
 def test_a_split_packed_map_trains_like_separate_layers(transposed: bool, T: int) -> None:
     packed, separate = _models(transposed)
-    optimizer, twin_optimizer = SINGD(packed, lr=0.01, T=T), SINGD(separate, lr=0.01, T=T)
+    optimizer, twin_optimizer = (
+        SINGD(packed, lr=0.01, T=T, elementwise_below=0),
+        SINGD(separate, lr=0.01, T=T, elementwise_below=0),
+    )
     names = [block.name for block in optimizer.blocks if block.kind == "kronecker"]
     assert names == ["qkv.query", "qkv.key", "qkv.value", "out"]
     losses = _train(packed, optimizer, steps=5)
@@ -179,7 +182,10 @@ def test_projections_interleaved_per_head_train_like_separate_layers() -> None:
     twin = PerHeadTwin(packed)
     x = torch.randn(3, 4, WIDTH, dtype=torch.float64)
     torch.testing.assert_close(packed(x), twin(x))  # the same function
-    optimizer, twin_optimizer = SINGD(packed, lr=0.01), SINGD(twin, lr=0.01)
+    optimizer, twin_optimizer = (
+        SINGD(packed, lr=0.01, elementwise_below=0),
+        SINGD(twin, lr=0.01, elementwise_below=0),
+    )
     assert "qkv.weight[8 rows], qkv.bias[8 rows]" in optimizer.describe()
     losses = _train(packed, optimizer, steps=4)
     twin_losses = _train(twin, twin_optimizer, steps=4)
@@ -199,7 +205,7 @@ def test_projections_interleaved_per_head_train_like_separate_layers() -> None:
 def test_whole_keeps_one_block_and_the_reference_set_does_not_split() -> None:
     packed, _ = _models(transposed=False)
     for options in ({"packed_projections": "whole"}, {"defaults": "reference"}):
-        optimizer = SINGD(packed, lr=0.01, **options)  # type: ignore[arg-type]
+        optimizer = SINGD(packed, lr=0.01, **options, elementwise_below=0)  # type: ignore[arg-type]
         names = [block.name for block in optimizer.blocks if block.kind == "kronecker"]
         assert names == ["qkv", "out"], options
     # the reference set splits a declared nn.Linear when asked to
@@ -218,7 +224,7 @@ def test_the_weights_group_chooses() -> None:
         {"params": list(packed.qkv.parameters()), "packed_projections": "whole"},
         {"params": list(packed.out.parameters())},
     ]
-    optimizer = SINGD(packed, groups, lr=0.01)
+    optimizer = SINGD(packed, groups, lr=0.01, elementwise_below=0)
     assert [block.name for block in optimizer.blocks] == ["qkv", "out"]
 
 
@@ -229,7 +235,7 @@ def test_a_weight_and_bias_in_different_groups_are_refused() -> None:
         {"params": [packed.qkv.bias], "lr": 0.1},
     ]
     with pytest.raises(ValueError, match="parameters of layer 'qkv' are in different parameter"):
-        SINGD(packed, groups, lr=0.01)
+        SINGD(packed, groups, lr=0.01, elementwise_below=0)
 
 
 def test_a_shared_packed_weight_is_not_split_and_says_so() -> None:
@@ -239,7 +245,7 @@ def test_a_shared_packed_weight_is_not_split_and_says_so() -> None:
     model = nn.ModuleDict({"packed": packed, "twin": twin})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        optimizer = SINGD(model, lr=0.01)
+        optimizer = SINGD(model, lr=0.01, elementwise_below=0)
     messages = [str(w.message) for w in caught]
     assert any("packed map 'packed.qkv' shares its weight with" in m for m in messages)
     assert any("trained with the element-wise rule" in m for m in messages)  # the shared map
@@ -250,15 +256,15 @@ def test_a_shared_packed_weight_is_not_split_and_says_so() -> None:
 def test_a_checkpoint_of_split_blocks_resumes_exactly() -> None:
     packed, _ = _models(transposed=True)
     resumed = copy.deepcopy(packed)  # the declaration travels with the module
-    optimizer = SINGD(packed, lr=0.01)
+    optimizer = SINGD(packed, lr=0.01, elementwise_below=0)
     _train(packed, optimizer, steps=2)
     resumed.load_state_dict(packed.state_dict())
-    resumed_optimizer = SINGD(resumed, lr=0.01)
+    resumed_optimizer = SINGD(resumed, lr=0.01, elementwise_below=0)
     resumed_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # as if saved
     torch.testing.assert_close(
         _train(packed, optimizer, steps=3), _train(resumed, resumed_optimizer, steps=3)
     )
-    whole = SINGD(resumed, lr=0.01, packed_projections="whole")
+    whole = SINGD(resumed, lr=0.01, packed_projections="whole", elementwise_below=0)
     with pytest.raises(ValueError, match=r"saved blocks .* packed_projections"):
         whole.load_state_dict(copy.deepcopy(optimizer.state_dict()))
 
@@ -267,7 +273,7 @@ def test_another_use_of_the_packed_weight_is_reported_once() -> None:
     torch.manual_seed(0)
     packed = PackedAndReused(transposed=False).double()
     declare_packed(packed.qkv, SIZES)
-    optimizer = SINGD(packed, lr=0.01)
+    optimizer = SINGD(packed, lr=0.01, elementwise_below=0)
     x = torch.randn(4, WIDTH, dtype=torch.float64)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -56,7 +56,13 @@ def test_auto_state_stays_within_the_budget(alpha1: float, T: int, budget: float
     """
     model = conv_net()
     optimizer = SINGD(
-        model, structures=("auto", "auto"), alpha1=alpha1, momentum=0.0, T=T, auto_budget=budget
+        model,
+        structures=("auto", "auto"),
+        alpha1=alpha1,
+        momentum=0.0,
+        T=T,
+        auto_budget=budget,
+        elementwise_below=0,
     )
     x = torch.randn(4, 3, 4, 4)
     for _ in range(T + 1):
@@ -88,7 +94,7 @@ def test_explicit_large_factors_warn_with_the_figure() -> None:
         warnings.simplefilter("error")
         SINGD(nn.Linear(600, 4), structures=("auto", "auto"))
         # 4.5x the weight, but below WARN_MIN_BYTES
-        SINGD(nn.Linear(8, 8), structures=("dense", "dense"))
+        SINGD(nn.Linear(8, 8), structures=("dense", "dense"), elementwise_below=0)
 
 
 def test_the_budget_and_the_period_choose_the_block_size() -> None:

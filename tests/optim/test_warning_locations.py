@@ -49,13 +49,13 @@ def test_constructor_warnings_point_at_the_constructor_call() -> None:
     first, second = nn.Linear(4, 4), nn.Linear(4, 4)
     second.weight = first.weight
     shared = nn.Sequential(first, second)
-    line = _warning_site(lambda: SINGD(shared), "shared by layers")
-    assert "SINGD(shared)" in line
+    line = _warning_site(lambda: SINGD(shared, elementwise_below=0), "shared by layers")
+    assert "SINGD(shared, elementwise_below=0)" in line
 
 
 def test_step_warnings_point_at_the_step_call() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2))
-    optimizer = SINGD(model, T=1)
+    optimizer = SINGD(model, T=1, elementwise_below=0)
     x, y = _data()
 
     def nonfinite_step() -> None:
@@ -79,7 +79,7 @@ def test_step_warnings_point_at_the_step_call() -> None:
 
 def test_unrecorded_layer_warning_points_at_the_step_call() -> None:
     model = nn.Sequential(nn.Linear(4, 2))
-    optimizer = SINGD(model, T=1)
+    optimizer = SINGD(model, T=1, elementwise_below=0)
     x, y = _data()
 
     def unrecorded_step() -> None:
@@ -93,7 +93,7 @@ def test_unrecorded_layer_warning_points_at_the_step_call() -> None:
 @pytest.mark.parametrize("through_scaler", [False, True])
 def test_grad_scale_warnings_point_at_the_user(through_scaler: bool) -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
-    optimizer = SINGD(model, T=1)
+    optimizer = SINGD(model, T=1, elementwise_below=0)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4)
     x, y = _data()
 
