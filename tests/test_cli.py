@@ -243,6 +243,16 @@ def test_ctrl_c_before_any_run_finished(
     assert not (tmp_path / DIGITS.figure_name).exists()
 
 
+def _sigint_as_from_a_terminal() -> None:
+    """In the child before ``exec``: the default action for ``SIGINT``.
+
+    A command started in the background of a non-interactive shell (a CI script's ``&``)
+    inherits ``SIGINT`` ignored, and Python then installs no handler for it; started
+    from a terminal, it has the default action.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigint_during_training_exits_130_without_traceback(tmp_path: Path) -> None:
     """A real SIGINT to ``python -m singd_opt`` in the middle of its first run."""
     args = ["--structures", "diagonal", "--baselines", "none", "--steps", "1000000"]
@@ -253,6 +263,7 @@ def test_sigint_during_training_exits_130_without_traceback(tmp_path: Path) -> N
         stderr=subprocess.PIPE,
         text=True,
         env=environment,
+        preexec_fn=_sigint_as_from_a_terminal,
     )
     assert process.stdout is not None
     header = process.stdout.readline()  # printed once the data is loaded, before training
