@@ -162,10 +162,18 @@ class _Planner:
         for rows in block.params:
             self.claimed.add(id(rows.param))
 
-    def add_elementwise(self, param: nn.Parameter) -> None:
+    def add_elementwise(self, param: nn.Parameter, reason: str | None = None) -> None:
         name = self.param_names.get(id(param), f"param{len(self.plan.blocks)}")
         index = self.group_of[id(param)]
-        self.add(ElementwiseBlock(name, ParameterRows(param), index))
+        self.add(ElementwiseBlock(name, ParameterRows(param), index, reason))
+
+    def add_small(self, weight: nn.Parameter, *others: Tensor | None) -> None:
+        """Element-wise blocks for a small map's ``weight`` and its ``others`` (biases)."""
+        below = self.groups[self.group_of[id(weight)]]["elementwise_below"]
+        reason = f"small map: {weight.numel()} weights < elementwise_below={below}"
+        for param in (weight, *others):
+            if self.trained(param) and id(param) not in self.claimed:
+                self.add_elementwise(param, reason)
 
     def small(self, weight: Tensor | None) -> bool:
         """Whether ``weight`` is trained and has fewer entries than ``elementwise_below``."""
@@ -179,9 +187,7 @@ class _Planner:
         """Train a small ``weight`` and its map's ``others`` element-wise; return whether."""
         if not self.small(weight):
             return False
-        for param in (weight, *others):
-            if self.trained(param) and id(param) not in self.claimed:
-                self.add_elementwise(param)
+        self.add_small(weight, *others)
         return True
 
     # ------------------------------------------------------------ layers
@@ -369,9 +375,8 @@ class _Planner:
             getattr(module, a) for a in attributes if self.trained(getattr(module, a))
         ]
         if trained_weights and all(self.small(w) for w in trained_weights):
-            for param in (*trained_weights, module.in_proj_bias):
-                if self.trained(param) and id(param) not in self.claimed:
-                    self.add_elementwise(param)
+            for weight in trained_weights:
+                self.add_small(weight, module.in_proj_bias)
             projections = []  # small in-projections: trained element-wise
         roles = ("q_proj", "k_proj", "v_proj") if projections else ()
         bias = module.in_proj_bias if self.trained(module.in_proj_bias) else None
@@ -440,7 +445,7 @@ class _Planner:
         ]
         for _, param in own:
             if param.ndim >= 2 and self.small(param):
-                self.add_elementwise(param)
+                self.add_small(param)
         own = [(attribute, param) for attribute, param in own if id(param) not in self.claimed]
         matrices = [(a, p) for a, p in own if p.ndim >= 2 and len(self.holders[id(p)]) == 1]
         bias = dict(own).get("bias")

@@ -30,6 +30,10 @@ def _cnn() -> nn.Sequential:
 def test_threshold_is_strict_and_counts_entries(below: int, kronecker: set[str]) -> None:
     optimizer = SINGD(_cnn(), lr=LR, elementwise_below=below)
     assert set(optimizer.Ks) == kronecker
+    reason = f"(small map: 36 weights < elementwise_below={below})"
+    lines = [line for line in optimizer.describe().splitlines() if line.startswith("0.")]
+    assert len(lines) == (0 if "0" in kronecker else 2)  # 0.weight and 0.bias
+    assert all(reason in line for line in lines)
 
 
 def test_first_step_of_a_small_map_is_the_elementwise_rule() -> None:

@@ -43,10 +43,14 @@ class ElementwiseBlock(PreconditionerBlock):
 
     kind = "elementwise"
 
-    def __init__(self, name: str, param: ParameterRows, group_index: int) -> None:
+    def __init__(
+        self, name: str, param: ParameterRows, group_index: int, reason: str | None = None
+    ) -> None:
+        """Create the block of ``param``; ``reason`` says in :meth:`describe` why it is one."""
         super().__init__(name, (param,), group_index)
         self.second_moment: Tensor | None = None
         self.updates: int = 0
+        self.reason = reason
 
     def batch_key(self, group: Mapping[str, Any], context: StepContext) -> Hashable | None:
         """See :meth:`PreconditionerBlock.batch_key`: gradients of one dtype and device.
@@ -166,6 +170,7 @@ class ElementwiseBlock(PreconditionerBlock):
         """See :meth:`PreconditionerBlock.describe`."""
         return {
             "kind": self.kind,
-            "preconditioner": "diagonal second moment",
+            "preconditioner": "diagonal second moment"
+            + (f" ({self.reason})" if self.reason else ""),
             "shape": tuple(self.params[0].value.shape),
         }
