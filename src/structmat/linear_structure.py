@@ -12,6 +12,7 @@ from torch import Tensor
 from structmat._layout import transformed
 from structmat._numerics import stable_norm
 from structmat.base import Scalar, StructuredMatrix
+from structmat.numerics import trailing_dims
 
 L = TypeVar("L", bound="LinearStructure")
 
@@ -49,7 +50,7 @@ class LinearStructure(StructuredMatrix):
 
     def member_dims(self, tensor: Tensor) -> tuple[int, ...]:
         """The dimensions of ``tensor`` that index one member's entries (not the batch)."""
-        return tuple(range(len(self._batch_shape), tensor.ndim))
+        return trailing_dims(tensor, len(self._batch_shape))
 
     # A linear combination of members is a member of the same layout, dtype and device:
     # built without the constructor's check (the tensors are new, see ``_like``).

@@ -21,12 +21,17 @@ from torch import Tensor
 HALF_TYPES = (torch.float16, torch.bfloat16)
 
 
+def trailing_dims(tensor: Tensor, keep: int = 0) -> tuple[int, ...]:
+    """The dimensions of ``tensor`` after its ``keep`` leading (batch) ones."""
+    return tuple(range(keep, tensor.ndim))
+
+
 def _scale_of(values: Sequence[Tensor], keep: int = 0) -> Tensor:
     """Largest magnitude over ``values`` (float32 tensors), 0 for no entries.
 
     ``keep`` leading dimensions are kept (one scale per index of them).
     """
-    maxima = [v.abs().amax(tuple(range(keep, v.ndim))) for v in values if v.numel()]
+    maxima = [v.abs().amax(trailing_dims(v, keep)) for v in values if v.numel()]
     if not maxima:
         return values[0].new_zeros(())
     return torch.stack(maxima).amax(0)
@@ -51,7 +56,7 @@ def stable_sum(values: Tensor, mean: bool = False, keep: int = 0) -> Tensor:
         the dtype of ``values``.
     """
     # explicit dimensions: the same reduction, and a fast one under torch.vmap
-    dims = tuple(range(keep, values.ndim))
+    dims = trailing_dims(values, keep)
     if values.dtype not in HALF_TYPES:
         return values.mean(dims) if mean else values.sum(dims)
     work = values.float()
@@ -95,14 +100,11 @@ def stable_norm(
     dtype = tensors[0].dtype
     weights = list(weights) if weights is not None else [None] * len(tensors)
 
-    def member_dims(t: Tensor) -> tuple[int, ...]:
-        return tuple(range(keep, t.ndim))
-
     if dtype not in HALF_TYPES:
         norms = [
-            torch.linalg.vector_norm(t, dim=member_dims(t))
+            torch.linalg.vector_norm(t, dim=trailing_dims(t, keep))
             if w is None
-            else (w * t.square()).sum(member_dims(t)).sqrt()
+            else (w * t.square()).sum(trailing_dims(t, keep)).sqrt()
             for t, w in zip(tensors, weights, strict=True)
         ]
         return norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms), dim=0)
@@ -115,9 +117,9 @@ def stable_norm(
         return v / safe.reshape(safe.shape + (1,) * (v.ndim - keep))
 
     squares = [
-        scaled(v).square().sum(member_dims(v))
+        scaled(v).square().sum(trailing_dims(v, keep))
         if w is None
-        else (w * scaled(v).square()).sum(member_dims(v))
+        else (w * scaled(v).square()).sum(trailing_dims(v, keep))
         for v, w in zip(work, weights, strict=True)
     ]
     norm = torch.stack(squares).sum(0).sqrt() * safe
