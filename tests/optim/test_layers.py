@@ -13,6 +13,7 @@ from torch.nn import functional
 import structmat
 from singd_opt import SINGD
 from singd_opt.layers import ConvLayer, LinearLayer, make_layer
+from singd_opt.layers import conv as conv_module
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
 
@@ -281,3 +282,28 @@ def test_contiguous_inputs_without_bias_are_not_copied() -> None:
     copied, _ = layer.input_rows(x, "expand", torch.float64)
     assert copied.dtype == torch.float64
     torch.testing.assert_close(copied, x.reshape(12, 6).double())
+
+
+@pytest.mark.parametrize(("cls", "kwargs", "spatial"), CONVS)
+@pytest.mark.parametrize("batch", [1, 9])
+def test_conv_input_curvature_from_patches_gathered_batch_last(
+    cls: type[nn.Module], kwargs: dict[str, Any], spatial: tuple[int, ...], batch: int
+) -> None:
+    r""":math:`H_K` is the Gram of the expand rows, whichever order they are gathered in.
+
+    With outputs at most ``BATCH_LAST_WIDEST`` wide and a batch at least as wide, the
+    curvature gathers the patches batch-last; a batch of one keeps the paired order.
+    """
+    torch.manual_seed(0)
+    module = cls(4, 5, **kwargs).double()
+    layer = make_layer(module, module.weight, module.bias)
+    assert isinstance(layer, ConvLayer)
+    x = torch.randn(batch, 4, *spatial[:-1], min(spatial[-1], 7), dtype=torch.float64)
+    width = module(x).shape[-1]
+    assert width <= conv_module.BATCH_LAST_WIDEST  # the batch-last gather is eligible
+    K = structmat.Dense.from_dense(torch.randn(layer.dim_K, layer.dim_K, dtype=torch.float64))
+    A = layer.input_matrix(x, "expand")
+    expected = K.from_inner(A.mT).to_dense()
+    H_K, n = layer.input_curvature(K, x, "expand")
+    assert n == A.shape[0]
+    torch.testing.assert_close(H_K.to_dense(), expected, rtol=1e-12, atol=1e-12)

@@ -12,6 +12,14 @@ from torch import Tensor, nn
 from torch.nn import functional
 
 from singd_opt.layers.base import Layer, ParameterRows, num_loss_terms
+from structmat import StructuredMatrix
+
+#: Gather the patches batch-last for the curvature when the last output dimension is at
+#: most this wide (and not wider than the batch): the copy then runs along the batch
+#: instead of along a few output positions. Measured on one CPU thread (3x3 kernels,
+#: 16 or 64 channels, batches of 8 to 128): 0.22x to 0.68x the time at widths 4 and 8,
+#: 0.94x to 1.16x at 16, 1.3x at 32.
+BATCH_LAST_WIDEST = 8
 
 
 def _tuple(value: int | Sequence[int], spatial: int) -> tuple[int, ...]:
@@ -137,13 +145,16 @@ class ConvLayer(Layer):
             x = functional.pad(x, self._pad, mode=self.geometry.pad_mode)
         return x
 
-    def _patches(self, x: Tensor) -> Tensor:
-        """Return a strided view ``(batch, C_in / groups, *out_positions, *kernel)``."""
+    def _windows(self, x: Tensor, first: int) -> Tensor:
+        """The kernel's windows of the padded spatial dimensions ``first, first + 1, ...``.
+
+        A strided view: each spatial dimension becomes its output positions, and the
+        kernel's taps are appended as trailing dimensions.
+        """
         g = self.geometry
-        x = self._group_mean_padded(x)
         for i in range(self._spatial):
             span = g.dilation[i] * (g.kernel[i] - 1) + 1
-            x = x.unfold(2 + i, span, g.stride[i])
+            x = x.unfold(first + i, span, g.stride[i])
             if g.dilation[i] > 1:
                 x = x[..., :: g.dilation[i]]
         return x
@@ -188,15 +199,47 @@ class ConvLayer(Layer):
             for i in range(s):
                 y = torch.tensordot(y, self._position_means(y.shape[2], i, y), dims=([2], [1]))
             return self._with_bias_column(y.reshape(batch, -1), batch, x, dtype), batch
-        patches = self._patches(x)
-        # (C_in / groups, *kernel, batch, *positions)
-        patches = patches.permute(1, *range(2 + s, 2 + 2 * s), 0, *range(2, 2 + s))
-        n = batch * math.prod(patches.shape[2 + s :])
+        return self._expanded_rows(x, dtype, batch_last=False)
+
+    def _expanded_rows(self, x: Tensor, dtype: torch.dtype, batch_last: bool) -> tuple[Tensor, int]:
+        """The ``"expand"`` rows of a batched input: one per example and output position.
+
+        Rows come example by example (each example's positions in order) or, with
+        ``batch_last``, position by position (every example at each position).
+        """
+        s = self._spatial
+        if batch_last:
+            # (C_in / groups, *padded, batch), then the windows: (C, *positions, batch, *kernel)
+            patches = self._windows(self._group_mean_padded(x).movedim(0, -1).contiguous(), 1)
+            # (C_in / groups, *kernel, *positions, batch)
+            patches = patches.permute(0, *range(s + 2, 2 * s + 2), *range(1, s + 2))
+        else:
+            patches = self._windows(self._group_mean_padded(x), 2)
+            # (C_in / groups, *kernel, batch, *positions)
+            patches = patches.permute(1, *range(2 + s, 2 + 2 * s), 0, *range(2, 2 + s))
+        n = patches.shape[1 + s :].numel()
         out_T = x.new_empty((self.dim_K, n), dtype=dtype)
         out_T[: self._dim_weight].view(patches.shape).copy_(patches)
         if self.bias is not None:
             out_T[self._dim_weight :].fill_(1.0)
         return out_T.mT, n
+
+    def input_curvature(
+        self, K: StructuredMatrix, x: Tensor, kfac_approx: str
+    ) -> tuple[StructuredMatrix, int]:
+        r"""See :meth:`Layer.input_curvature`.
+
+        Only :math:`A^\top A` enters the curvature, so the order of the rows is free:
+        with ``"expand"`` the patches are gathered batch-last where that copies faster
+        (:data:`BATCH_LAST_WIDEST`).
+        """
+        if x.ndim == self._spatial + 1 or kfac_approx != "expand" or self.weight is None:
+            return super().input_curvature(K, x, kfac_approx)
+        width = self._output_positions(x.shape[2:])[-1]
+        if width > min(BATCH_LAST_WIDEST, x.shape[0]):
+            return super().input_curvature(K, x, kfac_approx)
+        rows, n = self._expanded_rows(x, K.dtype, batch_last=True)
+        return self._curvature_of_rows(K, rows, 1.0 / n), n
 
     def grad_output_matrix(
         self, g: Tensor, loss_average: str | None, kfac_approx: str
