@@ -263,11 +263,13 @@ WORKLOADS: dict[str, Workload] = {
 #: reference's defaults; the others are measured against it and against AdamW.
 _REF: dict[str, Any] = {"defaults": "reference", "train_all_parameters": True}
 _ADA: dict[str, Any] = {**_REF, "graft": "adafactor", "momentum_dampening": True}
-#: The Kronecker blocks for small maps of the sets before round 15, their factor step
-#: bound before round 14, their factor learning rate before round 13, and the momentum
-#: before round 12: the variants of the defaults measured before them keep these, so
-#: that each stays the setting its stored results measured.
-_KRONECKER_EVERYWHERE: dict[str, Any] = {"elementwise_below": 0}
+#: The per-side budget of "auto" structures of the sets before round 16, the Kronecker
+#: blocks for small maps before round 15, their factor step bound before round 14, their
+#: factor learning rate before round 13, and the momentum before round 12: the variants
+#: of the defaults measured before them keep these, so that each stays the setting its
+#: stored results measured.
+_BUDGET_0_25: dict[str, Any] = {"auto_budget": 0.25}
+_KRONECKER_EVERYWHERE: dict[str, Any] = {"elementwise_below": 0, **_BUDGET_0_25}
 _ENTRY_BOUND: dict[str, Any] = {"normalize_lr_cov": True, **_KRONECKER_EVERYWHERE}
 _LR_COV_0_01: dict[str, Any] = {"lr_cov": 0.01, **_ENTRY_BOUND}
 _MOMENTUM_0_9: dict[str, Any] = {"momentum": 0.9, **_LR_COV_0_01}
@@ -418,7 +420,11 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # is a hundred or more operations whatever the layer's size); the defaults take 1024,
     # the set of round 14 gave every map a Kronecker block
     "defaults_elementwise_below0": dict(_KRONECKER_EVERYWHERE),
-    "defaults_elementwise_below4096": {"elementwise_below": 4096},
+    "defaults_elementwise_below4096": {"elementwise_below": 4096, **_BUDGET_0_25},
+    # round 16: each block's factors take what keeps its whole state within AdamW's, the
+    # narrower side first (auto_budget="adamw"); the set of round 15 gave each side a
+    # quarter of the weight's numbers
+    "defaults_budget0.25": dict(_BUDGET_0_25),
 }
 
 

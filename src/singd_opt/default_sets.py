@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from singd_opt.structure_choice import AUTO_BUDGET
+from singd_opt.structure_choice import ADAMW_BUDGET, AUTO_BUDGET
 
 
 class _Default:
@@ -79,6 +79,7 @@ RECOMMENDED: Mapping[str, Any] = {
     "tied_embeddings": "elementwise",
     "packed_projections": "split",
     "elementwise_below": 1024,
+    "auto_budget": ADAMW_BUDGET,
 }
 
 #: The sets by name.

@@ -126,7 +126,7 @@ class SINGD(
         momentum_dampening: bool | str = DEFAULT,
         tied_embeddings: str = DEFAULT,
         packed_projections: str = DEFAULT,
-        auto_budget: float = DEFAULT,
+        auto_budget: str | float = DEFAULT,
         elementwise_below: int = DEFAULT,
         defaults: str = "recommended",
     ) -> None:
@@ -216,10 +216,12 @@ class SINGD(
                 (GPT-2's query, key and value ``c_attn``; see :mod:`singd_opt.packed`)
                 is trained: ``"split"`` (one Kronecker block per projection) or
                 ``"whole"`` (one block for the map).
-            auto_budget: :math:`f > 0`, the memory of each side's factors for
-                ``structures="auto"`` as a fraction of the weight's
-                (:mod:`singd_opt.structure_choice`): 0.25 keeps the optimizer state
-                below AdamW's; 0.5 gives larger blocks at about AdamW's state.
+            auto_budget: The memory of the factors that ``structures="auto"`` chooses
+                (:mod:`singd_opt.structure_choice`): ``"adamw"`` (recommended) gives
+                each block's factors what keeps its whole state (factors, momentum
+                buffer, grafting moment) within AdamW's two numbers per weight, the
+                narrower side choosing first; a number :math:`f > 0` gives each side
+                :math:`f` times the weight's numbers (the reference set's 0.25).
             elementwise_below: Weights of linear maps with fewer entries than this
                 (with their biases) are trained with the element-wise rule instead of
                 a Kronecker block (:mod:`singd_opt.discovery`): a Kronecker block's

@@ -5,27 +5,47 @@ A Kronecker block of a ``d_C x d_K`` gradient matrix keeps, per side, the factor
 the factors are updated every ``T > 1`` steps, the cached product :math:`K K^\top` (see
 :func:`singd_opt.preconditioner.cached_square`): :math:`c = 1 + [T > 1] + [\alpha_1
 \neq 0]` matrices (:func:`copies_per_side`). Dense factors cost :math:`c\, d_K^2`
-numbers against the weight's :math:`d_C d_K`, so a square ``4608 x 512`` convolution
+numbers against the weight's :math:`n = d_C d_K`, so a square ``4608 x 512`` convolution
 (``512 -> 512``, 3x3) would keep :math:`3 \cdot 4609^2 \approx 64\,\text{M}` numbers
 for its 2.4 M weights.
 
-With ``"auto"`` a side of dimension :math:`d` gets the richest structure within a
-budget of :math:`f` times the weight's numbers (the group option ``auto_budget``,
-:data:`AUTO_BUDGET` by default):
+``auto_budget="adamw"`` (the recommended default) gives a block's factors what keeps
+its whole state within AdamW's two numbers per weight: besides the factors the block
+keeps the parameter's momentum buffer (:math:`n` numbers when ``momentum`` is not 0)
+and the grafting moment (:math:`d_C + d_K` with ``graft="adafactor"``), so the factors
+of both sides may keep
 
 .. math::
-    \text{dense if } c\, d^2 \le f\, d_C d_K, \quad\text{else}\quad
-    \text{block-diagonal with blocks of } b = \min\!\left(\left\lfloor
-    \tfrac{f\, d_C d_K}{c\, d} \right\rfloor, b_\text{max}\right) \ (b \ge 2),
+    B = (2 - [\mu \neq 0])\, n - [\text{adafactor}]\,(d_C + d_K)
+
+numbers (:func:`adamw_factor_budget`). The narrower side chooses first, within
+:math:`B / 2`; the wider side takes what the narrower one left
+(:func:`choose_within_budget`). Layers are often far from square (a convolution's
+``K`` side is its input channels times the kernel's positions), and a narrow side that
+is dense within half the budget then leaves the wide side larger blocks than an even
+split would. A side of dimension :math:`d` with :math:`a` numbers allowed is
+
+.. math::
+    \text{dense if } c\, d^2 \le a \text{ and } d \le b_\text{max}, \quad\text{else}\quad
+    \text{block-diagonal with blocks of } b \le b_a = \min\!\left(\left\lfloor
+    \tfrac{a}{c\, d} \right\rfloor, b_\text{max}\right) \ (b \ge 2),
     \quad\text{else diagonal,}
 
-with :math:`b_\text{max}` = :data:`MAX_BLOCK`, above which a block's updates, cubic in
-its size, cost far more than an AdamW step (measured in
-``benchmarks/defaults_study.py --timing``). Both
-sides together then keep at most :math:`2 f` times the weight, so with the parameter's
-momentum buffer (and the :math:`d_C + d_K` numbers of a grafting moment) a block's
-state stays near :math:`(1 + 2 f)` times the weight, below AdamW's 2 for
-:math:`f \le 1/2`.
+where :math:`b` is the largest size in :math:`(b_a / 2, b_a]` that divides the side's
+width without a bias column (:math:`d - 1` for a ``K`` side with one), and :math:`b_a`
+when none does: blocks that split attention heads or a convolution's input channels
+across blocks precondition worse (measured on BERT, ``benchmarks/defaults_study.py``),
+and the bias column then sits alone in the last block.
+
+A number :math:`f > 0` (``auto_budget=0.25`` was the default before) instead gives
+each side the same allowance, :math:`a = f\, n` (:func:`choose_structure`): both sides
+together keep at most :math:`2 f` times the weight, and with the parameter's momentum
+buffer (and the grafting moment) a block's state stays near :math:`(1 + 2 f)` times
+the weight, below AdamW's 2 for :math:`f \le 1/2`.
+
+:math:`b_\text{max}` = :data:`MAX_BLOCK`, above which a block's updates, cubic in its
+size, cost far more than an AdamW step (measured in ``benchmarks/defaults_study.py
+--timing``).
 
 :func:`large_factor_warning` reports explicitly requested structures whose state
 exceeds :data:`WARN_MULTIPLE` times the weight (and :data:`WARN_MIN_BYTES`).
@@ -46,9 +66,12 @@ class PreconditionerBlockLike(Protocol):
         """A line about the block if its preconditioner exceeds ``multiple`` x its weight."""
 
 
-#: The structure name that asks for :func:`choose_structure`.
+#: The structure name that asks for a choice (:func:`choose_within_budget`).
 AUTO = "auto"
-#: :math:`f`: each side's factors may keep this fraction of the weight's numbers.
+#: ``auto_budget``'s value that keeps every block's state within AdamW's (the default).
+ADAMW_BUDGET = "adamw"
+#: :math:`f`: with a number as ``auto_budget``, each side's factors may keep this
+#: fraction of the weight's numbers (the default before ``"adamw"``).
 AUTO_BUDGET = 0.25
 #: :math:`b_\text{max}`: the largest dense side or diagonal block chosen (one update and
 #: natural gradient of a dense side cost 46 ms at 256 and 320 ms at 512 on one CPU
@@ -71,11 +94,14 @@ def copies_per_side(alpha1: float, T: int = 1) -> int:
 
 
 def choose_structure(dim: int, weight_numel: int, copies: int, budget: float | None = None) -> str:
-    r"""Return the structure name for one side (see the module docstring).
+    r"""Return the structure name for one side with a fractional budget :math:`f`.
+
+    Each side may keep :math:`f\, n` numbers (module docstring); the block size is
+    :math:`b_a`, whether or not it divides the side.
 
     Args:
         dim: :math:`d`, the side's dimension.
-        weight_numel: :math:`d_C d_K`, the numbers of the block's gradient matrix.
+        weight_numel: :math:`n = d_C d_K`, the numbers of the block's gradient matrix.
         copies: :math:`c`, matrices kept per side.
         budget: :math:`f`; ``None`` means :data:`AUTO_BUDGET`.
 
@@ -88,6 +114,77 @@ def choose_structure(dim: int, weight_numel: int, copies: int, budget: float | N
         return "dense"
     block = min(int(allowed // dim), MAX_BLOCK, dim)
     return f"block{block}diagonal" if block >= 2 else "diagonal"
+
+
+def adamw_factor_budget(weight_numel: int, momentum: bool, moment_numbers: int) -> int:
+    r"""Return :math:`B`, the numbers a block's factors may keep within AdamW's state.
+
+    AdamW keeps two numbers per weight; the block keeps the parameter's momentum
+    buffer (``momentum``: :math:`n` numbers) and ``moment_numbers`` for its grafting
+    rule besides its factors.
+
+    Args:
+        weight_numel: :math:`n = d_C d_K`, the numbers of the block's gradient matrix
+            (weight and bias).
+        momentum: Whether the parameters keep a momentum buffer.
+        moment_numbers: The grafting rule's state (:math:`d_C + d_K` for
+            ``"adafactor"``, 0 without one).
+    """
+    return (1 if momentum else 2) * weight_numel - moment_numbers
+
+
+def choose_within_budget(
+    dims: tuple[int, int],
+    fixed: tuple[int | None, int | None],
+    budget: int,
+    copies: int,
+    bias_column: bool,
+) -> tuple[str | None, str | None]:
+    r"""Return the structures of the ``"auto"`` sides of a block within ``budget`` numbers.
+
+    The narrower ``"auto"`` side chooses within half the budget (less, if the wider
+    side would not keep even a diagonal factor), the other within what is left
+    (module docstring). A side that is not ``"auto"`` keeps its structure and its
+    numbers are taken from the budget first. The result stays within ``budget``
+    whenever diagonal factors do; otherwise the sides that do not fit are diagonal
+    (a map with very few outputs or inputs, which ``elementwise_below`` usually trains
+    element-wise).
+
+    Args:
+        dims: :math:`(d_K, d_C)`.
+        fixed: Per side, the numbers (all copies) its given structure keeps, or
+            ``None`` for an ``"auto"`` side.
+        budget: :math:`B` (:func:`adamw_factor_budget`).
+        copies: :math:`c`, matrices kept per side.
+        bias_column: Whether the ``K`` side's last column is a bias (blocks then
+            preferably divide :math:`d_K - 1`).
+
+    Returns:
+        Per side, the chosen structure name, or ``None`` for a side that was given.
+    """
+    left = budget - sum(numbers for numbers in fixed if numbers is not None)
+    extra = (int(bias_column), 0)
+    auto = sorted((dims[i], i) for i in (0, 1) if fixed[i] is None)
+    names: list[str | None] = [None, None]
+    for order, (dim, side) in enumerate(auto):
+        share = left
+        if order == 0 and len(auto) == 2:  # leave the wider side at least a diagonal
+            share = min(left / 2, left - copies * auto[1][0])
+        names[side], used = _side_within(dim, share, copies, extra[side])
+        left -= used
+    return names[0], names[1]
+
+
+def _side_within(dim: int, allowed: float, copies: int, extra: int) -> tuple[str, int]:
+    """One side's structure within ``allowed`` numbers and the numbers it keeps."""
+    if copies * dim * dim <= allowed and dim <= MAX_BLOCK:
+        return "dense", copies * dim * dim
+    widest = min(int(allowed // (copies * dim)), MAX_BLOCK, dim)
+    block = next((b for b in range(widest, widest // 2, -1) if (dim - extra) % b == 0), widest)
+    if block < 2:
+        return "diagonal", copies * dim
+    count, rest = divmod(dim, block)
+    return f"block{block}diagonal", copies * (count * block * block + rest * rest)
 
 
 def byte_size(count: int) -> str:

@@ -14,7 +14,7 @@ from singd_opt.grafting import GRAFTS
 from singd_opt.layers.base import KFAC_APPROXIMATIONS, LOSS_AVERAGES
 from singd_opt.packed import PACKED_PROJECTIONS
 from singd_opt.preconditioner import NORMALIZE_LR_COV
-from singd_opt.structure_choice import AUTO
+from singd_opt.structure_choice import ADAMW_BUDGET, AUTO
 from singd_opt.structures import resolve_structure, where
 from singd_opt.update import MOMENTUM_DAMPENINGS
 
@@ -130,6 +130,23 @@ def check_flag_or_name(
     raise error(f"{name} must be one of {listed}{where(group_index)}, got {value!r}")
 
 
+def check_budget(value: object, group_index: int | None = None) -> None:
+    """Require ``auto_budget`` to be ``"adamw"`` or a finite number ``> 0``.
+
+    Raises:
+        ValueError: If ``value`` is another string, or a number that is not positive.
+        TypeError: If ``value`` is neither a string nor a real number.
+    """
+    if isinstance(value, str):
+        if value != ADAMW_BUDGET:
+            raise ValueError(
+                f"auto_budget must be {ADAMW_BUDGET!r} or a number > 0{where(group_index)}, "
+                f"got {value!r}"
+            )
+        return
+    check_positive("auto_budget", value, group_index)
+
+
 def check_group(group: dict[str, Any], group_index: int | None = None) -> None:
     """Validate every SINGD hyper-parameter of a (default-filled) parameter group.
 
@@ -199,7 +216,7 @@ def check_group(group: dict[str, Any], group_index: int | None = None) -> None:
     check_flag_or_name("normalize_lr_cov", group["normalize_lr_cov"], NORMALIZE_LR_COV, group_index)
     check_flag("warm_start", group["warm_start"], group_index)
     check_nonnegative("relative_damping", group["relative_damping"], group_index)
-    check_positive("auto_budget", group["auto_budget"], group_index)
+    check_budget(group["auto_budget"], group_index)
     check_flag_or_name(
         "momentum_dampening",
         group["momentum_dampening"],

@@ -30,7 +30,15 @@ from singd_opt.curvature import CurvatureSums
 from singd_opt.grafting import FactoredMoment, advance_moment
 from singd_opt.layers import EmbeddingLayer, Layer, ParameterRows
 from singd_opt.preconditioner import UpdateConfig, factor_step
-from singd_opt.structure_choice import AUTO, byte_size, choose_structure, copies_per_side
+from singd_opt.structure_choice import (
+    ADAMW_BUDGET,
+    AUTO,
+    adamw_factor_budget,
+    byte_size,
+    choose_structure,
+    choose_within_budget,
+    copies_per_side,
+)
 from singd_opt.structures import resolve_structure
 from structmat import StructuredMatrix
 
@@ -118,19 +126,35 @@ class KroneckerBlock(PreconditionerBlock):
     def structures_for(layer: Layer, group: Mapping[str, Any]) -> tuple[str, str]:
         """Return the structure names of ``(K, C)``: the group's, diagonal ``K`` for embeddings.
 
-        ``"auto"`` becomes :func:`~singd_opt.structure_choice.choose_structure`'s choice.
+        ``"auto"`` sides are chosen within the group's ``auto_budget``
+        (:mod:`~singd_opt.structure_choice`): with ``"adamw"`` the block's whole state
+        stays within AdamW's, with a number each side keeps that fraction of the weight.
         """
-        name_K, name_C = group["structures"]
+        names = list(group["structures"])
         if isinstance(layer, EmbeddingLayer):
-            name_K = "diagonal"
+            names[0] = "diagonal"
+        if AUTO not in names:
+            return names[0], names[1]
+        dims = (layer.dim_K, layer.dim_C)
         numel = layer.dim_K * layer.dim_C
         copies = copies_per_side(group["alpha1"], group["T"])
-        budget = float(group["auto_budget"])
-        if name_K == AUTO:
-            name_K = choose_structure(layer.dim_K, numel, copies, budget)
-        if name_C == AUTO:
-            name_C = choose_structure(layer.dim_C, numel, copies, budget)
-        return name_K, name_C
+        budget = group["auto_budget"]
+        if budget != ADAMW_BUDGET:
+            name_K, name_C = (
+                choose_structure(dim, numel, copies, float(budget)) if name == AUTO else name
+                for name, dim in zip(names, dims, strict=True)
+            )
+            return name_K, name_C
+        fixed_K, fixed_C = (
+            None if name == AUTO else copies * resolve_structure(name).stored_numbers(dim)
+            for name, dim in zip(names, dims, strict=True)
+        )
+        moment = layer.dim_K + layer.dim_C if group["graft"] == "adafactor" else 0
+        factor_budget = adamw_factor_budget(numel, group["momentum"] != 0.0, moment)
+        chosen_K, chosen_C = choose_within_budget(
+            dims, (fixed_K, fixed_C), factor_budget, copies, layer.bias is not None
+        )
+        return chosen_K or names[0], chosen_C or names[1]
 
     def dtypes(self, group: Mapping[str, Any]) -> tuple[torch.dtype, torch.dtype]:
         """Return the dtypes of ``(K, C)``: the group's, else the weight's."""
