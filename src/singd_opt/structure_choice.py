@@ -18,7 +18,8 @@ of both sides may keep
 .. math::
     B = (2 - [\mu \neq 0])\, n - [\text{adafactor}]\,(d_C + d_K)
 
-numbers (:func:`adamw_factor_budget`). The narrower side chooses first, within
+numbers (:func:`adamw_factor_budget`; numbers in the weight's dtype, so factors kept
+in a wider ``preconditioner_dtype`` take more bytes). The narrower side chooses first, within
 :math:`B / 2`; the wider side takes what the narrower one left
 (:func:`choose_within_budget`). Layers are often far from square (a convolution's
 ``K`` side is its input channels times the kernel's positions), and a narrow side that
