@@ -273,3 +273,28 @@ def test_a_checkpoint_keeps_the_budget_it_was_saved_with() -> None:
         assert new.structures == old.structures == ("block16diagonal", "block16diagonal")
         for a, b in zip(old.state_tensors(), new.state_tensors(), strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_the_budget_is_a_group_option() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+    optimizer = SINGD(
+        model,
+        [
+            {"params": model[0].parameters(), "auto_budget": 0.25},
+            {"params": model[2].parameters()},
+        ],
+        lr=1e-3,
+    )
+    assert [block.structures for block in optimizer.blocks] == [
+        ("block16diagonal", "block16diagonal"),
+        ("block32diagonal", "block16diagonal"),
+    ]
+    with pytest.raises(ValueError, match=r"auto_budget must be 'adamw' or a number > 0.*group 1"):
+        SINGD(
+            model,
+            [
+                {"params": model[0].parameters()},
+                {"params": model[2].parameters(), "auto_budget": "half"},
+            ],
+        )
