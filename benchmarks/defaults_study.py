@@ -263,16 +263,18 @@ WORKLOADS: dict[str, Workload] = {
 #: reference's defaults; the others are measured against it and against AdamW.
 _REF: dict[str, Any] = {"defaults": "reference", "train_all_parameters": True}
 _ADA: dict[str, Any] = {**_REF, "graft": "adafactor", "momentum_dampening": True}
-#: The per-side budget of "auto" structures of the sets before round 16, the Kronecker
-#: blocks for small maps before round 15, their factor step bound before round 14, their
-#: factor learning rate before round 13, and the momentum before round 12: the variants
-#: of the defaults measured before them keep these, so that each stays the setting its
-#: stored results measured.
-_BUDGET_0_25: dict[str, Any] = {"auto_budget": 0.25}
-_KRONECKER_EVERYWHERE: dict[str, Any] = {"elementwise_below": 0, **_BUDGET_0_25}
-_ENTRY_BOUND: dict[str, Any] = {"normalize_lr_cov": True, **_KRONECKER_EVERYWHERE}
-_LR_COV_0_01: dict[str, Any] = {"lr_cov": 0.01, **_ENTRY_BOUND}
-_MOMENTUM_0_9: dict[str, Any] = {"momentum": 0.9, **_LR_COV_0_01}
+#: The momentum of the sets from round 12 to 16, the per-side budget of "auto"
+#: structures before round 16, the Kronecker blocks for small maps before round 15,
+#: their factor step bound before round 14, their factor learning rate before round 13,
+#: and the momentum before round 12: the variants of the defaults measured before them
+#: keep these, so that each stays the setting its stored results measured (later keys
+#: win).
+_MOMENTUM_0_8: dict[str, Any] = {"momentum": 0.8}
+_BUDGET_0_25: dict[str, Any] = {**_MOMENTUM_0_8, "auto_budget": 0.25}
+_KRONECKER_EVERYWHERE: dict[str, Any] = {**_BUDGET_0_25, "elementwise_below": 0}
+_ENTRY_BOUND: dict[str, Any] = {**_KRONECKER_EVERYWHERE, "normalize_lr_cov": True}
+_LR_COV_0_01: dict[str, Any] = {**_ENTRY_BOUND, "lr_cov": 0.01}
+_MOMENTUM_0_9: dict[str, Any] = {**_LR_COV_0_01, "momentum": 0.9}
 _REL: dict[str, Any] = {**_ADA, "relative_damping": 1e-2, "damping": 0.0}
 _WARM: dict[str, Any] = {**_REL, "warm_start": True}
 _SUM: dict[str, Any] = {**_WARM, "momentum_dampening": False}
@@ -406,13 +408,13 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # round 12: the momentum of the previous set (the defaults now average over fewer
     # steps, momentum 0.8)
     "defaults_momentum0.9": dict(_MOMENTUM_0_9),
-    "defaults_momentum0.7": {"momentum": 0.7, **_LR_COV_0_01},
-    "defaults_momentum0.6": {"momentum": 0.6, **_LR_COV_0_01},
+    "defaults_momentum0.7": {**_LR_COV_0_01, "momentum": 0.7},
+    "defaults_momentum0.6": {**_LR_COV_0_01, "momentum": 0.6},
     # round 13: the factor learning rate (the defaults now take 0.1, the factors follow
     # the curvature over about ten steps instead of a hundred)
     "defaults_lr_cov0.01": dict(_LR_COV_0_01),
-    "defaults_lr_cov0.03": {"lr_cov": 0.03, **_ENTRY_BOUND},
-    "defaults_lr_cov0.3": {"lr_cov": 0.3, **_ENTRY_BOUND},
+    "defaults_lr_cov0.03": {**_ENTRY_BOUND, "lr_cov": 0.03},
+    "defaults_lr_cov0.3": {**_ENTRY_BOUND, "lr_cov": 0.3},
     # round 14: the factor step bounded by its spectrum as well (normalize_lr_cov=
     # "spectral"; a wide block's step no longer reverses a direction); the set of round 13
     "defaults_entry_bound": dict(_ENTRY_BOUND),
@@ -420,11 +422,14 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # is a hundred or more operations whatever the layer's size); the defaults take 1024,
     # the set of round 14 gave every map a Kronecker block
     "defaults_elementwise_below0": dict(_KRONECKER_EVERYWHERE),
-    "defaults_elementwise_below4096": {"elementwise_below": 4096, **_BUDGET_0_25},
+    "defaults_elementwise_below4096": {**_BUDGET_0_25, "elementwise_below": 4096},
     # round 16: each block's factors take what keeps its whole state within AdamW's, the
     # narrower side first (auto_budget="adamw"); the set of round 15 gave each side a
     # quarter of the weight's numbers
     "defaults_budget0.25": dict(_BUDGET_0_25),
+    # round 17: a shorter momentum again (the defaults now take 0.7), with the factor
+    # steps and budget of round 16; the set of round 16 kept 0.8
+    "defaults_momentum0.8": dict(_MOMENTUM_0_8),
 }
 
 

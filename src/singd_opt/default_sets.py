@@ -64,7 +64,7 @@ SETTINGS: tuple[str, ...] = tuple(REFERENCE)
 #: The measured recommendation (see ``benchmarks/results/defaults_study.json``).
 RECOMMENDED: Mapping[str, Any] = {
     **REFERENCE,
-    "momentum": 0.8,
+    "momentum": 0.7,
     "damping": 1e-8,
     "relative_damping": 0.1,
     "alpha1": 0.0,

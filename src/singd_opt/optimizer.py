@@ -134,7 +134,7 @@ class SINGD(
 
         Arguments left at ``DEFAULT`` take their value from the set of defaults named
         by ``defaults`` (:mod:`singd_opt.default_sets`): ``"recommended"`` (Adafactor
-        grafting, Adam's bias-corrected momentum with ``momentum=0.8``, relative
+        grafting, Adam's bias-corrected momentum with ``momentum=0.7``, relative
         damping 0.1 over an absolute 1e-8, warm start, bounded factor steps, ``T=1``,
         ``alpha1=0``, ``structures=("auto", "auto")``, every parameter trained, tied
         embeddings element-wise, packed projections split; the rest as the reference) or
