@@ -58,6 +58,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from singd_opt.user_warnings import warn_user
+from structmat import get_structure
 
 
 class PreconditionerBlockLike(Protocol):
@@ -110,11 +111,7 @@ def choose_structure(dim: int, weight_numel: int, copies: int, budget: float | N
         ``"dense"``, ``"block{b}diagonal"`` or ``"diagonal"``.
     """
     budget = AUTO_BUDGET if budget is None else budget
-    allowed = budget * weight_numel / copies  # numbers per matrix
-    if dim * dim <= allowed and dim <= MAX_BLOCK:
-        return "dense"
-    block = min(int(allowed // dim), MAX_BLOCK, dim)
-    return f"block{block}diagonal" if block >= 2 else "diagonal"
+    return _side_within(dim, budget * weight_numel / copies, prefer_divisors=False)
 
 
 def adamw_factor_budget(weight_numel: int, momentum: bool, moment_numbers: int) -> int:
@@ -171,21 +168,25 @@ def choose_within_budget(
         share = left
         if order == 0 and len(auto) == 2:  # leave the wider side at least a diagonal
             share = min(left / 2, left - copies * auto[1][0])
-        names[side], used = _side_within(dim, share, copies, extra[side])
-        left -= used
+        name = _side_within(dim, share / copies, extra[side])
+        names[side] = name
+        left -= copies * get_structure(name).stored_numbers(dim)
     return names[0], names[1]
 
 
-def _side_within(dim: int, allowed: float, copies: int, extra: int) -> tuple[str, int]:
-    """One side's structure within ``allowed`` numbers and the numbers it keeps."""
-    if copies * dim * dim <= allowed and dim <= MAX_BLOCK:
-        return "dense", copies * dim * dim
-    widest = min(int(allowed // (copies * dim)), MAX_BLOCK, dim)
-    block = next((b for b in range(widest, widest // 2, -1) if (dim - extra) % b == 0), widest)
-    if block < 2:
-        return "diagonal", copies * dim
-    count, rest = divmod(dim, block)
-    return f"block{block}diagonal", copies * (count * block * block + rest * rest)
+def _side_within(dim: int, allowed: float, extra: int = 0, prefer_divisors: bool = True) -> str:
+    """One side's structure whose matrix keeps at most ``allowed`` numbers.
+
+    Dense, else blocks of :math:`b_a` (with ``prefer_divisors``, the largest size in
+    :math:`(b_a / 2, b_a]` that divides ``dim - extra``, if any), else diagonal.
+    """
+    if dim * dim <= allowed and dim <= MAX_BLOCK:
+        return "dense"
+    widest = min(int(allowed // dim), MAX_BLOCK, dim)
+    block = widest
+    if prefer_divisors:
+        block = next((b for b in range(widest, widest // 2, -1) if (dim - extra) % b == 0), widest)
+    return f"block{block}diagonal" if block >= 2 else "diagonal"
 
 
 def byte_size(count: int) -> str:
