@@ -5,6 +5,12 @@ torch's optimizer state dict holds the parameter groups and the per-parameter st
 scales and each block's state (plain tensors, strings and numbers, so checkpoints
 load with ``torch.load(path)`` and its default ``weights_only=True``). Loading checks
 everything before anything changes.
+
+The step and the curvature recording compute in :func:`torch.inference_mode`, so the
+state they leave is made of inference tensors, which cannot be changed in place
+outside that mode. A checkpoint loader may write into the tensors of a state dict
+(``torch.distributed.checkpoint`` loads in place), so the state dict holds ordinary
+copies of them (:func:`writable`); every other tensor is the live one, as in torch.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from singd_opt.blocks import PreconditionerBlock
@@ -63,20 +70,42 @@ def add_entry(state: dict[str, Any], saved: SavedState) -> dict[str, Any]:
     ``blocks`` (each block's state by block name; with ``settled``, as of the last
     step). A callable ``lr_cov`` is saved as
     the string ``"<callable>"`` (the loading optimizer keeps its own). The tensors are
-    the live ones, not copies (as in torch).
+    the live ones (as in torch), except inference tensors, which are copied
+    (:func:`writable`).
     """
     for group in state["param_groups"]:
         if callable(group["lr_cov"]):
             group["lr_cov"] = _CALLABLE
+    state["state"] = writable(state["state"])
     state[_ENTRY] = {
         "steps": saved.steps,
         "skipped_steps": saved.skipped_steps,
         "grad_scales": saved.grad_scales,
         "blocks": {
-            block.name: block.settled_state_dict() if saved.settled else block.origin.state_dict()
+            block.name: writable(
+                block.settled_state_dict() if saved.settled else block.origin.state_dict()
+            )
             for block in saved.blocks
         },
     }
+    return state
+
+
+def writable(state: Any) -> Any:
+    """Return ``state`` with every inference tensor replaced by an ordinary copy.
+
+    Dictionaries, lists and tuples are rebuilt around the copies; every other value,
+    ordinary tensors included, is kept as it is (the live object).
+    """
+    if isinstance(state, Tensor):
+        if not state.is_inference():
+            return state
+        with torch.inference_mode(False):
+            return state.clone()
+    if isinstance(state, dict):
+        return {key: writable(value) for key, value in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(writable(value) for value in state)
     return state
 
 

@@ -82,13 +82,19 @@ class FactoredMoment:
 
         With the bias corrections :math:`\hat r = r / (1 - \beta^t)`, :math:`\hat c = c /
         (1 - \beta^t)`, the rows' cancels: :math:`\hat V_{ij} = r_i c_j / (\operatorname{mean}(r)
-        (1 - \beta^t))`, one outer product scaled once; :math:`O(d_C d_K)` in four passes.
+        (1 - \beta^t))`, so :math:`\sqrt{\hat V_{ij}} = \sqrt{r_i / s}\, \sqrt{c_j}` with
+        :math:`s = \operatorname{mean}(r) (1 - \beta^t)`: the roots are taken of the two
+        vectors, and the ``d_C x d_K`` matrix is written once (the outer product plus
+        :math:`\epsilon`), divided into in place and reduced: :math:`O(d_C d_K)` in three
+        passes and one matrix of memory.
         """
         rows = self.rows
         scale = rows.mean(-1, keepdim=True).mul_(1.0 - beta**self.updates)
-        scale = scale.clamp_min_(torch.finfo(rows.dtype).tiny).unsqueeze(-1)
-        root = (rows.unsqueeze(-1) * self.columns.unsqueeze(-2)).div_(scale).sqrt_().add_(eps)
-        return torch.linalg.vector_norm(grad.to(rows.dtype) / root, dim=(-2, -1))
+        scale = scale.clamp_min_(torch.finfo(rows.dtype).tiny)
+        row_roots = torch.div(rows, scale).sqrt_().unsqueeze(-1)
+        root = torch.addcmul(rows.new_full((), eps), row_roots, self.columns.sqrt().unsqueeze(-2))
+        quotient = torch.div(grad.to(rows.dtype), root, out=root)
+        return torch.linalg.vector_norm(quotient, dim=(-2, -1))
 
 
 def graft(direction: Tensor, target_norm: Tensor | float) -> Tensor:

@@ -325,6 +325,13 @@ class SINGD(
         several processes the step is skipped on all of them when one of them finds
         a reason to.
 
+        The step (and the curvature recording in the backward pass) computes in
+        :func:`torch.inference_mode`, which spares every operation autograd's
+        bookkeeping. The parameters stay ordinary tensors; the optimizer's own state
+        tensors are inference tensors, which cannot be changed in place outside that
+        mode or enter an autograd graph. :meth:`state_dict` therefore holds ordinary
+        copies of them, which checkpoint loaders may write into.
+
         Args:
             closure: Optional callable that re-evaluates the model (forward and
                 backward) and returns the loss; it runs with gradients enabled.
@@ -350,10 +357,10 @@ class SINGD(
         taken = False
         if found_inf is not None and not self.skip_nonfinite:
             if not self._scaler_skips(found_inf):
-                with torch.no_grad():
+                with torch.inference_mode():
                     taken = self._step(grad_factor)
         else:
-            with torch.no_grad():
+            with torch.inference_mode():
                 taken = self._step(grad_factor, found_inf)
         if taken:
             self.steps += 1

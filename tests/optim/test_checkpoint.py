@@ -214,3 +214,68 @@ def test_a_checkpoint_loads_across_the_compile_wrapper() -> None:
     again.load_state_dict(prefixed)
     for name, C in optimizer.Cs.items():
         torch.testing.assert_close(again.Cs[name].to_dense(), C.to_dense())
+
+
+def _tensors(value: object) -> list[Tensor]:
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for item in value.values() for t in _tensors(item)]
+    if isinstance(value, list | tuple):
+        return [t for item in value for t in _tensors(item)]
+    return []
+
+
+def _load_in_place(live: object, saved: object) -> object:
+    """``saved`` loaded the way ``torch.distributed.checkpoint`` loads: into ``live``.
+
+    Each tensor of ``saved`` is copied into the tensor at the same place of ``live``
+    (in place, outside inference mode); every other value is taken from ``saved``.
+    """
+    if isinstance(saved, Tensor):
+        assert isinstance(live, Tensor)
+        assert not live.is_inference()
+        return live.copy_(saved)
+    if not _tensors(saved):  # numbers, strings, step-keyed scales: as saved
+        return saved
+    if isinstance(saved, dict):
+        assert isinstance(live, dict) and live.keys() == saved.keys()
+        return {key: _load_in_place(live[key], value) for key, value in saved.items()}
+    if isinstance(saved, list | tuple):
+        assert isinstance(live, list | tuple) and len(live) == len(saved)
+        return type(saved)(_load_in_place(a, b) for a, b in zip(live, saved, strict=True))
+    return saved
+
+
+@pytest.mark.parametrize("defaults", ["recommended", "reference"])
+def test_a_loader_may_write_into_the_state_dict_in_place(defaults: str) -> None:
+    """As ``torch.distributed.checkpoint`` does: fill the tensors of a live state dict.
+
+    The step computes in inference mode; the state dict's tensors must still accept
+    in-place writes outside it, and resuming from them must continue bitwise.
+    """
+    data = batches(7)
+    config = {"defaults": defaults, "lr": 0.05, "elementwise_below": 0}
+    torch.manual_seed(0)
+    model = mlp()
+    start = copy.deepcopy(model)
+    optimizer = SINGD(model, **config)
+
+    def train(net: nn.Module, opt: SINGD, part: list[tuple[Tensor, Tensor]]) -> None:
+        for x, y in part:
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+
+    train(model, optimizer, data)
+    resumed = copy.deepcopy(start)
+    resumed_opt = SINGD(resumed, **config)
+    train(resumed, resumed_opt, data[:4])
+    saved = copy.deepcopy(resumed_opt.state_dict())
+    params = copy.deepcopy(resumed.state_dict())
+    train(resumed, resumed_opt, data[4:])  # moved on: loading must bring the values back
+    loaded = _load_in_place(resumed_opt.state_dict(), saved)
+    resumed.load_state_dict(params)
+    resumed_opt.load_state_dict(loaded)  # type: ignore[arg-type]
+    train(resumed, resumed_opt, data[4:])
+    assert_same_parameters(resumed, model)

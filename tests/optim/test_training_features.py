@@ -251,3 +251,38 @@ def test_layer_called_with_keyword_input() -> None:
     assert optimizer.H_counts == {"": (5, 5)}
     optimizer.step()
     assert not torch.equal(optimizer.Ks[""].to_dense(), torch.eye(5))
+
+
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode", "enable_grad"])
+def test_the_callers_grad_mode_changes_nothing(context: str) -> None:
+    """The step runs in inference mode whatever mode its caller is in.
+
+    The parameters stay ordinary leaves that require gradients (the next backward
+    pass works), and the trajectory is the one of a plain call.
+    """
+    data = batches(5)
+    torch.manual_seed(0)
+    plain = mlp()
+    wrapped = copy.deepcopy(plain)
+    optimizers = {
+        "plain": SINGD(plain, lr=0.05, elementwise_below=0),
+        "wrapped": SINGD(wrapped, lr=0.05, elementwise_below=0),
+    }
+    modes = {
+        "no_grad": torch.no_grad,
+        "inference_mode": torch.inference_mode,
+        "enable_grad": torch.enable_grad,
+    }
+    for x, y in data:
+        for name, model in (("plain", plain), ("wrapped", wrapped)):
+            optimizer = optimizers[name]
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            if name == "plain":
+                optimizer.step()
+            else:
+                with modes[context]():
+                    optimizer.step()
+    assert_same_parameters(wrapped, plain)
+    for param in wrapped.parameters():
+        assert param.requires_grad and param.is_leaf and not param.is_inference()
