@@ -4,7 +4,8 @@ On the models of ``benchmarks/time_to_target.py`` (each with one mini-batch of i
 training data, batch size as in that benchmark) and on the MLP 784-512-512-512-10 of
 ``benchmarks/optimizer_step.py`` (batch 128), every structure's SINGD (``T=1``, the
 same structure for ``K`` and ``C``, every parameter trained) is timed against AdamW
-in one process on one thread.
+in one process on one thread, and so is ``SINGD(model, lr)`` as users construct it
+(kind ``"defaults"``: ``T=1`` and a structure chosen per layer).
 
 Protocol: each configuration gets its own copy of the model (same initial weights)
 and runs 3 warm-up steps; then, ``--rounds`` times, every configuration in turn runs
@@ -17,7 +18,7 @@ relative to AdamW's median.
 
 Usage::
 
-    python benchmarks/step_cost.py                        # every model, every structure
+    python benchmarks/step_cost.py                        # every model, the defaults, every structure
     python benchmarks/step_cost.py --models digits_mlp --structures hierarchical15_15
 
 Results go to ``benchmarks/results/step_cost.json``.
@@ -86,10 +87,17 @@ def model_and_batch(
     )
 
 
+#: The kind that times SINGD as a user constructs it: ``SINGD(model, lr)`` (the
+#: recommended defaults: ``T=1``, a structure per layer), with the workload's options.
+DEFAULTS = "defaults"
+
+
 def build(kind: str, model: nn.Module, options: dict) -> Optimizer:
-    """``"adamw"`` or a structure name (SINGD at ``T=1`` with it for ``K`` and ``C``)."""
+    """``"adamw"``, :data:`DEFAULTS` or a structure name (SINGD at ``T=1`` with it for ``K`` and ``C``)."""
     if kind == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=1e-4)
+    if kind == DEFAULTS:
+        return SINGD(model, lr=1e-4, **options)
     return SINGD(model, lr=1e-4, T=1, structures=(kind, kind), **options)
 
 
@@ -155,7 +163,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Measure, print the table and write the JSON; return what was written."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--structures", nargs="+", default=list(STRUCTURES))
+    parser.add_argument(
+        "--structures",
+        nargs="+",
+        default=[DEFAULTS, *STRUCTURES],
+        help=f"structure names, and {DEFAULTS!r} for SINGD(model, lr) as constructed by users",
+    )
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (median)")
     parser.add_argument("--steps", type=int, default=5, help="steps per block")
     parser.add_argument("--output", type=Path, default=RESULTS)

@@ -37,6 +37,16 @@ def test_step_cost_measures_each_structure_against_adamw() -> None:
     assert "| digits_mlp |" in module.table({"digits_mlp": rows})
 
 
+def test_step_cost_times_the_defaults_as_users_construct_them() -> None:
+    module = _benchmark("step_cost")
+    model = module.time_to_target.WORKLOADS["digits_mlp"].make_model()
+    optimizer = module.build(module.DEFAULTS, model, {})
+    structures = {block.describe()["preconditioner"] for block in optimizer.blocks}
+    assert any("block" in text for text in structures)  # the per-layer choice, not T=1 dense
+    rows = module.measure("digits_mlp", ["adamw", module.DEFAULTS], rounds=1, steps=1)
+    assert rows[module.DEFAULTS]["seconds"] > 0
+
+
 def test_step_cost_by_width_writes_each_width(tmp_path: Path) -> None:
     module = _benchmark("step_cost_width")
     output = tmp_path / "width.json"
