@@ -18,7 +18,7 @@ relative to AdamW's median.
 
 Usage::
 
-    python benchmarks/step_cost.py                        # every model, the defaults, every structure
+    python benchmarks/step_cost.py                     # every model, the defaults, every structure
     python benchmarks/step_cost.py --models digits_mlp --structures hierarchical15_15
 
 Results go to ``benchmarks/results/step_cost.json``.
@@ -93,7 +93,7 @@ DEFAULTS = "defaults"
 
 
 def build(kind: str, model: nn.Module, options: dict) -> Optimizer:
-    """``"adamw"``, :data:`DEFAULTS` or a structure name (SINGD at ``T=1`` with it for ``K`` and ``C``)."""
+    """``"adamw"``, :data:`DEFAULTS`, or a structure (SINGD, ``T=1``, it for ``K`` and ``C``)."""
     if kind == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=1e-4)
     if kind == DEFAULTS:
