@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from structmat._layout import row_sums_of_squares
+from structmat._layout import row_sums_of_squares, writes_forbidden
 
 Parts = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 
@@ -65,22 +65,24 @@ def right_product(W: Tensor, parts: Parts, transpose: bool) -> Tensor:
         Shape ``(n, d)``, contiguous. :math:`O(n d k)`: the two products with the wide
         :math:`W_c` (or the two updates of the wide middle block) run as one GEMM of
         rank :math:`k`, one pass over the wide operand instead of two; the blocks are
-        joined by one copy.
+        written into the result (joined by one copy under autograd or a transform).
     """
     A, B, C, D, E = parts
     k1, dc, k2 = _sizes(parts)
     W_a, W_c, W_e = W.split([k1, dc, k2], dim=1)
     B_c, B_e = B.split([dc, k2], dim=1)
-    middle = W_c * C
+    out = _result(W, parts)
+    out_a, out_c, out_e = out.split([k1, dc, k2], dim=1) if out is not None else (None,) * 3
+    middle = torch.mul(W_c, C, out=out_c)
     if transpose:
         arms = W_c @ torch.cat([B_c, D]).mT  # (W_c B_c^T | W_c D^T)
-        first = torch.addmm(arms[:, :k1], W_a, A.mT).addmm_(W_e, B_e.mT)
-        last = torch.addmm(arms[:, k1:], W_e, E.mT)
+        first = torch.addmm(arms[:, :k1], W_a, A.mT, out=out_a).addmm_(W_e, B_e.mT)
+        last = torch.addmm(arms[:, k1:], W_e, E.mT, out=out_e)
     else:
-        first = W_a @ A
+        first = torch.mm(W_a, A, out=out_a)
         middle.addmm_(torch.cat([W_a, W_e], dim=1), torch.cat([B_c, D]))
-        last = (W_e @ E).addmm_(W_a, B_e)
-    return torch.cat([first, middle, last], dim=1)
+        last = torch.mm(W_e, E, out=out_e).addmm_(W_a, B_e)
+    return out if out is not None else torch.cat([first, middle, last], dim=1)
 
 
 def left_product(X: Tensor, parts: Parts, transpose: bool) -> Tensor:
@@ -104,16 +106,30 @@ def left_product(X: Tensor, parts: Parts, transpose: bool) -> Tensor:
     k1, dc, k2 = _sizes(parts)
     X_a, X_c, X_e = X.split([k1, dc, k2])
     B_c, B_e = B.split([dc, k2], dim=1)
-    middle = C.unsqueeze(1) * X_c
+    out = _result(X, parts)
+    out_a, out_c, out_e = out.split([k1, dc, k2]) if out is not None else (None,) * 3
+    middle = torch.mul(C.unsqueeze(1), X_c, out=out_c)
     if transpose:
-        first = A.mT @ X_a
+        first = torch.mm(A.mT, X_a, out=out_a)
         middle.addmm_(torch.cat([B_c, D]).mT, torch.cat([X_a, X_e]))
-        last = (E.mT @ X_e).addmm_(B_e.mT, X_a)
+        last = torch.mm(E.mT, X_e, out=out_e).addmm_(B_e.mT, X_a)
     else:
         arms = torch.cat([B_c, D]) @ X_c  # (B_c X_c; D X_c)
-        first = torch.addmm(arms[:k1], A, X_a).addmm_(B_e, X_e)
-        last = torch.addmm(arms[k1:], E, X_e)
-    return torch.cat([first, middle, last])
+        first = torch.addmm(arms[:k1], A, X_a, out=out_a).addmm_(B_e, X_e)
+        last = torch.addmm(arms[k1:], E, X_e, out=out_e)
+    return out if out is not None else torch.cat([first, middle, last])
+
+
+def _result(operand: Tensor, parts: Parts) -> Tensor | None:
+    """The contiguous result of a product, written block by block, or ``None``.
+
+    ``None`` where ``out=`` writes are not allowed (autograd records the product, or a
+    function transform such as :func:`torch.vmap` runs it): the blocks are then joined
+    by one copy.
+    """
+    if writes_forbidden(operand, *parts):
+        return None
+    return operand.new_empty(operand.shape)
 
 
 def arrow_gram(X: Tensor, sizes: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
