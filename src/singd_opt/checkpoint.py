@@ -97,16 +97,27 @@ def writable(state: Any) -> Any:
     Dictionaries, lists and tuples are rebuilt around the copies; every other value,
     ordinary tensors included, is kept as it is (the live object).
     """
-    if isinstance(state, Tensor):
-        if not state.is_inference():
-            return state
-        with torch.inference_mode(False):
-            return state.clone()
+    return map_leaves(state, _ordinary)
+
+
+def _ordinary(value: Any) -> Any:
+    if not isinstance(value, Tensor) or not value.is_inference():
+        return value
+    with torch.inference_mode(False):
+        return value.clone()
+
+
+def map_leaves(state: Any, convert: Callable[[Any], Any]) -> Any:
+    """Return ``state`` with ``convert`` applied to every value that is no container.
+
+    Dictionaries, lists and tuples are rebuilt around the converted values (tensors,
+    sharded ones included, are values).
+    """
     if isinstance(state, dict):
-        return {key: writable(value) for key, value in state.items()}
+        return {key: map_leaves(value, convert) for key, value in state.items()}
     if isinstance(state, list | tuple):
-        return type(state)(writable(value) for value in state)
-    return state
+        return type(state)(map_leaves(value, convert) for value in state)
+    return convert(state)
 
 
 def _count(value: object, name: str) -> int:
@@ -259,10 +270,4 @@ def full_tensors(state: Any) -> Any:
 
     Gathering a sharded tensor is a collective: every process must call this.
     """
-    if is_sharded(state):
-        return state.full_tensor()
-    if isinstance(state, dict):
-        return {key: full_tensors(value) for key, value in state.items()}
-    if isinstance(state, list | tuple):
-        return type(state)(full_tensors(value) for value in state)
-    return state
+    return map_leaves(state, lambda value: value.full_tensor() if is_sharded(value) else value)
