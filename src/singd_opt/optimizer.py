@@ -325,12 +325,9 @@ class SINGD(
         several processes the step is skipped on all of them when one of them finds
         a reason to.
 
-        The step (and the curvature recording in the backward pass) computes in
-        :func:`torch.inference_mode`, which spares every operation autograd's
-        bookkeeping. The parameters stay ordinary tensors; the optimizer's own state
-        tensors are inference tensors, which cannot be changed in place outside that
-        mode or enter an autograd graph. :meth:`state_dict` therefore holds ordinary
-        copies of them, which checkpoint loaders may write into.
+        The step computes in :func:`torch.inference_mode`: the parameters stay ordinary
+        tensors, the optimizer's state tensors are inference tensors (not to be changed
+        in place outside that mode), and :meth:`state_dict` holds ordinary copies of them.
 
         Args:
             closure: Optional callable that re-evaluates the model (forward and
@@ -353,13 +350,9 @@ class SINGD(
                 loss = closure()
         self._foreign_updates.check()
         grad_factor = self._grad_scales.resolve(self.steps, self.__dict__)
-        found_inf = self.__dict__.get("found_inf")
+        skipped, found_inf = self._scaler_decision()
         taken = False
-        if found_inf is not None and not self.skip_nonfinite:
-            if not self._scaler_skips(found_inf):
-                with torch.inference_mode():
-                    taken = self._step(grad_factor)
-        else:
+        if not skipped:
             with torch.inference_mode():
                 taken = self._step(grad_factor, found_inf)
         if taken:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from singd_opt.blocks import PreconditionerBlock
@@ -50,14 +49,9 @@ class CurvatureRecording:
         return self._recording_any
 
     def _record(self, block: PreconditionerBlock, x: Tensor, grad_output: Tensor) -> None:
-        """Hand one call's input and output gradient to ``block``.
-
-        The curvature is computed in :func:`torch.inference_mode`, as the step is (see
-        :meth:`~singd_opt.SINGD.step`): no autograd bookkeeping on its operations.
-        """
+        """Hand one call's input and output gradient to ``block``."""
         group = self.param_groups[block.group_index]
-        with torch.inference_mode():
-            block.record(x, grad_output, group, self._grad_scales.prescale(self.steps))
+        block.record(x, grad_output, group, self._grad_scales.prescale(self.steps))
 
     def set_current_grad_scale(self, grad_scale: float) -> None:
         """Set the gradient (loss) scale of the current step's backward passes.

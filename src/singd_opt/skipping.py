@@ -53,6 +53,19 @@ class StepSkipping:
         found = found_inf is not None and (sync is not None or not finite)
         return torch.tensor([float(not finite), float(found and bool(found_inf > 0))])
 
+    def _scaler_decision(self) -> tuple[bool, Tensor | None]:
+        """Whether a gradient scaler's finding skips the step before it is computed.
+
+        Returns ``(skipped, found_inf)``: without ``skip_nonfinite`` the finding alone
+        decides now (:meth:`_scaler_skips`) and nothing is left to vote on; with it (or
+        without a scaler) the step is computed and ``found_inf`` (or ``None``) joins its
+        votes (:meth:`_local_votes`).
+        """
+        found_inf = self.__dict__.get("found_inf")
+        if found_inf is None or self.skip_nonfinite:
+            return False, found_inf
+        return self._scaler_skips(found_inf), None
+
     def _scaler_skips(self, found_inf: Tensor) -> bool:
         """Without ``skip_nonfinite``: skip the step if a gradient scaler found non-finite.
 

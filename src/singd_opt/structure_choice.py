@@ -95,6 +95,50 @@ def copies_per_side(alpha1: float, T: int = 1) -> int:
     return 1 + (T > 1) + (alpha1 != 0.0)
 
 
+def auto_structures(
+    names: tuple[str, str],
+    dims: tuple[int, int],
+    copies: int,
+    budget: str | float,
+    momentum: bool,
+    moment_numbers: int,
+    bias_column: bool,
+) -> tuple[str, str]:
+    """Return ``names`` (of ``(K, C)``) with every ``"auto"`` side chosen within ``budget``.
+
+    With :data:`ADAMW_BUDGET` the sides share :func:`adamw_factor_budget`
+    (:func:`choose_within_budget`); with a number each side keeps that fraction of the
+    weight (:func:`choose_structure`).
+
+    Args:
+        names: The structure names of ``(K, C)``, validated; ``"auto"`` asks for a choice.
+        dims: :math:`(d_K, d_C)`.
+        copies: :math:`c`, matrices kept per side (:func:`copies_per_side`).
+        budget: The group's ``auto_budget``.
+        momentum: Whether the parameters keep a momentum buffer.
+        moment_numbers: The grafting rule's state (:func:`adamw_factor_budget`).
+        bias_column: Whether the ``K`` side's last column is a bias.
+    """
+    if AUTO not in names:
+        return names
+    numel = dims[0] * dims[1]
+    if budget != ADAMW_BUDGET:
+        name_K, name_C = (
+            choose_structure(dim, numel, copies, float(budget)) if name == AUTO else name
+            for name, dim in zip(names, dims, strict=True)
+        )
+        return name_K, name_C
+    fixed_K, fixed_C = (
+        None if name == AUTO else copies * get_structure(name).stored_numbers(dim)
+        for name, dim in zip(names, dims, strict=True)
+    )
+    factor_budget = adamw_factor_budget(numel, momentum, moment_numbers)
+    chosen_K, chosen_C = choose_within_budget(
+        dims, (fixed_K, fixed_C), factor_budget, copies, bias_column
+    )
+    return chosen_K or names[0], chosen_C or names[1]
+
+
 def choose_structure(dim: int, weight_numel: int, copies: int, budget: float | None = None) -> str:
     r"""Return the structure name for one side with a fractional budget :math:`f`.
 

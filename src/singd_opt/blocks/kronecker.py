@@ -30,15 +30,7 @@ from singd_opt.curvature import CurvatureSums
 from singd_opt.grafting import FactoredMoment, advance_moment
 from singd_opt.layers import EmbeddingLayer, Layer, ParameterRows
 from singd_opt.preconditioner import UpdateConfig, factor_step
-from singd_opt.structure_choice import (
-    ADAMW_BUDGET,
-    AUTO,
-    adamw_factor_budget,
-    byte_size,
-    choose_structure,
-    choose_within_budget,
-    copies_per_side,
-)
+from singd_opt.structure_choice import auto_structures, byte_size, copies_per_side
 from singd_opt.structures import resolve_structure
 from structmat import StructuredMatrix
 
@@ -130,31 +122,19 @@ class KroneckerBlock(PreconditionerBlock):
         (:mod:`~singd_opt.structure_choice`): with ``"adamw"`` the block's whole state
         stays within AdamW's, with a number each side keeps that fraction of the weight.
         """
-        names = list(group["structures"])
+        name_K, name_C = group["structures"]
         if isinstance(layer, EmbeddingLayer):
-            names[0] = "diagonal"
-        if AUTO not in names:
-            return names[0], names[1]
-        dims = (layer.dim_K, layer.dim_C)
-        numel = layer.dim_K * layer.dim_C
-        copies = copies_per_side(group["alpha1"], group["T"])
-        budget = group["auto_budget"]
-        if budget != ADAMW_BUDGET:
-            name_K, name_C = (
-                choose_structure(dim, numel, copies, float(budget)) if name == AUTO else name
-                for name, dim in zip(names, dims, strict=True)
-            )
-            return name_K, name_C
-        fixed_K, fixed_C = (
-            None if name == AUTO else copies * resolve_structure(name).stored_numbers(dim)
-            for name, dim in zip(names, dims, strict=True)
-        )
+            name_K = "diagonal"
         moment = layer.dim_K + layer.dim_C if group["graft"] == "adafactor" else 0
-        factor_budget = adamw_factor_budget(numel, group["momentum"] != 0.0, moment)
-        chosen_K, chosen_C = choose_within_budget(
-            dims, (fixed_K, fixed_C), factor_budget, copies, layer.bias is not None
+        return auto_structures(
+            (name_K, name_C),
+            (layer.dim_K, layer.dim_C),
+            copies_per_side(group["alpha1"], group["T"]),
+            group["auto_budget"],
+            group["momentum"] != 0.0,
+            moment,
+            layer.bias is not None,
         )
-        return chosen_K or names[0], chosen_C or names[1]
 
     def dtypes(self, group: Mapping[str, Any]) -> tuple[torch.dtype, torch.dtype]:
         """Return the dtypes of ``(K, C)``: the group's, else the weight's."""
@@ -181,7 +161,7 @@ class KroneckerBlock(PreconditionerBlock):
         """
         K, C = self.K, self.C
         kfac_approx, loss_average = group["kfac_approx"], group["loss_average"]
-        with torch.no_grad():
+        with torch.inference_mode():  # as the step (SINGD.step): no autograd bookkeeping
             H_K, rows = self.layer.input_curvature(K, x, kfac_approx)
             H_C, terms = self.layer.output_curvature(
                 C, grad_output.to(C.dtype), loss_average, kfac_approx, grad_prescale
